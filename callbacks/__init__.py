@@ -1,0 +1,1 @@
+"""Lightning integration of gradwatch (installed as ``gradwatch.callbacks``)."""

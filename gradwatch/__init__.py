@@ -1,0 +1,29 @@
+"""gradwatch: gradient checking with numbers you can trust.
+
+The course material's check: reshape every parameter into one vector θ, estimate each component
+of ∇J with a two-sided difference, and compare with backprop through the relative difference
+‖numeric − grad‖₂ / (‖numeric‖₂ + ‖grad‖₂): at most 1e-7 is great, above 1e-3 is very likely a bug.
+
+Example:
+    >>> import numpy as np, gradwatch
+    >>> theta = np.array([1.0, 2.0])
+    >>> gradwatch.gradient_check(lambda t: float(np.sum(t**2)), theta, 2 * theta).verdict.value
+    'pass'
+"""
+
+from gradwatch.check import gradient_check
+from gradwatch.layout import Layout
+from gradwatch.module import check_module
+from gradwatch.report import Component, GradCheckReport, Thresholds, Verdict
+
+__all__ = [
+    "Component",
+    "GradCheckReport",
+    "Layout",
+    "Thresholds",
+    "Verdict",
+    "check_module",
+    "gradient_check",
+]
+
+__version__ = "0.1.0"

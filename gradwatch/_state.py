@@ -1,0 +1,77 @@
+"""Keeping the user's world as it was: RNG states, dropout flags, and the batch copy."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+# The public dropout layers. Dropout inside other modules (attention) is made deterministic by
+# re-seeding before every evaluation instead.
+DROPOUT_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Restores torch (CPU and every initialized CUDA device), numpy's and Python's global RNGs,
+    also when the body raises: a check must not shift the random stream of training."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def reseed(seed: int) -> None:
+    """Seeds every global RNG, so each evaluation of J draws the same random numbers."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+@contextmanager
+def dropout_disabled(model: nn.Module, disable: bool) -> Iterator[None]:
+    """Puts dropout layers in eval mode (identity) for the body; every other flag stays."""
+    layers = [m for m in model.modules() if isinstance(m, DROPOUT_LAYERS) and m.training]
+    try:
+        if disable:
+            for m in layers:
+                m.training = False
+        yield
+    finally:
+        for m in layers:
+            m.training = True
+
+
+def cast_batch(batch: Any, dtype: torch.dtype, device: torch.device) -> Any:
+    """A copy of ``batch`` with floating tensors in ``dtype`` and every tensor on ``device``,
+    through nested dicts, lists, tuples and named tuples; anything else is passed as is."""
+    if isinstance(batch, torch.Tensor):
+        target = dtype if batch.is_floating_point() else batch.dtype
+        return batch.detach().to(device=device, dtype=target)
+    if isinstance(batch, Mapping):
+        return type(batch)({k: cast_batch(v, dtype, device) for k, v in batch.items()})  # type: ignore[call-arg]
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(cast_batch(v, dtype, device) for v in batch))
+    if isinstance(batch, list | tuple):
+        return type(batch)(cast_batch(v, dtype, device) for v in batch)
+    return batch

@@ -1,0 +1,210 @@
+"""The gradient check of a whole torch module: θ is every trainable parameter."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradwatch._evaluate import LossFn, ModuleCost
+from gradwatch._state import cast_batch, dropout_disabled, preserved_rng
+from gradwatch._validate import (
+    DROPOUT_MODES,
+    check_choice,
+    check_components,
+    check_epsilon,
+    check_seed,
+    check_thresholds,
+)
+from gradwatch.layout import Layout
+from gradwatch.report import GradCheckReport, Thresholds
+from gradwatch.sampling import sample_components
+
+__all__ = ["check_module", "checked_parameters"]
+
+DropoutMode = Literal["off", "freeze"]
+
+
+def checked_parameters(model: nn.Module, include: str | Sequence[str] | None = None) -> list[str]:
+    """Names of the parameters that make up θ: trainable ones, in ``named_parameters()`` order,
+    narrowed to those matching any glob in ``include``. Tied parameters appear once.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+        >>> checked_parameters(model, include="1.*")
+        ['1.weight', '1.bias']
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
+    patterns = [include] if isinstance(include, str) else include
+    if patterns is not None and not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"`include` must be a glob string or a list of them; got {include!r}")
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(
+            "`model` has no trainable parameters (every parameter has requires_grad=False): "
+            "there is no gradient to check; unfreeze the layers you want checked"
+        )
+    for name, p in trainable:
+        if p.is_meta:
+            raise ValueError(
+                f"parameter {name!r} is on the meta device and has no values; materialize the "
+                "model (e.g. model.to_empty(device='cpu') and initialize it) before checking"
+            )
+        if not p.is_floating_point():
+            raise TypeError(
+                f"parameter {name!r} has dtype {p.dtype}; gradwatch checks real floating-point "
+                "parameters (float16/bfloat16/float32/float64)"
+            )
+    names = [n for n, _ in trainable]
+    if patterns is None:
+        return names
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+    if not chosen:
+        raise ValueError(
+            f"`include` {include!r} matches no trainable parameter; names are like "
+            f"{names[:5]}{' …' if len(names) > 5 else ''}"
+        )
+    return chosen
+
+
+def _check_dtype(dtype: object) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
+        raise TypeError(
+            f"`dtype` must be a real floating torch dtype (torch.float64 recommended); got {dtype!r}"
+        )
+    return dtype
+
+
+def _rounding_note(dtype: torch.dtype, epsilon: float, cost: float) -> tuple[str, ...]:
+    # Each J carries a rounding error of about eps_mach·|J|; the two-sided difference divides it
+    # by 2ε. In float64 at ε = 1e-7 that is ~1e-9·|J|, in float32 ~0.3·|J|: noise, not slope.
+    unit = torch.finfo(dtype).eps
+    if dtype == torch.float64:
+        return ()
+    noise = unit * max(abs(cost), 1e-30) / (2 * epsilon)
+    return (
+        f"checked in {str(dtype).removeprefix('torch.')}: rounding noise in each numeric "
+        f"component is about {noise:.1e} (eps_mach {unit:.1e} x |J| / 2 epsilon) and dominates "
+        "the difference; check in float64 (the default) to trust the verdict",
+    )
+
+
+def _determinism_note(first: float, again: float, epsilon: float) -> str | None:
+    if first == again or (math.isnan(first) and math.isnan(again)):
+        return None
+    if abs(first - again) <= 16 * np.finfo(np.float64).eps * max(abs(first), abs(again)):
+        return None
+    return (
+        f"J is not deterministic: two evaluations at the same θ gave {first!r} and {again!r}, "
+        f"so each numeric component may be off by up to {abs(first - again) / (2 * epsilon):.1e} "
+        "and the difference means nothing. Randomness outside dropout layers is re-seeded before "
+        "every evaluation; remove other sources (state kept between calls, nondeterministic "
+        "kernels) and check again"
+    )
+
+
+def check_module(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Any,
+    *,
+    epsilon: float = 1e-7,
+    include: str | Sequence[str] | None = None,
+    components: int | None = None,
+    dropout: DropoutMode = "off",
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+    thresholds: Thresholds | None = None,
+) -> GradCheckReport:
+    """Checks backprop of a whole module against the material's two-sided difference.
+
+    θ is every trainable parameter in ``named_parameters()`` order (or those matching
+    ``include``), J is ``loss_fn(model, batch)``. Both the analytic gradient (autograd) and the
+    numeric one are computed on copies of the parameters and buffers in ``dtype`` (float64 by
+    default), so a float32 model is checked in float64. The model itself is left bit-for-bit as
+    it was: parameters, buffers, ``.grad``, training flags and the global RNG states, also when
+    the check raises.
+
+    Args:
+        model: the module; it stays on its device and the check runs there.
+        loss_fn: ``loss_fn(model, batch)`` → the scalar cost J (regularization included).
+        batch: anything ``loss_fn`` takes; floating tensors in it (nested dicts, lists, tuples)
+            are cast to ``dtype`` and moved to the model's device.
+        epsilon: the step ε (default 1e-7, the material's).
+        include: glob pattern(s) narrowing θ, e.g. ``"decoder.*"``; other parameters stay fixed.
+        components: ``None`` checks every component; an int k a reproducible sample of k
+            components spread over every parameter tensor (seeded by ``seed``).
+        dropout: ``"off"``: dropout layers are the identity during the check; ``"freeze"``: one
+            mask is drawn and reused for every evaluation.
+        dtype: the precision of the check.
+        seed: seed of the component sample and of every random draw inside J.
+        thresholds: verdict bands; default pass ≤ 1e-7 < warn ≤ 1e-3 < fail.
+
+    Returns:
+        A :class:`GradCheckReport` whose parameter names are those of ``named_parameters()``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        >>> x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+        >>> report = check_module(model, lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]),
+        ...                       (x, y))
+        >>> report.verdict.value, report.components_checked
+        ('pass', 67)
+    """
+    step = check_epsilon(epsilon)
+    names = checked_parameters(model, include)
+    if not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be a callable (model, batch) -> J; got {loss_fn!r}")
+    sample = check_components(components)
+    mode = check_choice("dropout", dropout, DROPOUT_MODES)
+    precision = _check_dtype(dtype)
+    seed = check_seed(seed)
+    bands = check_thresholds(thresholds)
+    params = dict(model.named_parameters())
+    layout = Layout(tuple(names), tuple(tuple(params[n].shape) for n in names))
+    notes: list[str] = []
+    if sample is not None and sample > layout.size:
+        notes.append(f"components={sample} exceeds the {layout.size} in θ: checked all of them")
+
+    start = time.perf_counter()
+    device = params[names[0]].device
+    with preserved_rng(), dropout_disabled(model, disable=(mode == "off")):
+        cost = ModuleCost(
+            model, loss_fn, cast_batch(batch, precision, device), names, precision, seed
+        )
+        j_grad, grads = cost.gradient()
+        j_center = cost.value()
+        indices = sample_components(layout, sample, seed)
+        tensor = layout.tensor_of(indices)
+        local = indices - np.asarray(layout.offsets)[tensor]
+        steps = np.full(indices.size, step)
+        plus, minus = cost.pairs(tensor, local, steps)
+        j_after = cost.value()
+    flat_grad = torch.cat([g.reshape(-1).to(torch.float64).cpu() for g in grads]).numpy()
+    failure = _determinism_note(j_center, j_grad, step) or _determinism_note(
+        j_center, j_after, step
+    )
+    if not math.isfinite(j_center):
+        failure = f"the loss J(θ) is {j_center}: fix the forward pass before checking gradients"
+    return GradCheckReport(
+        layout=layout,
+        indices=indices,
+        analytic=flat_grad[indices],
+        numeric=(plus - minus) / (2 * steps),
+        epsilon=step,
+        dtype=str(precision).removeprefix("torch."),
+        evaluations=cost.evaluations,
+        seconds=time.perf_counter() - start,
+        thresholds=bands,
+        notes=(*notes, *_rounding_note(precision, step, j_center)),
+        failure=failure,
+    )
