@@ -77,7 +77,8 @@ def checked_parameters(model: nn.Module, include: str | Sequence[str] | None = N
 def _check_dtype(dtype: object) -> torch.dtype:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
         raise TypeError(
-            f"`dtype` must be a real floating torch dtype (torch.float64 recommended); got {dtype!r}"
+            "`dtype` must be a real floating torch dtype (torch.float64 recommended); "
+            f"got {dtype!r}"
         )
     return dtype
 

@@ -1,4 +1,5 @@
-"""What a gradient check found: the difference, a verdict, and the components that point at a bug."""
+"""What a gradient check found: the difference, a verdict, and the components that point at
+a bug."""
 
 from __future__ import annotations
 
@@ -240,7 +241,7 @@ class GradCheckReport:
         )
 
     def headline(self) -> str:
-        """One line: ``difference 3.1e-09 (pass), 120 of 120 components, 240 evaluations, 0.1 s``."""
+        """One line: ``difference 3.1e-09 (pass), 120 of 120 components, 240 evaluations …``."""
         return (
             f"difference {self.difference:.1e} ({self.verdict.value}), "
             f"{self.components_checked} of {self.components_total} components, "
