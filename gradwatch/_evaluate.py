@@ -1,16 +1,26 @@
-"""J as a function of θ for a torch module, evaluated on private float64 copies of its tensors."""
+"""J as a function of θ for a torch module, evaluated on private float64 copies of its tensors,
+one θ at a time or many perturbed copies of θ per call."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from gradwatch._state import reseed
+from gradwatch._vectorize import (
+    LowRankShift,
+    Way,
+    agreement,
+    copies_per_call,
+    graph_uses,
+    linear_owner,
+    produced_bytes,
+)
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -41,6 +51,19 @@ def _scalar(value: object) -> torch.Tensor:
     return value.reshape(())
 
 
+def _gap(batched: np.ndarray, plain: np.ndarray) -> float:
+    """Largest |batched − plain| / |plain| (0 where both are the same NaN or infinity)."""
+    same = (batched == plain) | (np.isnan(batched) & np.isnan(plain))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = np.abs(batched - plain) / np.maximum(np.abs(plain), np.finfo(np.float64).tiny)
+    return float(np.max(np.where(same, 0.0, np.nan_to_num(gap, nan=np.inf)), initial=0.0))
+
+
+def _why(err: Exception) -> str:
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first[:120]}"
+
+
 class ModuleCost:
     """J(θ) for ``loss_fn(model, batch)``: θ is ``names``'s tensors, everything else held fixed.
 
@@ -48,6 +71,14 @@ class ModuleCost:
     ``torch.func.functional_call`` on copies in ``dtype`` (BatchNorm updates the copies' running
     statistics, not the model's). Before each evaluation every global RNG is re-seeded with
     ``seed``, so random draws in the forward are the same at every θ.
+
+    Many perturbed copies are evaluated per call with ``torch.func.vmap`` (``randomness="same"``:
+    one draw shared by all copies, the draw of a plain evaluation), in chunks sized from the
+    measured memory of one evaluation. A perturbed ``nn.Linear`` entry becomes a low-rank update
+    of the layer's output instead of a batched weight. Each path is used for a tensor only after
+    it reproduced the plain J on a first pair of perturbations; otherwise (vmap cannot run the
+    module, or disagrees) that tensor falls back to the plain loop. ``paths`` and ``describe()``
+    say which path ran; ``vectorize=False`` always takes the loop (the reference).
     """
 
     def __init__(
@@ -58,7 +89,10 @@ class ModuleCost:
         names: Sequence[str],
         dtype: torch.dtype,
         seed: int,
+        vectorize: bool = True,
     ) -> None:
+        self._model = model
+        self._vectorize = vectorize
         self._module = _LossModule(model, loss_fn)
         self._batch = batch
         self._seed = seed
@@ -68,16 +102,28 @@ class ModuleCost:
         # θ: one leaf per checked tensor, on the parameter's own device, in dtype.
         self.theta = [params[n].detach().to(dtype=dtype).clone() for n in names]
         self._flat = [t.view(-1) for t in self.theta]
+        self.names = list(names)
         self._names = [f"model.{n}" for n in names]
         fixed: dict[str, torch.Tensor] = {
             f"model.{n}": p.detach().to(dtype=dtype).clone()
             for n, p in params.items()
             if n not in wanted
         }
+        # What the buffers held before any evaluation: a forward that writes one in place
+        # (BatchNorm's running statistics in train mode) shows as a difference later.
+        self._initial: dict[str, torch.Tensor] = {}
         for n, b in model.named_buffers():
             cast = b.to(dtype=dtype) if b.is_floating_point() else b
             fixed[f"model.{n}"] = cast.detach().clone()
+            self._initial[f"model.{n}"] = cast.detach().clone()
         self._fixed = fixed
+        self._written: set[str] = set()
+        self._uses: list[int] | None = None  # graph edges into each θ tensor (from gradient())
+        self._bytes: int | None = None  # bytes one evaluation produces
+        self._ways: dict[Hashable, Way] = {}
+        self.paths: dict[str, Way] = {}
+        self.reasons: dict[str, str] = {}
+        self.largest_call = 0
 
     def _call(self, theta: Sequence[torch.Tensor]) -> torch.Tensor:
         reseed(self._seed)
@@ -85,6 +131,11 @@ class ModuleCost:
         tensors = dict(self._fixed)
         tensors.update(zip(self._names, theta, strict=True))
         return _scalar(functional_call(self._module, tensors, (self._batch,)))
+
+    def flat_values(self, indices: np.ndarray) -> torch.Tensor:
+        """θ's values at flat ``indices`` (in the check's dtype, on the first tensor's device)."""
+        flat = torch.cat([t.reshape(-1).to(self.theta[0].device) for t in self.theta])
+        return flat[torch.as_tensor(indices, device=flat.device)]
 
     def value(self) -> float:
         """J at θ, without autograd."""
@@ -98,6 +149,7 @@ class ModuleCost:
             cost = self._call(leaves)
             if not cost.requires_grad:  # J detached from θ: backprop gives nothing, say zeros
                 return float(cost), [torch.zeros_like(t) for t in self.theta]
+            self._uses = graph_uses(cost, leaves)
             grads = torch.autograd.grad(cost, leaves, allow_unused=True)
         return float(cost.detach()), [
             torch.zeros_like(t) if g is None else g.detach()
@@ -107,18 +159,216 @@ class ModuleCost:
     def pairs(
         self, tensor: np.ndarray, local: np.ndarray, steps: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """J(θ + h·e_i) and J(θ − h·e_i) for each component (``tensor``, ``local``) and step h."""
+        """J(θ + h·e_i) and J(θ − h·e_i) for each component (``tensor``, ``local``) and step h.
+
+        θ_i ± h is rounded in the check's dtype, the same for every evaluation path.
+        """
         plus = np.empty(len(local))
         minus = np.empty(len(local))
-        with torch.no_grad():
-            for k, (t, i, h) in enumerate(zip(tensor, local, steps, strict=True)):
-                flat = self._flat[int(t)]
-                original = flat[int(i)].clone()
-                try:
-                    flat[int(i)] = original + float(h)
-                    plus[k] = float(self._call(self.theta))
-                    flat[int(i)] = original - float(h)
-                    minus[k] = float(self._call(self.theta))
-                finally:
-                    flat[int(i)] = original
+        for t in np.unique(np.asarray(tensor, dtype=np.int64)):
+            rows = np.flatnonzero(tensor == t)
+            flat = self._flat[int(t)]
+            index = torch.as_tensor(np.asarray(local)[rows], device=flat.device)
+            h = torch.as_tensor(np.asarray(steps)[rows], device=flat.device).to(flat.dtype)
+            base = flat[index]
+            values = torch.stack((base + h, base - h), dim=1).reshape(-1)
+            found = self._entries(int(t), index.repeat_interleave(2), values)
+            plus[rows], minus[rows] = found[0::2], found[1::2]
         return plus, minus
+
+    def at(self, values: Mapping[int, torch.Tensor]) -> np.ndarray:
+        """J with θ's tensor ``t`` replaced by ``values[t][k]``, for every k (directions).
+
+        Example: ``cost.at({0: torch.stack([w + e * u, w - e * u])})`` → [J(w + εu), J(w − εu)].
+        """
+        count = len(next(iter(values.values())))
+        key = ("at", tuple(sorted(values)))
+        label = "+".join(self.names[t] for t in key[1])
+
+        def part(lo: int, hi: int) -> dict[int, torch.Tensor]:
+            return {t: v[lo:hi] for t, v in values.items()}
+
+        runs: dict[Way, Callable[[int, int], np.ndarray]] = {
+            "vmap": lambda lo, hi: self._vmapped(part(lo, hi)),
+            "loop": lambda lo, hi: self._loop_at(part(lo, hi)),
+        }
+        sizes = {t: self.theta[t].numel() for t in values}
+        return self._chunked(key, label, ["vmap"], runs, count, sizes)
+
+    def describe(self) -> str:
+        """One line for the report: which evaluation path ran for which tensors."""
+        if not self.paths:
+            return "evaluation: no perturbed evaluations"
+        by_way = {w: [n for n, v in self.paths.items() if v == w] for w in ("linear", "vmap")}
+        parts = []
+        if by_way["linear"] or by_way["vmap"]:
+            text = f"vectorized (torch.func.vmap, up to {self.largest_call} copies per call"
+            if by_way["linear"]:
+                text += f"; low-rank nn.Linear updates for {_listing(by_way['linear'])}"
+            parts.append(text + ")")
+        loops = [n for n, v in self.paths.items() if v == "loop"]
+        if loops:
+            why = "; ".join(f"{n}: {self.reasons[n]}" for n in loops[:2] if n in self.reasons)
+            parts.append(f"plain loop for {_listing(loops)}" + (f" ({why})" if why else ""))
+        return "evaluation: " + "; ".join(parts)
+
+    # -- the three ways of evaluating many entries of one tensor -------------------------------
+
+    def _entries(self, t: int, index: torch.Tensor, values: torch.Tensor) -> np.ndarray:
+        """J with entry ``index[k]`` of tensor ``t`` set to ``values[k]``, for every k."""
+        runs: dict[Way, Callable[[int, int], np.ndarray]] = {
+            "linear": lambda lo, hi: self._linear(t, index[lo:hi], values[lo:hi]),
+            "vmap": lambda lo, hi: self._vmapped({t: self._copies(t, index[lo:hi], values[lo:hi])}),
+            "loop": lambda lo, hi: self._loop_entries(t, index[lo:hi], values[lo:hi]),
+        }
+        uses = self._uses[t] if self._uses is not None else 0
+        fast = uses == 1 and linear_owner(self._model, self.names[t]) is not None
+        candidates: list[Way] = ["linear", "vmap"] if fast else ["vmap"]
+        key = ("entries", t)
+        return self._chunked(key, self.names[t], candidates, runs, len(index), {t: 0})
+
+    def _chunked(
+        self,
+        key: Hashable,
+        label: str,
+        candidates: list[Way],
+        runs: Mapping[Way, Callable[[int, int], np.ndarray]],
+        count: int,
+        sizes: Mapping[int, int],
+    ) -> np.ndarray:
+        """Runs ``count`` evaluations in chunks, deciding the way on the first call for ``key``:
+        the first two evaluations run through the plain loop and each candidate in turn; the
+        first candidate that reproduces them is kept (tensor copies in ``sizes`` cost memory)."""
+        out = np.empty(count)
+        start = 0
+        if key not in self._ways:
+            start = min(2, count)
+            out[:start] = runs["loop"](0, start)
+            tried = candidates if self._vectorize else []
+            self._ways[key] = self._decide(label, tried, runs, out[:start], start)
+        way = self._ways[key]
+        self.paths.setdefault(label, way)
+        step = count
+        if way != "loop":
+            item = self.theta[0].element_size()
+            step = copies_per_call(self._evaluation_bytes() + 2 * item * sum(sizes.values()))
+            self.largest_call = max(self.largest_call, min(step, count - start))
+        for lo in range(start, count, step):
+            out[lo : lo + step] = runs[way](lo, min(lo + step, count))
+        return out
+
+    def _decide(
+        self,
+        label: str,
+        candidates: list[Way],
+        runs: Mapping[Way, Callable[[int, int], np.ndarray]],
+        plain: np.ndarray,
+        count: int,
+    ) -> Way:
+        tolerance = agreement(self.theta[0].dtype)
+        for way in candidates:
+            try:
+                batched = runs[way](0, count)
+            except Exception as err:  # any failure under vmap means: evaluate this one plainly
+                self.reasons[label] = f"{way} failed, {_why(err)}"
+                continue
+            gap = _gap(batched, plain)
+            if gap <= tolerance:
+                self.reasons.pop(label, None)
+                return way
+            self.reasons[label] = f"{way} gave J {gap:.1e} (relative) away from the plain one"
+        return "loop"
+
+    def _copies(self, t: int, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """One copy of tensor ``t`` per entry, entry ``index[k]`` of copy k set to ``values[k]``."""
+        copies = self._flat[t].repeat(len(index), 1)
+        copies[torch.arange(len(index), device=copies.device), index] = values
+        return copies.view(len(index), *self.theta[t].shape)
+
+    def _linear(self, t: int, index: torch.Tensor, values: torch.Tensor) -> np.ndarray:
+        owner = linear_owner(self._model, self.names[t])
+        assert owner is not None
+        module, kind = owner
+        columns = self.theta[t].shape[-1] if kind == "weight" else 1
+        shift = LowRankShift(kind)
+        handle = module.register_forward_hook(shift)
+        try:
+            step = values - self._flat[t][index]  # exact: the change the plain loop makes
+            found = self._vmapped({}, shift, (step, index // columns, index % columns))
+        finally:
+            handle.remove()
+        if shift.calls != 1:
+            raise RuntimeError(f"the layer ran {shift.calls} times in one evaluation of J")
+        return found
+
+    def _vmapped(
+        self,
+        batched: Mapping[int, torch.Tensor],
+        shift: LowRankShift | None = None,
+        extra: tuple[torch.Tensor, ...] = (),
+    ) -> np.ndarray:
+        """J for each copy: tensors ``batched`` (leading dim = copies), or ``shift`` fed ``extra``."""
+        count = len(next(iter(batched.values())) if batched else extra[0])
+        names = [self._names[t] for t in batched]
+        # Buffers the forward writes in place (BatchNorm's running statistics in train mode) get
+        # one copy per perturbed model: vmap cannot write batched values into one shared tensor.
+        self._written.update(
+            n for n, b in self._initial.items() if not torch.equal(b, self._fixed[n])
+        )
+        written = {
+            n: self._fixed[n].expand(count, *self._fixed[n].shape).clone() for n in self._written
+        }
+
+        def one(
+            values: tuple[torch.Tensor, ...], buffers: dict[str, torch.Tensor], *args: torch.Tensor
+        ) -> torch.Tensor:
+            tensors = dict(self._fixed)
+            tensors.update(zip(self._names, self.theta, strict=True))
+            tensors.update(zip(names, values, strict=True))
+            tensors.update(buffers)
+            if shift is not None:
+                shift.step, shift.row, shift.col = args
+            return _scalar(functional_call(self._module, tensors, (self._batch,)))
+
+        reseed(self._seed)
+        self.evaluations += count
+        with torch.no_grad():
+            found = vmap(one, randomness="same")(tuple(batched.values()), written, *extra)
+        return found.detach().to(torch.float64).cpu().numpy().reshape(count)
+
+    def _loop_entries(self, t: int, index: torch.Tensor, values: torch.Tensor) -> np.ndarray:
+        flat = self._flat[t]
+        out = np.empty(len(index))
+        with torch.no_grad():
+            for k in range(len(index)):
+                i = int(index[k])
+                original = flat[i].clone()
+                try:
+                    flat[i] = values[k]
+                    out[k] = float(self._call(self.theta))
+                finally:
+                    flat[i] = original
+        return out
+
+    def _loop_at(self, values: Mapping[int, torch.Tensor]) -> np.ndarray:
+        count = len(next(iter(values.values())))
+        out = np.empty(count)
+        with torch.no_grad():
+            for k in range(count):
+                theta = list(self.theta)
+                for t, v in values.items():
+                    theta[t] = v[k]
+                out[k] = float(self._call(theta))
+        return out
+
+    def _evaluation_bytes(self) -> int:
+        """Bytes one plain evaluation produces (measured once; the copies-per-call budget)."""
+        if self._bytes is None:
+            with torch.no_grad():
+                self._bytes = produced_bytes(lambda: self._call(self.theta))
+        return self._bytes
+
+
+def _listing(names: Sequence[str], most: int = 4) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -43,7 +44,12 @@ def preserved_rng() -> Iterator[None]:
 
 def reseed(seed: int) -> None:
     """Seeds every global RNG, so each evaluation of J draws the same random numbers."""
-    torch.manual_seed(seed)
+    # Not torch.manual_seed: while CUDA is not initialized it queues a CUDA seed for later, which
+    # replaces the user's own queued seed and outlives the check (preserved_rng cannot undo it),
+    # and the queueing records a stack trace, ~150 µs per evaluation.
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)
     np.random.seed(seed)
     random.seed(seed)
 
@@ -51,15 +57,17 @@ def reseed(seed: int) -> None:
 @contextmanager
 def dropout_disabled(model: nn.Module, disable: bool) -> Iterator[None]:
     """Puts dropout layers in eval mode (identity) for the body; every other flag stays."""
-    layers = [m for m in model.modules() if isinstance(m, DROPOUT_LAYERS) and m.training]
+    # Every module's flag is restored, not only dropout's: a loss_fn may call model.eval().
+    flags = [(m, m.training) for m in model.modules()]
+    layers = [m for m, training in flags if isinstance(m, DROPOUT_LAYERS) and training]
     try:
         if disable:
             for m in layers:
                 m.training = False
         yield
     finally:
-        for m in layers:
-            m.training = True
+        for m, training in flags:
+            m.training = training
 
 
 def cast_batch(batch: Any, dtype: torch.dtype, device: torch.device) -> Any:
@@ -69,7 +77,12 @@ def cast_batch(batch: Any, dtype: torch.dtype, device: torch.device) -> Any:
         target = dtype if batch.is_floating_point() else batch.dtype
         return batch.detach().to(device=device, dtype=target)
     if isinstance(batch, Mapping):
-        return type(batch)({k: cast_batch(v, dtype, device) for k, v in batch.items()})  # type: ignore[call-arg]
+        cast = {k: cast_batch(v, dtype, device) for k, v in batch.items()}
+        if isinstance(batch, dict):  # a shallow copy keeps a subclass's own state (defaultdict)
+            copied = copy.copy(batch)
+            copied.update(cast)
+            return copied
+        return type(batch)(cast)  # type: ignore[call-arg]
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
         return type(batch)(*(cast_batch(v, dtype, device) for v in batch))
     if isinstance(batch, list | tuple):

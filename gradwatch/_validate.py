@@ -5,22 +5,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from gradwatch.report import Thresholds
+from gradwatch.verdict import Thresholds
 
 DROPOUT_MODES = ("off", "freeze")
+CHECK_MODES = ("components", "directions")
 
 
-def check_epsilon(epsilon: object) -> float:
-    """ε must be a finite float in (0, 1): a step of 1 or more measures a secant, not a slope."""
+def check_epsilon(epsilon: object) -> float | Literal["auto"]:
+    """ε must be ``"auto"`` or a finite float in (0, 1): a step of 1 or more measures a secant,
+    not a slope."""
+    if epsilon == "auto":
+        return "auto"
     if isinstance(epsilon, bool) or not isinstance(epsilon, int | float | np.floating):
-        raise TypeError(f"`epsilon` must be a float in (0, 1), e.g. 1e-7; got {epsilon!r}")
+        raise TypeError(
+            f"`epsilon` must be 'auto' or a float in (0, 1), e.g. 1e-7; got {epsilon!r}"
+        )
     value = float(epsilon)
     if not (math.isfinite(value) and 0.0 < value < 1.0):
-        raise ValueError(f"`epsilon` must be a finite float in (0, 1), e.g. 1e-7; got {epsilon!r}")
+        raise ValueError(
+            f"`epsilon` must be 'auto' or a finite float in (0, 1), e.g. 1e-7; got {epsilon!r}"
+        )
     return value
 
 
@@ -59,6 +67,8 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
 
 def check_seed(seed: object) -> int:
     """A non-negative int seed."""
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise TypeError(f"`seed` must be a non-negative int; got {seed!r}")
+    if seed < 0:
         raise ValueError(f"`seed` must be a non-negative int; got {seed!r}")
     return int(seed)

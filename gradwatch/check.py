@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import numpy as np
 
 from gradwatch._validate import check_epsilon, check_thresholds
+from gradwatch.analysis import analyse_components
 from gradwatch.layout import Layout
+from gradwatch.numeric import auto_steps, represented_steps
 from gradwatch.report import GradCheckReport, Thresholds
 
 __all__ = ["gradient_check"]
@@ -38,25 +42,42 @@ def _layout(layout: Mapping[str, object] | Layout | None, size: int) -> Layout:
     return built
 
 
+def _cost_value(cost: Callable[[np.ndarray], float], theta: np.ndarray) -> float:
+    """J(θ) as a float; a cost returning no scalar is told so by name, before the loop runs."""
+    value: Any = cost(theta)
+    shape = tuple(getattr(value, "shape", ()))  # numpy scalars and 0-d arrays have shape ()
+    if math.prod(shape) != 1:
+        raise ValueError(
+            f"`cost` must return a scalar J(θ), e.g. a mean over the examples; got shape {shape}"
+        )
+    try:
+        return float(value.item() if shape else value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`cost` must return a float J(θ); got {type(value).__name__}") from err
+
+
 def gradient_check(
     cost: Callable[[np.ndarray], float],
     theta: np.ndarray,
     grad: np.ndarray,
     *,
-    epsilon: float = 1e-7,
+    epsilon: float | Literal["auto"] = 1e-7,
     layout: Mapping[str, object] | Layout | None = None,
     thresholds: Thresholds | None = None,
 ) -> GradCheckReport:
     """Checks an analytic gradient against the two-sided difference, exactly as in the material.
 
     For every component i: dθ_approx[i] = (J(θ + ε·e_i) − J(θ − ε·e_i)) / 2ε, then the
-    difference ‖dθ_approx − dθ‖₂ / (‖dθ_approx‖₂ + ‖dθ‖₂), in float64.
+    difference ‖dθ_approx − dθ‖₂ / (‖dθ_approx‖₂ + ‖dθ‖₂), in float64. One more evaluation,
+    J(θ), gives the one-sided slopes that tell kinks (ReLU at 0) from bugs, and the rounding
+    floor the difference cannot go below.
 
     Args:
         cost: J, mapping a 1-D float64 array θ to a float. It receives a scratch copy of θ.
         theta: the point θ, all parameters reshaped and concatenated.
         grad: the analytic gradient dθ (your backprop), in the same order and shape as θ.
-        epsilon: the step ε (default 1e-7, the material's).
+        epsilon: the step ε (default 1e-7, the material's), or ``"auto"``: a step per
+            component that fits float64, ε_mach^(1/3)·max(1, |θ_i|) (see ``numeric.auto_steps``).
         layout: optional ordered mapping name → shape whose sizes add up to ``len(theta)``, so
             components are reported as ``W2[1, 3]`` instead of ``theta[36]``.
         thresholds: verdict bands; default pass ≤ 1e-7 < warn ≤ 1e-3 < fail.
@@ -81,29 +102,42 @@ def gradient_check(
     step = check_epsilon(epsilon)
     bands = check_thresholds(thresholds)
     theta = _as_vector("theta", theta)
+    if theta.size == 0:
+        raise ValueError("`theta` must have at least one component; got an empty array")
     grad = _as_vector("grad", grad)
     if grad.shape != theta.shape:
         raise ValueError(f"`grad` must have the shape of `theta` {theta.shape}; got {grad.shape}")
     names = _layout(layout, theta.size)
 
     start = time.perf_counter()
+    unit = float(np.finfo(np.float64).eps)
+    half = (
+        np.full(theta.size, step)
+        if step != "auto"
+        else represented_steps(theta, auto_steps(theta, unit))
+    )
     scratch = theta.copy()
-    numeric = np.empty_like(theta)
+    center = _cost_value(cost, scratch)
+    plus, minus = np.empty_like(theta), np.empty_like(theta)
     for i in range(theta.size):
-        scratch[i] = theta[i] + step
-        j_plus = float(cost(scratch))
-        scratch[i] = theta[i] - step
-        j_minus = float(cost(scratch))
+        scratch[i] = theta[i] + half[i]
+        plus[i] = float(cost(scratch))
+        scratch[i] = theta[i] - half[i]
+        minus[i] = float(cost(scratch))
         scratch[i] = theta[i]
-        numeric[i] = (j_plus - j_minus) / (2 * step)
+    found = analyse_components(grad, plus, minus, center, half, unit)
     return GradCheckReport(
         layout=names,
         indices=np.arange(theta.size, dtype=np.int64),
         analytic=grad,
-        numeric=numeric,
+        numeric=(plus - minus) / (2 * half),
         epsilon=step,
         dtype="float64",
-        evaluations=2 * theta.size,
+        evaluations=2 * theta.size + 1,
         seconds=time.perf_counter() - start,
         thresholds=bands,
+        noise=found.noise,
+        bound=found.bound,
+        kinks=found.kink,
+        flagged=found.flagged,
     )

@@ -6,6 +6,7 @@ import fnmatch
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -15,6 +16,7 @@ from torch import nn
 from gradwatch._evaluate import LossFn, ModuleCost
 from gradwatch._state import cast_batch, dropout_disabled, preserved_rng
 from gradwatch._validate import (
+    CHECK_MODES,
     DROPOUT_MODES,
     check_choice,
     check_components,
@@ -22,13 +24,17 @@ from gradwatch._validate import (
     check_seed,
     check_thresholds,
 )
+from gradwatch.analysis import ComponentAnalysis, analyse_components
+from gradwatch.directions import search_directions
 from gradwatch.layout import Layout
-from gradwatch.report import GradCheckReport, Thresholds
+from gradwatch.numeric import auto_steps, relative_difference
+from gradwatch.report import GradCheckReport, PrecisionDrift, Thresholds
 from gradwatch.sampling import sample_components
 
 __all__ = ["check_module", "checked_parameters"]
 
 DropoutMode = Literal["off", "freeze"]
+CheckMode = Literal["components", "directions"]
 
 
 def checked_parameters(model: nn.Module, include: str | Sequence[str] | None = None) -> list[str]:
@@ -74,26 +80,26 @@ def checked_parameters(model: nn.Module, include: str | Sequence[str] | None = N
     return chosen
 
 
-def _check_dtype(dtype: object) -> torch.dtype:
+def _check_dtype(dtype: object, name: str = "dtype") -> torch.dtype:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
         raise TypeError(
-            "`dtype` must be a real floating torch dtype (torch.float64 recommended); "
+            f"`{name}` must be a real floating torch dtype (torch.float64 recommended); "
             f"got {dtype!r}"
         )
     return dtype
 
 
-def _rounding_note(dtype: torch.dtype, epsilon: float, cost: float) -> tuple[str, ...]:
+def _rounding_note(dtype: torch.dtype, epsilon: float | str, cost: float) -> tuple[str, ...]:
     # Each J carries a rounding error of about eps_mach·|J|; the two-sided difference divides it
     # by 2ε. In float64 at ε = 1e-7 that is ~1e-9·|J|, in float32 ~0.3·|J|: noise, not slope.
     unit = torch.finfo(dtype).eps
-    if dtype == torch.float64:
-        return ()
+    if dtype == torch.float64 or not isinstance(epsilon, float):
+        return ()  # "auto" picks a step that fits the precision
     noise = unit * max(abs(cost), 1e-30) / (2 * epsilon)
     return (
         f"checked in {str(dtype).removeprefix('torch.')}: rounding noise in each numeric "
         f"component is about {noise:.1e} (eps_mach {unit:.1e} x |J| / 2 epsilon) and dominates "
-        "the difference; check in float64 (the default) to trust the verdict",
+        "the difference; check in float64 (the default) or with epsilon='auto' to trust the verdict",
     )
 
 
@@ -116,13 +122,15 @@ def check_module(
     loss_fn: LossFn,
     batch: Any,
     *,
-    epsilon: float = 1e-7,
+    epsilon: float | Literal["auto"] = 1e-7,
     include: str | Sequence[str] | None = None,
     components: int | None = None,
     dropout: DropoutMode = "off",
     dtype: torch.dtype = torch.float64,
     seed: int = 0,
     thresholds: Thresholds | None = None,
+    drift_dtype: torch.dtype | None = None,
+    mode: CheckMode = "components",
 ) -> GradCheckReport:
     """Checks backprop of a whole module against the material's two-sided difference.
 
@@ -138,7 +146,9 @@ def check_module(
         loss_fn: ``loss_fn(model, batch)`` → the scalar cost J (regularization included).
         batch: anything ``loss_fn`` takes; floating tensors in it (nested dicts, lists, tuples)
             are cast to ``dtype`` and moved to the model's device.
-        epsilon: the step ε (default 1e-7, the material's).
+        epsilon: the step ε (default 1e-7, the material's), or ``"auto"``: a step per
+            component that fits ``dtype``, ε_mach^(1/3)·max(1, |θ_i|) (about 6e-6 in float64),
+            which takes the rounding noise of the fixed step away.
         include: glob pattern(s) narrowing θ, e.g. ``"decoder.*"``; other parameters stay fixed.
         components: ``None`` checks every component; an int k a reproducible sample of k
             components spread over every parameter tensor (seeded by ``seed``).
@@ -147,6 +157,14 @@ def check_module(
         dtype: the precision of the check.
         seed: seed of the component sample and of every random draw inside J.
         thresholds: verdict bands; default pass ≤ 1e-7 < warn ≤ 1e-3 < fail.
+        drift_dtype: optionally repeat the check in a training precision (torch.float32,
+            torch.bfloat16) and report in ``report.drift`` how far its gradient drifts from the
+            float64 one: whether a custom backward is numerically fragile.
+        mode: ``"components"`` checks components one by one (all, or ``components`` of them);
+            ``"directions"`` (large models) compares random ±1 directions per tensor first,
+            localizes the components of failing tensors by bisection and checks those one by
+            one, plus ``components`` spread over every tensor (default one per tensor); see
+            :mod:`gradwatch.directions`. ``report.mode`` says which ran.
 
     Returns:
         A :class:`GradCheckReport` whose parameter names are those of ``named_parameters()``.
@@ -166,8 +184,11 @@ def check_module(
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be a callable (model, batch) -> J; got {loss_fn!r}")
     sample = check_components(components)
-    mode = check_choice("dropout", dropout, DROPOUT_MODES)
+    drop = check_choice("dropout", dropout, DROPOUT_MODES)
+    check = check_choice("mode", mode, CHECK_MODES)
     precision = _check_dtype(dtype)
+    if drift_dtype is not None:
+        _check_dtype(drift_dtype, "drift_dtype")
     seed = check_seed(seed)
     bands = check_thresholds(thresholds)
     params = dict(model.named_parameters())
@@ -178,34 +199,107 @@ def check_module(
 
     start = time.perf_counter()
     device = params[names[0]].device
-    with preserved_rng(), dropout_disabled(model, disable=(mode == "off")):
+    with preserved_rng(), dropout_disabled(model, disable=(drop == "off")):
         cost = ModuleCost(
             model, loss_fn, cast_batch(batch, precision, device), names, precision, seed
         )
-        j_grad, grads = cost.gradient()
-        j_center = cost.value()
-        indices = sample_components(layout, sample, seed)
-        tensor = layout.tensor_of(indices)
-        local = indices - np.asarray(layout.offsets)[tensor]
-        steps = np.full(indices.size, step)
-        plus, minus = cost.pairs(tensor, local, steps)
-        j_after = cost.value()
-    flat_grad = torch.cat([g.reshape(-1).to(torch.float64).cpu() for g in grads]).numpy()
-    failure = _determinism_note(j_center, j_grad, step) or _determinism_note(
-        j_center, j_after, step
-    )
-    if not math.isfinite(j_center):
-        failure = f"the loss J(θ) is {j_center}: fix the forward pass before checking gradients"
+        if check == "directions":
+            search = search_directions(cost, layout, step, bands, spot=sample, seed=seed)
+            indices = search.indices
+            notes.append(search.note)
+        else:
+            indices = sample_components(layout, sample, seed)
+        found = _compare(cost, layout, indices, step)
+        notes.append(cost.describe())
+        drift = None
+        if drift_dtype is not None:
+            drift = _drift(model, loss_fn, batch, names, seed, indices, layout, found, drift_dtype)
     return GradCheckReport(
         layout=layout,
         indices=indices,
-        analytic=flat_grad[indices],
-        numeric=(plus - minus) / (2 * steps),
+        analytic=found.analytic,
+        numeric=found.numeric,
         epsilon=step,
         dtype=str(precision).removeprefix("torch."),
         evaluations=cost.evaluations,
         seconds=time.perf_counter() - start,
         thresholds=bands,
-        notes=(*notes, *_rounding_note(precision, step, j_center)),
+        notes=(*notes, *_rounding_note(precision, step, found.center)),
+        failure=found.failure,
+        mode=check,
+        noise=found.analysis.noise,
+        bound=found.analysis.bound,
+        kinks=found.analysis.kink,
+        flagged=found.analysis.flagged,
+        drift=drift,
+    )
+
+
+@dataclass(frozen=True)
+class _Comparison:
+    analytic: np.ndarray
+    numeric: np.ndarray
+    center: float
+    failure: str | None
+    analysis: ComponentAnalysis
+
+
+def _steps(
+    cost: ModuleCost, indices: np.ndarray, layout: Layout, epsilon: float | str
+) -> np.ndarray:
+    """Half-steps per checked component: ε as given, or the precision's step as represented."""
+    if epsilon != "auto":
+        return np.full(indices.size, float(epsilon))
+    values = cost.flat_values(indices)
+    unit = torch.finfo(values.dtype).eps
+    h = torch.from_numpy(auto_steps(values.double().cpu().numpy(), unit)).to(values)
+    return (((values + h) - (values - h)) / 2).double().cpu().numpy()
+
+
+def _compare(
+    cost: ModuleCost, layout: Layout, indices: np.ndarray, epsilon: float | str
+) -> _Comparison:
+    """Backprop's gradient, the two-sided estimate and J(θ) (twice: is J deterministic?)."""
+    j_grad, grads = cost.gradient()
+    center = cost.value()
+    tensor = layout.tensor_of(indices)
+    local = indices - np.asarray(layout.offsets)[tensor]
+    half = _steps(cost, indices, layout, epsilon)
+    plus, minus = cost.pairs(tensor, local, half)
+    j_after = cost.value()
+    flat_grad = torch.cat([g.reshape(-1).to(torch.float64).cpu() for g in grads]).numpy()
+    analytic = flat_grad[indices]
+    h_min = float(half.min()) if half.size else 1.0
+    failure = _determinism_note(center, j_grad, h_min) or _determinism_note(center, j_after, h_min)
+    if not math.isfinite(center):
+        failure = f"the loss J(θ) is {center}: fix the forward pass before checking gradients"
+    unit = float(torch.finfo(cost.theta[0].dtype).eps)
+    return _Comparison(
+        analytic=analytic,
+        numeric=(plus - minus) / (2 * half),
+        center=center,
         failure=failure,
+        analysis=analyse_components(analytic, plus, minus, center, half, unit),
+    )
+
+
+def _drift(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Any,
+    names: Sequence[str],
+    seed: int,
+    indices: np.ndarray,
+    layout: Layout,
+    reference: _Comparison,
+    dtype: torch.dtype,
+) -> PrecisionDrift:
+    """The same check in a training precision, at the step that suits it."""
+    device = model.get_parameter(names[0]).device
+    low = ModuleCost(model, loss_fn, cast_batch(batch, dtype, device), names, dtype, seed)
+    found = _compare(low, layout, indices, "auto")
+    return PrecisionDrift(
+        dtype=str(dtype).removeprefix("torch."),
+        gradient_drift=relative_difference(found.analytic, reference.analytic),
+        difference=relative_difference(found.numeric, found.analytic),
     )

@@ -1,0 +1,334 @@
+"""Issue 5's benchmark: gradwatch against the plain loop and torch.autograd.gradcheck, in one run.
+
+    .venv/bin/python benchmarks/bench_check.py [--threads N]
+
+On the same model, batch and ε (the 64-128-64-10 tanh MLP, 17,226 parameters, batch 32, float64,
+ε = 1e-7) it times (a) the course material's per-component loop, (b) torch.autograd.gradcheck
+over the flat θ and (c) gradwatch's full check, against the FLOP floor: 2n forwards at the
+float64 matmul rate measured here. Then (d) a sampled and a directional check of a 1.07M
+parameter CNN whose hand-written conv backward is wrong, and (e) the training throughput with
+the GradientCheck callback between checks against none. Seconds are wall time; peak extra
+memory is the growth of the process's resident set (VmHWM after /proc/self/clear_refs) over its
+size before the step. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+from torch.nn.grad import conv2d_input, conv2d_weight
+from torch.utils.flop_counter import FlopCounterMode
+
+import gradwatch
+
+EPSILON = 1e-7
+MiB = 2**20
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1)) * 1024  # type: ignore[union-attr]
+
+
+def measured(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(result, seconds, peak extra MiB) of ``fn()``."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark to the current resident size
+    base = _status("VmRSS")
+    start = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - start
+    return out, seconds, (_status("VmHWM") - base) / MiB
+
+
+def matmul_rate(size: int = 1024, repeats: int = 5) -> float:
+    """Best float64 matmul rate here, in FLOP/s (2·size³ per product)."""
+    a = torch.randn(size, size, dtype=torch.float64)
+    b = torch.randn(size, size, dtype=torch.float64)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def forward_flops(model: nn.Module, batch: Any, loss_fn: Callable[[nn.Module, Any], Any]) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        loss_fn(model, batch)
+    return int(counter.get_total_flops())
+
+
+# -- (a) and (b): the references on the flat θ --------------------------------------------------
+
+
+def flat_cost(model: nn.Module, loss_fn: Callable[..., Any], batch: Any) -> tuple[Any, Any]:
+    """J(θ) on a float64 copy of the model, θ one flat vector, and θ itself."""
+    reference = copy.deepcopy(model).double()
+    names = [n for n, _ in reference.named_parameters()]
+    shapes = [p.shape for _, p in reference.named_parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in reference.parameters()])
+
+    def cost(flat: torch.Tensor) -> torch.Tensor:
+        pieces = torch.split(flat, [int(np.prod(s)) for s in shapes])
+        params = {n: p.view(s) for n, p, s in zip(names, pieces, shapes, strict=True)}
+        return loss_fn(_Bound(reference, params), batch)
+
+    return cost, theta
+
+
+class _Bound:
+    """The model called with other parameters, like ``functional_call``."""
+
+    def __init__(self, model: nn.Module, params: dict[str, torch.Tensor]) -> None:
+        self.model, self.params = model, params
+
+    def __call__(self, *args: Any) -> Any:
+        return functional_call(self.model, self.params, args)
+
+
+def plain_loop(cost: Callable[..., Any], theta: torch.Tensor) -> float:
+    """The material: for each i, (J(θ⁺) − J(θ⁻)) / 2ε with θ± = θ ± ε·e_i; then the formula."""
+    grad_theta = theta.clone().requires_grad_(True)
+    grad = torch.autograd.grad(cost(grad_theta), grad_theta)[0]
+    approx = torch.empty_like(theta)
+    with torch.no_grad():
+        for i in range(theta.numel()):
+            plus = theta.clone()
+            plus[i] += EPSILON
+            minus = theta.clone()
+            minus[i] -= EPSILON
+            approx[i] = (cost(plus) - cost(minus)) / (2 * EPSILON)
+    return float((approx - grad).norm() / (approx.norm() + grad.norm()))
+
+
+def autograd_gradcheck(cost: Callable[..., Any], theta: torch.Tensor) -> bool:
+    leaf = theta.clone().requires_grad_(True)
+    return torch.autograd.gradcheck(
+        cost, (leaf,), eps=EPSILON, atol=1e-5, rtol=1e-3, raise_exception=False
+    )
+
+
+# -- (c): the MLP ------------------------------------------------------------------------------
+
+
+def cross_entropy(model: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return F.cross_entropy(model(batch[0]), batch[1])
+
+
+def mlp_case() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 64), nn.Tanh(), nn.Linear(64, 10)
+    )
+    return model, (torch.randn(32, 64), torch.randint(0, 10, (32,)))
+
+
+def bench_mlp(rate: float) -> None:
+    model, batch = mlp_case()
+    n = sum(p.numel() for p in model.parameters())
+    batch64 = (batch[0].double(), batch[1])
+    flops = forward_flops(copy.deepcopy(model).double(), batch64, cross_entropy)
+    floor = 2 * n * flops / rate
+    print(
+        f"\nMLP 64-128-64-10 tanh: {n:,} parameters, batch 32, float64, epsilon {EPSILON:g}; "
+        f"one forward {flops / 1e6:.2f} MFLOP; FLOP floor (2n forwards) {floor:.3f} s"
+    )
+    cost, theta = flat_cost(model, cross_entropy, batch64)
+    loop, gradcheck, full = (
+        "(a) material's plain loop",
+        "(b) torch.autograd.gradcheck",
+        "(c) gradwatch full check",
+    )
+    rows: dict[str, tuple[float, float, str]] = {}
+    difference, seconds, extra = measured(lambda: plain_loop(cost, theta))
+    rows[loop] = (seconds, extra, f"difference {difference:.2e}")
+    passed, seconds, extra = measured(lambda: autograd_gradcheck(cost, theta))
+    rows[gradcheck] = (seconds, extra, f"passed {passed}")
+    report, seconds, extra = measured(lambda: gradwatch.check_module(model, cross_entropy, batch))
+    rows[full] = (seconds, extra, f"difference {report.difference:.2e}")
+    _table(rows)
+    ours = rows[full][0]
+    print(
+        f"ratios: (b)/(c) = {rows[gradcheck][0] / ours:.1f}x (target >= 8), "
+        f"(a)/(c) = {rows[loop][0] / ours:.1f}x (target >= 5), "
+        f"(c)/floor = {ours / floor:.2f}x (target <= 3)"
+    )
+    print(f"(c) {report.headline()}")
+    for note in report.notes:
+        print(f"    note: {note}")
+
+
+def _table(rows: dict[str, tuple[float, float, str]]) -> None:
+    print(f"  {'':34}{'seconds':>9}{'peak extra MiB':>16}  result")
+    for name, (seconds, extra, result) in rows.items():
+        print(f"  {name:34}{seconds:9.2f}{extra:16.1f}  {result}")
+
+
+# -- (d): a 1M-parameter CNN with a wrong conv backward -----------------------------------------
+
+
+class DoubleMeanConv(torch.autograd.Function):
+    """conv2d with a hand-written backward whose weight gradient is divided by the batch size
+    once more (the loss already averages): the planted bug."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> Any:
+        return F.conv2d(x, weight, bias, stride=2, padding=1)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        x, weight, _ = inputs
+        ctx.save_for_backward(x, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        x, weight = ctx.saved_tensors
+        grad_x = conv2d_input(x.shape, weight, grad, stride=2, padding=1)
+        grad_w = conv2d_weight(x, weight.shape, grad, stride=2, padding=1) / x.shape[0]
+        return grad_x, grad_w, grad.sum(dim=(0, 2, 3))
+
+
+class CNN(nn.Module):
+    """conv1 → tanh → conv2 (hand-written backward) → tanh → fc1 (1M weights) → tanh → fc2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, stride=2, padding=1)
+        self.fc1 = nn.Linear(64 * 8 * 8, 256)
+        self.fc2 = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.conv1(x))
+        h = torch.tanh(DoubleMeanConv.apply(h, self.conv2.weight, self.conv2.bias))
+        return self.fc2(torch.tanh(self.fc1(h.flatten(1))))
+
+
+def bench_cnn() -> None:
+    model = CNN()
+    generator = torch.Generator().manual_seed(1)
+    batch = (torch.randn(16, 3, 16, 16, generator=generator), torch.randint(0, 10, (16,)))
+    n = sum(p.numel() for p in model.parameters())
+    print(f"\n(d) CNN, {n:,} parameters, batch 16, float32 model checked in float64, conv2's")
+    print("    backward divides its weight gradient by the batch size (the planted bug)")
+    rows = {}
+    for label, options in (
+        ("sampled, components=512", {"components": 512}),
+        ("directional, mode='directions'", {"mode": "directions"}),
+    ):
+        report, seconds, extra = measured(
+            lambda o=options: gradwatch.check_module(model, cross_entropy, batch, **o)
+        )
+        worst = report.worst(1)[0]
+        named = "names conv2" if worst.name.startswith("conv2") else f"MISSED ({worst.name})"
+        found = f"{report.verdict.value}, {named}: worst {worst.label}"
+        rows[label] = (seconds, extra, f"{found}; {report.components_checked} components")
+        rows[label] = (*rows[label][:2], rows[label][2] + f", {report.evaluations} evaluations")
+    _table(rows)
+    print("    targets: each < 30 s, both fail and name conv2")
+
+
+# -- (e): the callback between checks ----------------------------------------------------------
+
+
+def bench_callback(steps: int = 400, rounds: int = 5) -> None:
+    try:
+        import pytorch_lightning as pl
+        from gradwatch.callbacks import GradientCheck
+        from torch.utils.data import DataLoader, TensorDataset
+    except ImportError as err:  # the callback is another issue's work
+        print(f"\n(e) skipped: {err}")
+        return
+
+    class Classifier(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp_case()[0]
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return cross_entropy(self.net, batch)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    class StepTimer(pl.Callback):
+        """Sums the wall time of the training steps after the first 20 (warm-up)."""
+
+        def __init__(self) -> None:
+            self.total, self.start = 0.0, 0.0
+
+        def on_train_batch_start(self, trainer: Any, *args: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+            if trainer.global_step > 20:
+                self.total += time.perf_counter() - self.start
+
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(32 * steps, 64, generator=generator),
+                         torch.randint(0, 10, (32 * steps,), generator=generator))  # fmt: skip
+
+    def seconds(with_callback: bool) -> float:
+        timer = StepTimer()
+        extra = [GradientCheck(at_init=False, after_steps=[10**9])] if with_callback else []
+        trainer = pl.Trainer(
+            max_steps=steps, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=[timer, *extra],
+        )  # fmt: skip
+        torch.manual_seed(0)
+        trainer.fit(Classifier(), DataLoader(data, batch_size=32))
+        return timer.total
+
+    runs: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):  # interleaved, so drifts in machine load hit both alike
+        for flag in (False, True):
+            runs[flag].append(seconds(flag))
+    without, with_ = min(runs[False]), min(runs[True])
+    print(f"\n(e) training throughput, MLP, {steps - 21} timed steps, best of {rounds} interleaved")
+    print(f"    without callback {(steps - 21) / without:8.1f} steps/s")
+    print(f"    with GradientCheck between checks {(steps - 21) / with_:8.1f} steps/s")
+    print(f"    ratio {without / with_:.3f} (target >= 0.98)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--skip", default="", help="parts to skip, e.g. 'ab' or 'e'")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rate = matmul_rate()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float64 matmul rate "
+          f"{rate / 1e9:.1f} GFLOP/s (1024x1024, best of 5)")  # fmt: skip
+    bench_mlp(rate)
+    if "d" not in args.skip:
+        bench_cnn()
+    if "e" not in args.skip:
+        bench_callback()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The callback's logic, shared by the ``pytorch_lightning`` and the ``lightning`` flavours.
+
+Hooks decide *when* (an integer comparison on every batch), :func:`gradwatch.check_module` does
+the check, the helpers of :mod:`._logs` say what was found. Nothing here reads private trainer
+state: only ``global_step``, ``accumulate_grad_batches``, ``loggers``, ``strategy``,
+``is_global_zero`` and ``progress_bar_callback``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from gradwatch import GradCheckReport, Thresholds, Verdict, check_module
+
+from . import _logs
+from . import _validate as v
+from ._objective import LossFn, logging_muted, objective, require_objective
+from ._schedule import Schedule
+
+
+class GradientCheckError(RuntimeError):
+    """Raised by ``GradientCheck(on_fail="raise")`` when a scheduled check fails; stops ``fit``.
+
+    Attributes:
+        step: the ``trainer.global_step`` of the check.
+        report: the :class:`gradwatch.GradCheckReport`; its summary is the message.
+
+    Example:
+        >>> issubclass(GradientCheckError, RuntimeError)
+        True
+    """
+
+    def __init__(self, step: int, report: GradCheckReport) -> None:
+        super().__init__(
+            f"GradientCheck at step {step}: the gradient check failed (on_fail='raise').\n{report}"
+        )
+        self.step = step
+        self.report = report
+
+    def __reduce__(self) -> tuple[type[GradientCheckError], tuple[int, GradCheckReport]]:
+        # Spawned workers send exceptions back pickled; rebuild from (step, report).
+        return type(self), (self.step, self.report)
+
+
+def _counted(loss_fn: LossFn, tick: Callable[[], None]) -> LossFn:
+    def counted(model: nn.Module, batch: Any) -> Any:
+        tick()
+        return loss_fn(model, batch)
+
+    return counted
+
+
+def _theta_names(module: nn.Module, include: Sequence[str] | None) -> dict[str, int]:
+    """Trainable parameters matching ``include``, with their sizes (the engine's θ)."""
+    sizes = {n: p.numel() for n, p in module.named_parameters() if p.requires_grad}
+    if include is None:
+        return sizes
+    return {n: k for n, k in sizes.items() if any(fnmatch.fnmatchcase(n, p) for p in include)}
+
+
+class GradientCheckBase:
+    """Everything of ``GradientCheck`` but the Lightning base class (see ``gradient_check.py``)."""
+
+    # The TensorBoardLogger class(es) of the flavour: those loggers also get the text table,
+    # the histogram and the chart layout.
+    _tensorboard_loggers: tuple[type, ...] = ()
+
+    def __init__(
+        self,
+        *,
+        at_init: bool = True,
+        after_steps: int | Sequence[int] = (100,),
+        every_n_steps: int | None = None,
+        epsilon: float = 1e-7,
+        components: int | None = None,
+        include: str | Sequence[str] | None = None,
+        dropout: Literal["off", "freeze"] = "off",
+        pass_max: float = 1e-7,
+        warn_max: float = 1e-3,
+        seed: int = 0,
+        log_worst: int = 10,
+        on_fail: Literal["warn", "raise", "ignore"] = "warn",
+    ) -> None:
+        super().__init__()
+        self.schedule = Schedule(
+            at_init=v.check_flag("at_init", at_init),
+            after_steps=v.check_steps(after_steps),
+            every_n_steps=v.check_optional_count("every_n_steps", every_n_steps, "1000"),
+        )
+        self._epsilon = v.check_positive_float(
+            "epsilon", epsilon, "a finite float in (0, 1), e.g. 1e-7", upper=1.0
+        )
+        self._components = v.check_optional_count("components", components, "2000")
+        self._include = v.check_include(include)
+        self._dropout = v.check_choice("dropout", dropout, v.DROPOUT)
+        self._thresholds = Thresholds(*v.check_bands(pass_max, warn_max))
+        self._seed = v.check_non_negative("seed", seed)
+        self._log_worst = v.check_non_negative("log_worst", log_worst)
+        self._on_fail = v.check_choice("on_fail", on_fail, v.ON_FAIL)
+        self.reports: dict[int, GradCheckReport] = {}
+        self._checks: list[dict[str, Any]] = []
+        self._next_due: float = math.inf
+        self._layouts: set[int] = set()
+
+    @property
+    def state_key(self) -> str:
+        """One key per schedule, so several ``GradientCheck`` callbacks keep separate states."""
+        s = self.schedule
+        schedule = {"at_init": s.at_init, "after_steps": s.after_steps, "every_n": s.every_n_steps}
+        return f"{type(self).__qualname__}{schedule!r}"
+
+    @property
+    def checked_steps(self) -> tuple[int, ...]:
+        """The steps checked so far, including those restored from a checkpoint."""
+        return tuple(int(c["step"]) for c in self._checks)
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            require_objective(pl_module)
+            self._require_theta(pl_module)
+            self._layouts.clear()
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # From where training (re)starts, past the last check (restored from a checkpoint): no
+        # step is checked twice, and steps before a resume point are not made up.
+        after_last = max(self.checked_steps, default=-1) + 1
+        self._next_due = self.schedule.first_due(max(trainer.global_step, after_last))
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step < self._next_due:
+            return
+        # With gradient accumulation, only the first micro-batch of an optimizer step.
+        if batch_idx % trainer.accumulate_grad_batches == 0:
+            self._check(trainer, pl_module, batch, batch_idx)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        missed = self.schedule.unreached(trainer.global_step)
+        if missed:
+            rank_zero_info(
+                f"GradientCheck: training stopped at step {trainer.global_step}, before the "
+                f"check(s) scheduled at step(s) {list(missed)}; lower `after_steps` or train longer"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"checks": [dict(c) for c in self._checks]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._checks = [dict(c) for c in state_dict.get("checks", [])]
+
+    def _require_theta(self, pl_module: nn.Module) -> None:
+        if self._include is not None and not _theta_names(pl_module, self._include):
+            trainable = list(_theta_names(pl_module, None))
+            raise ValueError(
+                f"GradientCheck: `include` {list(self._include)} matches no trainable parameter "
+                f"of `{type(pl_module).__name__}`; its names are like {trainable[:5]}"
+            )
+
+    def _check(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        report = self._run(trainer, pl_module, batch, batch_idx)
+        self.reports[step] = report
+        self._checks.append(
+            {"step": step, "difference": report.difference, "verdict": report.verdict.value}
+        )
+        self._next_due = self.schedule.first_due(step + 1)
+        self._log(trainer, step, report)
+        self._act(trainer, step, report)
+
+    def _run(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> GradCheckReport:
+        show = trainer.is_global_zero and trainer.progress_bar_callback is not None
+        with logging_muted(pl_module), _logs.progress(show) as tick:
+            return check_module(
+                pl_module,
+                _counted(objective(pl_module, batch_idx), tick),
+                batch,
+                epsilon=self._epsilon,
+                include=self._include,
+                components=self._components,
+                dropout=self._dropout,  # type: ignore[arg-type]
+                seed=self._seed,
+                thresholds=self._thresholds,
+            )
+
+    def _log(self, trainer: Any, step: int, report: GradCheckReport) -> None:
+        metrics = _logs.scalars(report)
+        t = self._thresholds
+        for logger in trainer.loggers:
+            tensorboard = isinstance(logger, self._tensorboard_loggers)
+            bands = _logs.band_scalars(report, t.pass_max, t.warn_max) if tensorboard else {}
+            logger.log_metrics({**metrics, **bands}, step=step)
+            writer = logger.experiment if tensorboard else None
+            if isinstance(writer, SummaryWriter):  # rank zero; elsewhere a stand-in
+                if id(writer) not in self._layouts:
+                    writer.add_custom_scalars(_logs.layout(t.pass_max, t.warn_max))
+                    self._layouts.add(id(writer))
+                _logs.write_tensorboard(writer, step, report, self._log_worst)
+
+    def _act(self, trainer: Any, step: int, report: GradCheckReport) -> None:
+        rank_zero_info(_logs.console_text(step, report))
+        failed = report.verdict is Verdict.FAIL
+        if self._on_fail == "raise":
+            # Every rank stops if any rank's check failed: one rank raising alone would hang.
+            if trainer.strategy.reduce_boolean_decision(failed, all=False):
+                raise GradientCheckError(step, report)
+        elif failed and self._on_fail == "warn":
+            rank_zero_warn(
+                f"GradientCheck at step {step}: the gradient check failed, "
+                f"difference {report.difference:.1e}. {report.message}"
+            )

@@ -1,0 +1,78 @@
+"""``GradientCheck`` for ``pytorch_lightning.Trainer``."""
+
+from __future__ import annotations
+
+from pytorch_lightning import Callback
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from ._core import GradientCheckBase, GradientCheckError
+
+__all__ = ["GradientCheck", "GradientCheckError"]
+
+
+class GradientCheck(GradientCheckBase, Callback):
+    """Checks backprop at random initialization and again after N steps, logged to TensorBoard.
+
+    The course material's check, run by the Trainer: J is the module's own loss, θ every trainable
+    parameter; each component of ∇J is estimated as (J(θ+ε·e_i) − J(θ−ε·e_i)) / 2ε and compared
+    with backprop through ‖numeric − grad‖ / (‖numeric‖ + ‖grad‖): at most ``pass_max`` (1e-7)
+    passes, above ``warn_max`` (1e-3) fails, in between deserves a careful look.
+
+    A check runs once per scheduled step, between optimizer steps, on that step's training batch
+    before ``training_step`` sees it (with gradient accumulation: on the first micro-batch of the
+    optimizer step). It works on float64 copies of the parameters and buffers, so training is left
+    bit-for-bit as it was (weights, optimizer state, RNG streams, BatchNorm statistics, torchmetrics
+    states), and ``self.log`` calls made while J is evaluated are dropped. Other steps cost one
+    integer comparison.
+
+    J is ``training_step(batch, batch_idx)``'s loss (a tensor or the ``"loss"`` entry of a dict),
+    regularization included. A module may define ``gradcheck_loss(self, batch)`` returning J
+    instead (required with manual optimization).
+
+    Logged at ``trainer.global_step`` to every logger: ``gradcheck/difference``,
+    ``gradcheck/difference/<parameter>`` and ``gradcheck/verdict`` (0 pass, 1 warn, 2 fail).
+    TensorBoard also gets the text ``gradcheck/worst_components`` (a markdown table), the
+    histogram ``gradcheck/abs_error`` and a Custom Scalars page with the difference against the
+    pass/fail bands (``gradcheck/log10_difference``, ``gradcheck/bands/*``). The console gets one
+    line per check, and the whole report when it did not pass.
+
+    Args:
+        at_init: check on the first batch, before the first optimizer step (random init).
+        after_steps: check when ``trainer.global_step`` reaches each of these steps.
+        every_n_steps: also check at n, 2n, 3n, ... optimizer steps; ``None`` for no such checks.
+        epsilon: the step ε of the two-sided difference.
+        components: ``None`` checks every component of θ; an int, a seeded sample of that many
+            spread over every parameter tensor (for large models).
+        include: glob(s) of parameter names that make up θ, e.g. ``"decoder.*"``; ``None`` for all.
+        dropout: ``"off"`` makes dropout layers the identity during the check; ``"freeze"`` draws
+            one mask and reuses it for every evaluation.
+        pass_max: the largest difference that passes.
+        warn_max: the largest difference that warns; above it the check fails.
+        seed: seed of the component sample and of random draws inside J.
+        log_worst: rows of the worst-components table in TensorBoard (0: no table).
+        on_fail: what a failed check does: ``"warn"`` (a warning), ``"raise"`` (stop ``fit`` with
+            :class:`GradientCheckError`, for CI) or ``"ignore"`` (log only).
+
+    Raises:
+        TypeError, ValueError: at construction, for an argument outside its accepted values.
+
+    Example::
+
+        from pytorch_lightning import Trainer
+        from gradwatch.callbacks import GradientCheck
+
+        trainer = Trainer(max_steps=500, callbacks=[GradientCheck(after_steps=[100])])
+        trainer.fit(model, datamodule)  # checks at step 0 and step 100
+
+    In a LightningCLI config::
+
+        trainer:
+          callbacks:
+            - class_path: gradwatch.callbacks.GradientCheck
+              init_args: {after_steps: [100], on_fail: raise}
+
+    >>> GradientCheck(after_steps=[200, 100]).schedule
+    Schedule(at_init=True, after_steps=(100, 200), every_n_steps=None)
+    """
+
+    _tensorboard_loggers = (TensorBoardLogger,)

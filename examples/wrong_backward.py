@@ -1,0 +1,129 @@
+"""A layer with a hand-written backward that has a bug: the gradient check fails and its worst
+components point at that layer.
+
+``HandWrittenLinear`` computes y = x Wᵀ + b with its own ``torch.autograd.Function``. Its backward
+has a classic bug: the bias gradient *averages* the upstream gradient over the batch instead of
+summing it. Training still runs (the bias just learns 64x slower), which is exactly why such bugs
+survive; the check catches it at step 0.
+
+Run::
+
+    python examples/wrong_backward.py           # the check fails and warns; training goes on
+    python examples/wrong_backward.py --raise   # on_fail="raise": fit stops at step 0 (CI use)
+    python examples/wrong_backward.py --fixed   # the correct backward passes
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from digits import DigitsData
+from gradwatch.callbacks import GradientCheck, GradientCheckError
+from torch import nn
+from torch.nn import functional as F
+
+
+class LinearFunction(torch.autograd.Function):
+    """y = x Wᵀ + b, with backprop written by hand (and, unless ``fixed``, wrong for b)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, fixed: bool
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.fixed = fixed
+        return x @ weight.T + bias
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+        x, weight = ctx.saved_tensors
+        grad_x = grad_out @ weight
+        grad_weight = grad_out.T @ x
+        # BUG: dJ/db sums over the batch; mean() divides it by the batch size.
+        grad_bias = grad_out.sum(0) if ctx.fixed else grad_out.mean(0)
+        return grad_x, grad_weight, grad_bias, None
+
+
+class HandWrittenLinear(nn.Module):
+    """``nn.Linear`` with the hand-written backward above."""
+
+    def __init__(self, inputs: int, outputs: int, fixed: bool = False) -> None:
+        super().__init__()
+        self.fixed = fixed
+        bound = 1 / math.sqrt(inputs)
+        self.weight = nn.Parameter(torch.empty(outputs, inputs).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(outputs).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return LinearFunction.apply(x, self.weight, self.bias, self.fixed)
+
+
+class DigitsWithHandWrittenLayer(pl.LightningModule):
+    """64 → 32 (hand-written backward) → 10 on the digits."""
+
+    def __init__(self, fixed: bool = False) -> None:
+        super().__init__()
+        self.hidden = HandWrittenLinear(64, 32, fixed=fixed)
+        self.out = nn.Linear(32, 10)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.hidden(images)))
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        images, labels = batch
+        loss = F.cross_entropy(self(images), labels)
+        self.log("train/loss", loss)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        self.log("val/accuracy", (self(images).argmax(1) == labels).float().mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+
+def run(
+    fixed: bool = False, on_fail: Literal["warn", "raise"] = "warn", max_steps: int = 20
+) -> GradientCheck:
+    """Trains with a check at step 0 and returns the callback (its reports)."""
+    pl.seed_everything(0, verbose=False)
+    check = GradientCheck(at_init=True, after_steps=[], on_fail=on_fail)
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        logger=False,
+        callbacks=[check],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(DigitsWithHandWrittenLayer(fixed=fixed), DigitsData(batch_size=64))
+    return check
+
+
+def main(argv: Sequence[str] | None = None) -> GradientCheck | None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--raise", dest="raise_", action="store_true", help="on_fail='raise'")
+    parser.add_argument("--fixed", action="store_true", help="use the correct backward")
+    args = parser.parse_args(argv)
+    try:
+        check = run(fixed=args.fixed, on_fail="raise" if args.raise_ else "warn")
+    except GradientCheckError as error:
+        print(f"\nfit stopped at step {error.step}: GradientCheckError")
+        print("per-parameter differences:", error.report.per_parameter)
+        return None
+    report = check.reports[0]
+    print(f"\nverdict at step 0: {report.verdict.value}")
+    print("worst components:", ", ".join(c.label for c in report.worst(3)))
+    return check
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Tiny LightningModules, data and a recording logger for the callback tests (a check of one of
+these modules takes ~0.1 s: θ has 83 components)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, cast
+
+import pytorch_lightning as pl
+import torch
+import torchmetrics
+from pytorch_lightning.loggers import Logger
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# Lightning's advice for real data loaders and long runs, not for these 8-batch toys.
+QUIET_LIGHTNING = [
+    "ignore:.*does not have many workers:UserWarning",
+    "ignore:.*smaller than the logging interval:UserWarning",
+    "ignore:.*isinstance.treespec, LeafSpec.*",
+]
+
+
+def example(name: str) -> ModuleType:
+    """``examples/<name>.py`` as a module (the examples import each other by file name)."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    return importlib.import_module(name)
+
+
+def data(n: int = 64, seed: int = 0) -> TensorDataset:
+    """``n`` samples (x: 4 features, y: 3 classes, i: the sample's index)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=generator)
+    y = torch.randint(0, 3, (n,), generator=generator)
+    return TensorDataset(x, y, torch.arange(n))
+
+
+def loader(n: int = 64, batch_size: int = 8, shuffle: bool = True) -> DataLoader:
+    return DataLoader(data(n), batch_size=batch_size, shuffle=shuffle)
+
+
+class TinyModule(pl.LightningModule):
+    """Linear → BatchNorm → Tanh → Dropout → Linear, Adam; logs its loss, an epoch accuracy
+    (torchmetrics) and, only when training_step runs in float64 (inside a check), a leak metric."""
+
+    def __init__(self, output: str = "tensor") -> None:
+        super().__init__()
+        self.output = output
+        self.net = nn.Sequential(
+            nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.25), nn.Linear(8, 3)
+        )
+        self.accuracy = torchmetrics.classification.MulticlassAccuracy(num_classes=3)
+        self.calls_in_float64 = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y, _ = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y) + 1e-3 * cast(nn.Linear, self.net[0]).weight.pow(2).sum()
+        in_check = loss.dtype == torch.float64  # the check evaluates J on float64 copies
+        self.calls_in_float64 += int(in_check)
+        self.log("train/loss", loss, prog_bar=True)
+        if in_check:  # must reach nothing
+            self.log("train/leak", 1.0, prog_bar=True)
+            self.log_dict({"train/leak_dict": 1.0}, prog_bar=True)
+        self.accuracy(logits, y)
+        self.log("train/accuracy", self.accuracy, on_step=False, on_epoch=True)
+        if self.output == "dict":
+            return {"loss": loss, "logits": logits.detach()}
+        if self.output == "none":
+            return None
+        if self.output == "dict-without-loss":
+            return {"total": loss}
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+class CustomLossModule(TinyModule):
+    """Gives J through ``gradcheck_loss`` and records which samples each evaluation saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checked_samples: list[tuple[int, ...]] = []
+
+    def gradcheck_loss(self, batch: Any) -> torch.Tensor:
+        x, y, index = batch
+        self.checked_samples.append(tuple(index.tolist()))
+        return F.cross_entropy(self(x), y)
+
+
+class ManualModule(TinyModule):
+    """Manual optimization: training_step returns nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        x, y, _ = batch
+        loss = F.cross_entropy(self(x), y)
+        optimizer.zero_grad()  # type: ignore[union-attr]
+        self.manual_backward(loss)
+        optimizer.step()  # type: ignore[union-attr]
+
+
+class ManualModuleWithLoss(ManualModule):
+    def gradcheck_loss(self, batch: Any) -> torch.Tensor:
+        x, y, _ = batch
+        return F.cross_entropy(self(x), y)
+
+
+class RecordingLogger(Logger):
+    """Keeps every ``log_metrics`` call: ``records`` is a list of ``(step, metrics)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.records.append((step, {k: float(v) for k, v in metrics.items()}))
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def training(self) -> list[tuple[int | None, dict[str, float]]]:
+        """The records without the callback's keys (each check logs in a call of its own)."""
+        return [(s, m) for s, m in self.records if not any(k.startswith("gradcheck") for k in m)]
+
+    def checks(self) -> list[tuple[int | None, dict[str, float]]]:
+        return [(s, m) for s, m in self.records if any(k.startswith("gradcheck") for k in m)]
+
+
+def trainer(root: Path, **options: Any) -> pl.Trainer:
+    """A quiet CPU Trainer writing under ``root``."""
+    settings: dict[str, Any] = {
+        "default_root_dir": root,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 1,
+        "deterministic": True,
+    }
+    settings.update(options)
+    return pl.Trainer(**settings)

@@ -1,0 +1,311 @@
+"""GradientCheck through ``Trainer.fit``: when it checks, what J is, that training is untouched,
+what a failed check does, and resuming from a checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from gradwatch.callbacks import GradientCheck, GradientCheckError
+from lightning_utilities.core import rank_zero
+
+from gradwatch import Verdict
+from tests.callback_models import (
+    QUIET_LIGHTNING,
+    CustomLossModule,
+    ManualModule,
+    ManualModuleWithLoss,
+    RecordingLogger,
+    TinyModule,
+    example,
+    loader,
+    trainer,
+)
+
+pytestmark = pytest.mark.filterwarnings(*QUIET_LIGHTNING)
+
+
+def _fit(
+    root: Path,
+    module: pl.LightningModule,
+    callbacks: list[Any],
+    shuffle: bool = True,
+    **options: Any,
+) -> Any:
+    pl.seed_everything(0, verbose=False)
+    run = trainer(root, callbacks=callbacks, **options)
+    run.fit(module, loader(shuffle=shuffle))
+    return run
+
+
+@pytest.mark.parametrize(
+    ("schedule", "max_steps", "expected"),
+    [
+        ({"after_steps": (3,)}, 8, [0, 3]),
+        ({"at_init": False, "after_steps": (2, 5)}, 8, [2, 5]),
+        ({"after_steps": (), "every_n_steps": 3}, 10, [0, 3, 6, 9]),
+        ({"at_init": False, "after_steps": (5,), "every_n_steps": 4}, 13, [4, 5, 8, 12]),
+        ({"after_steps": (8, 20)}, 8, [0]),  # no batch starts at step 8 when max_steps=8
+    ],
+    ids=["init+after", "after-only", "every-n", "after+every-n", "beyond-max-steps"],
+)
+def test_checks_run_once_at_each_scheduled_step(
+    tmp_path: Path, schedule: dict[str, Any], max_steps: int, expected: list[int]
+) -> None:
+    check = GradientCheck(**schedule)
+    _fit(tmp_path, TinyModule(), [check], max_steps=max_steps)
+    assert list(check.reports) == expected
+    assert check.checked_steps == tuple(expected)
+    assert all(r.verdict is Verdict.PASS for r in check.reports.values())
+
+
+def test_with_gradient_accumulation_checks_the_first_micro_batch_of_an_optimizer_step(
+    tmp_path: Path,
+) -> None:
+    # 8 batches of 8 per epoch, 3 per optimizer step: steps start at batches 0, 3, 6 (samples 0,
+    # 24, 48; the epoch's last step has 2 batches).
+    module = CustomLossModule()
+    check = GradientCheck(after_steps=(2,))
+    _fit(tmp_path, module, [check], shuffle=False, max_steps=3, accumulate_grad_batches=3)
+    assert list(check.reports) == [0, 2]
+    assert sorted(set(module.checked_samples)) == [tuple(range(0, 8)), tuple(range(48, 56))]
+
+
+@pytest.fixture(scope="module")
+def paired_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same deterministic fit (Dropout, BatchNorm, Adam, a torchmetrics accuracy), without and
+    with checks at steps 0, 3, 4 and 8."""
+    runs: dict[str, Any] = {}
+    checked = [GradientCheck(every_n_steps=4, after_steps=(3,))]
+    for name, callbacks in (("plain", []), ("checked", checked)):
+        pl.seed_everything(0, verbose=False)  # the same initial weights
+        module, logger = TinyModule(), RecordingLogger()
+        root = tmp_path_factory.mktemp(name)
+        run = _fit(root, module, callbacks, max_steps=10, logger=logger)
+        runs[name] = {"module": module, "trainer": run, "logger": logger, "callbacks": callbacks}
+    return runs
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def test_paired_runs_did_check(paired_runs: dict[str, Any]) -> None:
+    check = paired_runs["checked"]["callbacks"][0]
+    assert list(check.reports) == [0, 3, 4, 8]
+    # J was the module's training_step, run in float64 (the check's copies), never in training.
+    assert paired_runs["checked"]["module"].calls_in_float64 > 0
+    assert paired_runs["plain"]["module"].calls_in_float64 == 0
+
+
+def test_training_is_bit_for_bit_identical_with_and_without_checks(
+    paired_runs: dict[str, Any],
+) -> None:
+    plain, checked = paired_runs["plain"], paired_runs["checked"]
+    assert _same(plain["module"].state_dict(), checked["module"].state_dict())
+    assert _same(
+        plain["trainer"].optimizers[0].state_dict(), checked["trainer"].optimizers[0].state_dict()
+    )
+    assert plain["trainer"].global_step == checked["trainer"].global_step == 10
+
+
+def test_logged_training_metrics_are_identical(paired_runs: dict[str, Any]) -> None:
+    plain = paired_runs["plain"]["logger"].training()
+    checked = paired_runs["checked"]["logger"].training()
+    assert plain == checked
+    assert any("train/accuracy" in metrics for _, metrics in plain)  # the epoch metric is there
+
+
+def test_no_training_metric_is_logged_from_inside_a_check(paired_runs: dict[str, Any]) -> None:
+    checked = paired_runs["checked"]
+    leaks = {"train/leak", "train/leak_dict"}
+    assert not [m for _, m in checked["logger"].records if leaks & m.keys()]
+    assert not leaks & checked["trainer"].progress_bar_metrics.keys()
+    assert not leaks & checked["trainer"].callback_metrics.keys()
+    # The check's own calls hold only its keys, at the checked steps.
+    checks = checked["logger"].checks()
+    assert [step for step, _ in checks] == [0, 3, 4, 8]
+    assert all(key.startswith("gradcheck/") for _, metrics in checks for key in metrics)
+
+
+@pytest.mark.parametrize("output", ["tensor", "dict"])
+def test_j_is_the_loss_training_step_returns(tmp_path: Path, output: str) -> None:
+    module, check = TinyModule(output=output), GradientCheck(after_steps=())
+    _fit(tmp_path, module, [check], max_steps=1)
+    assert check.reports[0].verdict is Verdict.PASS
+    assert module.calls_in_float64 > 0
+
+
+def test_gradcheck_loss_takes_precedence_over_training_step(tmp_path: Path) -> None:
+    module, check = CustomLossModule(), GradientCheck(after_steps=())
+    _fit(tmp_path, module, [check], max_steps=1)
+    assert module.calls_in_float64 == 0
+    assert module.checked_samples
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("none", r"`TinyModule.training_step` returned NoneType, not the loss J"),
+        (
+            "dict-without-loss",
+            r"returned a dict without a tensor 'loss' entry \(keys \['total'\]\)",
+        ),
+    ],
+)
+def test_a_training_step_without_a_loss_names_both_options(
+    tmp_path: Path, output: str, message: str
+) -> None:
+    with pytest.raises(TypeError, match=message) as raised:
+        _fit(tmp_path, TinyModule(output=output), [GradientCheck()], max_steps=1)
+    assert "define `gradcheck_loss(self, batch)` on `TinyModule`" in str(raised.value)
+    assert "dict with a 'loss' entry" in str(raised.value)
+
+
+def test_manual_optimization_needs_gradcheck_loss(tmp_path: Path) -> None:
+    with pytest.raises(
+        ValueError, match=r"`ManualModule` uses manual optimization.*gradcheck_loss"
+    ):
+        _fit(tmp_path, ManualModule(), [GradientCheck()], max_steps=1)
+    check = GradientCheck(after_steps=(2,))
+    _fit(tmp_path, ManualModuleWithLoss(), [check], max_steps=3)
+    assert [r.verdict for r in check.reports.values()] == [Verdict.PASS, Verdict.PASS]
+
+
+def test_include_that_matches_no_parameter_fails_at_setup(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"`include` \['decoder\.\*'\] matches no trainable"):
+        _fit(tmp_path, TinyModule(), [GradientCheck(include="decoder.*")], max_steps=1)
+
+
+def test_include_narrows_theta(tmp_path: Path) -> None:
+    check = GradientCheck(after_steps=(), include=["net.4.*"])
+    _fit(tmp_path, TinyModule(), [check], max_steps=1)
+    assert set(check.reports[0].per_parameter) == {"net.4.weight", "net.4.bias"}
+
+
+def _broken(on_fail: Literal["warn", "raise", "ignore"]) -> tuple[Any, GradientCheck]:
+    module = example("wrong_backward").DigitsWithHandWrittenLayer()
+    return module, GradientCheck(after_steps=(), on_fail=on_fail, components=200)
+
+
+def _digit_batches() -> Any:
+    return example("digits").DigitsData(batch_size=64)
+
+
+def test_a_wrong_backward_fails_and_warns(tmp_path: Path) -> None:
+    module, check = _broken("warn")
+    with pytest.warns(UserWarning, match=r"GradientCheck at step 0: the gradient check failed"):
+        trainer(tmp_path, callbacks=[check], max_steps=2).fit(module, _digit_batches())
+    report = check.reports[0]
+    assert report.verdict is Verdict.FAIL
+    assert report.worst(1)[0].name == "hidden.bias"
+    assert report.per_parameter["hidden.bias"] > 1e-3
+    assert all(d <= 1e-7 for name, d in report.per_parameter.items() if name != "hidden.bias")
+
+
+def test_on_fail_raise_stops_fit_with_the_report(tmp_path: Path) -> None:
+    module, check = _broken("raise")
+    run = trainer(tmp_path, callbacks=[check], max_steps=2)
+    with pytest.raises(
+        GradientCheckError, match=r"(?s)step 0: the gradient check failed.*hidden\.bias"
+    ):
+        run.fit(module, _digit_batches())
+    assert run.global_step == 0
+    assert check.reports[0].per_parameter["hidden.bias"] > 1e-3
+
+
+def test_on_fail_ignore_only_logs(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    module, check = _broken("ignore")
+    trainer(tmp_path, callbacks=[check], max_steps=1).fit(module, _digit_batches())
+    assert check.reports[0].verdict is Verdict.FAIL
+    assert not [w for w in recwarn if "GradientCheck" in str(w.message)]
+
+
+@pytest.fixture
+def console() -> Iterator[list[str]]:
+    """The messages of Lightning's rank-zero info logger."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler, log = Collect(level=logging.INFO), rank_zero.log
+    log.addHandler(handler)
+    yield lines
+    log.removeHandler(handler)
+
+
+def test_console_has_one_line_per_check_and_the_report_when_it_fails(
+    tmp_path: Path, console: list[str]
+) -> None:
+    _fit(tmp_path, TinyModule(), [GradientCheck(after_steps=(2,))], max_steps=3)
+    lines = [m for m in console if m.startswith("GradientCheck at step")]
+    assert [m.split(":")[0] for m in lines] == [
+        "GradientCheck at step 0",
+        "GradientCheck at step 2",
+    ]
+    assert all("(pass)" in m and "83 of 83 components" in m and "\n" not in m for m in lines)
+    console.clear()
+    module, check = _broken("ignore")
+    trainer(tmp_path, callbacks=[check], max_steps=1).fit(module, _digit_batches())
+    (failed,) = [m for m in console if m.startswith("GradientCheck at step 0")]
+    assert "(fail)" in failed and "worst components" in failed and "hidden.bias[" in failed
+
+
+def test_a_run_that_ends_before_a_scheduled_check_says_so(
+    tmp_path: Path, console: list[str]
+) -> None:
+    _fit(tmp_path, TinyModule(), [GradientCheck(after_steps=(2, 50))], max_steps=3)
+    assert any("before the check(s) scheduled at step(s) [50]" in m for m in console)
+
+
+@pytest.mark.filterwarnings("ignore:.*your dataloader is not resumable:UserWarning")
+@pytest.mark.parametrize(
+    ("first_max_steps", "remaining"),
+    [(4, [6]), (2, [2, 6])],
+    ids=["saved-between-checks", "saved-at-a-due-step"],
+)
+def test_resume_from_a_checkpoint_runs_only_the_remaining_checks(
+    tmp_path: Path, first_max_steps: int, remaining: list[int]
+) -> None:
+    first = GradientCheck(after_steps=(2, 6))
+    run = _fit(tmp_path, TinyModule(), [first], max_steps=first_max_steps)
+    checkpoint = tmp_path / "between.ckpt"
+    run.save_checkpoint(checkpoint)
+    second = GradientCheck(after_steps=(2, 6))
+    pl.seed_everything(0, verbose=False)
+    trainer(tmp_path, callbacks=[second], max_steps=8).fit(
+        TinyModule(), loader(), ckpt_path=checkpoint
+    )
+    assert list(second.reports) == remaining
+    assert second.checked_steps == (0, 2, 6)
+
+
+def test_state_dict_round_trip_and_old_checkpoints() -> None:
+    check = GradientCheck()
+    check.load_state_dict({"checks": [{"step": 0, "difference": 1e-9, "verdict": "pass"}]})
+    assert check.checked_steps == (0,)
+    assert GradientCheck().state_dict() == {"checks": []}
+    restored = GradientCheck()
+    restored.load_state_dict(check.state_dict())
+    assert restored.checked_steps == (0,)
+    restored.load_state_dict({})  # a checkpoint written before the callback kept state
+    assert restored.checked_steps == ()
+
+
+def test_state_key_tells_schedules_apart() -> None:
+    assert GradientCheck().state_key == GradientCheck(on_fail="raise").state_key
+    assert GradientCheck().state_key != GradientCheck(after_steps=(5,)).state_key
+    assert GradientCheck().state_key.startswith("GradientCheck{")

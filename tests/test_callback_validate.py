@@ -1,0 +1,142 @@
+"""GradientCheck's constructor: every argument outside its accepted values fails at once, with a
+message naming the argument, the accepted values and the value received."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from gradwatch.callbacks import GradientCheck
+
+STEPS = "`after_steps` must be a non-negative int or a list of them, e.g. [100, 1000]; got "
+INCLUDE = (
+    "`include` must be None or a glob of parameter names or a list of them, e.g. ['encoder.*']"
+)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        (
+            {"on_fail": "explode"},
+            ValueError,
+            "`on_fail` must be one of 'warn', 'raise', 'ignore'; got 'explode'",
+        ),
+        ({"dropout": "on"}, ValueError, "`dropout` must be one of 'off', 'freeze'; got 'on'"),
+        ({"at_init": "yes"}, TypeError, "`at_init` must be True or False; got 'yes'"),
+        (
+            {"after_steps": -1},
+            ValueError,
+            STEPS + "-1",
+        ),
+        (
+            {"after_steps": [10, -5]},
+            ValueError,
+            STEPS + "[10, -5]",
+        ),
+        (
+            {"after_steps": [1.5]},
+            TypeError,
+            STEPS + "[1.5]",
+        ),
+        (
+            {"after_steps": "100"},
+            TypeError,
+            STEPS + "'100'",
+        ),
+        ({"after_steps": [True]}, TypeError, "got [True]"),
+        (
+            {"every_n_steps": 0},
+            ValueError,
+            "`every_n_steps` must be None or a positive int, e.g. 1000; got 0",
+        ),
+        (
+            {"every_n_steps": 2.0},
+            TypeError,
+            "`every_n_steps` must be None or a positive int, e.g. 1000; got 2.0",
+        ),
+        (
+            {"epsilon": 0},
+            ValueError,
+            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7; got 0",
+        ),
+        (
+            {"epsilon": -1e-7},
+            ValueError,
+            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7; got -1e-07",
+        ),
+        (
+            {"epsilon": math.nan},
+            ValueError,
+            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7; got nan",
+        ),
+        (
+            {"epsilon": 1.0},
+            ValueError,
+            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7; got 1.0",
+        ),
+        (
+            {"epsilon": "1e-7"},
+            TypeError,
+            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7; got '1e-7'",
+        ),
+        (
+            {"components": 0},
+            ValueError,
+            "`components` must be None or a positive int, e.g. 2000; got 0",
+        ),
+        (
+            {"include": 3},
+            TypeError,
+            INCLUDE + "; got 3",
+        ),
+        (
+            {"include": []},
+            TypeError,
+            INCLUDE + "; got []",
+        ),
+        (
+            {"pass_max": 0.0},
+            ValueError,
+            "`pass_max` must be a positive finite float, e.g. 1e-7; got 0.0",
+        ),
+        (
+            {"warn_max": math.inf},
+            ValueError,
+            "`warn_max` must be a positive finite float, e.g. 1e-3; got inf",
+        ),
+        (
+            {"pass_max": 1e-2, "warn_max": 1e-3},
+            ValueError,
+            "`pass_max` must not exceed `warn_max` (pass <= pass_max < warn <= warn_max < fail); "
+            "got pass_max=0.01, warn_max=0.001",
+        ),
+        ({"seed": -1}, ValueError, "`seed` must be a non-negative int; got -1"),
+        ({"log_worst": -1}, ValueError, "`log_worst` must be a non-negative int; got -1"),
+        ({"log_worst": 2.5}, TypeError, "`log_worst` must be a non-negative int; got 2.5"),
+    ],
+    ids=lambda value: str(value) if not isinstance(value, str | type) else "",
+)
+def test_bad_arguments_fail_at_construction(
+    arguments: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as raised:
+        GradientCheck(**arguments)
+    assert str(raised.value).startswith("GradientCheck: ")
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("after_steps", "expected"),
+    [(100, (100,)), ([300, 100, 100], (100, 300)), ((), ()), ([0], (0,))],
+)
+def test_after_steps_takes_a_step_or_a_list(after_steps: Any, expected: tuple[int, ...]) -> None:
+    assert GradientCheck(after_steps=after_steps).schedule.after_steps == expected
+
+
+def test_defaults_are_the_materials() -> None:
+    check = GradientCheck()
+    assert check.schedule.at_init and check.schedule.after_steps == (100,)
+    assert check.schedule.every_n_steps is None
+    assert check.state_dict() == {"checks": []}
