@@ -57,12 +57,12 @@ def _counted(loss_fn: LossFn, tick: Callable[[], None]) -> LossFn:
     return counted
 
 
-def _theta_names(module: nn.Module, include: Sequence[str] | None) -> dict[str, int]:
-    """Trainable parameters matching ``include``, with their sizes (the engine's θ)."""
-    sizes = {n: p.numel() for n, p in module.named_parameters() if p.requires_grad}
+def _theta_names(module: nn.Module, include: Sequence[str] | None) -> list[str]:
+    """Trainable parameters matching ``include`` (the engine's θ)."""
+    names = [n for n, p in module.named_parameters() if p.requires_grad]
     if include is None:
-        return sizes
-    return {n: k for n, k in sizes.items() if any(fnmatch.fnmatchcase(n, p) for p in include)}
+        return names
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in include)]
 
 
 class GradientCheckBase:
@@ -78,7 +78,7 @@ class GradientCheckBase:
         at_init: bool = True,
         after_steps: int | Sequence[int] = (100,),
         every_n_steps: int | None = None,
-        epsilon: float = 1e-7,
+        epsilon: float | Literal["auto"] = 1e-7,
         components: int | None = None,
         include: str | Sequence[str] | None = None,
         dropout: Literal["off", "freeze"] = "off",
@@ -94,9 +94,7 @@ class GradientCheckBase:
             after_steps=v.check_steps(after_steps),
             every_n_steps=v.check_optional_count("every_n_steps", every_n_steps, "1000"),
         )
-        self._epsilon = v.check_positive_float(
-            "epsilon", epsilon, "a finite float in (0, 1), e.g. 1e-7", upper=1.0
-        )
+        self._epsilon = v.check_epsilon(epsilon)
         self._components = v.check_optional_count("components", components, "2000")
         self._include = v.check_include(include)
         self._dropout = v.check_choice("dropout", dropout, v.DROPOUT)
@@ -158,7 +156,7 @@ class GradientCheckBase:
 
     def _require_theta(self, pl_module: nn.Module) -> None:
         if self._include is not None and not _theta_names(pl_module, self._include):
-            trainable = list(_theta_names(pl_module, None))
+            trainable = _theta_names(pl_module, None)
             raise ValueError(
                 f"GradientCheck: `include` {list(self._include)} matches no trainable parameter "
                 f"of `{type(pl_module).__name__}`; its names are like {trainable[:5]}"

@@ -112,8 +112,8 @@ def progress(show: bool) -> Iterator[Callable[[], None]]:
         yield _nothing
         return
     bar = tqdm(
-        desc="GradientCheck",
-        unit=" calls of J",
+        desc="GradientCheck: evaluating J",
+        unit=" calls",
         delay=PROGRESS_DELAY_S,
         leave=False,
         dynamic_ncols=True,

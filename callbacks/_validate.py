@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 import numpy as np
 
@@ -75,6 +75,14 @@ def check_positive_float(name: str, value: object, accepted: str, upper: float =
     if not (math.isfinite(number) and 0.0 < number < upper):
         _reject(name, accepted, value)
     return number
+
+
+def check_epsilon(value: object) -> float | Literal["auto"]:
+    """The step ε: a finite float in (0, 1), or ``"auto"`` (the engine picks one per component)."""
+    if value == "auto":
+        return "auto"
+    accepted = "a finite float in (0, 1), e.g. 1e-7, or 'auto'"
+    return check_positive_float("epsilon", value, accepted, upper=1.0)
 
 
 def check_bands(pass_max: object, warn_max: object) -> tuple[float, float]:

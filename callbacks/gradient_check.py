@@ -40,7 +40,8 @@ class GradientCheck(GradientCheckBase, Callback):
         at_init: check on the first batch, before the first optimizer step (random init).
         after_steps: check when ``trainer.global_step`` reaches each of these steps.
         every_n_steps: also check at n, 2n, 3n, ... optimizer steps; ``None`` for no such checks.
-        epsilon: the step ε of the two-sided difference.
+        epsilon: the step ε of the two-sided difference (the material's 1e-7), or ``"auto"`` for
+            a step per component fitted to the check's precision.
         components: ``None`` checks every component of θ; an int, a seeded sample of that many
             spread over every parameter tensor (for large models).
         include: glob(s) of parameter names that make up θ, e.g. ``"decoder.*"``; ``None`` for all.

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from gradwatch.callbacks import GradientCheck
 from pytorch_lightning.loggers import TensorBoardLogger
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset, random_split
+
+from gradwatch.callbacks import GradientCheck
 
 # Lightning's advice for big data loaders, not for 1,797 tiny images in memory.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")

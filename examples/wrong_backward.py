@@ -23,9 +23,10 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from digits import DigitsData
-from gradwatch.callbacks import GradientCheck, GradientCheckError
 from torch import nn
 from torch.nn import functional as F
+
+from gradwatch.callbacks import GradientCheck, GradientCheckError
 
 
 class LinearFunction(torch.autograd.Function):

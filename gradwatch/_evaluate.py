@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from gradwatch._lowrank import LowRankShift
 from gradwatch._state import reseed
 from gradwatch._vectorize import (
-    LowRankShift,
     Way,
     agreement,
     copies_per_call,
@@ -307,7 +307,7 @@ class ModuleCost:
         shift: LowRankShift | None = None,
         extra: tuple[torch.Tensor, ...] = (),
     ) -> np.ndarray:
-        """J for each copy: tensors ``batched`` (leading dim = copies), or ``shift`` fed ``extra``."""
+        """J per copy: tensors ``batched`` (leading dim: copies), or ``shift`` fed ``extra``."""
         count = len(next(iter(batched.values())) if batched else extra[0])
         names = [self._names[t] for t in batched]
         # Buffers the forward writes in place (BatchNorm's running statistics in train mode) get
@@ -326,9 +326,11 @@ class ModuleCost:
             tensors.update(zip(self._names, self.theta, strict=True))
             tensors.update(zip(names, values, strict=True))
             tensors.update(buffers)
-            if shift is not None:
-                shift.step, shift.row, shift.col = args
-            return _scalar(functional_call(self._module, tensors, (self._batch,)))
+            if shift is None:
+                return _scalar(functional_call(self._module, tensors, (self._batch,)))
+            shift.step, shift.row, shift.col = args
+            with shift.active():
+                return _scalar(functional_call(self._module, tensors, (self._batch,)))
 
         reseed(self._seed)
         self.evaluations += count

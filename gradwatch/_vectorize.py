@@ -9,7 +9,6 @@ stateless so it can be tested alone.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -142,34 +141,3 @@ def linear_owner(model: nn.Module, name: str) -> tuple[nn.Module, str] | None:
     if owner._forward_hooks or owner._forward_pre_hooks:
         return None
     return owner, attr
-
-
-@dataclass
-class LowRankShift:
-    """Forward hook for an ``nn.Linear``: the output as if one entry of its weight (row ``row``,
-    column ``col``) or bias (``row``) had moved by ``step``.
-
-    W[r, c] + δ changes y = x Wᵀ + b by δ·x[..., c] in output column r only, so the copies share
-    the layer's matmul and only the cheap column update is batched; a batched weight would turn
-    the matmul into one small matmul per copy. The three fields are set per call, batched under
-    ``vmap``; ``calls`` counts the forwards seen (the path is only valid if it is one per J).
-    """
-
-    kind: str
-    step: torch.Tensor | None = None
-    row: torch.Tensor | None = None
-    col: torch.Tensor | None = None
-    calls: int = 0
-
-    def __call__(
-        self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor
-    ) -> torch.Tensor:
-        assert self.step is not None and self.row is not None and self.col is not None
-        self.calls += 1
-        ones = (1,) * output.dim()
-        shape = (*output.shape[:-1], 1)
-        if self.kind == "weight":
-            src = args[0].index_select(-1, self.col.reshape(1)) * self.step
-        else:
-            src = self.step.reshape(ones).expand(shape)
-        return output.scatter_add(-1, self.row.reshape(ones).expand(shape), src)

@@ -12,11 +12,14 @@ in real networks, and both can be measured from J(θ − h), J(θ), J(θ + h):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = ["ComponentAnalysis", "analyse_components", "rounding_noise"]
+
+Halved = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 # Typical rounding noise of one numeric component, in units of ε_mach·|J|/h. Calibrated on
 # correct float64 MLPs and CNNs: the observed RMS error is 0.3-0.4 ε_mach·|J|/h.
@@ -34,6 +37,8 @@ SLOPE_TOLERANCE = 1e-3
 # Bound on |J'''| / |J''| per unit of θ used for the truncation error (measured on correct MLPs
 # and CNNs: no component's error exceeded the rounding margin at all).
 TRUNCATION_FACTOR = 100.0
+# A smooth gap halves when the step halves (ratio 0.5); a kink at θ keeps it (ratio 1).
+HALVING_TOLERANCE = 0.25
 
 
 def rounding_noise(cost: float, steps: np.ndarray, machine_epsilon: float) -> np.ndarray:
@@ -53,9 +58,9 @@ class ComponentAnalysis:
     """Per-component findings next to the numeric estimate.
 
     ``noise``: typical rounding noise of each numeric component; ``bound``: the largest error a
-    correct gradient may show (rounding, with margin, plus the truncation term); ``kink``: the step crossed a
-    non-differentiable point and the analytic value lies between the one-sided slopes (accepted);
-    ``flagged``: the error is far above ``bound`` and not an accepted kink.
+    correct gradient may show (rounding, with margin, plus the truncation term); ``kink``: the
+    step crossed a non-differentiable point and the analytic value lies between the one-sided
+    slopes (accepted); ``flagged``: the error is far above ``bound`` and not an accepted kink.
     """
 
     noise: np.ndarray
@@ -71,8 +76,15 @@ def analyse_components(
     center: float,
     steps: np.ndarray,
     machine_epsilon: float,
+    halved: Halved | None = None,
 ) -> ComponentAnalysis:
     """Finds kinks and suspicious components from J(θ ± h·e_i) and J(θ).
+
+    Where the one-sided slopes disagree and the analytic value lies between them, a kink is
+    likely but not proven: smooth curvature also opens a gap, h·|J''|. ``halved(positions)``
+    returns J(θ ± h/2·e_i) for those components: a smooth gap halves with the step, the jump at
+    a kink stays. Without it, too few components to know the typical curvature make only
+    rounding ruled out.
 
     Example:
         >>> relu = lambda x: max(x, 0.0)  # a kink at 0: one-sided slopes 0 and 1
@@ -102,9 +114,32 @@ def analyse_components(
         analytic <= np.maximum(upper, lower) + slack
     )
     kink = crossed & between
+    if halved is not None and kink.any():
+        kink &= ~_smooth_when_halved(kink, gap, plus, minus, center, h, halved)
     # The central estimate's truncation error is h^2·|J'''|/6; with |J'''| taken as at most
     # TRUNCATION_FACTOR·|J''| per unit of θ, that is TRUNCATION_FACTOR·h·gap (gap = h·|J''|).
     bound = margin + np.where(crossed, 0.0, TRUNCATION_FACTOR * h * gap)
     with np.errstate(invalid="ignore"):
         flagged = ~kink & ((error > SUSPICION_FACTOR * bound) | ~np.isfinite(error))
     return ComponentAnalysis(noise=noise, bound=bound, kink=kink, flagged=flagged)
+
+
+def _smooth_when_halved(
+    candidates: np.ndarray,
+    gap: np.ndarray,
+    plus: np.ndarray,
+    minus: np.ndarray,
+    center: float,
+    h: np.ndarray,
+    halved: Halved,
+) -> np.ndarray:
+    """True where the gap between one-sided slopes halves with the step: curvature, not a kink."""
+    positions = np.flatnonzero(candidates)
+    plus_half, minus_half = halved(positions)
+    step = h[positions] / 2
+    gap_half = np.abs((plus_half - center) / step - (center - minus_half) / step)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = gap_half / gap[positions]
+    smooth = np.zeros_like(candidates)
+    smooth[positions] = (ratio > 0.5 - HALVING_TOLERANCE) & (ratio < 0.5 + HALVING_TOLERANCE)
+    return smooth

@@ -56,6 +56,21 @@ def _cost_value(cost: Callable[[np.ndarray], float], theta: np.ndarray) -> float
         raise TypeError(f"`cost` must return a float J(θ); got {type(value).__name__}") from err
 
 
+def _pairs(
+    cost: Callable[[np.ndarray], float], theta: np.ndarray, positions: np.ndarray, steps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """J(θ + h·e_i) and J(θ − h·e_i) for each position i, on a scratch copy of θ."""
+    scratch = theta.copy()
+    plus, minus = np.empty(positions.size), np.empty(positions.size)
+    for k, (i, h) in enumerate(zip(positions, steps, strict=True)):
+        scratch[i] = theta[i] + h
+        plus[k] = float(cost(scratch))
+        scratch[i] = theta[i] - h
+        minus[k] = float(cost(scratch))
+        scratch[i] = theta[i]
+    return plus, minus
+
+
 def gradient_check(
     cost: Callable[[np.ndarray], float],
     theta: np.ndarray,
@@ -116,16 +131,15 @@ def gradient_check(
         if step != "auto"
         else represented_steps(theta, auto_steps(theta, unit))
     )
-    scratch = theta.copy()
-    center = _cost_value(cost, scratch)
-    plus, minus = np.empty_like(theta), np.empty_like(theta)
-    for i in range(theta.size):
-        scratch[i] = theta[i] + half[i]
-        plus[i] = float(cost(scratch))
-        scratch[i] = theta[i] - half[i]
-        minus[i] = float(cost(scratch))
-        scratch[i] = theta[i]
-    found = analyse_components(grad, plus, minus, center, half, unit)
+    center = _cost_value(cost, theta.copy())
+    evaluations = [1 + 2 * theta.size]
+    plus, minus = _pairs(cost, theta, np.arange(theta.size), half)
+
+    def halved(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        evaluations.append(2 * positions.size)
+        return _pairs(cost, theta, positions, half[positions] / 2)
+
+    found = analyse_components(grad, plus, minus, center, half, unit, halved)
     return GradCheckReport(
         layout=names,
         indices=np.arange(theta.size, dtype=np.int64),
@@ -133,7 +147,7 @@ def gradient_check(
         numeric=(plus - minus) / (2 * half),
         epsilon=step,
         dtype="float64",
-        evaluations=2 * theta.size + 1,
+        evaluations=sum(evaluations),
         seconds=time.perf_counter() - start,
         thresholds=bands,
         noise=found.noise,

@@ -111,7 +111,8 @@ def search_directions(
         signs = {t: _signs((DIRECTIONS, *cost.theta[t].shape), cost.theta[t], generator)}
         differences[name] = relative_difference(*_project(cost, signs, grad, step))
     every = {
-        t: _signs((DIRECTIONS, *theta.shape), theta, generator) for t, theta in enumerate(cost.theta)
+        t: _signs((DIRECTIONS, *theta.shape), theta, generator)
+        for t, theta in enumerate(cost.theta)
     }
     overall = relative_difference(*_project(cost, every, grad, step))
     failing = sorted(
@@ -175,7 +176,8 @@ def _localize(
         halves = [half for lo, hi in kept for half in _halve(lo, hi)]
         signs = theta.new_zeros((len(halves) * REPEATS, theta.numel()))
         for k, (lo, hi) in enumerate(halves):
-            signs[k * REPEATS : (k + 1) * REPEATS, lo:hi] = _signs((REPEATS, hi - lo), theta, generator)
+            part = _signs((REPEATS, hi - lo), theta, generator)
+            signs[k * REPEATS : (k + 1) * REPEATS, lo:hi] = part
         numeric, analytic = _project(cost, {t: signs.view(-1, *theta.shape)}, grad, step)
         error = ((numeric - analytic) ** 2).reshape(len(halves), REPEATS).mean(axis=1)
         best = np.argsort(-np.nan_to_num(error, nan=np.inf), kind="stable")[:BEAM]

@@ -99,7 +99,8 @@ def _rounding_note(dtype: torch.dtype, epsilon: float | str, cost: float) -> tup
     return (
         f"checked in {str(dtype).removeprefix('torch.')}: rounding noise in each numeric "
         f"component is about {noise:.1e} (eps_mach {unit:.1e} x |J| / 2 epsilon) and dominates "
-        "the difference; check in float64 (the default) or with epsilon='auto' to trust the verdict",
+        "the difference; check in float64 (the default) or with epsilon='auto' to trust the "
+        "verdict",
     )
 
 
@@ -279,7 +280,15 @@ def _compare(
         numeric=(plus - minus) / (2 * half),
         center=center,
         failure=failure,
-        analysis=analyse_components(analytic, plus, minus, center, half, unit),
+        analysis=analyse_components(
+            analytic,
+            plus,
+            minus,
+            center,
+            half,
+            unit,
+            lambda positions: cost.pairs(tensor[positions], local[positions], half[positions] / 2),
+        ),
     )
 
 

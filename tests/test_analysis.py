@@ -292,3 +292,24 @@ def test_drift_in_float32_is_reported() -> None:
     assert report.drift.difference < 1e-2
     assert "float32: gradient drift" in str(report)
     assert report.to_dict()["drift"]["dtype"] == "float32"
+
+
+def test_flags_respect_the_users_pass_band(big_net) -> None:
+    theta = big_net.theta()
+    grad = big_net.grad(theta)
+    target = int(np.argmax(np.abs(grad)))
+    grad[target] *= 1 + 1e-3  # that component's own difference: 5e-4
+    loose = gradwatch.Thresholds(pass_max=1e-3, warn_max=1e-2)
+    report = gradwatch.gradient_check(big_net.cost, theta, grad, epsilon="auto", thresholds=loose)
+    assert report.flagged_count == 0 and report.verdict is gradwatch.Verdict.PASS
+
+
+@pytest.mark.parametrize("epsilon", [1e-2, 1e-3])
+def test_curvature_at_a_large_step_is_not_a_kink(epsilon) -> None:
+    # Smooth J with a wrong gradient: the one-sided slopes bracket it only because ε is large.
+    theta = np.linspace(-1, 1, 5)
+    report = gradwatch.gradient_check(
+        lambda t: float(np.sum(t**3)), theta, 3 * theta**2 + 2e-5, epsilon=epsilon
+    )
+    assert report.kink_count == 0
+    assert report.verdict is not gradwatch.Verdict.PASS

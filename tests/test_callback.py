@@ -6,15 +6,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import pytest
 import pytorch_lightning as pl
 import torch
-from gradwatch.callbacks import GradientCheck, GradientCheckError
 from lightning_utilities.core import rank_zero
 
 from gradwatch import Verdict
+from gradwatch.callbacks import GradientCheck, GradientCheckError
 from tests.callback_models import (
     QUIET_LIGHTNING,
     CustomLossModule,
@@ -291,6 +292,53 @@ def test_resume_from_a_checkpoint_runs_only_the_remaining_checks(
     )
     assert list(second.reports) == remaining
     assert second.checked_steps == (0, 2, 6)
+
+
+class _SaveAt(pl.Callback):
+    """Saves a checkpoint in the middle of step ``step``, after the checks that precede it."""
+
+    def __init__(self, step: int, path: Path) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_start(self, trainer: Any, *args: Any) -> None:
+        if trainer.global_step == self.step and not self.path.exists():
+            trainer.save_checkpoint(self.path)
+
+
+@pytest.mark.filterwarnings("ignore:.*your dataloader is not resumable:UserWarning")
+def test_resume_from_a_checkpoint_saved_right_after_a_check_does_not_repeat_it(
+    tmp_path: Path,
+) -> None:
+    checkpoint = tmp_path / "mid-step.ckpt"
+    first = GradientCheck(after_steps=(2, 6))
+    _fit(tmp_path, TinyModule(), [first, _SaveAt(2, checkpoint)], max_steps=4)
+    assert torch.load(checkpoint, weights_only=False)["global_step"] == 2
+    second = GradientCheck(after_steps=(2, 6))
+    pl.seed_everything(0, verbose=False)
+    trainer(tmp_path, callbacks=[second], max_steps=8).fit(
+        TinyModule(), loader(), ckpt_path=checkpoint
+    )
+    assert list(second.reports) == [6]
+    assert second.checked_steps == (0, 2, 6)
+
+
+def test_a_step_due_in_the_middle_of_gradient_accumulation_waits_for_the_next_step() -> None:
+    # Only reachable by resuming from a checkpoint saved mid-accumulation: no trainer needed.
+    check, module = GradientCheck(at_init=False, after_steps=(2,)), TinyModule()
+    batch = next(iter(loader(shuffle=False)))
+    run = SimpleNamespace(
+        global_step=2,
+        accumulate_grad_batches=3,
+        loggers=[],
+        is_global_zero=True,
+        progress_bar_callback=None,
+    )
+    check.on_train_start(run, module)
+    check.on_train_batch_start(run, module, batch, batch_idx=7)  # the 2nd of 3 micro-batches
+    assert check.reports == {}
+    run.global_step = 3
+    check.on_train_batch_start(run, module, batch, batch_idx=9)  # the next optimizer step
+    assert list(check.reports) == [3]
 
 
 def test_state_dict_round_trip_and_old_checkpoints() -> None:

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from gradwatch.callbacks import GradientCheck
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from gradwatch.callbacks import GradientCheck
 from tests.callback_models import EXAMPLES, QUIET_LIGHTNING, example
 
 # LightningCLI 2.6 still calls jsonargparse APIs that jsonargparse 4.49 deprecated.
@@ -67,7 +67,10 @@ def test_a_value_outside_a_literal_is_rejected_by_the_parser(
 @pytest.mark.parametrize(
     ("init_args", "message"),
     [
-        ("epsilon: -1.0", "`epsilon` must be a finite float in (0, 1), e.g. 1e-7; got -1.0"),
+        (
+            "epsilon: -1.0",
+            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7, or 'auto'; got -1.0",
+        ),
         ("after_steps: [-5]", "`after_steps` must be a non-negative int or a list of them"),
         ("every_n_steps: 0", "`every_n_steps` must be None or a positive int, e.g. 1000; got 0"),
     ],

@@ -15,13 +15,13 @@ pytestmark = pytest.mark.filterwarnings(*QUIET_LIGHTNING)
 
 def test_lightning_trainer_runs_the_schedule_and_logs_to_tensorboard(tmp_path: Path) -> None:
     import torch
-    from gradwatch.callbacks import GradientCheck as PytorchLightningCheck
-    from gradwatch.callbacks.lightning import GradientCheck
     from torch import nn
     from torch.nn import functional as F
     from torch.utils.data import DataLoader
 
     from gradwatch import Verdict
+    from gradwatch.callbacks import GradientCheck as PytorchLightningCheck
+    from gradwatch.callbacks.lightning import GradientCheck
 
     class Module(L.LightningModule):  # type: ignore[name-defined]
         def __init__(self) -> None:

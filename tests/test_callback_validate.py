@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import pytest
+
 from gradwatch.callbacks import GradientCheck
 
 STEPS = "`after_steps` must be a non-negative int or a list of them, e.g. [100, 1000]; got "
@@ -59,27 +60,27 @@ INCLUDE = (
         (
             {"epsilon": 0},
             ValueError,
-            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7; got 0",
+            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7, or 'auto'; got 0",
         ),
         (
             {"epsilon": -1e-7},
             ValueError,
-            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7; got -1e-07",
+            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7, or 'auto'; got -1e-07",
         ),
         (
             {"epsilon": math.nan},
             ValueError,
-            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7; got nan",
+            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7, or 'auto'; got nan",
         ),
         (
             {"epsilon": 1.0},
             ValueError,
-            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7; got 1.0",
+            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7, or 'auto'; got 1.0",
         ),
         (
             {"epsilon": "1e-7"},
             TypeError,
-            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7; got '1e-7'",
+            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7, or 'auto'; got '1e-7'",
         ),
         (
             {"components": 0},
@@ -133,6 +134,10 @@ def test_bad_arguments_fail_at_construction(
 )
 def test_after_steps_takes_a_step_or_a_list(after_steps: Any, expected: tuple[int, ...]) -> None:
     assert GradientCheck(after_steps=after_steps).schedule.after_steps == expected
+
+
+def test_epsilon_may_be_auto() -> None:
+    assert GradientCheck(epsilon="auto")._epsilon == "auto"
 
 
 def test_defaults_are_the_materials() -> None:
