@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
@@ -23,6 +23,8 @@ from . import _logs
 from . import _validate as v
 from ._objective import LossFn, logging_muted, objective, require_objective
 from ._schedule import Schedule
+
+DropoutMode = Literal["off", "freeze"]
 
 
 class GradientCheckError(RuntimeError):
@@ -38,8 +40,10 @@ class GradientCheckError(RuntimeError):
     """
 
     def __init__(self, step: int, report: GradCheckReport) -> None:
+        where = "" if report.verdict is Verdict.FAIL else " in another process (this one's follows)"
         super().__init__(
-            f"GradientCheck at step {step}: the gradient check failed (on_fail='raise').\n{report}"
+            f"GradientCheck at step {step}: the gradient check failed{where} (on_fail='raise')."
+            f"\n{report}"
         )
         self.step = step
         self.report = report
@@ -81,7 +85,7 @@ class GradientCheckBase:
         epsilon: float | Literal["auto"] = 1e-7,
         components: int | None = None,
         include: str | Sequence[str] | None = None,
-        dropout: Literal["off", "freeze"] = "off",
+        dropout: DropoutMode = "off",
         pass_max: float = 1e-7,
         warn_max: float = 1e-3,
         seed: int = 0,
@@ -97,7 +101,7 @@ class GradientCheckBase:
         self._epsilon = v.check_epsilon(epsilon)
         self._components = v.check_optional_count("components", components, "2000")
         self._include = v.check_include(include)
-        self._dropout = v.check_choice("dropout", dropout, v.DROPOUT)
+        self._dropout = cast(DropoutMode, v.check_choice("dropout", dropout, v.DROPOUT))
         self._thresholds = Thresholds(*v.check_bands(pass_max, warn_max))
         self._seed = v.check_non_negative("seed", seed)
         self._log_worst = v.check_non_negative("log_worst", log_worst)
@@ -183,7 +187,7 @@ class GradientCheckBase:
                 epsilon=self._epsilon,
                 include=self._include,
                 components=self._components,
-                dropout=self._dropout,  # type: ignore[arg-type]
+                dropout=self._dropout,
                 seed=self._seed,
                 thresholds=self._thresholds,
             )
@@ -208,9 +212,11 @@ class GradientCheckBase:
         if self._on_fail == "raise":
             # Every rank stops if any rank's check failed: one rank raising alone would hang.
             if trainer.strategy.reduce_boolean_decision(failed, all=False):
+                for logger in trainer.loggers:  # on disk before any process goes down
+                    logger.save()
+                trainer.strategy.barrier("GradientCheck")
                 raise GradientCheckError(step, report)
         elif failed and self._on_fail == "warn":
             rank_zero_warn(
-                f"GradientCheck at step {step}: the gradient check failed, "
-                f"difference {report.difference:.1e}. {report.message}"
+                f"GradientCheck at step {step}: the gradient check failed. {report.message}"
             )

@@ -54,6 +54,12 @@ class GradientCheck(GradientCheckBase, Callback):
         on_fail: what a failed check does: ``"warn"`` (a warning), ``"raise"`` (stop ``fit`` with
             :class:`GradientCheckError`, for CI) or ``"ignore"`` (log only).
 
+    Attributes:
+        schedule: the validated schedule (``at_init``, sorted ``after_steps``, ``every_n_steps``).
+        reports: ``{global_step: GradCheckReport}`` of the checks this object ran.
+        checked_steps: every step checked so far, also those restored from a checkpoint (which
+            are not checked again on resume).
+
     Raises:
         TypeError, ValueError: at construction, for an argument outside its accepted values.
 

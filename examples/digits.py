@@ -30,8 +30,10 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 
 from gradwatch.callbacks import GradientCheck
 
-# Lightning's advice for big data loaders, not for 1,797 tiny images in memory.
+# Lightning's advice for big data loaders (not for 1,797 tiny images in memory), and a deprecation
+# inside Lightning itself: noise in a demo.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")
 
 
 class DigitsData(pl.LightningDataModule):
@@ -103,7 +105,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _summary(check: GradientCheck, trainer: pl.Trainer, logger: TensorBoardLogger) -> str:
-    lines = ["", "Gradient checks (the check at step 0 is at random initialization):"]
+    lines = ["", "Gradient checks (step 0: at random initialization):"]
     lines += [f"  step {step:>4}: {report.headline()}" for step, report in check.reports.items()]
     accuracy = trainer.callback_metrics.get("val/accuracy")
     if accuracy is not None:
@@ -111,13 +113,16 @@ def _summary(check: GradientCheck, trainer: pl.Trainer, logger: TensorBoardLogge
             f"Validation accuracy after {trainer.global_step} steps: {float(accuracy):.3f}"
         )
     root = Path(logger.save_dir) / logger.name
-    shown = os.path.relpath(root) if not os.path.relpath(root).startswith("..") else root
+    shown = root if os.path.relpath(root).startswith("..") else Path(os.path.relpath(root))
     lines += [
         f"TensorBoard logs: {logger.log_dir}",
         f"View them:        tensorboard --logdir {shown}",
-        "  then open http://localhost:6006: SCALARS gradcheck/difference (one curve per "
-        "parameter under gradcheck/difference/), CUSTOM SCALARS the difference against the "
-        "pass/fail bands, TEXT gradcheck/worst_components, HISTOGRAMS gradcheck/abs_error",
+        "then open http://localhost:6006:",
+        "  SCALARS         gradcheck/difference, gradcheck/difference/<parameter>, "
+        "gradcheck/verdict",
+        "  CUSTOM SCALARS  the difference (log10) against the pass and fail bands",
+        "  TEXT            gradcheck/worst_components",
+        "  HISTOGRAMS      gradcheck/abs_error",
     ]
     return "\n".join(lines)
 

@@ -30,15 +30,23 @@ from gradwatch.callbacks import GradientCheck, GradientCheckError
 
 
 class LinearFunction(torch.autograd.Function):
-    """y = x Wᵀ + b, with backprop written by hand (and, unless ``fixed``, wrong for b)."""
+    """y = x Wᵀ + b, with backprop written by hand (and, unless ``fixed``, wrong for b).
+
+    Written in the ``setup_context`` style with ``generate_vmap_rule`` so that torch.func (and
+    with it gradwatch's vectorized evaluation) can run it.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, fixed: bool
-    ) -> torch.Tensor:
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, fixed: bool) -> Any:
+        return x @ weight.T + bias
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        x, weight, _, fixed = inputs
         ctx.save_for_backward(x, weight)
         ctx.fixed = fixed
-        return x @ weight.T + bias
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:

@@ -183,7 +183,10 @@ class ModuleCost:
         """
         count = len(next(iter(values.values())))
         key = ("at", tuple(sorted(values)))
-        label = "+".join(self.names[t] for t in key[1])
+        where = (
+            "θ" if len(values) == len(self.theta) > 1 else "+".join(self.names[t] for t in key[1])
+        )
+        label = f"directions on {where}"
 
         def part(lo: int, hi: int) -> dict[int, torch.Tensor]:
             return {t: v[lo:hi] for t, v in values.items()}
@@ -192,8 +195,8 @@ class ModuleCost:
             "vmap": lambda lo, hi: self._vmapped(part(lo, hi)),
             "loop": lambda lo, hi: self._loop_at(part(lo, hi)),
         }
-        sizes = {t: self.theta[t].numel() for t in values}
-        return self._chunked(key, label, ["vmap"], runs, count, sizes)
+        copied = sum(self.theta[t].numel() for t in values)
+        return self._chunked(key, label, ["vmap"], runs, count, copied)
 
     def describe(self) -> str:
         """One line for the report: which evaluation path ran for which tensors."""
@@ -225,7 +228,9 @@ class ModuleCost:
         fast = uses == 1 and linear_owner(self._model, self.names[t]) is not None
         candidates: list[Way] = ["linear", "vmap"] if fast else ["vmap"]
         key = ("entries", t)
-        return self._chunked(key, self.names[t], candidates, runs, len(index), {t: 0})
+        return self._chunked(
+            key, self.names[t], candidates, runs, len(index), self.theta[t].numel()
+        )
 
     def _chunked(
         self,
@@ -234,11 +239,12 @@ class ModuleCost:
         candidates: list[Way],
         runs: Mapping[Way, Callable[[int, int], np.ndarray]],
         count: int,
-        sizes: Mapping[int, int],
+        copied: int,
     ) -> np.ndarray:
         """Runs ``count`` evaluations in chunks, deciding the way on the first call for ``key``:
         the first two evaluations run through the plain loop and each candidate in turn; the
-        first candidate that reproduces them is kept (tensor copies in ``sizes`` cost memory)."""
+        first candidate that reproduces them is kept. Under ``"vmap"`` each copy also holds
+        ``copied`` entries of θ (and vmap may copy them once more)."""
         out = np.empty(count)
         start = 0
         if key not in self._ways:
@@ -250,8 +256,8 @@ class ModuleCost:
         self.paths.setdefault(label, way)
         step = count
         if way != "loop":
-            item = self.theta[0].element_size()
-            step = copies_per_call(self._evaluation_bytes() + 2 * item * sum(sizes.values()))
+            held = 2 * self.theta[0].element_size() * copied if way == "vmap" else 0
+            step = copies_per_call(self._evaluation_bytes() + held)
             self.largest_call = max(self.largest_call, min(step, count - start))
         for lo in range(start, count, step):
             out[lo : lo + step] = runs[way](lo, min(lo + step, count))

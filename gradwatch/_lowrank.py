@@ -152,7 +152,9 @@ class LowRankShift:
         with self._trust():
             if _linear(module):  # the column change times the layer's column r: now batched
                 change = found.column - _column(found.base, self.row)
-                return output + change.unsqueeze(-1) * _column(module.weight, self.row)
+                weight = module.weight
+                assert isinstance(weight, torch.Tensor)
+                return output + change.unsqueeze(-1) * _column(weight, self.row)
             column = type(module).forward(module, found.column)
         self._virtual.append(_Virtual(output, column))
         return output

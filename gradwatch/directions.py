@@ -85,7 +85,7 @@ def search_directions(
         epsilon: the step along a direction, or ``"auto"`` (see :func:`directional_step`).
         thresholds: a tensor is localized when its directional difference does not pass.
         spot: how many components, spread over every tensor, to check one by one besides the
-            localized ones (default one per tensor).
+            localized ones and each tensor's largest gradient component (default none).
         seed: seeds the directions and the spot sample.
 
     Returns:
@@ -119,7 +119,11 @@ def search_directions(
         (n for n, d in differences.items() if thresholds.classify(d) is not Verdict.PASS),
         key=lambda n: -np.nan_to_num(differences[n], nan=np.inf),
     )
-    found = [sample_components(layout, max(spot or 0, len(layout.names)), seed)]
+    # Each tensor's largest gradient component is checked one by one too: every tensor shows in
+    # the report, and a wrong scale shows there first, above the rounding noise.
+    found = [np.array([layout.offsets[t] + int(g.abs().argmax()) for t, g in enumerate(grad)])]
+    if spot:
+        found.append(sample_components(layout, spot, seed))
     before = cost.evaluations
     for name in failing[:LOCALIZED]:
         t = layout.names.index(name)

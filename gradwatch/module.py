@@ -53,20 +53,23 @@ def checked_parameters(model: nn.Module, include: str | Sequence[str] | None = N
         raise TypeError(f"`include` must be a glob string or a list of them; got {include!r}")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
+        total = len(list(model.parameters()))
         raise ValueError(
-            "`model` has no trainable parameters (every parameter has requires_grad=False): "
-            "there is no gradient to check; unfreeze the layers you want checked"
+            "`model` has no trainable parameters: it needs at least one with requires_grad=True; "
+            f"got a {type(model).__name__} with {total} parameter tensors, none trainable. "
+            "There is no gradient to check; unfreeze the layers you want checked"
         )
-    for name, p in trainable:
+    for name, p in model.named_parameters():  # a frozen one on meta breaks the forward too
         if p.is_meta:
             raise ValueError(
-                f"parameter {name!r} is on the meta device and has no values; materialize the "
-                "model (e.g. model.to_empty(device='cpu') and initialize it) before checking"
+                "`model` must have its parameters on a device that holds values (cpu, cuda, …); "
+                f"got parameter {name!r} on the meta device. Materialize the model (e.g. "
+                "model.to_empty(device='cpu') and initialize it) before checking"
             )
-        if not p.is_floating_point():
+        if p.requires_grad and not p.is_floating_point():
             raise TypeError(
-                f"parameter {name!r} has dtype {p.dtype}; gradwatch checks real floating-point "
-                "parameters (float16/bfloat16/float32/float64)"
+                "`model` must have real floating-point trainable parameters "
+                f"(float16/bfloat16/float32/float64); got parameter {name!r} with dtype {p.dtype}"
             )
     names = [n for n, _ in trainable]
     if patterns is None:
@@ -164,8 +167,9 @@ def check_module(
         mode: ``"components"`` checks components one by one (all, or ``components`` of them);
             ``"directions"`` (large models) compares random ±1 directions per tensor first,
             localizes the components of failing tensors by bisection and checks those one by
-            one, plus ``components`` spread over every tensor (default one per tensor); see
-            :mod:`gradwatch.directions`. ``report.mode`` says which ran.
+            one, plus each tensor's largest-gradient component and ``components`` spread over
+            every tensor (default none); see :mod:`gradwatch.directions`. ``report.mode`` says
+            which ran, the notes what the directions found.
 
     Returns:
         A :class:`GradCheckReport` whose parameter names are those of ``named_parameters()``.

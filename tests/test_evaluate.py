@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import gradwatch._vectorize as vectorize
 from gradwatch import check_module
@@ -44,6 +43,33 @@ class Twice(nn.Module):
         return self.head(torch.tanh(self.cell(torch.tanh(self.cell(x)))))
 
 
+class Residual(nn.Module):
+    """A hidden layer's activation feeds the next Linear and a skip connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 8)
+        self.act = nn.Tanh()
+        self.mid = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.inp(x))
+        return self.head(torch.sigmoid(self.mid(h)) + h)
+
+
+class Sequence(nn.Module):
+    """Tokens (batch, time, features) through Linear → GELU → LayerNorm → Linear, pooled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.LayerNorm(8), nn.Linear(8, 8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.block(x)).mean(dim=1))
+
+
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 5), nn.Tanh(), nn.Linear(5, 3))
@@ -61,6 +87,13 @@ CASES: dict[str, Case] = {
     "batchnorm_dropout_freeze": (mlp, lambda: classification_batch((4,)), "freeze"),
     "conv_batchnorm_freeze": (cnn, lambda: classification_batch((1, 6, 6)), "freeze"),
     "tied_weights": (Tied, _tokens, "off"),
+    "residual": (Residual, lambda: classification_batch((6,)), "off"),
+    "sequence_layernorm": (Sequence, lambda: classification_batch((4, 6)), "off"),
+    "inplace_relu": (
+        lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 3)),
+        lambda: classification_batch((6,)),
+        "off",
+    ),
     "linear_called_twice": (Twice, lambda: classification_batch((4,)), "off"),
     "custom_function": (GatedNet, lambda: classification_batch((3,), classes=2), "off"),
 }
@@ -103,6 +136,8 @@ def test_vectorized_matches_the_loop_within_a_few_ulps(case: str) -> None:
         ("conv_batchnorm_freeze", {"0.weight": "vmap", "1.bias": "vmap", "5.weight": "linear"}),
         ("tied_weights", {"embed.weight": "vmap", "out.bias": "linear"}),
         ("linear_called_twice", {"cell.weight": "vmap", "head.weight": "linear"}),
+        ("residual", {"inp.weight": "linear", "mid.bias": "linear"}),
+        ("sequence_layernorm", {"block.0.weight": "linear", "block.2.weight": "vmap"}),
         ("custom_function", {"inp.weight": "loop", "gate.weight": "loop", "head.bias": "loop"}),
     ],
 )
@@ -142,7 +177,10 @@ def test_directions_evaluate_like_the_loop() -> None:
     for flag in (True, False):
         cost = ModuleCost(model, cross_entropy, batch, names, torch.float64, 0, vectorize=flag)
         generator = torch.Generator().manual_seed(0)
-        values = {t: cost.theta[t] + 1e-3 * torch.randn(5, *cost.theta[t].shape, generator=generator, dtype=torch.float64) for t in (0, 1)}  # fmt: skip
+        values = {}
+        for t in (0, 1):
+            noise = torch.randn(5, *cost.theta[t].shape, generator=generator, dtype=torch.float64)
+            values[t] = cost.theta[t] + 1e-3 * noise
         found.append(cost.at(values))
     assert np.abs(found[0] - found[1]).max() <= 8 * np.spacing(np.abs(found[1]).max())
 
@@ -156,37 +194,3 @@ def test_the_model_is_untouched_by_the_vectorized_paths() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert torch.equal(rng, torch.get_rng_state())
     assert all(not m._forward_hooks and m.training for m in model.modules())
-
-
-def test_produced_bytes_counts_every_result() -> None:
-    x = torch.ones(3, 4, dtype=torch.float64)
-    assert vectorize.produced_bytes(lambda: torch.tanh(x @ x.T)) == 2 * 9 * 8
-
-
-@pytest.mark.parametrize(
-    ("per_copy", "budget", "copies"), [(1, 10, 10), (3, 10, 3), (100, 10, 1), (0, 10, 10)]
-)
-def test_copies_per_call(per_copy: int, budget: int, copies: int) -> None:
-    assert vectorize.copies_per_call(per_copy, budget) == copies
-
-
-def test_graph_uses_counts_tied_and_single_uses() -> None:
-    a = torch.ones(2, requires_grad=True)
-    b = torch.ones(2, requires_grad=True)
-    c = torch.ones(2, requires_grad=True)
-    root = (a * b).sum() + F.linear(a, b.reshape(1, 2)).sum()
-    assert vectorize.graph_uses(root, [a, b, c]) == [2, 2, 0]
-
-
-@pytest.mark.parametrize(
-    ("name", "owner"),
-    [("0.weight", "weight"), ("0.bias", "bias"), ("1.weight", None), ("2.weight", None)],
-)
-def test_linear_owner_accepts_only_stock_linear_layers(name: str, owner: str | None) -> None:
-    class Custom(nn.Linear):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return super().forward(x) * 2
-
-    model = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), Custom(2, 2))
-    found = vectorize.linear_owner(model, name)
-    assert (found[1] if found else None) == owner
