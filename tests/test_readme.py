@@ -24,7 +24,8 @@ def test_readme_has_runnable_examples() -> None:
 def test_readme_python_blocks_run_and_print_what_the_readme_shows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Python blocks run in order in one namespace; a ```text block right after one holds lines
+    # Python blocks run in order in one namespace (```py marks fragments that need your own
+    # model and are not run); a ```text block right after one holds lines
     # of its output ("..." marks lines left out).
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "__readme__"}
