@@ -19,6 +19,11 @@ VERDICT = "gradcheck/verdict"
 WORST = "gradcheck/worst_components"
 ABS_ERROR = "gradcheck/abs_error"
 LOG10_DIFFERENCE = "gradcheck/log10_difference"
+LOG10_FLOOR = "gradcheck/log10_rounding_floor"
+WITHOUT_KINKS = "gradcheck/difference_without_kinks"
+ROUNDING_FLOOR = "gradcheck/rounding_floor"
+KINKS = "gradcheck/kinks"
+SUSPICIOUS = "gradcheck/suspicious_components"
 LOG10_PASS_MAX = "gradcheck/bands/log10_pass_max"
 LOG10_WARN_MAX = "gradcheck/bands/log10_warn_max"
 # Differences below float64's machine epsilon are all "zero"; a floor keeps log10 finite and
@@ -27,8 +32,17 @@ _LOG10_FLOOR = 1e-16
 
 
 def scalars(report: GradCheckReport) -> dict[str, float]:
-    """The scalars every logger gets: the difference, one per parameter, the verdict level."""
-    values = {DIFFERENCE: report.difference, VERDICT: float(report.verdict.level)}
+    """The scalars every logger gets: the difference (the material's formula, and without kinks,
+    which the verdict reads), one per parameter, the verdict level, the rounding floor, and the
+    counts of kinks and suspicious components."""
+    values = {
+        DIFFERENCE: report.difference,
+        WITHOUT_KINKS: report.difference_without_kinks,
+        ROUNDING_FLOOR: report.noise_floor,
+        KINKS: float(report.kink_count),
+        SUSPICIOUS: float(report.flagged_count),
+        VERDICT: float(report.verdict.level),
+    }
     values.update({f"{DIFFERENCE}/{name}": d for name, d in report.per_parameter.items()})
     return values
 
@@ -38,9 +52,11 @@ def _log10(value: float) -> float:
 
 
 def band_scalars(report: GradCheckReport, pass_max: float, warn_max: float) -> dict[str, float]:
-    """The difference and the verdict bands in decades, for the TensorBoard chart layout."""
+    """The difference the verdict reads, the rounding floor and the verdict bands in decades, for
+    the TensorBoard chart layout."""
     return {
-        LOG10_DIFFERENCE: _log10(report.difference),
+        LOG10_DIFFERENCE: _log10(report.difference_without_kinks),
+        LOG10_FLOOR: _log10(report.noise_floor),
         LOG10_PASS_MAX: math.log10(pass_max),
         LOG10_WARN_MAX: math.log10(warn_max),
     }
@@ -57,7 +73,7 @@ def layout(pass_max: float, warn_max: float) -> dict[str, dict[str, list[Any]]]:
         "gradcheck": {
             f"log10 difference vs bands {bands}": [
                 "Multiline",
-                [f"^{LOG10_DIFFERENCE}$", "^gradcheck/bands/"],
+                [f"^{LOG10_DIFFERENCE}$", f"^{LOG10_FLOOR}$", "^gradcheck/bands/"],
             ],
             f"log10 difference, shaded warn band {bands}": [
                 "Margin",
