@@ -272,22 +272,27 @@ def bench_callback() -> None:
     }
     mlp = (lambda: mlp_case()[0], (64,), 32)
     cnn = (CNN, (3, 16, 16), 16)
-    for label, workload, steps, rounds in (
-        ("MLP 17k, batch 32", mlp, 250, 8),
-        ("CNN 1.07M, batch 16", cnn, 60, 4),
-    ):
-        runs: dict[str, list[float]] = {name: [] for name in variants}
-        order = list(variants)
-        for round_ in range(rounds):  # interleaved, in a new order each round: drifts hit all
-            np.random.default_rng(round_).shuffle(order)
-            for name in order:
-                runs[name] += _step_times(pl, workload, variants[name](), steps)
-        _callback_table(label, runs, rounds)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CPU time of one thread: what a step costs, whatever the load
+    try:
+        for label, workload, steps, rounds in (
+            ("MLP 17k, batch 32", mlp, 250, 8),
+            ("CNN 1.07M, batch 16", cnn, 60, 4),
+        ):
+            runs: dict[str, list[float]] = {name: [] for name in variants}
+            order = list(variants)
+            for round_ in range(rounds):  # interleaved, in a new order each round
+                np.random.default_rng(round_).shuffle(order)
+                for name in order:
+                    runs[name] += _step_times(pl, workload, variants[name](), steps)
+            _callback_table(label, runs, rounds)
+    finally:
+        torch.set_num_threads(threads)
     print("  target: GradientCheck between checks / no callback >= 0.98")
 
 
 def _step_times(pl: Any, workload: tuple[Any, ...], extra: list[Any], steps: int) -> list[float]:
-    """Wall time of each training step after the first 10 (warm-up), float32 SGD."""
+    """CPU time (this thread) of each training step after the first 10 (warm-up), float32."""
     from torch.utils.data import DataLoader, TensorDataset
 
     build, shape, batch = workload
@@ -309,11 +314,11 @@ def _step_times(pl: Any, workload: tuple[Any, ...], extra: list[Any], steps: int
             self.start = 0.0
 
         def on_train_batch_start(self, trainer: Any, *args: Any) -> None:
-            self.start = time.perf_counter()
+            self.start = time.thread_time()
 
         def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
             if trainer.global_step > 10:
-                self.steps.append(time.perf_counter() - self.start)
+                self.steps.append(time.thread_time() - self.start)
 
     generator = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(batch * steps, *shape, generator=generator),
@@ -329,13 +334,13 @@ def _step_times(pl: Any, workload: tuple[Any, ...], extra: list[Any], steps: int
 
 
 def _callback_table(label: str, runs: dict[str, list[float]], rounds: int) -> None:
-    # The 10th percentile of the step times: a step's own cost, robust to the moments another
-    # process holds the core (those only ever add time); the median is shown for comparison.
+    # CPU time excludes the moments another process holds the core; the 10th percentile and the
+    # median of the steps are two views of the same, the ratio the same if the numbers agree.
     fast = {name: float(np.percentile(times, 10)) for name, times in runs.items()}
     typical = {name: float(np.median(times)) for name, times in runs.items()}
     base = "no callback"
-    print(f"\n(e) training throughput, {label}: {len(runs[base])} timed steps per variant "
-          f"({rounds} interleaved runs of each)")  # fmt: skip
+    print(f"\n(e) training throughput, {label}: CPU time per step, 1 thread, "
+          f"{len(runs[base])} steps per variant ({rounds} interleaved runs)")  # fmt: skip
     print(f"  {'':32}{'steps/s (p10 step)':>20}{'ratio':>8}{'steps/s (median)':>18}{'ratio':>8}")
     for name in runs:
         print(

@@ -105,7 +105,9 @@ class ModuleCost:
         self.names = list(names)
         self._names = [f"model.{n}" for n in names]
         fixed: dict[str, torch.Tensor] = {
-            f"model.{n}": p.detach().to(dtype=dtype).clone()
+            f"model.{n}": (
+                p.detach().to(dtype=dtype) if p.is_floating_point() else p.detach()
+            ).clone()
             for n, p in params.items()
             if n not in wanted
         }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -166,7 +168,7 @@ class _NumpyTanhNet:
 
     def __init__(self, rng: np.random.Generator, sizes: tuple[int, ...], batch: int) -> None:
         self.shapes = []
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             self.shapes += [(fan_out, fan_in), (fan_out,)]
         self.x = rng.normal(size=(batch, sizes[0]))
         self.y = rng.integers(0, sizes[-1], size=batch)

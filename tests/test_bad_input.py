@@ -259,22 +259,11 @@ def test_integer_buffer_is_held_fixed_and_the_float_parameters_checked() -> None
     assert changes(before, model) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: ModuleCost casts frozen parameters to the check's dtype whatever their dtype "
-    "(_evaluate.py), so an integer index parameter becomes float64 and the forward fails",
-)
 def test_frozen_integer_parameter_is_held_fixed() -> None:
     report = check_module(Permuted(as_parameter=True), cross_entropy, classification_batch((4,)))
     assert report.verdict is Verdict.PASS, str(report)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: ModuleCost casts a frozen complex parameter to float64 (_evaluate.py), "
-    "dropping its imaginary part: the check passes on a different J than the model's",
-)
-@pytest.mark.filterwarnings("ignore:Casting complex values to real")
 def test_frozen_complex_parameter_is_held_fixed() -> None:
     model, batch = Complex(trainable=False), classification_batch((4,))
     report = check_module(model, complex_loss, batch)
