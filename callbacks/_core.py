@@ -3,7 +3,7 @@
 Hooks decide *when* (an integer comparison on every batch), :func:`gradwatch.check_module` does
 the check, the helpers of :mod:`._logs` say what was found. Nothing here reads private trainer
 state: only ``global_step``, ``accumulate_grad_batches``, ``loggers``, ``strategy``,
-``is_global_zero`` and ``progress_bar_callback``.
+``is_global_zero``, ``global_rank``, ``world_size`` and ``progress_bar_callback``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from gradwatch import GradCheckReport, Thresholds, Verdict, check_module
+from gradwatch.module import checked_parameters
 
-from . import _logs
+from . import _distributed, _faults, _logs
 from . import _validate as v
-from ._objective import LossFn, logging_muted, objective, require_objective
+from ._objective import LossFn, ObjectiveError, logging_muted, objective, require_objective
 from ._schedule import Schedule
 
 DropoutMode = Literal["off", "freeze"]
@@ -159,6 +160,10 @@ class GradientCheckBase:
         self._checks = [dict(c) for c in state_dict.get("checks", [])]
 
     def _require_theta(self, pl_module: nn.Module) -> None:
+        try:  # no trainable parameters, parameters on the meta device, integer ones
+            checked_parameters(pl_module)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"GradientCheck: {err}") from err
         if self._include is not None and not _theta_names(pl_module, self._include):
             trainable = _theta_names(pl_module, None)
             raise ValueError(
@@ -167,23 +172,32 @@ class GradientCheckBase:
             )
 
     def _check(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        # Nothing is recorded before the check has an outcome: a check stopped by
+        # KeyboardInterrupt leaves the schedule as it was and runs again after a resume.
         step = trainer.global_step
-        report = self._run(trainer, pl_module, batch, batch_idx)
+        cause: Exception | None = None
+        try:
+            report = self._run(trainer, pl_module, batch, batch_idx)
+        except Exception as err:  # reported as a failed check; KeyboardInterrupt goes through
+            report, cause = self._fault(trainer, pl_module, batch, err), err
         self.reports[step] = report
         self._checks.append(
             {"step": step, "difference": report.difference, "verdict": report.verdict.value}
         )
         self._next_due = self.schedule.first_due(step + 1)
         self._log(trainer, step, report)
-        self._act(trainer, step, report)
+        self._act(trainer, step, report, cause)
 
     def _run(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> GradCheckReport:
+        # Under DDP every process checks process 0's batch and evaluates its share.
+        batch = _distributed.same_batch(trainer, batch)
         show = trainer.is_global_zero and trainer.progress_bar_callback is not None
         with logging_muted(pl_module), _logs.progress(show) as tick:
             return check_module(
                 pl_module,
                 _counted(objective(pl_module, batch_idx), tick),
                 batch,
+                partition=_distributed.partition(trainer),
                 epsilon=self._epsilon,
                 include=self._include,
                 components=self._components,
@@ -206,7 +220,24 @@ class GradientCheckBase:
                     self._layouts.add(id(writer))
                 _logs.write_tensorboard(writer, step, report, self._log_worst)
 
-    def _act(self, trainer: Any, step: int, report: GradCheckReport) -> None:
+    def _fault(self, trainer: Any, pl_module: Any, batch: Any, err: Exception) -> GradCheckReport:
+        """The failed report of a check that raised, the same in every process. An error no check
+        can get past (J cannot be had from the module as written) is raised again instead."""
+        fatal = isinstance(err, ObjectiveError)
+        where = ""
+        if _distributed.shared(trainer):
+            where = f" in process {trainer.global_rank} of {trainer.world_size}"
+        why = str(err) if fatal else _faults.reason(err, batch, where)
+        why, fatal = _distributed.agreed_fault(trainer, err, why, fatal)
+        if fatal and isinstance(err, ObjectiveError):
+            raise err
+        if fatal:
+            raise ObjectiveError(why) from err
+        return _faults.failed_report(pl_module, self._include, why, self._epsilon, self._thresholds)
+
+    def _act(
+        self, trainer: Any, step: int, report: GradCheckReport, cause: Exception | None = None
+    ) -> None:
         rank_zero_info(_logs.console_text(step, report))
         failed = report.verdict is Verdict.FAIL
         if self._on_fail == "raise":
@@ -215,7 +246,7 @@ class GradientCheckBase:
                 for logger in trainer.loggers:  # on disk before any process goes down
                     logger.save()
                 trainer.strategy.barrier("GradientCheck")
-                raise GradientCheckError(step, report)
+                raise GradientCheckError(step, report) from cause
         elif failed and self._on_fail == "warn":
             rank_zero_warn(
                 f"GradientCheck at step {step}: the gradient check failed. {report.message}"

@@ -31,6 +31,11 @@ LOG10_WARN_MAX = "gradcheck/bands/log10_warn_max"
 _LOG10_FLOOR = 1e-16
 
 
+def _unfinished(report: GradCheckReport) -> bool:
+    # A check that raised compared no component: its difference is unknown, not 0.
+    return report.components_checked == 0 and report.failure is not None
+
+
 def scalars(report: GradCheckReport) -> dict[str, float]:
     """The scalars every logger gets: the difference (the material's formula, and without kinks,
     which the verdict reads), one per parameter, the verdict level, the rounding floor, and the
@@ -44,6 +49,8 @@ def scalars(report: GradCheckReport) -> dict[str, float]:
         VERDICT: float(report.verdict.level),
     }
     values.update({f"{DIFFERENCE}/{name}": d for name, d in report.per_parameter.items()})
+    if _unfinished(report):
+        values.update({DIFFERENCE: math.nan, WITHOUT_KINKS: math.nan, ROUNDING_FLOOR: math.nan})
     return values
 
 
@@ -54,9 +61,10 @@ def _log10(value: float) -> float:
 def band_scalars(report: GradCheckReport, pass_max: float, warn_max: float) -> dict[str, float]:
     """The difference the verdict reads, the rounding floor and the verdict bands in decades, for
     the TensorBoard chart layout."""
+    unknown = _unfinished(report)
     return {
-        LOG10_DIFFERENCE: _log10(report.difference_without_kinks),
-        LOG10_FLOOR: _log10(report.noise_floor),
+        LOG10_DIFFERENCE: math.nan if unknown else _log10(report.difference_without_kinks),
+        LOG10_FLOOR: math.nan if unknown else _log10(report.noise_floor),
         LOG10_PASS_MAX: math.log10(pass_max),
         LOG10_WARN_MAX: math.log10(warn_max),
     }
@@ -85,8 +93,14 @@ def layout(pass_max: float, warn_max: float) -> dict[str, dict[str, list[Any]]]:
     }
 
 
+def _headline(report: GradCheckReport) -> str:
+    return f"fail: {report.failure}" if _unfinished(report) else report.headline()
+
+
 def worst_text(step: int, report: GradCheckReport, k: int) -> str:
     """The markdown of the text tag: the headline, what to do, notes, the worst components."""
+    if _unfinished(report):
+        return f"**step {step}**: {_headline(report)}"
     parts = [f"**step {step}**: {report.headline()}", report.message]
     parts += [f"note: {note}" for note in report.notes]
     parts.append(report.worst_markdown(k))
@@ -96,8 +110,10 @@ def worst_text(step: int, report: GradCheckReport, k: int) -> str:
 def console_text(step: int, report: GradCheckReport) -> str:
     """One line per check; the whole report (notes, worst components, per parameter) unless it
     passed."""
-    line = f"GradientCheck at step {step}: {report.headline()}"
-    return line if report.verdict is Verdict.PASS else f"{line}\n{report}"
+    line = f"GradientCheck at step {step}: {_headline(report)}"
+    if report.verdict is Verdict.PASS or _unfinished(report):
+        return line
+    return f"{line}\n{report}"
 
 
 def write_tensorboard(

@@ -27,6 +27,11 @@ _OPTIONS = (
 _METRIC_COUNTERS = ("_update_count", "_computed", "_forward_cache")
 
 
+class ObjectiveError(TypeError):
+    """J cannot be had from the module as written: raised whatever ``on_fail`` says, since no
+    check can run until the module changes (not a failed check)."""
+
+
 def has_custom_loss(module: nn.Module) -> bool:
     """Whether the module gives J itself through ``gradcheck_loss(batch)``."""
     return callable(getattr(module, "gradcheck_loss", None))
@@ -59,16 +64,27 @@ def objective(module: Any, batch_idx: int) -> LossFn:
 
     def evaluation(model: nn.Module, batch: Any) -> torch.Tensor:
         with _metrics_restored(model):
-            return loss(model, batch)
+            return _scalar(loss(model, batch), model)
 
     return evaluation
+
+
+def _scalar(loss: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    if loss.numel() != 1:
+        source = "gradcheck_loss" if has_custom_loss(model) else "training_step"
+        raise ObjectiveError(
+            f"GradientCheck: `{type(model).__name__}.{source}` returned a loss of shape "
+            f"{list(loss.shape)}; J must be a scalar (one element) tensor, e.g. the mean over "
+            "the batch"
+        )
+    return loss
 
 
 def _custom_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     output = model.gradcheck_loss(batch)  # type: ignore[operator]
     if not isinstance(output, torch.Tensor):
         name = type(model).__name__
-        raise TypeError(
+        raise ObjectiveError(
             f"GradientCheck: `{name}.gradcheck_loss` returned {type(output).__name__}; it must "
             "return the scalar cost J as a tensor computed from the module's parameters"
         )
@@ -96,7 +112,7 @@ def _loss_of(output: object, name: str) -> torch.Tensor:
         got = f"a dict without a tensor 'loss' entry (keys {sorted(map(str, output))})"
     else:
         got = type(output).__name__
-    raise TypeError(
+    raise ObjectiveError(
         f"GradientCheck: `{name}.training_step` returned {got}, not the loss J; "
         + _OPTIONS.format(name=name)
     )

@@ -14,12 +14,15 @@ Example:
 from gradwatch.check import gradient_check
 from gradwatch.layout import Layout
 from gradwatch.module import check_module
+from gradwatch.partition import Partition, PartitionError
 from gradwatch.report import Component, GradCheckReport, Thresholds, Verdict
 
 __all__ = [
     "Component",
     "GradCheckReport",
     "Layout",
+    "Partition",
+    "PartitionError",
     "Thresholds",
     "Verdict",
     "check_module",

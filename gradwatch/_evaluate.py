@@ -262,7 +262,15 @@ class ModuleCost:
             step = copies_per_call(self._evaluation_bytes() + held)
             self.largest_call = max(self.largest_call, min(step, count - start))
         for lo in range(start, count, step):
-            out[lo : lo + step] = runs[way](lo, min(lo + step, count))
+            hi = min(lo + step, count)
+            try:
+                out[lo:hi] = runs[way](lo, hi)
+            except Exception as err:  # e.g. out of memory in a larger chunk: finish plainly
+                if way == "loop":
+                    raise
+                self.reasons[label] = f"{way} failed after the first call, {_why(err)}"
+                way = self._ways[key] = self.paths[label] = "loop"
+                out[lo:hi] = runs[way](lo, hi)
         return out
 
     def _decide(
@@ -341,9 +349,9 @@ class ModuleCost:
                 return _scalar(functional_call(self._module, tensors, (self._batch,)))
 
         reseed(self._seed)
-        self.evaluations += count
         with torch.no_grad():
             found = vmap(one, randomness="same")(tuple(batched.values()), written, *extra)
+        self.evaluations += count
         return found.detach().to(torch.float64).cpu().numpy().reshape(count)
 
     def _loop_entries(self, t: int, index: torch.Tensor, values: torch.Tensor) -> np.ndarray:
@@ -374,8 +382,12 @@ class ModuleCost:
     def _evaluation_bytes(self) -> int:
         """Bytes one plain evaluation produces (measured once; the copies-per-call budget)."""
         if self._bytes is None:
-            with torch.no_grad():
-                self._bytes = produced_bytes(lambda: self._call(self.theta))
+            try:
+                with torch.no_grad():
+                    self._bytes = produced_bytes(lambda: self._call(self.theta))
+            except Exception:  # a forward that resists dispatch modes: guess from the tensors
+                held = [*self.theta, *self._fixed.values()]
+                self._bytes = sum(t.numel() * t.element_size() for t in held)
         return self._bytes
 
 

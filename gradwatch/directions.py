@@ -59,6 +59,11 @@ class DirectionalSearch:
     ``differences`` maps each tensor to the material's formula over its directions (uᵀgrad
     against the two-sided estimate); ``overall`` is the same over directions spanning all of θ;
     ``localized`` names the tensors searched by bisection; ``note`` summarizes it for the report.
+
+    Example:
+        >>> found = DirectionalSearch(np.array([3, 8]), {"w": 0.4}, 0.3, ("w",), "…")
+        >>> found.indices.tolist(), found.localized
+        ([3, 8], ('w',))
     """
 
     indices: np.ndarray
@@ -121,7 +126,8 @@ def search_directions(
     )
     # Each tensor's largest gradient component is checked one by one too: every tensor shows in
     # the report, and a wrong scale shows there first, above the rounding noise.
-    found = [np.array([layout.offsets[t] + int(g.abs().argmax()) for t, g in enumerate(grad)])]
+    largest = [layout.offsets[t] + int(g.abs().argmax()) for t, g in enumerate(grad) if g.numel()]
+    found = [np.array(largest, dtype=np.int64)]
     if spot:
         found.append(sample_components(layout, spot, seed))
     before = cost.evaluations

@@ -28,6 +28,7 @@ from gradwatch.analysis import ComponentAnalysis, analyse_components
 from gradwatch.directions import search_directions
 from gradwatch.layout import Layout
 from gradwatch.numeric import auto_steps, relative_difference
+from gradwatch.partition import Exchange, Partition, exchanging
 from gradwatch.report import GradCheckReport, PrecisionDrift, Thresholds
 from gradwatch.sampling import sample_components
 
@@ -135,6 +136,7 @@ def check_module(
     thresholds: Thresholds | None = None,
     drift_dtype: torch.dtype | None = None,
     mode: CheckMode = "components",
+    partition: Partition | None = None,
 ) -> GradCheckReport:
     """Checks backprop of a whole module against the material's two-sided difference.
 
@@ -170,6 +172,10 @@ def check_module(
             one, plus each tensor's largest-gradient component and ``components`` spread over
             every tensor (default none); see :mod:`gradwatch.directions`. ``report.mode`` says
             which ran, the notes what the directions found.
+        partition: in data-parallel training, this process's :class:`gradwatch.Partition`:
+            every process calls ``check_module`` with the same arguments, evaluates its share
+            of the components, and returns the same report (or raises, when any process's
+            part raised). The directional search (``mode="directions"``) runs in every process.
 
     Returns:
         A :class:`GradCheckReport` whose parameter names are those of ``named_parameters()``.
@@ -204,7 +210,11 @@ def check_module(
 
     start = time.perf_counter()
     device = params[names[0]].device
-    with preserved_rng(), dropout_disabled(model, disable=(drop == "off")):
+    with (
+        preserved_rng(),
+        dropout_disabled(model, disable=(drop == "off")),
+        exchanging(partition) as split,
+    ):
         cost = ModuleCost(
             model, loss_fn, cast_batch(batch, precision, device), names, precision, seed
         )
@@ -214,11 +224,14 @@ def check_module(
             notes.append(search.note)
         else:
             indices = sample_components(layout, sample, seed)
-        found = _compare(cost, layout, indices, step)
-        notes.append(cost.describe())
+        found = _compare(cost, layout, indices, step, split)
         drift = None
         if drift_dtype is not None:
             drift = _drift(model, loss_fn, batch, names, seed, indices, layout, found, drift_dtype)
+        evaluations, seconds, shared = split.finish(
+            cost.evaluations, time.perf_counter() - start, cost.describe()
+        )
+        notes.extend(shared)
     return GradCheckReport(
         layout=layout,
         indices=indices,
@@ -226,8 +239,8 @@ def check_module(
         numeric=found.numeric,
         epsilon=step,
         dtype=str(precision).removeprefix("torch."),
-        evaluations=cost.evaluations,
-        seconds=time.perf_counter() - start,
+        evaluations=evaluations,
+        seconds=seconds,
         thresholds=bands,
         notes=(*notes, *_rounding_note(precision, step, found.center)),
         failure=found.failure,
@@ -262,18 +275,27 @@ def _steps(
 
 
 def _compare(
-    cost: ModuleCost, layout: Layout, indices: np.ndarray, epsilon: float | str
+    cost: ModuleCost,
+    layout: Layout,
+    indices: np.ndarray,
+    epsilon: float | str,
+    split: Exchange | None = None,
 ) -> _Comparison:
-    """Backprop's gradient, the two-sided estimate and J(θ) (twice: is J deterministic?)."""
+    """Backprop's gradient, the two-sided estimate and J(θ) (twice: is J deterministic?).
+
+    With a partition, each process evaluates its share of the pairs (and of the halved ones),
+    and every process goes on with process 0's gradient and J values: the same report everywhere.
+    """
+    split = split or Exchange(None)
     j_grad, grads = cost.gradient()
     center = cost.value()
     tensor = layout.tensor_of(indices)
     local = indices - np.asarray(layout.offsets)[tensor]
     half = _steps(cost, indices, layout, epsilon)
-    plus, minus = cost.pairs(tensor, local, half)
+    plus, minus = split.pairs(cost.pairs, tensor, local, half)
     j_after = cost.value()
     flat_grad = torch.cat([g.reshape(-1).to(torch.float64).cpu() for g in grads]).numpy()
-    analytic = flat_grad[indices]
+    (center, j_grad, j_after), analytic = split.agree((center, j_grad, j_after), flat_grad[indices])
     h_min = float(half.min()) if half.size else 1.0
     failure = _determinism_note(center, j_grad, h_min) or _determinism_note(center, j_after, h_min)
     if not math.isfinite(center):
@@ -291,7 +313,7 @@ def _compare(
             center,
             half,
             unit,
-            lambda positions: cost.pairs(tensor[positions], local[positions], half[positions] / 2),
+            lambda at: split.pairs(cost.pairs, tensor[at], local[at], half[at] / 2),
         ),
     )
 

@@ -165,3 +165,38 @@ def trainer(root: Path, **options: Any) -> pl.Trainer:
     }
     settings.update(options)
     return pl.Trainer(**settings)
+
+
+class FaultyModule(TinyModule):
+    """J through ``gradcheck_loss``, with a fault planted in the check at ``step`` (in process
+    ``rank``, or every process when None), from its ``from_call``-th evaluation of J on:
+    ``"raise"`` (a ValueError), ``"oom"`` (CUDA's out-of-memory RuntimeError), ``"nan"`` (J is
+    NaN) or ``"interrupt"`` (KeyboardInterrupt, as Ctrl+C). Training itself is TinyModule's."""
+
+    OOM = "CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 15.77 GiB total capacity)"
+
+    def __init__(
+        self, fault: str = "none", step: int = 0, rank: int | None = None, from_call: int = 1
+    ) -> None:
+        super().__init__()
+        self.fault, self.fault_step, self.fault_rank = fault, step, rank
+        self.from_call = from_call
+        self.faulty_calls = 0
+
+    def gradcheck_loss(self, batch: Any) -> torch.Tensor:
+        x, y, _ = batch
+        loss = F.cross_entropy(self(x), y)
+        if self.trainer.global_step != self.fault_step or self.fault == "none":
+            return loss
+        if self.fault_rank is not None and self.global_rank != self.fault_rank:
+            return loss
+        self.faulty_calls += 1
+        if self.faulty_calls < self.from_call:
+            return loss
+        if self.fault == "nan":
+            return loss * float("nan")
+        if self.fault == "oom":
+            raise RuntimeError(self.OOM)
+        if self.fault == "interrupt":
+            raise KeyboardInterrupt
+        raise ValueError("the loss cannot use this batch")

@@ -331,6 +331,8 @@ def test_a_step_due_in_the_middle_of_gradient_accumulation_waits_for_the_next_st
         accumulate_grad_batches=3,
         loggers=[],
         is_global_zero=True,
+        global_rank=0,
+        world_size=1,
         progress_bar_callback=None,
     )
     check.on_train_start(run, module)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
 import gradwatch._vectorize as vectorize
 from gradwatch import check_module
@@ -194,3 +195,24 @@ def test_the_model_is_untouched_by_the_vectorized_paths() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert torch.equal(rng, torch.get_rng_state())
     assert all(not m._forward_hooks and m.training for m in model.modules())
+    assert not module_hooks._global_forward_hooks and not module_hooks._global_forward_pre_hooks
+
+
+def test_a_chunk_that_fails_later_is_finished_by_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    plus, minus, _ = _pairs("mlp", vectorize=False)
+    monkeypatch.setattr(vectorize, "CHUNK_BYTES", 1)  # one copy per call: many calls
+    calls = {"n": 0}
+    original = ModuleCost._vmapped
+
+    def flaky(self: ModuleCost, *args: Any, **kwargs: Any) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 3:  # after the first tensor's probe succeeded
+            raise RuntimeError("out of memory")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModuleCost, "_vmapped", flaky)
+    found_plus, found_minus, cost = _pairs("mlp", vectorize=True)
+    assert cost.paths["0.weight"] == "loop"
+    assert "out of memory" in cost.reasons["0.weight"]
+    assert np.abs(found_plus - plus).max() <= 8 * np.spacing(np.abs(plus).max())
+    assert np.abs(found_minus - minus).max() <= 8 * np.spacing(np.abs(plus).max())

@@ -1,0 +1,287 @@
+"""GradientCheck when things go wrong: a check that hits NaN, runs out of memory or whose loss
+raises is a failed check and training goes on untouched (unless ``on_fail="raise"``); Ctrl+C in
+the middle of a check leaves the run as it was before the check, and a checkpoint saved then
+resumes with the interrupted check still due; a module the check cannot use is told how to fix it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import signal
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import OnExceptionCheckpoint
+
+from gradwatch import Verdict
+from gradwatch.callbacks import GradientCheck, GradientCheckError
+from tests.callback_models import (
+    QUIET_LIGHTNING,
+    FaultyModule,
+    RecordingLogger,
+    TinyModule,
+    loader,
+    trainer,
+)
+
+pytestmark = pytest.mark.filterwarnings(
+    *QUIET_LIGHTNING, "ignore:.*your dataloader is not resumable:UserWarning"
+)
+
+OnFail = Literal["warn", "raise", "ignore"]
+STEPS = 6
+BATCH = "list of 3: Tensor[8, 4] float32, Tensor[8] int64, Tensor[8] int64"
+REASONS = {
+    "raise": "the check could not finish: ValueError: the loss cannot use this batch "
+    f"(J on this step's batch: {BATCH})",
+    "oom": f"the check could not finish: RuntimeError: {FaultyModule.OOM} (J on this step's "
+    f"batch: {BATCH})",
+    "nan": "the loss J(θ) is nan: fix the forward pass before checking gradients",
+}
+
+
+def _fit(
+    root: Path,
+    module: pl.LightningModule,
+    callbacks: list[Any],
+    ckpt_path: str | None = None,
+    **options: Any,
+) -> Any:
+    pl.seed_everything(0, verbose=False)
+    run = trainer(root, callbacks=callbacks, **options)
+    run.fit(module, loader(), **({"ckpt_path": ckpt_path} if ckpt_path else {}))
+    return run
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    return bool(a == b)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The run without the callback: final weights and optimizer state."""
+    pl.seed_everything(0, verbose=False)
+    module = TinyModule()
+    run = _fit(tmp_path_factory.mktemp("plain"), module, [], max_steps=STEPS)
+    return {"weights": module.state_dict(), "optimizer": run.optimizers[0].state_dict()}
+
+
+def _faulty(fault: str, **options: Any) -> FaultyModule:
+    pl.seed_everything(0, verbose=False)  # TinyModule's initial weights
+    return FaultyModule(fault, step=2, **options)
+
+
+@pytest.mark.parametrize("on_fail", ["warn", "ignore"])
+@pytest.mark.parametrize(
+    ("fault", "from_call"),
+    [("raise", 1), ("oom", 3), ("nan", 1)],
+    ids=["loss-raises", "out-of-memory-mid-check", "nan"],
+)
+def test_a_fault_is_a_failed_check_and_training_goes_on_untouched(
+    tmp_path: Path, plain: dict[str, Any], fault: str, from_call: int, on_fail: OnFail
+) -> None:
+    module, logger = _faulty(fault, from_call=from_call), RecordingLogger()
+    check = GradientCheck(after_steps=(2, 4), on_fail=on_fail)
+    with pytest.warns() if on_fail == "warn" else nullcontext() as warned:
+        run = _fit(tmp_path, module, [check], max_steps=STEPS, logger=logger)
+    assert {s: r.verdict for s, r in check.reports.items()} == {
+        0: Verdict.PASS,
+        2: Verdict.FAIL,
+        4: Verdict.PASS,
+    }
+    assert check.reports[2].failure == REASONS[fault]
+    assert _same(module.state_dict(), plain["weights"])  # bit for bit
+    assert _same(run.optimizers[0].state_dict(), plain["optimizer"])
+    (logged,) = [m for s, m in logger.checks() if s == 2]
+    assert logged["gradcheck/verdict"] == 2.0
+    if fault != "nan":  # nothing was compared: the difference is unknown, not 0
+        assert math.isnan(logged["gradcheck/difference"])
+    if warned is not None:
+        messages = [str(w.message) for w in warned]
+        assert f"GradientCheck at step 2: the gradient check failed. {REASONS[fault]}" in messages
+
+
+@pytest.mark.parametrize("fault", ["raise", "oom", "nan"])
+def test_on_fail_raise_stops_the_run_with_the_reason(tmp_path: Path, fault: str) -> None:
+    module, check = _faulty(fault), GradientCheck(after_steps=(2,), on_fail="raise")
+    with pytest.raises(GradientCheckError) as raised:
+        _fit(tmp_path, module, [check], max_steps=STEPS)
+    assert str(raised.value).startswith(
+        "GradientCheck at step 2: the gradient check failed (on_fail='raise').\n"
+    )
+    assert REASONS[fault] in str(raised.value)
+    if fault != "nan":
+        assert type(raised.value.__cause__).__name__ in {"ValueError", "RuntimeError"}
+    assert raised.value.step == 2
+
+
+# -- Ctrl+C in the middle of a check ----------------------------------------------------------
+
+
+@pytest.fixture
+def sigint_restored() -> Iterator[None]:
+    """Lightning ignores SIGINT after a KeyboardInterrupt (a second Ctrl+C must not cut its
+    shutdown short); give pytest its handler back."""
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
+
+
+class _Snapshots(pl.Callback):
+    """Everything a check must not change: taken at the start of ``step`` (before the check,
+    which runs after this callback) and when the run is interrupted."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.before: dict[str, Any] | None = None
+        self.after: dict[str, Any] | None = None
+
+    @staticmethod
+    def _state(trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, Any]:
+        return copy.deepcopy(
+            {
+                "weights": module.state_dict(),
+                "grads": [p.grad for p in module.parameters()],
+                "training": [m.training for m in module.modules()],
+                "optimizer": trainer.optimizers[0].state_dict(),
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state()[1],
+                "python": random.getstate(),
+                "metric": module.accuracy.metric_state,  # type: ignore[union-attr]
+            }
+        )
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
+        if trainer.global_step == self.step and self.before is None:
+            self.before = self._state(trainer, module)
+
+    def on_exception(self, trainer: pl.Trainer, module: Any, exception: BaseException) -> None:
+        self.after = self._state(trainer, module)
+
+
+# Lightning's advice on picking a checkpoint to resume from, for a first fit with checkpointing.
+@pytest.mark.filterwarnings(
+    "ignore:.*was called without a model:UserWarning",
+    "ignore:.*there is no last checkpoint available:UserWarning",
+)
+@pytest.mark.parametrize("from_call", [1, 4])  # the gradient's evaluation; amid the pairs
+def test_keyboard_interrupt_mid_check_leaves_the_run_as_before_and_resumes_the_check(
+    tmp_path: Path, sigint_restored: None, from_call: int
+) -> None:
+    snapshots, saved = _Snapshots(step=2), OnExceptionCheckpoint(tmp_path, "interrupted")
+    module = _faulty("interrupt", from_call=from_call)
+    first = GradientCheck(after_steps=(2, 4))
+    with pytest.raises(SystemExit):  # Lightning's graceful shutdown after Ctrl+C
+        _fit(
+            tmp_path, module, [snapshots, first, saved], max_steps=STEPS, enable_checkpointing=True
+        )
+    assert module.faulty_calls == from_call  # stopped inside the check
+    assert snapshots.before is not None and snapshots.after is not None
+    assert _same(snapshots.before, snapshots.after)
+    assert first.checked_steps == (0,)  # the interrupted check is not recorded as done
+    resumed = GradientCheck(after_steps=(2, 4))
+    _fit(tmp_path, TinyModule(), [resumed], max_steps=STEPS, ckpt_path=saved.ckpt_path)
+    assert list(resumed.reports) == [2, 4]  # run again after the resume, not skipped
+    assert resumed.checked_steps == (0, 2, 4)
+
+
+# -- a module the check cannot use: the run stops at once, whatever on_fail says ---------------
+
+OPTIONS = (
+    "return the loss from `training_step` (a tensor, or a dict with a 'loss' entry), or define "
+    "`gradcheck_loss(self, batch)` on `TinyModule` returning the scalar cost J"
+)
+
+
+class _VectorLoss(TinyModule):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y, _ = batch
+        return torch.nn.functional.cross_entropy(self(x), y, reduction="none")
+
+
+class _NumberLoss(TinyModule):
+    def gradcheck_loss(self, batch: Any) -> float:
+        return 1.0
+
+
+class _DictBatchLoss(TinyModule):
+    def gradcheck_loss(self, batch: Any) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(self(batch["x"]), batch["y"])
+
+
+class _Frozen(TinyModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.requires_grad_(False)
+
+
+@pytest.mark.parametrize("on_fail", ["warn", "raise", "ignore"])
+@pytest.mark.parametrize(
+    ("build", "error", "message"),
+    [
+        (
+            lambda: TinyModule(output="none"),
+            TypeError,
+            "GradientCheck: `TinyModule.training_step` returned NoneType, not the loss J; "
+            + OPTIONS,
+        ),
+        (
+            _VectorLoss,
+            TypeError,
+            "GradientCheck: `_VectorLoss.training_step` returned a loss of shape [8]; J must be a "
+            "scalar (one element) tensor, e.g. the mean over the batch",
+        ),
+        (
+            _NumberLoss,
+            TypeError,
+            "GradientCheck: `_NumberLoss.gradcheck_loss` returned float; it must return the scalar "
+            "cost J as a tensor computed from the module's parameters",
+        ),
+        (
+            _Frozen,
+            ValueError,
+            "GradientCheck: `model` has no trainable parameters: it needs at least one with "
+            "requires_grad=True; got a _Frozen with 6 parameter tensors, none trainable. There is "
+            "no gradient to check; unfreeze the layers you want checked",
+        ),
+    ],
+    ids=["training-step-returns-none", "non-scalar-loss", "gradcheck-loss-no-tensor", "frozen"],
+)
+def test_a_module_the_check_cannot_use_stops_the_run_with_what_to_do(
+    tmp_path: Path, build: Any, error: type[Exception], message: str, on_fail: OnFail
+) -> None:
+    pl.seed_everything(0, verbose=False)
+    module = build()
+    before = copy.deepcopy(module.state_dict())
+    with pytest.raises(error) as raised:
+        _fit(tmp_path, module, [GradientCheck(on_fail=on_fail)], max_steps=1)
+    assert str(raised.value) == message
+    assert _same(module.state_dict(), before)  # stopped before any step
+
+
+def test_a_batch_the_loss_cannot_use_is_a_failed_check_naming_the_batch(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    check = GradientCheck(after_steps=())
+    with pytest.warns(UserWarning, match="the gradient check failed"):
+        run = _fit(tmp_path, _DictBatchLoss(), [check], max_steps=2)
+    assert check.reports[0].failure == (
+        "the check could not finish: TypeError: list indices must be integers or slices, not str "
+        f"(J on this step's batch: {BATCH})"
+    )
+    assert run.global_step == 2
