@@ -17,7 +17,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from gradwatch import GradCheckReport, Thresholds, Verdict, check_module
+from gradwatch import GradCheckReport, PartitionError, Thresholds, Verdict, check_module
 from gradwatch.module import checked_parameters
 
 from . import _distributed, _faults, _logs
@@ -177,20 +177,23 @@ class GradientCheckBase:
         step = trainer.global_step
         cause: Exception | None = None
         try:
+            # Under DDP every process checks process 0's batch and evaluates its share.
+            batch = _distributed.same_batch(trainer, batch)
             report = self._run(trainer, pl_module, batch, batch_idx)
-        except Exception as err:  # reported as a failed check; KeyboardInterrupt goes through
+        except Exception as err:  # a failed check; KeyboardInterrupt goes through
+            if isinstance(err, PartitionError) and err.interrupted:
+                raise  # another process was stopped (Ctrl+C): stop this one too
             report, cause = self._fault(trainer, pl_module, batch, err), err
         self.reports[step] = report
+        difference = report.difference if report.components_checked else math.nan
         self._checks.append(
-            {"step": step, "difference": report.difference, "verdict": report.verdict.value}
+            {"step": step, "difference": difference, "verdict": report.verdict.value}
         )
         self._next_due = self.schedule.first_due(step + 1)
         self._log(trainer, step, report)
         self._act(trainer, step, report, cause)
 
     def _run(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> GradCheckReport:
-        # Under DDP every process checks process 0's batch and evaluates its share.
-        batch = _distributed.same_batch(trainer, batch)
         show = trainer.is_global_zero and trainer.progress_bar_callback is not None
         with logging_muted(pl_module), _logs.progress(show) as tick:
             return check_module(

@@ -8,6 +8,8 @@ any launcher Lightning supports and does nothing at all in a single process.
 from __future__ import annotations
 
 import pickle
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,15 +28,22 @@ def partition(trainer: Any) -> Partition | None:
     """This process's share of the check, with a gather on the strategy's ``all_gather``."""
     if not shared(trainer):
         return None
-    strategy = trainer.strategy
-    size = int(trainer.world_size)
+    return Partition(int(trainer.global_rank), int(trainer.world_size), _gather(trainer))
+
+
+def _gather(trainer: Any) -> Callable[[np.ndarray], np.ndarray]:
+    strategy, size = trainer.strategy, int(trainer.world_size)
 
     def gather(values: np.ndarray) -> np.ndarray:
         # root_device: NCCL gathers only CUDA tensors, gloo any.
-        found = strategy.all_gather(torch.from_numpy(values).to(strategy.root_device))
+        with warnings.catch_warnings():
+            # Lightning's all_gather goes through torch.distributed.nn.functional, which torch
+            # 2.6+ calls deprecated; the user can do nothing about it.
+            warnings.filterwarnings("ignore", ".*all_gather is deprecated", FutureWarning)
+            found = strategy.all_gather(torch.from_numpy(values).to(strategy.root_device))
         return found.reshape(size, -1).cpu().numpy()
 
-    return Partition(int(trainer.global_rank), size, gather)
+    return gather
 
 
 class UnsharedBatch(RuntimeError):
@@ -44,24 +53,33 @@ class UnsharedBatch(RuntimeError):
 def same_batch(trainer: Any, batch: Any) -> Any:
     """Process 0's batch, in every process: the shares of one check must be of one J.
 
-    Process 0 pickles the batch itself (on the CPU), so a batch that cannot be sent fails in every
-    process alike instead of leaving the others waiting for it.
+    Process 0 pickles the batch itself (on the CPU) and every process says whether it has it,
+    so a batch that cannot be sent fails in every process alike: the process that could not
+    raises :class:`UnsharedBatch`, the others :class:`gradwatch.PartitionError`.
     """
     if not shared(trainer):
         return batch
-    sent: bytes | str = ""
-    if trainer.global_rank == 0:
+    strategy, rank = trainer.strategy, int(trainer.global_rank)
+    problem, sent, own = "", b"", False
+    if rank == 0:
         try:
             sent = pickle.dumps(move_data_to_device(batch, "cpu"))
         except Exception as err:  # any pickling failure: say it everywhere
-            sent = f"{type(err).__name__}: {err}"
-    received = trainer.strategy.broadcast(sent, src=0)
-    if isinstance(received, str):
-        raise UnsharedBatch(
-            f"process 0's batch cannot be sent to the other processes ({received}); batches "
-            "must pickle for a check under DDP"
-        )
-    return batch if trainer.global_rank == 0 else pickle.loads(received)
+            problem, own = f"it does not pickle: {type(err).__name__}: {err}", True
+    sent, problem = strategy.broadcast((sent, problem), src=0)
+    if rank != 0 and not problem:
+        try:
+            batch = pickle.loads(sent)
+        except Exception as err:  # e.g. a class this process cannot import
+            problem, own = f"process {rank} cannot unpickle it: {type(err).__name__}: {err}", True
+    if strategy.reduce_boolean_decision(own, all=False):
+        if own:
+            raise UnsharedBatch(
+                f"process 0's batch cannot be shared with the other processes ({problem}); "
+                "under DDP the check's batch must pickle"
+            )
+        raise PartitionError("process 0's batch could not be shared; see the error raised there")
+    return batch
 
 
 def agreed_fault(trainer: Any, err: Exception, reason: str, fatal: bool) -> tuple[str, bool]:
@@ -75,8 +93,8 @@ def agreed_fault(trainer: Any, err: Exception, reason: str, fatal: bool) -> tupl
         return reason, fatal
     strategy = trainer.strategy
     own = not isinstance(err, PartitionError)
-    flags = strategy.all_gather(torch.tensor([float(own)], device=strategy.root_device))
-    raised = torch.flatten(flags).nonzero().flatten().tolist()
+    flags = _gather(trainer)(np.array([float(own)]))
+    raised = np.flatnonzero(flags[:, 0]).tolist()
     source = int(raised[0]) if raised else 0
     reason, fatal = strategy.broadcast((reason, fatal), src=source)
     return reason, fatal

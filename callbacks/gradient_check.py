@@ -27,7 +27,15 @@ class GradientCheck(GradientCheckBase, Callback):
 
     J is ``training_step(batch, batch_idx)``'s loss (a tensor or the ``"loss"`` entry of a dict),
     regularization included. A module may define ``gradcheck_loss(self, batch)`` returning J
-    instead (required with manual optimization).
+    instead (required with manual optimization). A module that gives no scalar J this way stops
+    ``fit`` at the first check, whatever ``on_fail`` says.
+
+    Under DDP (``strategy="ddp"``, ``"ddp_spawn"``) the processes share each check: all check
+    process 0's batch, each evaluates its share of the components (see
+    :class:`gradwatch.Partition`), and all end with the same report, which rank zero logs. A check
+    that cannot finish, in any process (the loss raises, runs out of memory), is a failed check
+    whose message says why; training goes on, unless ``on_fail="raise"``. A check stopped by
+    KeyboardInterrupt changes nothing and is not recorded, so it runs again after a resume.
 
     Logged at ``trainer.global_step`` to every logger: ``gradcheck/difference``,
     ``gradcheck/difference/<parameter>`` and ``gradcheck/verdict`` (0 pass, 1 warn, 2 fail).

@@ -30,7 +30,9 @@ Pairs = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndar
 # The header's second number: which exchange a process is at. Processes at different exchanges
 # are checking different things and stop rather than mix their numbers.
 _START, _PAIRS, _DONE = 1.0, 2.0, 3.0
-_WELL, _FAILED = 1.0, 0.0
+# The header's first number: this process is well, its part raised, or it was interrupted
+# (KeyboardInterrupt, SystemExit: the run is going down, not merely this check).
+_WELL, _FAILED, _INTERRUPTED = 1.0, 0.0, -1.0
 # J(θ) may differ between processes by this many ulps (the engine's own determinism allowance).
 _ULPS = 16
 
@@ -41,19 +43,24 @@ class PartitionError(RuntimeError):
 
     Attributes:
         failed: the processes whose part raised (empty when they disagreed instead).
+        interrupted: whether one of them was interrupted (KeyboardInterrupt, SystemExit) rather
+            than failed: that process is going down, so the run should too.
 
     Example:
         >>> str(PartitionError("process 1 of 2 failed", failed=(1,)))
         'process 1 of 2 failed'
     """
 
-    def __init__(self, message: str, failed: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, message: str, failed: tuple[int, ...] = (), interrupted: bool = False
+    ) -> None:
         super().__init__(message)
         self.failed = failed
+        self.interrupted = interrupted
 
-    def __reduce__(self) -> tuple[type[PartitionError], tuple[str, tuple[int, ...]]]:
+    def __reduce__(self) -> tuple[type[PartitionError], tuple[str, tuple[int, ...], bool]]:
         # Spawned workers send exceptions back pickled.
-        return type(self), (str(self), self.failed)
+        return type(self), (str(self), self.failed, self.interrupted)
 
 
 @dataclass(frozen=True)
@@ -61,11 +68,13 @@ class Partition:
     """This process's place in a check split over ``size`` processes.
 
     Pass it as ``check_module(..., partition=...)`` in every process, with the same model, batch
-    and options everywhere. The checked components are cut into ``size`` contiguous shares;
-    process ``rank`` evaluates share ``rank``, and after ``gather`` every process holds all the
-    numbers and returns the same report (``evaluations`` counts every process's, ``seconds`` is
-    the slowest one's). Backprop's gradient and J(θ) are computed everywhere (one backward, cheap)
-    and process 0's are used, after checking that every process's J(θ) agrees.
+    and options everywhere. Process ``rank`` evaluates every ``size``-th checked component from
+    the ``rank``-th on (strided: a contiguous cut would give one process the first layers, whose
+    perturbations cost the most to carry through the network), and after ``gather`` every
+    process holds all the numbers and returns the same report (``evaluations`` counts every
+    process's, ``seconds`` is the slowest one's). Backprop's gradient and J(θ) are computed
+    everywhere (one backward, cheap) and process 0's are used, after checking that every
+    process's J(θ) agrees.
 
     Args:
         rank: this process, ``0 <= rank < size``.
@@ -83,8 +92,8 @@ class Partition:
         partition = Partition(dist.get_rank(), dist.get_world_size(), gather)
         report = check_module(model, loss_fn, batch, partition=partition)
 
-    >>> Partition(rank=1, size=2, gather=lambda x: np.stack([x, x])).bounds(5)
-    (3, 5)
+    >>> Partition(rank=1, size=2, gather=lambda x: np.stack([x, x])).share(5)
+    array([1, 3])
     """
 
     rank: int
@@ -104,13 +113,10 @@ class Partition:
         if not callable(self.gather):
             raise TypeError(f"`partition.gather` must be a callable; got {self.gather!r}")
 
-    def bounds(self, count: int, rank: int | None = None) -> tuple[int, int]:
-        """Share ``rank`` (default: this process's) of ``count`` items, as ``[lo, hi)``; shares
-        differ in length by at most one."""
-        rank = self.rank if rank is None else rank
-        per, extra = divmod(count, self.size)
-        lo = rank * per + min(rank, extra)
-        return lo, lo + per + int(rank < extra)
+    def share(self, count: int, rank: int | None = None) -> np.ndarray:
+        """The positions among ``count`` that process ``rank`` (default: this one) evaluates;
+        shares differ in length by at most one."""
+        return np.arange(self.rank if rank is None else rank, count, self.size)
 
 
 class Exchange:
@@ -149,19 +155,18 @@ class Exchange:
         if p is None:
             return evaluate(tensor, local, steps)
         count = len(local)
-        lo, hi = p.bounds(count)
-        rows = _with_first_of_each_tensor(tensor, lo, hi)
+        share = p.share(count)
+        rows = _with_first_of_each_tensor(tensor, share)
         plus, minus = evaluate(tensor[rows], local[rows], steps[rows])
-        mine = rows >= lo  # the others only made this process evaluate their tensor as one would
-        width = -(-count // p.size)
+        mine = np.isin(rows, share)  # the others only make this process evaluate as one would
+        width, n = -(-count // p.size), share.size
         sent = np.full(2 * width, np.nan)
-        sent[: hi - lo], sent[width : width + hi - lo] = plus[mine], minus[mine]
+        sent[:n], sent[width : width + n] = plus[mine], minus[mine]
         found = self._exchange(p, _PAIRS, sent)
         plus, minus = np.empty(count), np.empty(count)
         for rank in range(p.size):
-            start, stop = p.bounds(count, rank)
-            plus[start:stop] = found[rank, : stop - start]
-            minus[start:stop] = found[rank, width : width + stop - start]
+            n = p.share(count, rank).size
+            plus[rank :: p.size], minus[rank :: p.size] = found[rank, :n], found[rank, width:][:n]
         return plus, minus
 
     def finish(
@@ -174,14 +179,13 @@ class Exchange:
             return evaluations, seconds, (described,)
         text = np.frombuffer(described.encode(), dtype=np.uint8)
         rows = self._exchange(p, _DONE, np.array([evaluations, seconds, text.size], float))
-        longest = int(rows[:, 2].max())
-        sent = np.zeros(longest)
+        sent = np.zeros(max(int(rows[:, 2].max()), 1))  # never an empty gather
         sent[: text.size] = text
         texts = self._exchange(p, _DONE, sent)
         self._closed = True
         counts = [int(c) for c in rows[:, 0]]
         split = (
-            f"split over {p.size} processes (contiguous shares of the components); "
+            f"split over {p.size} processes (component i evaluated by process i mod {p.size}); "
             f"evaluations per process: {', '.join(map(str, counts))}"
         )
         sizes = rows[:, 2].astype(np.int64)
@@ -191,14 +195,16 @@ class Exchange:
         notes = (split, *dict.fromkeys(found)) if p.size > 1 else tuple(found)
         return sum(counts), float(rows[:, 1].max()), notes
 
-    def abort(self) -> None:
-        """Tells the other processes that this one's check failed (at their next exchange)."""
+    def abort(self, interrupted: bool = False) -> None:
+        """Tells the other processes that this one's check failed or was interrupted (at their
+        next exchange)."""
         if self._closed or self.partition is None:
             return
         self._closed = True
+        state = _INTERRUPTED if interrupted else _FAILED
         # The error that brought us here is the one to see; a broken gather adds nothing to it.
         try:  # noqa: SIM105 (contextlib.suppress would hide what is being suppressed and why)
-            self._gather(self.partition, np.array([_FAILED, 0.0, 0.0]))
+            self._gather(self.partition, np.array([state, 0.0, 0.0]))
         except Exception:
             pass
 
@@ -208,10 +214,13 @@ class Exchange:
         failed = tuple(int(r) for r in np.flatnonzero(header[:, 0] != _WELL))
         if failed:
             self._closed = True
+            interrupted = bool(np.any(header[:, 0] == _INTERRUPTED))
+            what = "was interrupted" if interrupted else "failed"
             raise PartitionError(
-                f"the gradient check failed in process(es) {list(failed)} of {p.size}; see the "
+                f"the gradient check {what} in process(es) {list(failed)} of {p.size}; see the "
                 "error raised there",
                 failed,
+                interrupted,
             )
         if not np.array_equal(header[:, 1:], np.broadcast_to(header[0, 1:], header[:, 1:].shape)):
             self._closed = True
@@ -246,8 +255,8 @@ def exchanging(partition: Partition | None) -> Iterator[Exchange]:
     exchange = Exchange(partition)
     try:
         yield exchange
-    except BaseException:
-        exchange.abort()
+    except BaseException as err:
+        exchange.abort(interrupted=not isinstance(err, Exception))
         raise
 
 
@@ -257,13 +266,15 @@ def _same(a: float, b: float) -> bool:
     return abs(a - b) <= _ULPS * float(np.finfo(np.float64).eps) * max(abs(a), abs(b))
 
 
-def _with_first_of_each_tensor(tensor: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Rows ``lo..hi-1``, preceded by the first row of each tensor they touch that starts before.
+def _with_first_of_each_tensor(tensor: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """``share``'s positions and, before them, the first position of each tensor they touch
+    where that is not in ``share`` (``tensor[i]``: the tensor of position i).
 
-    ``ModuleCost`` picks how to evaluate a tensor from the first component of it that it sees
-    (evaluated by the plain loop). Seeing the same first component as a single process would
-    makes every process pick the same way and compute bit-for-bit the same numbers.
+    ``ModuleCost`` picks how to evaluate a tensor (vectorized or by the plain loop) from the
+    first component of it that it sees, and evaluates that one by the loop. Seeing the tensor's
+    first checked component first, as a single process would, makes every process pick the same
+    way and compute bit-for-bit the same numbers as one process.
     """
     kinds, first = np.unique(tensor, return_index=True)
-    before = np.sort(first[np.isin(kinds, tensor[lo:hi]) & (first < lo)])
-    return np.concatenate([before, np.arange(lo, hi)]).astype(np.int64)
+    extra = first[np.isin(kinds, tensor[share]) & ~np.isin(first, share)]
+    return np.union1d(extra, share).astype(np.int64)

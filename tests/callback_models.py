@@ -170,8 +170,9 @@ def trainer(root: Path, **options: Any) -> pl.Trainer:
 class FaultyModule(TinyModule):
     """J through ``gradcheck_loss``, with a fault planted in the check at ``step`` (in process
     ``rank``, or every process when None), from its ``from_call``-th evaluation of J on:
-    ``"raise"`` (a ValueError), ``"oom"`` (CUDA's out-of-memory RuntimeError), ``"nan"`` (J is
-    NaN) or ``"interrupt"`` (KeyboardInterrupt, as Ctrl+C). Training itself is TinyModule's."""
+    ``"raise"`` (a ValueError), ``"oom"`` (CUDA's out-of-memory RuntimeError), ``"nan"`` or
+    ``"inf"`` (J is not finite) or ``"interrupt"`` (KeyboardInterrupt, as Ctrl+C). Training itself
+    is TinyModule's."""
 
     OOM = "CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 15.77 GiB total capacity)"
 
@@ -193,8 +194,8 @@ class FaultyModule(TinyModule):
         self.faulty_calls += 1
         if self.faulty_calls < self.from_call:
             return loss
-        if self.fault == "nan":
-            return loss * float("nan")
+        if self.fault in ("nan", "inf"):
+            return loss * float(self.fault)
         if self.fault == "oom":
             raise RuntimeError(self.OOM)
         if self.fault == "interrupt":

@@ -61,8 +61,9 @@ class _StoppingCheck(GradientCheck):
     def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
         try:
             super().on_train_batch_start(trainer, module, batch, batch_idx)
-        except Exception as err:
-            (self.root / f"error-{trainer.global_rank}.pkl").write_bytes(pickle.dumps(str(err)))
+        except BaseException as err:  # KeyboardInterrupt too
+            said = f"{type(err).__name__}: {err}"
+            (self.root / f"error-{trainer.global_rank}.pkl").write_bytes(pickle.dumps(said))
             # The first process to exit has the launcher terminate the others: wait until every
             # process has written (one that did not stop fails this barrier).
             dist.monitored_barrier(timeout=timedelta(seconds=20))
@@ -137,10 +138,10 @@ def test_processes_share_one_check_equal_to_a_single_process_check(tmp_path: Pat
 
 
 def _faulty_run(
-    root: Path, on_fail: Literal["warn", "raise"]
+    root: Path, on_fail: Literal["warn", "raise"], fault: str = "oom"
 ) -> tuple[pl.Trainer, GradientCheck, FaultyModule]:
     pl.seed_everything(0, verbose=False)
-    module = FaultyModule("oom", step=1, rank=1, from_call=3)  # process 1 only, mid-check
+    module = FaultyModule(fault, step=1, rank=1, from_call=3)  # process 1 only, mid-check
     check = _StoppingCheck(root, after_steps=(1,), on_fail=on_fail)
     return _ddp(root, [check, _Record(root, check)], max_steps=3), check, module
 
@@ -168,8 +169,19 @@ def test_a_fault_in_one_process_with_on_fail_raise_stops_every_process(tmp_path:
     with pytest.raises(Exception, match="GradientCheckError"):  # re-raised from a worker
         run.fit(module, loader())
     for error in _read(tmp_path, "error"):
-        assert error.startswith("GradientCheck at step 1: the gradient check failed")
+        assert error.startswith("GradientCheckError: GradientCheck at step 1: the gradient check")
         assert REASON in error
+
+
+def test_ctrl_c_in_one_process_mid_check_stops_every_process(tmp_path: Path) -> None:
+    run, _, module = _faulty_run(tmp_path, on_fail="warn", fault="interrupt")
+    with pytest.raises(Exception, match="the gradient check was interrupted in process"):
+        run.fit(module, loader())
+    assert _read(tmp_path, "error") == [
+        "PartitionError: the gradient check was interrupted in process(es) [1] of 2; see the "
+        "error raised there",
+        "KeyboardInterrupt: ",
+    ]
 
 
 def test_a_failing_verdict_with_on_fail_raise_stops_every_process(tmp_path: Path) -> None:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import random
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
@@ -21,8 +24,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import OnExceptionCheckpoint
 
-from gradwatch import Verdict
+from gradwatch import PartitionError, Verdict
 from gradwatch.callbacks import GradientCheck, GradientCheckError
+from gradwatch.callbacks._distributed import UnsharedBatch, same_batch
 from tests.callback_models import (
     QUIET_LIGHTNING,
     FaultyModule,
@@ -45,6 +49,7 @@ REASONS = {
     "oom": f"the check could not finish: RuntimeError: {FaultyModule.OOM} (J on this step's "
     f"batch: {BATCH})",
     "nan": "the loss J(θ) is nan: fix the forward pass before checking gradients",
+    "inf": "the loss J(θ) is inf: fix the forward pass before checking gradients",
 }
 
 
@@ -90,8 +95,8 @@ def _faulty(fault: str, **options: Any) -> FaultyModule:
 @pytest.mark.parametrize("on_fail", ["warn", "ignore"])
 @pytest.mark.parametrize(
     ("fault", "from_call"),
-    [("raise", 1), ("oom", 3), ("nan", 1)],
-    ids=["loss-raises", "out-of-memory-mid-check", "nan"],
+    [("raise", 1), ("oom", 3), ("nan", 1), ("inf", 1)],
+    ids=["loss-raises", "out-of-memory-mid-check", "nan", "inf"],
 )
 def test_a_fault_is_a_failed_check_and_training_goes_on_untouched(
     tmp_path: Path, plain: dict[str, Any], fault: str, from_call: int, on_fail: OnFail
@@ -110,14 +115,14 @@ def test_a_fault_is_a_failed_check_and_training_goes_on_untouched(
     assert _same(run.optimizers[0].state_dict(), plain["optimizer"])
     (logged,) = [m for s, m in logger.checks() if s == 2]
     assert logged["gradcheck/verdict"] == 2.0
-    if fault != "nan":  # nothing was compared: the difference is unknown, not 0
+    if fault in ("raise", "oom"):  # nothing was compared: the difference is unknown, not 0
         assert math.isnan(logged["gradcheck/difference"])
     if warned is not None:
         messages = [str(w.message) for w in warned]
         assert f"GradientCheck at step 2: the gradient check failed. {REASONS[fault]}" in messages
 
 
-@pytest.mark.parametrize("fault", ["raise", "oom", "nan"])
+@pytest.mark.parametrize("fault", ["raise", "oom", "nan", "inf"])
 def test_on_fail_raise_stops_the_run_with_the_reason(tmp_path: Path, fault: str) -> None:
     module, check = _faulty(fault), GradientCheck(after_steps=(2,), on_fail="raise")
     with pytest.raises(GradientCheckError) as raised:
@@ -126,7 +131,7 @@ def test_on_fail_raise_stops_the_run_with_the_reason(tmp_path: Path, fault: str)
         "GradientCheck at step 2: the gradient check failed (on_fail='raise').\n"
     )
     assert REASONS[fault] in str(raised.value)
-    if fault != "nan":
+    if fault in ("raise", "oom"):  # the loss's own error, kept as the cause
         assert type(raised.value.__cause__).__name__ in {"ValueError", "RuntimeError"}
     assert raised.value.step == 2
 
@@ -285,3 +290,51 @@ def test_a_batch_the_loss_cannot_use_is_a_failed_check_naming_the_batch(tmp_path
         f"(J on this step's batch: {BATCH})"
     )
     assert run.global_step == 2
+
+
+# -- under DDP, a batch that cannot be sent to the other processes -----------------------------
+
+
+class _Strategy:
+    """Process ``rank`` of two, the other process's side played by ``received`` (what process
+    0 broadcasts) and ``others_failed`` (what the other process tells)."""
+
+    def __init__(self, rank: int, received: Any = None, others_failed: bool = False) -> None:
+        self.rank, self.received, self.others_failed = rank, received, others_failed
+
+    def broadcast(self, value: Any, src: int = 0) -> Any:
+        return value if self.rank == src else self.received
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        return decision or self.others_failed
+
+
+def _process(rank: int, **strategy: Any) -> SimpleNamespace:
+    return SimpleNamespace(world_size=2, global_rank=rank, strategy=_Strategy(rank, **strategy))
+
+
+def test_a_batch_that_does_not_pickle_fails_in_process_0_and_is_named() -> None:
+    batch = {"x": torch.zeros(2), "lock": threading.Lock()}
+    with pytest.raises(UnsharedBatch) as raised:
+        same_batch(_process(0, others_failed=False), batch)
+    assert str(raised.value) == (
+        "process 0's batch cannot be shared with the other processes (it does not pickle: "
+        "TypeError: cannot pickle '_thread.lock' object); under DDP the check's batch must pickle"
+    )
+
+
+def test_the_other_processes_hear_of_it() -> None:
+    told = (b"", "it does not pickle: TypeError: cannot pickle '_thread.lock' object")
+    with pytest.raises(PartitionError, match="process 0's batch could not be shared"):
+        same_batch(_process(1, received=told, others_failed=True), None)
+
+
+def test_a_batch_a_process_cannot_unpickle_fails_there() -> None:
+    with pytest.raises(UnsharedBatch, match=r"\(process 1 cannot unpickle it: UnpicklingError"):
+        same_batch(_process(1, received=(b"not a pickle", "")), None)
+
+
+def test_process_0s_batch_reaches_every_process() -> None:
+    batch = [torch.arange(3), {"y": torch.ones(2)}]
+    received = same_batch(_process(1, received=(pickle.dumps(batch), "")), None)
+    assert _same(received, batch)

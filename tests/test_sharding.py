@@ -96,29 +96,24 @@ def _reports(outcome: list[GradCheckReport | BaseException]) -> list[GradCheckRe
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5])
 @pytest.mark.parametrize("count", [0, 1, 4, 7, 83])
-def test_shares_are_contiguous_cover_everything_once_and_differ_by_at_most_one(
-    count: int, size: int
-) -> None:
+def test_shares_cover_everything_once_and_differ_by_at_most_one(count: int, size: int) -> None:
     partition = Partition(0, size, lambda x: np.stack([x] * size))
-    shares = [partition.bounds(count, rank) for rank in range(size)]
-    assert np.array_equal(
-        np.concatenate([np.arange(lo, hi) for lo, hi in shares]), np.arange(count)
-    )
-    lengths = [hi - lo for lo, hi in shares]
+    shares = [partition.share(count, rank) for rank in range(size)]
+    assert np.array_equal(np.sort(np.concatenate(shares)), np.arange(count))
+    lengths = [share.size for share in shares]
     assert max(lengths) - min(lengths) <= 1
 
 
 @pytest.mark.parametrize(
-    ("lo", "hi", "expected"),
-    [(0, 4, [0, 1, 2, 3]), (4, 7, [3, 4, 5, 6]), (5, 8, [5, 6, 7]), (1, 2, [0, 1])],
+    ("share", "expected"),
+    [([0, 2, 4, 6], [0, 2, 3, 4, 5, 6]), ([1, 3, 5, 7], [0, 1, 3, 5, 7]), ([4, 5], [3, 4, 5])],
 )
-def test_a_share_starts_with_the_first_component_of_the_tensor_it_begins_inside(
-    lo: int, hi: int, expected: list[int]
+def test_a_share_also_evaluates_the_first_component_of_each_tensor_it_touches(
+    share: list[int], expected: list[int]
 ) -> None:
-    # Components of tensors 0, 0, 0, 1, 1, 2, 2, 2: a share beginning inside tensor 1 also
-    # evaluates tensor 1's first component, as a single process would first.
+    # Components of tensors 0, 0, 0, 1, 1, 2, 2, 2: the tensors start at 0, 3 and 5.
     tensor = np.array([0, 0, 0, 1, 1, 2, 2, 2])
-    assert _with_first_of_each_tensor(tensor, lo, hi).tolist() == expected
+    assert _with_first_of_each_tensor(tensor, np.array(share)).tolist() == expected
 
 
 @pytest.mark.parametrize(
@@ -197,7 +192,7 @@ def test_a_split_check_gives_exactly_the_one_process_report_in_every_process(
 
 
 def test_each_process_evaluates_its_share() -> None:
-    model, loss, batch = CASES["mlp-batchnorm"]()
+    model, loss, batch = CASES["cnn"]()
     alone = check_module(copy.deepcopy(model), loss, batch)
     report = _reports(split_check(2, model, _same_loss(loss), [batch] * 2))[0]
     (note,) = [n for n in report.notes if n.startswith("split over 2 processes")]
@@ -258,8 +253,11 @@ def test_a_process_that_raises_stops_every_process(from_call: int, error: BaseEx
     assert outcome[1] is error
     assert isinstance(outcome[0], PartitionError)
     assert outcome[0].failed == (1,)
+    interrupted = isinstance(error, KeyboardInterrupt)
+    assert outcome[0].interrupted is interrupted
+    what = "was interrupted" if interrupted else "failed"
     assert str(outcome[0]) == (
-        "the gradient check failed in process(es) [1] of 2; see the error raised there"
+        f"the gradient check {what} in process(es) [1] of 2; see the error raised there"
     )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -293,3 +291,10 @@ def test_a_gather_of_the_wrong_shape_is_named() -> None:
         match=re.escape("`partition.gather` must return shape (size, len(x)) = (2, 3); got (1, 3)"),
     ):
         check_module(model, loss, batch, partition=partition)
+
+
+def test_more_processes_than_components() -> None:
+    model, loss, batch = CASES["mlp-batchnorm"]()
+    alone = check_module(copy.deepcopy(model), loss, batch, components=2)
+    for report in _reports(split_check(3, model, _same_loss(loss), [batch] * 3, components=2)):
+        assert np.array_equal(report.numeric, alone.numeric)  # process 2 had nothing to do
