@@ -26,6 +26,7 @@ from ._objective import LossFn, ObjectiveError, logging_muted, objective, requir
 from ._schedule import Schedule
 
 DropoutMode = Literal["off", "freeze"]
+CheckMode = Literal["components", "directions"]
 
 
 class GradientCheckError(RuntimeError):
@@ -87,6 +88,7 @@ class GradientCheckBase:
         components: int | None = None,
         include: str | Sequence[str] | None = None,
         dropout: DropoutMode = "off",
+        mode: CheckMode = "components",
         pass_max: float = 1e-7,
         warn_max: float = 1e-3,
         seed: int = 0,
@@ -103,6 +105,7 @@ class GradientCheckBase:
         self._components = v.check_optional_count("components", components, "2000")
         self._include = v.check_include(include)
         self._dropout = cast(DropoutMode, v.check_choice("dropout", dropout, v.DROPOUT))
+        self._mode = cast(CheckMode, v.check_choice("mode", mode, v.MODES))
         self._thresholds = Thresholds(*v.check_bands(pass_max, warn_max))
         self._seed = v.check_non_negative("seed", seed)
         self._log_worst = v.check_non_negative("log_worst", log_worst)
@@ -110,14 +113,16 @@ class GradientCheckBase:
         self.reports: dict[int, GradCheckReport] = {}
         self._checks: list[dict[str, Any]] = []
         self._next_due: float = math.inf
+        # Lightning reads `state_key` at every hook call: build it once.
+        s = self.schedule
+        schedule = {"at_init": s.at_init, "after_steps": s.after_steps, "every_n": s.every_n_steps}
+        self._state_key = f"{type(self).__qualname__}{schedule!r}"
         self._layouts: set[int] = set()
 
     @property
     def state_key(self) -> str:
         """One key per schedule, so several ``GradientCheck`` callbacks keep separate states."""
-        s = self.schedule
-        schedule = {"at_init": s.at_init, "after_steps": s.after_steps, "every_n": s.every_n_steps}
-        return f"{type(self).__qualname__}{schedule!r}"
+        return self._state_key
 
     @property
     def checked_steps(self) -> tuple[int, ...]:
@@ -205,6 +210,7 @@ class GradientCheckBase:
                 include=self._include,
                 components=self._components,
                 dropout=self._dropout,
+                mode=self._mode,
                 seed=self._seed,
                 thresholds=self._thresholds,
             )

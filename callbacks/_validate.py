@@ -11,6 +11,7 @@ import numpy as np
 
 ON_FAIL = ("warn", "raise", "ignore")
 DROPOUT = ("off", "freeze")
+MODES = ("components", "directions")
 
 
 def _reject(

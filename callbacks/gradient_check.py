@@ -37,8 +37,10 @@ class GradientCheck(GradientCheckBase, Callback):
     whose message says why; training goes on, unless ``on_fail="raise"``. A check stopped by
     KeyboardInterrupt changes nothing and is not recorded, so it runs again after a resume.
 
-    Logged at ``trainer.global_step`` to every logger: ``gradcheck/difference``,
-    ``gradcheck/difference/<parameter>`` and ``gradcheck/verdict`` (0 pass, 1 warn, 2 fail).
+    Logged at ``trainer.global_step`` to every logger: ``gradcheck/difference`` (the material's
+    formula), ``gradcheck/difference_without_kinks`` (what the verdict reads),
+    ``gradcheck/difference/<parameter>``, ``gradcheck/verdict`` (0 pass, 1 warn, 2 fail),
+    ``gradcheck/rounding_floor``, ``gradcheck/kinks`` and ``gradcheck/suspicious_components``.
     TensorBoard also gets the text ``gradcheck/worst_components`` (a markdown table), the
     histogram ``gradcheck/abs_error`` and a Custom Scalars page with the difference against the
     pass/fail bands (``gradcheck/log10_difference``, ``gradcheck/bands/*``). The console gets one
@@ -55,6 +57,9 @@ class GradientCheck(GradientCheckBase, Callback):
         include: glob(s) of parameter names that make up θ, e.g. ``"decoder.*"``; ``None`` for all.
         dropout: ``"off"`` makes dropout layers the identity during the check; ``"freeze"`` draws
             one mask and reuses it for every evaluation.
+        mode: ``"components"`` compares every (or every sampled) component; ``"directions"``
+            compares random directions per tensor and narrows failing tensors down by bisection
+            (for models of millions of parameters).
         pass_max: the largest difference that passes.
         warn_max: the largest difference that warns; above it the check fails.
         seed: seed of the component sample and of random draws inside J.

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torchmetrics
@@ -201,3 +202,16 @@ class FaultyModule(TinyModule):
         if self.fault == "interrupt":
             raise KeyboardInterrupt
         raise ValueError("the loss cannot use this batch")
+
+
+def same(a: Any, b: Any) -> bool:
+    """Bit-for-bit equality of nested states: tensors (dtype too), arrays, dicts, sequences."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    return bool(a == b)

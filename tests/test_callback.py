@@ -25,6 +25,7 @@ from tests.callback_models import (
     TinyModule,
     example,
     loader,
+    same,
     trainer,
 )
 
@@ -92,16 +93,6 @@ def paired_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return runs
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
-
-
 def test_paired_runs_did_check(paired_runs: dict[str, Any]) -> None:
     check = paired_runs["checked"]["callbacks"][0]
     assert list(check.reports) == [0, 3, 4, 8]
@@ -114,8 +105,8 @@ def test_training_is_bit_for_bit_identical_with_and_without_checks(
     paired_runs: dict[str, Any],
 ) -> None:
     plain, checked = paired_runs["plain"], paired_runs["checked"]
-    assert _same(plain["module"].state_dict(), checked["module"].state_dict())
-    assert _same(
+    assert same(plain["module"].state_dict(), checked["module"].state_dict())
+    assert same(
         plain["trainer"].optimizers[0].state_dict(), checked["trainer"].optimizers[0].state_dict()
     )
     assert plain["trainer"].global_step == checked["trainer"].global_step == 10
@@ -213,6 +204,16 @@ def test_a_wrong_backward_fails_and_warns(tmp_path: Path) -> None:
     assert report.worst(1)[0].name == "hidden.bias"
     assert report.per_parameter["hidden.bias"] > 1e-3
     assert all(d <= 1e-7 for name, d in report.per_parameter.items() if name != "hidden.bias")
+
+
+def test_directions_mode_finds_the_wrong_layer(tmp_path: Path) -> None:
+    module = example("wrong_backward").DigitsWithHandWrittenLayer()
+    check = GradientCheck(after_steps=(), on_fail="ignore", mode="directions")
+    trainer(tmp_path, callbacks=[check], max_steps=1).fit(module, _digit_batches())
+    report = check.reports[0]
+    assert report.mode == "directions" and report.verdict is Verdict.FAIL
+    assert report.worst(1)[0].name == "hidden.bias"
+    assert report.components_checked < report.components_total
 
 
 def test_on_fail_raise_stops_fit_with_the_report(tmp_path: Path) -> None:

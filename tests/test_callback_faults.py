@@ -33,6 +33,7 @@ from tests.callback_models import (
     RecordingLogger,
     TinyModule,
     loader,
+    same,
     trainer,
 )
 
@@ -64,18 +65,6 @@ def _fit(
     run = trainer(root, callbacks=callbacks, **options)
     run.fit(module, loader(), **({"ckpt_path": ckpt_path} if ckpt_path else {}))
     return run
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, np.ndarray):
-        return np.array_equal(a, b)
-    return bool(a == b)
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +100,8 @@ def test_a_fault_is_a_failed_check_and_training_goes_on_untouched(
         4: Verdict.PASS,
     }
     assert check.reports[2].failure == REASONS[fault]
-    assert _same(module.state_dict(), plain["weights"])  # bit for bit
-    assert _same(run.optimizers[0].state_dict(), plain["optimizer"])
+    assert same(module.state_dict(), plain["weights"])  # bit for bit
+    assert same(run.optimizers[0].state_dict(), plain["optimizer"])
     (logged,) = [m for s, m in logger.checks() if s == 2]
     assert logged["gradcheck/verdict"] == 2.0
     if fault in ("raise", "oom"):  # nothing was compared: the difference is unknown, not 0
@@ -198,7 +187,7 @@ def test_keyboard_interrupt_mid_check_leaves_the_run_as_before_and_resumes_the_c
         )
     assert module.faulty_calls == from_call  # stopped inside the check
     assert snapshots.before is not None and snapshots.after is not None
-    assert _same(snapshots.before, snapshots.after)
+    assert same(snapshots.before, snapshots.after)
     assert first.checked_steps == (0,)  # the interrupted check is not recorded as done
     resumed = GradientCheck(after_steps=(2, 4))
     _fit(tmp_path, TinyModule(), [resumed], max_steps=STEPS, ckpt_path=saved.ckpt_path)
@@ -277,7 +266,7 @@ def test_a_module_the_check_cannot_use_stops_the_run_with_what_to_do(
     with pytest.raises(error) as raised:
         _fit(tmp_path, module, [GradientCheck(on_fail=on_fail)], max_steps=1)
     assert str(raised.value) == message
-    assert _same(module.state_dict(), before)  # stopped before any step
+    assert same(module.state_dict(), before)  # stopped before any step
 
 
 def test_a_batch_the_loss_cannot_use_is_a_failed_check_naming_the_batch(tmp_path: Path) -> None:
@@ -337,4 +326,4 @@ def test_a_batch_a_process_cannot_unpickle_fails_there() -> None:
 def test_process_0s_batch_reaches_every_process() -> None:
     batch = [torch.arange(3), {"y": torch.ones(2)}]
     received = same_batch(_process(1, received=(pickle.dumps(batch), "")), None)
-    assert _same(received, batch)
+    assert same(received, batch)

@@ -25,6 +25,11 @@ INCLUDE = (
             "`on_fail` must be one of 'warn', 'raise', 'ignore'; got 'explode'",
         ),
         ({"dropout": "on"}, ValueError, "`dropout` must be one of 'off', 'freeze'; got 'on'"),
+        (
+            {"mode": "random"},
+            ValueError,
+            "`mode` must be one of 'components', 'directions'; got 'random'",
+        ),
         ({"at_init": "yes"}, TypeError, "`at_init` must be True or False; got 'yes'"),
         (
             {"after_steps": -1},
