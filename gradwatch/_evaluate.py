@@ -306,7 +306,7 @@ class ModuleCost:
         assert owner is not None
         module, kind = owner
         columns = self.theta[t].shape[-1] if kind == "weight" else 1
-        shift = LowRankShift(kind)
+        shift = LowRankShift(kind, module, self.theta[t])
         handle = module.register_forward_hook(shift)
         try:
             step = values - self._flat[t][index]  # exact: the change the plain loop makes

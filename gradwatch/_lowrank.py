@@ -13,6 +13,10 @@ shared, unperturbed one, its true column r is kept aside. Any operation other th
 above that touches a virtual tensor (a residual add, a view, a norm, a loss) receives the
 materialized batched tensor instead, through a ``TorchFunctionMode``, so the result is the same
 as with a batched weight, only cheaper.
+
+The perturbed parameter itself stays unperturbed in memory: only its layer's forward may read
+it. Any other use (a penalty on the weight, a ``.detach()`` of it, a second module sharing it)
+would see the unperturbed value, so it raises ``OutsideUse`` and the caller evaluates plainly.
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ def _column(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return tensor.index_select(-1, index.reshape(1)).squeeze(-1)
 
 
+class OutsideUse(RuntimeError):
+    """The perturbed parameter was read outside its own layer's forward."""
+
+
 @dataclass
 class _Virtual:
     """``base`` (shared, unperturbed) with its last-dim column ``row`` replaced by ``column``."""
@@ -75,6 +83,8 @@ class LowRankShift:
     """
 
     kind: str
+    owner: nn.Module | None = None
+    parameter: torch.Tensor | None = None
     step: torch.Tensor | None = None
     row: torch.Tensor | None = None
     col: torch.Tensor | None = None
@@ -82,6 +92,7 @@ class LowRankShift:
     _virtual: list[_Virtual] = field(default_factory=list)
     _consumers: list[tuple[nn.Module, _Virtual]] = field(default_factory=list)
     _trusted: int = 0
+    _inside: int = 0
 
     def __call__(
         self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor
@@ -100,7 +111,7 @@ class LowRankShift:
     @contextmanager
     def active(self) -> Iterator[None]:
         """Hooks on every module and the mode that materializes virtual tensors."""
-        self._virtual, self._consumers, self._trusted = [], [], 0
+        self._virtual, self._consumers, self._trusted, self._inside = [], [], 0, 0
         pre = register_module_forward_pre_hook(self._before)
         post = register_module_forward_hook(self._after)
         try:
@@ -135,7 +146,14 @@ class LowRankShift:
                 found.full = found.base.scatter(-1, index, found.column.unsqueeze(-1))
         return found.full
 
+    def outside(self, value: Any) -> None:
+        """Raises ``OutsideUse`` if ``value`` is the perturbed parameter read outside its layer."""
+        if value is self.parameter and self.parameter is not None and not self._inside:
+            raise OutsideUse(f"the {self.kind} is used outside its nn.Linear")
+
     def _before(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if module is self.owner:
+            self._inside += 1
         if self._trusted or len(args) != 1 or not _plain(module):
             return
         found = self._find(args[0])
@@ -144,6 +162,8 @@ class LowRankShift:
             self._trusted += 1  # its forward runs on the shared tensor
 
     def _after(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if module is self.owner:
+            self._inside -= 1
         if not self._consumers or self._consumers[-1][0] is not module:
             return None
         _, found = self._consumers.pop()
@@ -175,6 +195,7 @@ class _Materialize(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        tree_map(self.shift.outside, (args, kwargs))
         if self.shift._virtual and not self.shift._trusted:
             args, kwargs = tree_map(self.shift.real, (args, kwargs))
         return func(*args, **kwargs)

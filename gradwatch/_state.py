@@ -75,7 +75,7 @@ def cast_batch(batch: Any, dtype: torch.dtype, device: torch.device) -> Any:
     through nested dicts, lists, tuples and named tuples; anything else is passed as is."""
     if isinstance(batch, torch.Tensor):
         target = dtype if batch.is_floating_point() else batch.dtype
-        return batch.detach().to(device=device, dtype=target)
+        return batch.detach().to(device=device, dtype=target, copy=True)
     if isinstance(batch, Mapping):
         cast = {k: cast_batch(v, dtype, device) for k, v in batch.items()}
         if isinstance(batch, dict):  # a shallow copy keeps a subclass's own state (defaultdict)

@@ -12,7 +12,7 @@ import numpy as np
 from gradwatch._validate import check_epsilon, check_thresholds
 from gradwatch.analysis import analyse_components
 from gradwatch.layout import Layout
-from gradwatch.numeric import auto_steps, represented_steps
+from gradwatch.numeric import auto_steps, represented_steps, two_sided_costs
 from gradwatch.report import GradCheckReport, Thresholds
 
 __all__ = ["gradient_check"]
@@ -54,21 +54,6 @@ def _cost_value(cost: Callable[[np.ndarray], float], theta: np.ndarray) -> float
         return float(value.item() if shape else value)
     except (TypeError, ValueError) as err:
         raise TypeError(f"`cost` must return a float J(θ); got {type(value).__name__}") from err
-
-
-def _pairs(
-    cost: Callable[[np.ndarray], float], theta: np.ndarray, positions: np.ndarray, steps: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """J(θ + h·e_i) and J(θ − h·e_i) for each position i, on a scratch copy of θ."""
-    scratch = theta.copy()
-    plus, minus = np.empty(positions.size), np.empty(positions.size)
-    for k, (i, h) in enumerate(zip(positions, steps, strict=True)):
-        scratch[i] = theta[i] + h
-        plus[k] = float(cost(scratch))
-        scratch[i] = theta[i] - h
-        minus[k] = float(cost(scratch))
-        scratch[i] = theta[i]
-    return plus, minus
 
 
 def gradient_check(
@@ -126,18 +111,16 @@ def gradient_check(
 
     start = time.perf_counter()
     unit = float(np.finfo(np.float64).eps)
-    half = (
-        np.full(theta.size, step)
-        if step != "auto"
-        else represented_steps(theta, auto_steps(theta, unit))
-    )
+    # The evaluations move θ_i by h; the division uses the half-gap float64 really stored.
+    steps = np.full(theta.size, step) if step != "auto" else auto_steps(theta, unit)
+    half = represented_steps(theta, steps) if step == "auto" else steps
     center = _cost_value(cost, theta.copy())
     evaluations = [1 + 2 * theta.size]
-    plus, minus = _pairs(cost, theta, np.arange(theta.size), half)
+    plus, minus = two_sided_costs(cost, theta, np.arange(theta.size), steps)
 
     def halved(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         evaluations.append(2 * positions.size)
-        return _pairs(cost, theta, positions, half[positions] / 2)
+        return two_sided_costs(cost, theta, positions, steps[positions] / 2)
 
     found = analyse_components(grad, plus, minus, center, half, unit, halved)
     return GradCheckReport(

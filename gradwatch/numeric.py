@@ -16,20 +16,54 @@ __all__ = [
     "one_sided_difference",
     "relative_difference",
     "represented_steps",
+    "shifted_costs",
+    "two_sided_costs",
     "two_sided_difference",
 ]
 
 Cost = Callable[[np.ndarray], float]
 
 
-def _nudged(cost: Cost, theta: np.ndarray, i: int, step: float) -> float:
-    # θ is nudged in place and put back: a copy per component would cost O(n²) for the whole loop.
-    original = theta[i]
-    theta[i] = original + step
-    try:
-        return float(cost(theta))
-    finally:
-        theta[i] = original
+def shifted_costs(
+    cost: Cost, theta: np.ndarray, positions: np.ndarray, steps: np.ndarray
+) -> np.ndarray:
+    """J(θ + steps[k, j]·e_i) for each position i = ``positions[k]`` and each of its steps j,
+    one component moved at a time, in that order (the material's loop: θ + ε·e_i, θ − ε·e_i,
+    then the next i).
+
+    θ is moved on one scratch copy and put back after each evaluation (a fresh copy per
+    component would cost O(n²) for a whole check); ``cost`` sees that scratch copy, never
+    ``theta`` itself.
+
+    Returns:
+        An array shaped like ``steps`` (``len(positions)`` rows).
+
+    Example:
+        >>> import numpy as np
+        >>> shifted_costs(lambda t: float(t @ t), np.array([1.0, 2.0]), np.array([1]),
+        ...               np.array([[0.5, -0.5]]))
+        array([[7.25, 3.25]])
+    """
+    theta = np.asarray(theta, dtype=np.float64)
+    steps = np.asarray(steps, dtype=np.float64).reshape(len(positions), -1)
+    scratch = theta.copy()
+    out = np.empty(steps.shape)
+    for k, i in enumerate(positions):
+        for j, h in enumerate(steps[k]):
+            scratch[i] = theta[i] + h
+            try:
+                out[k, j] = float(cost(scratch))
+            finally:
+                scratch[i] = theta[i]
+    return out
+
+
+def two_sided_costs(
+    cost: Cost, theta: np.ndarray, positions: np.ndarray, steps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """J(θ + h_k·e_i) and J(θ − h_k·e_i) for each position i = ``positions[k]``."""
+    both = shifted_costs(cost, theta, positions, np.stack([steps, -np.asarray(steps)], axis=1))
+    return both[:, 0], both[:, 1]
 
 
 def two_sided_difference(cost: Cost, theta: np.ndarray, epsilon: float = 1e-7) -> np.ndarray:
@@ -49,13 +83,10 @@ def two_sided_difference(cost: Cost, theta: np.ndarray, epsilon: float = 1e-7) -
         >>> round(float(d[0]), 6)
         3.0001
     """
-    theta = np.array(theta, dtype=np.float64)
-    return np.array(
-        [
-            (_nudged(cost, theta, i, epsilon) - _nudged(cost, theta, i, -epsilon)) / (2 * epsilon)
-            for i in range(theta.size)
-        ]
-    )
+    theta = np.asarray(theta, dtype=np.float64)
+    every = np.arange(theta.size)
+    plus, minus = two_sided_costs(cost, theta, every, np.full(theta.size, epsilon))
+    return (plus - minus) / (2 * epsilon)
 
 
 def one_sided_difference(cost: Cost, theta: np.ndarray, epsilon: float = 1e-7) -> np.ndarray:
@@ -70,11 +101,10 @@ def one_sided_difference(cost: Cost, theta: np.ndarray, epsilon: float = 1e-7) -
         >>> round(float(d[0]), 6)
         3.0301
     """
-    theta = np.array(theta, dtype=np.float64)
-    center = float(cost(theta))
-    return np.array(
-        [(_nudged(cost, theta, i, epsilon) - center) / epsilon for i in range(theta.size)]
-    )
+    theta = np.asarray(theta, dtype=np.float64)
+    center = float(cost(theta.copy()))
+    plus = shifted_costs(cost, theta, np.arange(theta.size), np.full(theta.size, epsilon))
+    return (plus[:, 0] - center) / epsilon
 
 
 def relative_difference(numeric: np.ndarray, grad: np.ndarray) -> float:

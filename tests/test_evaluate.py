@@ -216,3 +216,39 @@ def test_a_chunk_that_fails_later_is_finished_by_the_loop(monkeypatch: pytest.Mo
     assert "out of memory" in cost.reasons["0.weight"]
     assert np.abs(found_plus - plus).max() <= 8 * np.spacing(np.abs(plus).max())
     assert np.abs(found_minus - minus).max() <= 8 * np.spacing(np.abs(plus).max())
+
+
+def _penalized(read: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[nn.Module, Any], Any]:
+    """Cross-entropy plus a penalty on rows 1: of the first weight, read through ``read``."""
+
+    def loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        return cross_entropy(model, batch) + 0.5 * read(model[0].weight)[1:].square().sum()
+
+    return loss
+
+
+@pytest.mark.parametrize(
+    "read",
+    [lambda w: w.detach(), lambda w: w.data, lambda w: w.clone().detach()],
+    ids=["detach", "data", "clone_detach"],
+)
+def test_a_weight_read_outside_its_layer_is_not_carried_low_rank(
+    read: Callable[[torch.Tensor], torch.Tensor],
+) -> None:
+    """The penalty's gradient is cut off, so the check must fail on rows 1: of 0.weight. The
+    first pair the vectorized path is validated on (row 0) does not see the penalty, so only a
+    path that notices the outside read can get this right."""
+    model = _mlp().double()
+    loss = _penalized(read)
+    batch = classification_batch((6,))
+    report = check_module(model, loss, batch)
+    assert report.verdict.value == "fail"
+    assert report.per_parameter["0.weight"] > 0.1
+    worst = report.worst(1)[0]
+    assert worst.name == "0.weight" and worst.index[0] >= 1
+    assert "low-rank nn.Linear updates for 0.weight" not in " ".join(report.notes)
+
+
+def test_a_weight_penalty_with_its_gradient_passes() -> None:
+    report = check_module(_mlp().double(), _penalized(lambda w: w), classification_batch((6,)))
+    assert report.verdict.value == "pass"

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from gradwatch import check_module
 from gradwatch._state import DROPOUT_LAYERS, cast_batch, dropout_disabled, preserved_rng, reseed
 
 
@@ -162,3 +163,25 @@ def test_cast_batch_keeps_non_tensors() -> None:
 def test_cast_batch_moves_to_the_device() -> None:
     cast = cast_batch([torch.ones(2)], torch.float64, torch.device("cuda"))
     assert cast[0].device.type == "cuda" and cast[0].dtype == torch.float64
+
+
+def test_a_loss_that_writes_into_its_batch_leaves_the_users_batch_alone() -> None:
+    """The batch is already float64 on the CPU, so a cast without a copy would hand the loss
+    the user's own tensors."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0])
+    before = (x.clone(), y.clone())
+
+    def loss(m: nn.Module, batch: Any) -> torch.Tensor:
+        inputs, labels = batch
+        inputs.mul_(2.0)  # e.g. an in-place normalization
+        labels.clamp_(max=0)
+        return nn.functional.cross_entropy(m(inputs), labels)
+
+    report = check_module(model, loss, (x, y), components=4)
+    assert torch.equal(x, before[0]) and torch.equal(y, before[1])
+    # The loss changes its (copied) batch on every call, so J moves at a fixed θ: said plainly,
+    # with no kinks or suspicious components read into the meaningless numbers.
+    assert report.verdict.value == "fail" and "J is not deterministic" in report.message
+    assert report.kink_count == 0 and report.flagged_count == 0
