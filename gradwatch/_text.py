@@ -150,6 +150,7 @@ def summary(report: GradCheckReport) -> str:
         lines.append(
             f"  in {report.drift.dtype}: gradient drift {report.drift.gradient_drift:.1e} from "
             f"float64, difference {report.drift.difference:.1e}"
+            + (f" ({report.drift.failure})" if report.drift.failure else "")
         )
     lines += [f"  note: {n}" for n in report.notes]
     width = max([9] + [len(c.label) for c in worst] + [len(n) for n in report.per_parameter])
@@ -219,5 +220,6 @@ def as_dict(report: GradCheckReport) -> dict[str, Any]:
             "dtype": drift.dtype,
             "gradient_drift": _num(drift.gradient_drift),
             "difference": _num(drift.difference),
+            "failure": drift.failure,
         },
     }

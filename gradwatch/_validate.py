@@ -1,11 +1,11 @@
-"""Argument checks shared by the public functions: raised early, naming the argument, the accepted
-values and the value received."""
+"""Argument checks shared by the public functions (and ``gradwatch.callbacks``): raised early,
+naming the argument, the accepted values and the value received."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 
@@ -15,20 +15,28 @@ DROPOUT_MODES = ("off", "freeze")
 CHECK_MODES = ("components", "directions")
 
 
+def reject(
+    name: str, accepted: str, value: object, error: type[Exception] = ValueError
+) -> NoReturn:
+    """Raises ``error`` saying that argument ``name`` must be ``accepted`` and got ``value``."""
+    raise error(f"`{name}` must be {accepted}; got {value!r}")
+
+
+def is_int(value: object) -> bool:
+    """An int, numpy's included; never a bool (an int to Python, never to a user)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
 def check_epsilon(epsilon: object) -> float | Literal["auto"]:
     """ε must be ``"auto"`` or a finite float in (0, 1): a step of 1 or more measures a secant,
     not a slope."""
     if epsilon == "auto":
         return "auto"
     if isinstance(epsilon, bool) or not isinstance(epsilon, int | float | np.floating):
-        raise TypeError(
-            f"`epsilon` must be 'auto' or a float in (0, 1), e.g. 1e-7; got {epsilon!r}"
-        )
+        reject("epsilon", "'auto' or a float in (0, 1), e.g. 1e-7", epsilon, TypeError)
     value = float(epsilon)
     if not (math.isfinite(value) and 0.0 < value < 1.0):
-        raise ValueError(
-            f"`epsilon` must be 'auto' or a finite float in (0, 1), e.g. 1e-7; got {epsilon!r}"
-        )
+        reject("epsilon", "'auto' or a finite float in (0, 1), e.g. 1e-7", epsilon)
     return value
 
 
@@ -46,29 +54,38 @@ def check_thresholds(thresholds: object) -> Thresholds:
     )
 
 
+def check_optional_count(name: str, value: object, accepted: str) -> int | None:
+    """``None`` or a positive int; ``accepted`` says so in the message."""
+    if value is None:
+        return None
+    if not is_int(value):
+        reject(name, accepted, value, TypeError)
+    if value <= 0:  # type: ignore[operator]
+        reject(name, accepted, value)
+    return int(value)  # type: ignore[call-overload]
+
+
 def check_components(components: object) -> int | None:
     """``None`` (every component) or a positive int (a seeded sample of that many)."""
-    if components is None:
-        return None
-    if isinstance(components, bool) or not isinstance(components, int | np.integer):
-        raise TypeError(f"`components` must be None (all) or a positive int; got {components!r}")
-    if components <= 0:
-        raise ValueError(f"`components` must be None (all) or a positive int; got {components!r}")
-    return int(components)
+    return check_optional_count("components", components, "None (all) or a positive int")
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     """A string option: one of ``choices``."""
     if value not in choices:
-        accepted = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"`{name}` must be one of {accepted}; got {value!r}")
+        reject(name, "one of " + ", ".join(repr(c) for c in choices), value)
     return str(value)
+
+
+def check_non_negative(name: str, value: object) -> int:
+    """A non-negative int."""
+    if not is_int(value):
+        reject(name, "a non-negative int", value, TypeError)
+    if value < 0:  # type: ignore[operator]
+        reject(name, "a non-negative int", value)
+    return int(value)  # type: ignore[call-overload]
 
 
 def check_seed(seed: object) -> int:
     """A non-negative int seed."""
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise TypeError(f"`seed` must be a non-negative int; got {seed!r}")
-    if seed < 0:
-        raise ValueError(f"`seed` must be a non-negative int; got {seed!r}")
-    return int(seed)
+    return check_non_negative("seed", seed)

@@ -225,11 +225,15 @@ def check_module(
         else:
             indices = sample_components(layout, sample, seed)
         found = _compare(cost, layout, indices, step, split)
-        drift = None
+        drift, drift_evaluations = None, 0
         if drift_dtype is not None:
-            drift = _drift(model, loss_fn, batch, names, seed, indices, layout, found, drift_dtype)
+            low = ModuleCost(
+                model, loss_fn, cast_batch(batch, drift_dtype, device), names, drift_dtype, seed
+            )
+            drift = _drift(low, layout, indices, found, split)
+            drift_evaluations = low.evaluations
         evaluations, seconds, shared = split.finish(
-            cost.evaluations, time.perf_counter() - start, cost.describe()
+            cost.evaluations + drift_evaluations, time.perf_counter() - start, cost.describe()
         )
         notes.extend(shared)
     return GradCheckReport(
@@ -325,22 +329,13 @@ def _compare(
 
 
 def _drift(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batch: Any,
-    names: Sequence[str],
-    seed: int,
-    indices: np.ndarray,
-    layout: Layout,
-    reference: _Comparison,
-    dtype: torch.dtype,
+    low: ModuleCost, layout: Layout, indices: np.ndarray, reference: _Comparison, split: Exchange
 ) -> PrecisionDrift:
-    """The same check in a training precision, at the step that suits it."""
-    device = model.get_parameter(names[0]).device
-    low = ModuleCost(model, loss_fn, cast_batch(batch, dtype, device), names, dtype, seed)
-    found = _compare(low, layout, indices, "auto")
+    """The same check in a training precision (``low``), at the step that suits it."""
+    found = _compare(low, layout, indices, "auto", split)
     return PrecisionDrift(
-        dtype=str(dtype).removeprefix("torch."),
+        dtype=str(low.theta[0].dtype).removeprefix("torch."),
         gradient_drift=relative_difference(found.analytic, reference.analytic),
         difference=relative_difference(found.numeric, found.analytic),
+        failure=found.failure,
     )

@@ -56,11 +56,14 @@ class PrecisionDrift:
     ``gradient_drift`` is the formula between that precision's analytic gradient and the float64
     one: how much of backprop rounding alone changes. ``difference`` is the check's own
     difference in that precision, at the step that suits it (ε_mach^(1/3)·max(1, |θ_i|)).
+    ``failure`` says why that repeat cannot be trusted (a non-finite or non-deterministic J in
+    that precision), else None.
     """
 
     dtype: str
     gradient_drift: float
     difference: float
+    failure: str | None = None
 
 
 def _bool_array(value: np.ndarray | None, size: int) -> np.ndarray:

@@ -294,6 +294,27 @@ def test_drift_in_float32_is_reported() -> None:
     assert report.drift.difference < 1e-2
     assert "float32: gradient drift" in str(report)
     assert report.to_dict()["drift"]["dtype"] == "float32"
+    assert report.drift.failure is None
+    plain = gradwatch.check_module(model, _cross_entropy, _digits())
+    # the repeat is counted: about twice the evaluations of the float64 check alone
+    assert report.evaluations >= 2 * plain.evaluations - 2
+
+
+def test_drift_that_overflows_in_its_precision_says_why() -> None:
+    """1e39 is finite in float64 and inf in float32, so J is NaN there and only there."""
+
+    def overflowing(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        loss = _cross_entropy(model, batch)
+        return loss + loss.new_tensor(1e39) * 0.0
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 10))
+    report = gradwatch.check_module(model, overflowing, _digits(), drift_dtype=torch.float32)
+    assert report.verdict is gradwatch.Verdict.PASS  # the float64 check itself is fine
+    assert report.drift is not None and report.drift.failure is not None
+    assert "the loss J(θ) is nan" in report.drift.failure
+    assert "(the loss J(θ) is nan" in str(report)
+    assert report.to_dict()["drift"]["failure"] == report.drift.failure
 
 
 def test_flags_respect_the_users_pass_band(big_net) -> None:
