@@ -24,12 +24,18 @@ DROPOUT_LAYERS: tuple[type[nn.Module], ...] = (
 )
 
 
+def _mps() -> bool:
+    return bool(torch.backends.mps.is_available())
+
+
 @contextmanager
 def preserved_rng() -> Iterator[None]:
-    """Restores torch (CPU and every initialized CUDA device), numpy's and Python's global RNGs,
-    also when the body raises: a check must not shift the random stream of training."""
+    """Restores torch (CPU, every initialized CUDA device, Apple's MPS), numpy's and Python's
+    global RNGs, also when the body raises: a check must not shift the random stream of
+    training."""
     cpu = torch.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    mps = torch.mps.get_rng_state() if _mps() else None
     np_state = np.random.get_state()
     py_state = random.getstate()
     try:
@@ -38,6 +44,8 @@ def preserved_rng() -> Iterator[None]:
         torch.set_rng_state(cpu)
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
+        if mps is not None:
+            torch.mps.set_rng_state(mps)
         np.random.set_state(np_state)
         random.setstate(py_state)
 
@@ -50,6 +58,8 @@ def reseed(seed: int) -> None:
     torch.default_generator.manual_seed(seed)
     if torch.cuda.is_initialized():
         torch.cuda.manual_seed_all(seed)
+    if _mps():
+        torch.mps.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
 

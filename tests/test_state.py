@@ -185,3 +185,20 @@ def test_a_loss_that_writes_into_its_batch_leaves_the_users_batch_alone() -> Non
     # with no kinks or suspicious components read into the meaningless numbers.
     assert report.verdict.value == "fail" and "J is not deterministic" in report.message
     assert report.kink_count == 0 and report.flagged_count == 0
+
+
+def test_the_mps_stream_is_saved_reseeded_and_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Apple GPU here: a stand-in MPS generator shows the calls the check makes on one."""
+    import gradwatch._state as state
+
+    stream: dict[str, Any] = {"state": torch.tensor([7], dtype=torch.uint8), "seeds": []}
+    monkeypatch.setattr(state, "_mps", lambda: True)
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: stream["state"].clone())
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda s: stream.update(state=s))
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda seed: stream["seeds"].append(seed))
+    with pytest.raises(RuntimeError, match="boom"), preserved_rng():
+        reseed(3)
+        stream["state"] = torch.tensor([0], dtype=torch.uint8)  # the check drew numbers
+        raise RuntimeError("boom")
+    assert stream["seeds"] == [3]
+    assert torch.equal(stream["state"], torch.tensor([7], dtype=torch.uint8))
