@@ -537,6 +537,9 @@ def test_snapshot_sees_a_training_forward() -> None:
         pytest.param({"include": "4.*"}, id="include"),
         pytest.param({"components": 7}, id="components"),
         pytest.param({"dtype": torch.float32}, id="float32"),
+        pytest.param({"epsilon": "auto"}, id="auto"),
+        pytest.param({"mode": "directions"}, id="directions"),
+        pytest.param({"drift_dtype": torch.bfloat16}, id="drift"),
     ],
 )
 def test_model_is_unchanged_after_a_check(options: dict[str, Any]) -> None:
