@@ -17,15 +17,23 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from gradwatch import GradCheckReport, PartitionError, Thresholds, Verdict, check_module
-from gradwatch.module import checked_parameters
+from gradwatch._evaluate import LossFn
+from gradwatch._validate import (
+    CHECK_MODES,
+    DROPOUT_MODES,
+    check_choice,
+    check_components,
+    check_epsilon,
+    check_non_negative,
+    check_optional_count,
+    check_seed,
+)
+from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 
 from . import _distributed, _faults, _logs
 from . import _validate as v
-from ._objective import LossFn, ObjectiveError, logging_muted, objective, require_objective
+from ._objective import ObjectiveError, logging_muted, objective, require_objective
 from ._schedule import Schedule
-
-DropoutMode = Literal["off", "freeze"]
-CheckMode = Literal["components", "directions"]
 
 
 class GradientCheckError(RuntimeError):
@@ -84,23 +92,26 @@ class GradientCheckBase:
         warn_max: float = 1e-3,
         seed: int = 0,
         log_worst: int = 10,
-        on_fail: Literal["warn", "raise", "ignore"] = "warn",
+        on_fail: v.OnFail = "warn",
     ) -> None:
         super().__init__()
-        self.schedule = Schedule(
-            at_init=v.check_flag("at_init", at_init),
-            after_steps=v.check_steps(after_steps),
-            every_n_steps=v.check_optional_count("every_n_steps", every_n_steps, "1000"),
-        )
-        self._epsilon = v.check_epsilon(epsilon)
-        self._components = v.check_optional_count("components", components, "2000")
-        self._include = v.check_include(include)
-        self._dropout = cast(DropoutMode, v.check_choice("dropout", dropout, v.DROPOUT))
-        self._mode = cast(CheckMode, v.check_choice("mode", mode, v.MODES))
-        self._thresholds = Thresholds(*v.check_bands(pass_max, warn_max))
-        self._seed = v.check_non_negative("seed", seed)
-        self._log_worst = v.check_non_negative("log_worst", log_worst)
-        self._on_fail = v.check_choice("on_fail", on_fail, v.ON_FAIL)
+        # The arguments check_module takes are checked by its own rules, told as the callback's.
+        with v.prefixed():
+            every = "None or a positive int, e.g. 1000"
+            self.schedule = Schedule(
+                at_init=v.check_flag("at_init", at_init),
+                after_steps=v.check_steps(after_steps),
+                every_n_steps=check_optional_count("every_n_steps", every_n_steps, every),
+            )
+            self._epsilon = check_epsilon(epsilon)
+            self._components = check_components(components)
+            self._include = v.check_include(include)
+            self._dropout = cast(DropoutMode, check_choice("dropout", dropout, DROPOUT_MODES))
+            self._mode = cast(CheckMode, check_choice("mode", mode, CHECK_MODES))
+            self._thresholds = Thresholds(pass_max=pass_max, warn_max=warn_max)
+            self._seed = check_seed(seed)
+            self._log_worst = check_non_negative("log_worst", log_worst)
+            self._on_fail = check_choice("on_fail", on_fail, v.ON_FAIL)
         self.reports: dict[int, GradCheckReport] = {}
         self._checks: list[dict[str, Any]] = []
         self._next_due: float = math.inf
@@ -124,9 +135,12 @@ class GradientCheckBase:
         if stage == "fit":
             require_objective(pl_module)
             self._require_theta(pl_module)
+            _distributed.require_no_collectives(trainer, pl_module)
             self._layouts.clear()
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # Trainer(sync_batchnorm=True) converts BatchNorm layers after the callbacks' setup.
+        _distributed.require_no_collectives(trainer, pl_module)
         # From where training (re)starts, past the last check (restored from a checkpoint): no
         # step is checked twice, and steps before a resume point are not made up.
         after_last = max(self.checked_steps, default=-1) + 1
@@ -159,10 +173,8 @@ class GradientCheckBase:
         # The engine's own rules for θ (no trainable parameters, meta device, integer ones, an
         # `include` matching nothing), raised at setup rather than at the first check.
         include = None if self._include is None else list(self._include)
-        try:
+        with v.prefixed():
             checked_parameters(pl_module, include)
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"GradientCheck: {err}") from err
 
     def _check(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         # Nothing is recorded before the check has an outcome: a check stopped by

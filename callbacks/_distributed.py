@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from pytorch_lightning.utilities import move_data_to_device
+from torch import nn
 
 from gradwatch import Partition, PartitionError
 
@@ -22,6 +23,25 @@ from gradwatch import Partition, PartitionError
 def shared(trainer: Any) -> bool:
     """Whether the check is shared by several processes."""
     return int(trainer.world_size) > 1
+
+
+def require_no_collectives(trainer: Any, module: nn.Module) -> None:
+    """Fails when J would run a collective in a shared check: each process evaluates J for its own
+    share of the components, a different number of times, so a collective inside J (SyncBatchNorm
+    syncing its batch statistics) would wait forever for processes that never join it."""
+    if not shared(trainer):
+        return  # one process: SyncBatchNorm has no one to sync with and is BatchNorm
+    synced = [name for name, m in module.named_modules() if isinstance(m, nn.SyncBatchNorm)]
+    if synced:
+        more = f" and {len(synced) - 3} more" if len(synced) > 3 else ""
+        raise ValueError(
+            f"GradientCheck: `{type(module).__name__}` has SyncBatchNorm layers "
+            f"({', '.join(synced[:3])}{more}) and the run has {trainer.world_size} processes; the "
+            "loss a check evaluates must not run collectives (each process evaluates J for its "
+            "own share of the components, so SyncBatchNorm would wait forever for the others). "
+            "Check the model with plain BatchNorm (Trainer(sync_batchnorm=False), no "
+            "convert_sync_batchnorm) or in a single process (devices=1)"
+        )
 
 
 def partition(trainer: Any) -> Partition | None:

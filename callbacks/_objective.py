@@ -8,6 +8,7 @@ or a metric's running state, so training sees nothing of the check.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -15,16 +16,18 @@ from typing import Any
 import torch
 from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
 from torch import nn
+from torch._C import _functorch
 from torchmetrics import Metric
 
-LossFn = Callable[[nn.Module, Any], torch.Tensor]
+from gradwatch._evaluate import LossFn
 
 _OPTIONS = (
     "return the loss from `training_step` (a tensor, or a dict with a 'loss' entry), or define "
     "`gradcheck_loss(self, batch)` on `{name}` returning the scalar cost J"
 )
-# torchmetrics keeps these next to the states in `metric_state`; `forward` and `update` write them.
-_METRIC_COUNTERS = ("_update_count", "_computed", "_forward_cache")
+# nn.Module's registries of a metric: its submodules, parameters and buffers are not its running
+# state (torchmetrics keeps that in plain attributes), and evaluating J adds none.
+_MODULE_DICTS = ("_modules", "_parameters", "_buffers")
 
 
 class ObjectiveError(TypeError):
@@ -57,13 +60,14 @@ def require_objective(module: Any) -> None:
 def objective(module: Any, batch_idx: int) -> LossFn:
     """``loss_fn(model, batch)`` for the engine: ``gradcheck_loss`` or ``training_step``'s loss.
 
-    Metric states are put back after every evaluation: the engine may evaluate many θ at once
-    under ``torch.func.vmap``, and a batched tensor left in a metric would break the next call.
+    Metrics are put back as they were after every evaluation: the engine may evaluate many θ at
+    once under ``torch.func.vmap``, and a batched tensor left in a metric would break the next
+    call. Warnings raised under vmap are dropped (see :func:`_batched_quietly`).
     """
     loss = _custom_loss if has_custom_loss(module) else _training_loss(module, batch_idx)
 
     def evaluation(model: nn.Module, batch: Any) -> torch.Tensor:
-        with _metrics_restored(model):
+        with _batched_quietly(), _metrics_restored(model):
             return _scalar(loss(model, batch), model)
 
     return evaluation
@@ -150,18 +154,43 @@ def _copied(value: Any) -> Any:
     return value
 
 
+def _under_vmap() -> bool:
+    stack = _functorch.get_interpreter_stack() or []
+    return any(level.key() == _functorch.TransformType.Vmap for level in stack)
+
+
+@contextmanager
+def _batched_quietly() -> Iterator[None]:
+    """Warnings are dropped while J is evaluated under ``torch.func.vmap``, the engine's batched
+    try: it always comes after plain evaluations of the same J, which warn as the module does, so
+    a warning there is vmap's own (an op without a batching rule) or a repeat."""
+    if not _under_vmap():
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _attributes(metric: Metric) -> dict[str, Any]:
+    return {n: _copied(v) for n, v in vars(metric).items() if n not in _MODULE_DICTS}
+
+
 @contextmanager
 def _metrics_restored(module: nn.Module) -> Iterator[None]:
-    # A training_step that updates a torchmetrics metric would otherwise count the check's
-    # evaluations into the epoch's accuracy.
-    saved = []
-    for metric in (m for m in module.modules() if isinstance(m, Metric)):
-        state = {name: _copied(value) for name, value in metric.metric_state.items()}
-        state.update({n: getattr(metric, n) for n in _METRIC_COUNTERS if hasattr(metric, n)})
-        saved.append((metric, state))
+    """Every torchmetrics metric in ``module`` ends with the attributes it had, states bit for bit.
+
+    A training_step that updates a metric would otherwise count the check's evaluations into the
+    epoch's accuracy. All attributes are put back, not only the states: ``Metric.forward`` sets
+    some for its batch (``compute_on_cpu``, ``_to_sync``, ``_should_unsync``, ``_enable_grad``,
+    ...) and restores them only when ``update`` returns, which it does not under vmap.
+    """
+    saved = [(m, _attributes(m)) for m in module.modules() if isinstance(m, Metric)]
     try:
         yield
     finally:
-        for metric, state in saved:
-            for name, value in state.items():
-                object.__setattr__(metric, name, value)
+        for metric, attributes in saved:
+            own = vars(metric)
+            for name in [n for n in own if n not in attributes and n not in _MODULE_DICTS]:
+                del own[name]  # set during the evaluation
+            own.update(attributes)

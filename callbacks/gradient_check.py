@@ -34,8 +34,10 @@ class GradientCheck(GradientCheckBase, Callback):
     process 0's batch, each evaluates its share of the components (see
     :class:`gradwatch.Partition`), and all end with the same report, which rank zero logs. A check
     that cannot finish, in any process (the loss raises, runs out of memory), is a failed check
-    whose message says why; training goes on, unless ``on_fail="raise"``. A check stopped by
-    KeyboardInterrupt changes nothing and is not recorded, so it runs again after a resume.
+    whose message says why; training goes on, unless ``on_fail="raise"``. The loss must not run
+    collectives (``all_reduce``, SyncBatchNorm): each process evaluates its own share. A check
+    stopped by KeyboardInterrupt changes nothing and is not recorded, so it runs again after a
+    resume.
 
     Logged at ``trainer.global_step`` to every logger: ``gradcheck/difference`` (the material's
     formula), ``gradcheck/difference_without_kinks`` (what the verdict reads),
@@ -74,7 +76,9 @@ class GradientCheck(GradientCheckBase, Callback):
             are not checked again on resume).
 
     Raises:
-        TypeError, ValueError: at construction, for an argument outside its accepted values.
+        TypeError, ValueError: at construction, for an argument outside its accepted values;
+            at setup, for a module the check cannot use (no scalar J, no trainable parameter,
+            SyncBatchNorm layers under DDP).
 
     Example::
 

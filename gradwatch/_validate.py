@@ -67,7 +67,7 @@ def check_optional_count(name: str, value: object, accepted: str) -> int | None:
 
 def check_components(components: object) -> int | None:
     """``None`` (every component) or a positive int (a seeded sample of that many)."""
-    return check_optional_count("components", components, "None (all) or a positive int")
+    return check_optional_count("components", components, "None (all) or a positive int, e.g. 2000")
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:

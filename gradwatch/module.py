@@ -27,7 +27,7 @@ from gradwatch._validate import (
 from gradwatch.analysis import ComponentAnalysis, analyse_components
 from gradwatch.directions import search_directions
 from gradwatch.layout import Layout
-from gradwatch.numeric import auto_steps, relative_difference
+from gradwatch.numeric import auto_steps, relative_difference, same_cost
 from gradwatch.partition import Exchange, Partition, exchanging
 from gradwatch.report import GradCheckReport, PrecisionDrift, Thresholds
 from gradwatch.sampling import sample_components
@@ -109,9 +109,7 @@ def _rounding_note(dtype: torch.dtype, epsilon: float | str, cost: float) -> tup
 
 
 def _determinism_note(first: float, again: float, epsilon: float) -> str | None:
-    if first == again or (math.isnan(first) and math.isnan(again)):
-        return None
-    if abs(first - again) <= 16 * np.finfo(np.float64).eps * max(abs(first), abs(again)):
+    if same_cost(first, again):
         return None
     return (
         f"J is not deterministic: two evaluations at the same θ gave {first!r} and {again!r}, "

@@ -6,6 +6,7 @@ against known answers (f(θ) = θ³ and f′(θ) = 3θ², as in the course mater
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -16,6 +17,7 @@ __all__ = [
     "one_sided_difference",
     "relative_difference",
     "represented_steps",
+    "same_cost",
     "shifted_costs",
     "two_sided_costs",
     "two_sided_difference",
@@ -127,6 +129,24 @@ def relative_difference(numeric: np.ndarray, grad: np.ndarray) -> float:
     if denominator == 0.0:
         return 0.0
     return float(np.linalg.norm(numeric - grad)) / denominator
+
+
+# Two evaluations of J at the same θ may differ by this many ulps and still count as the same
+# value (a reduction summed in another order, a kernel picked for another batch size).
+SAME_COST_ULPS = 16
+
+
+def same_cost(a: float, b: float) -> bool:
+    """Whether two values of J agree to within ``SAME_COST_ULPS`` float64 ulps (NaN agrees with
+    NaN: the same broken forward).
+
+    Example:
+        >>> same_cost(1.0, 1.0 + 4e-16), same_cost(1.0, 1.0 + 1e-12)
+        (True, False)
+    """
+    if a == b or (math.isnan(a) and math.isnan(b)):
+        return True
+    return abs(a - b) <= SAME_COST_ULPS * float(np.finfo(np.float64).eps) * max(abs(a), abs(b))
 
 
 def component_errors(analytic: np.ndarray, numeric: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,12 +15,13 @@ every process, or raises in every process.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from gradwatch.numeric import same_cost
 
 __all__ = ["Gather", "Partition", "PartitionError"]
 
@@ -33,8 +34,6 @@ _START, _PAIRS, _DONE = 1.0, 2.0, 3.0
 # The header's first number: this process is well, its part raised, or it was interrupted
 # (KeyboardInterrupt, SystemExit: the run is going down, not merely this check).
 _WELL, _FAILED, _INTERRUPTED = 1.0, 0.0, -1.0
-# J(θ) may differ between processes by this many ulps (the engine's own determinism allowance).
-_ULPS = 16
 
 
 class PartitionError(RuntimeError):
@@ -137,7 +136,7 @@ class Exchange:
         rows = self._exchange(p, _START, np.concatenate([scalars, vector]))
         first = float(rows[0, 0])
         for rank, value in enumerate(rows[:, 0].tolist()):
-            if not _same(first, value):
+            if not same_cost(first, value):
                 self._closed = True
                 raise PartitionError(
                     f"J(θ) differs between processes ({first!r} in process 0, {value!r} in "
@@ -258,12 +257,6 @@ def exchanging(partition: Partition | None) -> Iterator[Exchange]:
     except BaseException as err:
         exchange.abort(interrupted=not isinstance(err, Exception))
         raise
-
-
-def _same(a: float, b: float) -> bool:
-    if a == b or (math.isnan(a) and math.isnan(b)):
-        return True
-    return abs(a - b) <= _ULPS * float(np.finfo(np.float64).eps) * max(abs(a), abs(b))
 
 
 def _with_first_of_each_tensor(tensor: np.ndarray, share: np.ndarray) -> np.ndarray:

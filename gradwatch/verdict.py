@@ -30,11 +30,15 @@ class Verdict(str, Enum):
         return self.value
 
 
+_DEFAULTS = {"pass_max": "1e-7", "warn_max": "1e-3"}
+
+
 def _check_band(name: str, value: object) -> float:
+    accepted = f"`{name}` must be a positive finite float, e.g. {_DEFAULTS[name]}"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"`{name}` must be a positive finite float; got {value!r}")
+        raise TypeError(f"{accepted}; got {value!r}")
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"`{name}` must be a positive finite float; got {value!r}")
+        raise ValueError(f"{accepted}; got {value!r}")
     return float(value)
 
 
@@ -60,7 +64,8 @@ class Thresholds:
         object.__setattr__(self, "warn_max", _check_band("warn_max", self.warn_max))
         if self.pass_max > self.warn_max:
             raise ValueError(
-                f"`pass_max` must not exceed `warn_max`; got pass_max={self.pass_max!r}, "
+                "`pass_max` must not exceed `warn_max` (pass <= pass_max < warn <= warn_max < "
+                f"fail); got pass_max={self.pass_max!r}, "
                 f"warn_max={self.warn_max!r}"
             )
 

@@ -127,7 +127,7 @@ def test_accepted_epsilon(epsilon: object) -> None:
     ids=lambda v: v.__name__ if isinstance(v, type) else repr(v),
 )  # fmt: skip
 def test_bad_components(components: object, error: type[Exception]) -> None:
-    message = f"`components` must be None (all) or a positive int; got {components!r}"
+    message = f"`components` must be None (all) or a positive int, e.g. 2000; got {components!r}"
     rejected(error, message, components=components)
 
 

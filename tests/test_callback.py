@@ -4,15 +4,19 @@ what a failed check does, and resuming from a checkpoint."""
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pytest
 import pytorch_lightning as pl
 import torch
+import torchmetrics
 from lightning_utilities.core import rank_zero
+from torch import nn
+from torch.nn import functional as F
 
 from gradwatch import Verdict
 from gradwatch.callbacks import GradientCheck, GradientCheckError
@@ -129,6 +133,71 @@ def test_no_training_metric_is_logged_from_inside_a_check(paired_runs: dict[str,
     checks = checked["logger"].checks()
     assert [step for step, _ in checks] == [0, 3, 4, 8]
     assert all(key.startswith("gradcheck/") for _, metrics in checks for key in metrics)
+
+
+class CpuMetricModule(TinyModule):
+    """TinyModule whose accuracy moves its states to the CPU after each step (compute_on_cpu)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accuracy = torchmetrics.classification.MulticlassAccuracy(
+            num_classes=3, compute_on_cpu=True
+        )
+
+
+def _copied(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    return [_copied(v) for v in value] if isinstance(value, list) else value
+
+
+class _MetricAttributes(pl.Callback):
+    """Every attribute of the module's accuracy (but its module dicts) at each batch start."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
+        dicts = ("_modules", "_parameters", "_buffers")
+        attributes = vars(module.accuracy).items()
+        self.seen.append({k: _copied(v) for k, v in attributes if k not in dicts})
+
+
+def test_a_check_leaves_every_attribute_of_a_metric_as_it_was(tmp_path: Path) -> None:
+    # The metric's forward sets compute_on_cpu, _to_sync, ... for its batch and puts them back
+    # only when `update` returns; under vmap (the check's first try) `update` raises.
+    before, after = _MetricAttributes(), _MetricAttributes()
+    check = GradientCheck(at_init=False, after_steps=(2,))
+    _fit(tmp_path, CpuMetricModule(), [before, check, after], max_steps=3)
+    assert list(check.reports) == [2]
+    old, new = before.seen[2], after.seen[2]  # around the check at step 2
+    assert old["compute_on_cpu"] is True and old["_update_count"] == 2
+    for name in ("compute_on_cpu", "_to_sync", "_should_unsync", "_enable_grad"):
+        assert (name, new[name]) == (name, old[name])
+    assert new.keys() == old.keys()
+    assert [name for name in old if not same(old[name], new[name])] == []  # states bit for bit
+
+
+class RenormModule(TinyModule):
+    """J through ``torch.renorm``, which vmap runs without a batching rule (and warns so), and a
+    warning of the module's own at every evaluation."""
+
+    def gradcheck_loss(self, batch: Any) -> torch.Tensor:
+        x, y, _ = batch
+        warnings.warn("the module's own warning", UserWarning, stacklevel=1)
+        head = torch.renorm(cast(nn.Linear, self.net[4]).weight, p=2, dim=0, maxnorm=1.0)
+        return F.cross_entropy(self(x), y) + 1e-3 * head.pow(2).sum()
+
+
+def test_warnings_of_the_batched_try_are_silenced_and_the_modules_own_are_not(
+    tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    check = GradientCheck(after_steps=())
+    _fit(tmp_path, RenormModule(), [check], max_steps=1)
+    assert check.reports[0].verdict is Verdict.PASS
+    said = [str(w.message) for w in recwarn]
+    assert not [m for m in said if "batching rule" in m]
+    assert "the module's own warning" in said  # from the plain evaluations
 
 
 @pytest.mark.parametrize("output", ["tensor", "dict"])

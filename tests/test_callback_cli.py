@@ -69,7 +69,7 @@ def test_a_value_outside_a_literal_is_rejected_by_the_parser(
     [
         (
             "epsilon: -1.0",
-            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7, or 'auto'; got -1.0",
+            "`epsilon` must be 'auto' or a finite float in (0, 1), e.g. 1e-7; got -1.0",
         ),
         ("after_steps: [-5]", "`after_steps` must be a non-negative int or a list of them"),
         ("every_n_steps: 0", "`every_n_steps` must be None or a positive int, e.g. 1000; got 0"),

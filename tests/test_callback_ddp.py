@@ -16,11 +16,19 @@ import pytest
 import pytorch_lightning as pl
 import torch.distributed as dist
 from pytorch_lightning.loggers import CSVLogger
+from torch import nn
 from torch.utils.data import DataLoader
 
 from gradwatch import Verdict
 from gradwatch.callbacks import GradientCheck
-from tests.callback_models import QUIET_LIGHTNING, FaultyModule, TinyModule, example, loader
+from tests.callback_models import (
+    QUIET_LIGHTNING,
+    FaultyModule,
+    TinyModule,
+    example,
+    loader,
+    trainer,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -116,16 +124,9 @@ def test_processes_share_one_check_equal_to_a_single_process_check(tmp_path: Pat
     single.load_state_dict(initial)
     alone = GradientCheck(after_steps=())
     batch = _read(tmp_path, "batch")[0]
-    pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=1,
-        logger=False,
-        callbacks=[alone],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    ).fit(single, DataLoader([batch], batch_size=None))
+    trainer(tmp_path / "single", callbacks=[alone], max_steps=1).fit(
+        single, DataLoader([batch], batch_size=None)
+    )
     one, two = alone.reports[0], shared[0][0]
     assert abs(two.difference - one.difference) <= 1e-12
     assert np.array_equal(two.numeric, one.numeric)
@@ -193,3 +194,11 @@ def test_a_failing_verdict_with_on_fail_raise_stops_every_process(tmp_path: Path
         )
     assert [(s, v) for s, _, v in _logged(tmp_path)] == [(0, 2.0)]
     assert all("hidden.bias" in error for error in _read(tmp_path, "error"))
+
+
+def test_sync_batchnorm_stops_the_run_before_any_check(tmp_path: Path) -> None:
+    # Every process raises at setup alike, so none is left waiting in a collective of J. (CPU
+    # DDP refuses SyncBatchNorm itself a moment later; with GPUs training would run.)
+    module = nn.SyncBatchNorm.convert_sync_batchnorm(TinyModule())
+    with pytest.raises(Exception, match=r"`TinyModule` has SyncBatchNorm layers \(net\.1\)"):
+        _ddp(tmp_path, [GradientCheck()], max_steps=1).fit(module, loader())

@@ -16,13 +16,14 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import OnExceptionCheckpoint
+from torch import nn
 
 from gradwatch import PartitionError, Verdict
 from gradwatch.callbacks import GradientCheck, GradientCheckError
@@ -327,3 +328,39 @@ def test_process_0s_batch_reaches_every_process() -> None:
     batch = [torch.arange(3), {"y": torch.ones(2)}]
     received = same_batch(_process(1, received=(pickle.dumps(batch), "")), None)
     assert same(received, batch)
+
+
+# -- under DDP, a loss that runs collectives ----------------------------------------------------
+
+SYNC_BATCHNORM = (
+    "GradientCheck: `TinyModule` has SyncBatchNorm layers (net.1) and the run has 2 processes; "
+    "the loss a check evaluates must not run collectives (each process evaluates J for its own "
+    "share of the components, so SyncBatchNorm would wait forever for the others). Check the "
+    "model with plain BatchNorm (Trainer(sync_batchnorm=False), no convert_sync_batchnorm) or "
+    "in a single process (devices=1)"
+)
+
+
+def _synced() -> TinyModule:
+    pl.seed_everything(0, verbose=False)
+    return cast(TinyModule, nn.SyncBatchNorm.convert_sync_batchnorm(TinyModule()))
+
+
+@pytest.mark.parametrize("hook", ["setup", "on_train_start"])
+def test_syncbatchnorm_under_ddp_stops_the_run_before_any_check(hook: str) -> None:
+    # setup: converted by the user; on_train_start: by Trainer(sync_batchnorm=True), after setup.
+    check, module, process = GradientCheck(), _synced(), _process(1)
+    process.global_step = 0
+    with pytest.raises(ValueError) as raised:
+        if hook == "setup":
+            check.setup(process, module, "fit")
+        else:
+            check.on_train_start(process, module)
+    assert str(raised.value) == SYNC_BATCHNORM
+
+
+def test_syncbatchnorm_in_a_single_process_is_checked(tmp_path: Path) -> None:
+    # Without a process group SyncBatchNorm is BatchNorm: nothing to wait for.
+    check = GradientCheck(after_steps=(1,))
+    _fit(tmp_path, _synced(), [check], max_steps=2)
+    assert [r.verdict for r in check.reports.values()] == [Verdict.PASS, Verdict.PASS]

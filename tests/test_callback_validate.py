@@ -7,10 +7,17 @@ import math
 from typing import Any
 
 import pytest
+import torch
+from torch import nn
 
+from gradwatch import check_module
 from gradwatch.callbacks import GradientCheck
 
 STEPS = "`after_steps` must be a non-negative int or a list of them, e.g. [100, 1000]; got "
+# The engine's messages (gradwatch.check_module takes these arguments too).
+EPSILON = "`epsilon` must be 'auto' or a finite float in (0, 1), e.g. 1e-7; got "
+EPSILON_TYPE = "`epsilon` must be 'auto' or a float in (0, 1), e.g. 1e-7; got "
+COMPONENTS = "`components` must be None (all) or a positive int, e.g. 2000; got "
 INCLUDE = (
     "`include` must be None or a glob of parameter names or a list of them, e.g. ['encoder.*']"
 )
@@ -66,52 +73,52 @@ INCLUDE = (
         (
             {"epsilon": 0},
             ValueError,
-            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7, or 'auto'; got 0",
+            EPSILON + "0",
         ),
         (
             {"epsilon": -1e-7},
             ValueError,
-            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7, or 'auto'; got -1e-07",
+            EPSILON + "-1e-07",
         ),
         (
             {"epsilon": math.nan},
             ValueError,
-            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7, or 'auto'; got nan",
+            EPSILON + "nan",
         ),
         (
             {"epsilon": 1.0},
             ValueError,
-            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7, or 'auto'; got 1.0",
+            EPSILON + "1.0",
         ),
         (
             {"epsilon": "1e-7"},
             TypeError,
-            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7, or 'auto'; got '1e-7'",
+            EPSILON_TYPE + "'1e-7'",
         ),
         (
             {"epsilon": math.inf},
             ValueError,
-            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7, or 'auto'; got inf",
+            EPSILON + "inf",
         ),
         (
             {"epsilon": 1e3},  # absurdly large: a secant, not a slope
             ValueError,
-            "`epsilon` must be a finite float in (0, 1), e.g. 1e-7, or 'auto'; got 1000.0",
+            EPSILON + "1000.0",
         ),
         (
             {"components": 0},
             ValueError,
-            "`components` must be None or a positive int, e.g. 2000; got 0",
+            COMPONENTS + "0",
         ),
         (
             {"components": -5},
             ValueError,
-            "`components` must be None or a positive int, e.g. 2000; got -5",
+            COMPONENTS + "-5",
         ),
         (
             {"components": 2.5},
             TypeError,
-            "`components` must be None or a positive int, e.g. 2000; got 2.5",
+            COMPONENTS + "2.5",
         ),
         (
             {"every_n_steps": -3},
@@ -156,6 +163,34 @@ def test_bad_arguments_fail_at_construction(
     with pytest.raises(error) as raised:
         GradientCheck(**arguments)
     assert str(raised.value) == "GradientCheck: " + message  # the whole message, exactly
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"epsilon": 0},
+        {"epsilon": "1e-7"},
+        {"components": 0},
+        {"components": 2.5},
+        {"dropout": "on"},
+        {"mode": "random"},
+        {"seed": -1},
+        {"pass_max": 0.0},
+        {"pass_max": 1e-2, "warn_max": 1e-3},
+    ],
+    ids=str,
+)
+def test_what_check_module_takes_fails_as_in_check_module(arguments: dict[str, Any]) -> None:
+    # One rule per argument: the callback hands these to the engine, which checks them alike.
+    engine = dict(arguments)
+    bands = {k: engine.pop(k) for k in ("pass_max", "warn_max") if k in engine}
+    if bands:
+        engine["thresholds"] = bands
+    with pytest.raises((TypeError, ValueError)) as direct:
+        check_module(nn.Linear(2, 1), lambda m, b: m(b).sum(), torch.ones(1, 2), **engine)
+    with pytest.raises(type(direct.value)) as raised:
+        GradientCheck(**arguments)
+    assert str(raised.value) == f"GradientCheck: {direct.value}"
 
 
 @pytest.mark.parametrize(

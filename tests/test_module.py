@@ -23,6 +23,7 @@ import gradwatch
 from gradwatch import Verdict, check_module
 from gradwatch.module import checked_parameters
 from tests.nets import MODELS, GatedNet, classification_batch, cross_entropy, mlp
+from tests.rng import numpy_rng_state
 
 DROPOUT_LAYERS = (nn.Dropout, nn.Dropout2d)
 
@@ -439,12 +440,6 @@ class Snapshot:
     torch_rng: torch.Tensor
     numpy_rng: tuple[Any, ...]
     python_rng: tuple[Any, ...]
-
-
-def numpy_rng_state() -> tuple[Any, ...]:
-    """numpy's global RNG state as a comparable tuple (its key array as bytes)."""
-    name, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-    return name, np.asarray(key).tobytes(), pos, has_gauss, gauss
 
 
 def snapshot(model: nn.Module) -> Snapshot:

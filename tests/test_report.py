@@ -191,7 +191,11 @@ def test_bands_are_configurable() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"pass_max": 0.0}, ValueError, r"`pass_max` must be a positive finite float; got 0\.0"),
+        (
+            {"pass_max": 0.0},
+            ValueError,
+            r"`pass_max` must be a positive finite float, e.g. 1e-7; got 0\.0",
+        ),
         ({"pass_max": -1e-7}, ValueError, r"`pass_max`.*-1e-07"),
         ({"warn_max": math.nan}, ValueError, r"`warn_max`.*nan"),
         ({"warn_max": math.inf}, ValueError, r"`warn_max`.*inf"),

@@ -13,11 +13,7 @@ from torch import nn
 
 from gradwatch import check_module
 from gradwatch._state import DROPOUT_LAYERS, cast_batch, dropout_disabled, preserved_rng, reseed
-
-
-def numpy_rng_state() -> tuple[Any, ...]:
-    name, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-    return name, np.asarray(key).tobytes(), pos, has_gauss, gauss
+from tests.rng import numpy_rng_state
 
 
 def draws() -> tuple[float, float, float]:
