@@ -68,15 +68,47 @@ def _kink_clause(report: GradCheckReport) -> str:
     )
 
 
+def _sharper(report: GradCheckReport) -> str:
+    """How to get a cleaner reading than this one."""
+    if report.epsilon != "auto":
+        return "check with epsilon='auto' for a cleaner reading"
+    if report.dtype != "float64":
+        return "check in float64 (the default) for a cleaner reading"
+    return "this is float64's own rounding at the best step: nothing to gain from another step"
+
+
+def _overall(report: GradCheckReport) -> str:
+    """``difference 2.0e-07`` or, where one tensor sets the verdict, that tensor's difference."""
+    d = report.difference_without_kinks
+    if report.driver is None:
+        return f"difference {d:.1e}"
+    own = report.per_parameter[report.driver]
+    return f"{report.driver}'s own difference {own:.1e} (overall {d:.1e})"
+
+
 def advice(report: GradCheckReport) -> str:
     """What the verdict means and what to do next."""
     d, t = report.difference_without_kinks, report.thresholds
     if report.failure:
         return report.failure
+    overall = t.classify(d)
     if report.verdict is Verdict.PASS:
         text = f"difference {d:.1e} <= {t.pass_max:.0e}: backprop is very likely correct."
         return text + _kink_clause(report)
-    if report.flagged_count and t.classify(d) is Verdict.PASS and not report.suspects():
+    if report.verdict is Verdict.FAIL:
+        return (
+            f"{_overall(report)} > {t.warn_max:.0e}: very likely a bug in backprop. "
+            + _look_at(report)
+            + _kink_clause(report)
+        )
+    # WARN from here on.
+    if overall is Verdict.FAIL and report.explained_by_rounding:
+        return (
+            f"difference {d:.1e}, rounding floor ≈ {report.noise_floor:.0e}: rounding noise in J "
+            f"at epsilon {_eps(report)} in {report.dtype} is as large as the difference, so this "
+            f"check can tell neither a bug nor its absence; {_sharper(report)}."
+        ) + _kink_clause(report)
+    if report.flagged_count and overall is Verdict.PASS and not report.suspects():
         worst = report.worst(1)[0]
         return (
             f"pass overall (difference {d:.1e} <= {t.pass_max:.0e}), but "
@@ -84,20 +116,26 @@ def advice(report: GradCheckReport) -> str:
             f"rounding and curvature explain. Worst {worst.label}: analytic "
             f"{worst.analytic:.6g}, numeric {worst.numeric:.6g}. Look at those."
         ) + _kink_clause(report)
-    if report.verdict is Verdict.WARN and report.explained_by_rounding:
+    unresolved = report.unresolved()
+    if unresolved and not report.suspects() and not report.flagged_count:
+        name = unresolved[0]
+        others = f" (also {', '.join(unresolved[1:4])})" if len(unresolved) > 1 else ""
+        return (
+            f"inconclusive for {name}{others}: its own difference is "
+            f"{report.per_parameter[name]:.1e}, from errors above rounding noise yet too close "
+            f"to it to call a bug at epsilon {_eps(report)}; {_sharper(report)}. Overall "
+            f"difference {d:.1e}."
+        ) + _kink_clause(report)
+    if report.explained_by_rounding:
         return (
             f"difference {d:.1e}, rounding floor ≈ {report.noise_floor:.0e}: consistent with "
             f"correct gradients. Rounding noise in J at epsilon {_eps(report)} is what holds the "
-            "difference above the pass band; check with epsilon='auto' for a cleaner reading."
+            f"difference above the pass band; {_sharper(report)}."
         ) + _kink_clause(report)
-    if report.verdict is Verdict.WARN:
-        return (
-            f"difference {d:.1e} is above {t.pass_max:.0e} but at most {t.warn_max:.0e}: take "
-            f"a careful look. {_look_at(report)} Make sure none of its components is far off."
-        ) + _kink_clause(report)
-    return f"difference {d:.1e} > {t.warn_max:.0e}: very likely a bug in backprop. " + _look_at(
-        report
-    )
+    return (
+        f"{_overall(report)} is above {t.pass_max:.0e} but at most {t.warn_max:.0e}: take "
+        f"a careful look. {_look_at(report)} Make sure none of its components is far off."
+    ) + _kink_clause(report)
 
 
 def headline(report: GradCheckReport) -> str:
@@ -109,7 +147,13 @@ def headline(report: GradCheckReport) -> str:
         extra += f", {report.flagged_count} suspicious"
     floor = f", rounding floor ≈ {report.noise_floor:.0e}"
     if report.verdict is Verdict.WARN and report.explained_by_rounding:
-        floor += ": consistent with correct gradients"
+        if report.thresholds.classify(report.difference_without_kinks) is Verdict.FAIL:
+            floor += ": inconclusive, rounding dominates"
+        else:
+            floor += ": consistent with correct gradients"
+    driver = report.driver
+    if driver is not None:
+        extra = f", set by {driver} ({report.per_parameter[driver]:.1e})" + extra
     return (
         f"difference {report.difference_without_kinks:.1e} ({report.verdict.value}){floor}"
         f"{extra}, {report.components_checked} of {report.components_total} components, "
@@ -167,9 +211,12 @@ def summary(report: GradCheckReport) -> str:
         )
     lines.append("per-parameter differences:")
     significant = set(report.significant_parameters())
+    unresolved = set(report.unresolved())
     for name, value in report.per_parameter.items():
         status = t.classify(value).value
-        if name not in significant and status != "pass":
+        if name in unresolved:
+            status = "inconclusive (errors above rounding, too close to it to call a bug)"
+        elif name not in significant and status != "pass":
             status = "within rounding (its errors are no larger than rounding explains)"
         lines.append(f"  {name:<{width}}  {value:>9.2e}  {status}")
     return "\n".join(lines)

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ComponentAnalysis", "analyse_components", "rounding_noise"]
+from gradwatch.numeric import same_cost
+
+__all__ = ["ComponentAnalysis", "analyse_components", "determinism_note", "rounding_noise"]
 
 Halved = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -39,6 +41,10 @@ SLOPE_TOLERANCE = 1e-3
 TRUNCATION_FACTOR = 100.0
 # A smooth gap halves when the step halves (ratio 0.5); a kink at θ keeps it (ratio 1).
 HALVING_TOLERANCE = 0.25
+# How many components measure the rounding noise when errors stand above the modelled noise.
+CALIBRATION_SAMPLE = 64
+# Median of |N(0, 1)|: turns a median absolute deviation into a standard deviation.
+HALF_NORMAL_MEDIAN = 0.6745
 
 
 def rounding_noise(cost: float, steps: np.ndarray, machine_epsilon: float) -> np.ndarray:
@@ -51,6 +57,24 @@ def rounding_noise(cost: float, steps: np.ndarray, machine_epsilon: float) -> np
         2.22...e-09
     """
     return NOISE_SCALE * machine_epsilon * max(abs(cost), np.finfo(np.float64).tiny) / steps
+
+
+def determinism_note(first: float, again: float, epsilon: float, remedy: str) -> str | None:
+    """The failure to report when two evaluations of J at the same θ disagree, else None.
+
+    Example:
+        >>> determinism_note(1.0, 1.0, 1e-7, "") is None
+        True
+        >>> determinism_note(1.0, 1.5, 1e-7, "Seed it.")[:40]
+        'J is not deterministic: two evaluations '
+    """
+    if same_cost(first, again):
+        return None
+    return (
+        f"J is not deterministic: two evaluations at the same θ gave {first!r} and {again!r}, "
+        f"so each numeric component may be off by up to {abs(first - again) / (2 * epsilon):.1e} "
+        f"and the difference means nothing. {remedy}"
+    )
 
 
 @dataclass(frozen=True)
@@ -95,7 +119,6 @@ def analyse_components(
     """
     h = np.asarray(steps, dtype=np.float64)
     noise = rounding_noise(center, h, machine_epsilon)
-    margin = NOISE_MARGIN * noise
     numeric = (plus - minus) / (2 * h)
     upper = (plus - center) / h
     lower = (center - minus) / h
@@ -106,6 +129,9 @@ def analyse_components(
     finite = gap[np.isfinite(gap)]
     typical = float(np.median(finite)) if finite.size >= MIN_FOR_TYPICAL else 0.0
     curvature = KINK_FACTOR * typical
+    if halved is not None:
+        noise = noise * _noise_factor(noise, numeric, error, gap, curvature, h, halved)
+    margin = NOISE_MARGIN * noise
     crossed = (gap > curvature + 2 * margin) & (error > margin)
     # Each one-sided slope is itself off by h·|J''|/2 on its side of the kink; that curvature is
     # not the typical one, so allow a small fraction of the jump as well.
@@ -143,3 +169,39 @@ def _smooth_when_halved(
     smooth = np.zeros_like(candidates)
     smooth[positions] = (ratio > 0.5 - HALVING_TOLERANCE) & (ratio < 0.5 + HALVING_TOLERANCE)
     return smooth
+
+
+def _noise_factor(
+    noise: np.ndarray,
+    numeric: np.ndarray,
+    error: np.ndarray,
+    gap: np.ndarray,
+    curvature: float,
+    h: np.ndarray,
+    halved: Halved,
+) -> float:
+    """How much larger the rounding noise really is than ``noise`` models (1.0 when it is not).
+
+    The model, ε_mach·|J|/h, assumes J is rounded like a number of its own size. J after some
+    training, or a KL divergence, is a small difference of large terms, and carries the rounding
+    of those terms. Where errors stand above the modelled noise, a sample of those components is
+    estimated again at h/2: the estimate of the true derivative stays (a bug stays with it),
+    the rounding noise doubles and is drawn anew, so the two estimates differ by rounding alone,
+    about √5 times its typical size at h. Steps that cross a kink are left out (their estimate
+    moves with h).
+    """
+    with np.errstate(invalid="ignore"):
+        above = np.isfinite(error) & (error > NOISE_MARGIN * noise) & ~(gap > curvature)
+    positions = np.flatnonzero(above)
+    if positions.size == 0:
+        return 1.0
+    if positions.size > CALIBRATION_SAMPLE:  # evenly spread, reproducibly
+        positions = positions[np.linspace(0, positions.size - 1, CALIBRATION_SAMPLE).astype(int)]
+    plus_half, minus_half = halved(positions)
+    numeric_half = (plus_half - minus_half) / h[positions]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        moved = np.abs(numeric_half - numeric[positions]) / (np.sqrt(5.0) * noise[positions])
+    moved = moved[np.isfinite(moved)]
+    if moved.size == 0:
+        return 1.0
+    return max(1.0, float(np.median(moved)) / HALF_NORMAL_MEDIAN)

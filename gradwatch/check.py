@@ -10,12 +10,17 @@ from typing import Any, Literal
 import numpy as np
 
 from gradwatch._validate import check_epsilon, check_thresholds
-from gradwatch.analysis import analyse_components
+from gradwatch.analysis import ComponentAnalysis, analyse_components, determinism_note
 from gradwatch.layout import Layout
 from gradwatch.numeric import auto_steps, represented_steps, two_sided_costs
 from gradwatch.report import GradCheckReport, Thresholds
 
 __all__ = ["gradient_check"]
+
+_REMEDY = (
+    "`cost` must be a function of θ alone: fix the random numbers it draws (seed them inside "
+    "`cost`, hold dropout masks fixed) and any state it keeps between calls, then check again"
+)
 
 
 def _as_vector(name: str, value: object) -> np.ndarray:
@@ -54,6 +59,19 @@ def _cost_value(cost: Callable[[np.ndarray], float], theta: np.ndarray) -> float
         return float(value.item() if shape else value)
     except (TypeError, ValueError) as err:
         raise TypeError(f"`cost` must return a float J(θ); got {type(value).__name__}") from err
+
+
+def _require_representable(theta: np.ndarray, step: float, names: Layout) -> None:
+    """θ_i ± ε must differ from θ_i, or the numeric derivative is 0 whatever J is."""
+    lost = np.flatnonzero((theta + step == theta) | (theta - step == theta))
+    if lost.size:
+        first = int(lost[0])
+        raise ValueError(
+            f"`epsilon` {step!r} is below float64's spacing at θ: θ_i ± epsilon == θ_i for "
+            f"{lost.size} of {theta.size} components (e.g. {names.label(first)} = "
+            f"{float(theta[first])!r}); use a larger epsilon or epsilon='auto', which scales "
+            "the step with |θ_i|"
+        )
 
 
 def gradient_check(
@@ -108,6 +126,8 @@ def gradient_check(
     if grad.shape != theta.shape:
         raise ValueError(f"`grad` must have the shape of `theta` {theta.shape}; got {grad.shape}")
     names = _layout(layout, theta.size)
+    if step != "auto":
+        _require_representable(theta, step, names)
 
     start = time.perf_counter()
     unit = float(np.finfo(np.float64).eps)
@@ -122,7 +142,14 @@ def gradient_check(
         evaluations.append(2 * positions.size)
         return two_sided_costs(cost, theta, positions, steps[positions] / 2)
 
-    found = analyse_components(grad, plus, minus, center, half, unit, halved)
+    again = _cost_value(cost, theta.copy())
+    evaluations.append(1)
+    failure = determinism_note(center, again, float(half.min()), _REMEDY)
+    if failure is None:
+        found = analyse_components(grad, plus, minus, center, half, unit, halved)
+    else:  # a J that moves on its own has no kinks or rounding to weigh
+        nothing = np.zeros(theta.size)
+        found = ComponentAnalysis(nothing, nothing, nothing > 0, nothing > 0)
     return GradCheckReport(
         layout=names,
         indices=np.arange(theta.size, dtype=np.int64),
@@ -137,4 +164,5 @@ def gradient_check(
         bound=found.bound,
         kinks=found.kink,
         flagged=found.flagged,
+        failure=failure,
     )

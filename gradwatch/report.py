@@ -22,6 +22,9 @@ __all__ = ["Component", "GradCheckReport", "PrecisionDrift", "Thresholds", "Verd
 SIGNIFICANCE = 3.0
 # A warn whose difference is within this factor of the rounding floor is explained by rounding.
 EXPLAINED_BY_FLOOR = 3.0
+# A tensor whose errors are this many times its typical rounding noise (in norm) is not explained
+# by rounding, even where they are too close to it to call a bug: its check is inconclusive.
+UNRESOLVED_NOISE = 4.0
 
 
 @dataclass(frozen=True)
@@ -180,14 +183,50 @@ class GradCheckReport:
                 out.append(name)
         return out
 
+    def unresolved(self) -> list[str]:
+        """Tensors whose own difference is above the warn band and whose errors, though not
+        far enough above rounding to call a bug, are more than rounding explains: at this step
+        and precision the check can neither clear nor convict them (a 2× wrong gradient that
+        is itself near the rounding noise looks like this). Check them with ``epsilon="auto"``.
+        """
+        significant = set(self.significant_parameters())
+        smooth, noise = ~self._kinks, np.asarray(self.noise)
+        out = []
+        for name, m in self._tensor_masks().items():
+            if name in significant or self.per_parameter[name] <= self.thresholds.warn_max:
+                continue
+            err = np.linalg.norm(self.abs_errors[m & smooth])
+            if err > UNRESOLVED_NOISE * np.linalg.norm(noise[m & smooth]):
+                out.append(name)
+        return out
+
     def _verdict(self) -> Verdict:
         if self.failure:
             return Verdict.FAIL
-        levels = [self.thresholds.classify(self.difference_without_kinks).level]
+        overall = self.thresholds.classify(self.difference_without_kinks)
+        if overall is Verdict.FAIL and self.explained_by_rounding:
+            overall = Verdict.WARN  # rounding alone makes this difference: it cannot convict
+        levels = [overall.level]
         levels += [self.thresholds.classify(self.per_parameter[n]).level for n in self.suspects()]
-        if self.flagged_count:
+        if self.flagged_count or self.unresolved():
             levels.append(Verdict.WARN.level)
         return list(Verdict)[max(levels)]
+
+    @property
+    def driver(self) -> str | None:
+        """The tensor whose own difference sets the verdict, when the overall difference alone
+        would give a milder one; else None."""
+        overall = self.thresholds.classify(self.difference_without_kinks)
+        if self.failure or overall is self.verdict:
+            return None
+        return next(
+            (
+                n
+                for n in self.suspects()
+                if self.thresholds.classify(self.per_parameter[n]) is self.verdict
+            ),
+            None,
+        )
 
     def suspects(self) -> list[str]:
         """Tensors whose own difference is above the pass band for a reason other than rounding,

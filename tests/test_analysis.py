@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import pytest
@@ -336,3 +337,156 @@ def test_curvature_at_a_large_step_is_not_a_kink(epsilon) -> None:
     )
     assert report.kink_count == 0
     assert report.verdict is not gradwatch.Verdict.PASS
+
+
+# --- rounding measured where the model of it falls short ----------------------------------------
+
+
+class _Wrong(nn.Module):
+    """Linear → tanh → Linear; ``factor`` scales the gradient reaching the first layer's output
+    (1.0: a correct model)."""
+
+    def __init__(self, factor: float = 1.0) -> None:
+        super().__init__()
+        self.factor = factor
+        self.inp, self.out = nn.Linear(8, 32), nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.inp(x)
+        if z.requires_grad and self.factor != 1.0:
+            z.register_hook(lambda g: g * self.factor)
+        return self.out(torch.tanh(z))
+
+
+def _trained_classifier() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """Trained until J ≈ 1e-4: J = logsumexp(z) − z_y is then a small difference of large terms
+    and carries their rounding, far more than ε_mach·|J|."""
+    torch.manual_seed(0)
+    model = _Wrong()
+    x = torch.randn(64, 8)
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(1500):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 1e-3
+    return model, (x, y)
+
+
+def _ce(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+
+@pytest.mark.parametrize("epsilon", [1e-7, "auto"])
+def test_a_trained_model_is_not_called_suspicious_for_its_rounding(epsilon: float | str) -> None:
+    model, batch = _trained_classifier()
+    modelled = float(rounding_noise(_ce(model, batch).item(), np.array([1e-7]), 2**-52)[0])
+    report = gradwatch.check_module(model, _ce, batch, epsilon=epsilon)
+    assert report.flagged_count == 0 and report.suspects() == []
+    assert report.verdict is not gradwatch.Verdict.FAIL
+    assert report.explained_by_rounding
+    if epsilon == 1e-7:  # the floor was measured, far above the model of it
+        assert report.noise_floor > 1e-6 and report.noise_floor > 100 * modelled
+
+
+def test_a_trained_model_with_a_wrong_gradient_still_fails() -> None:
+    model, batch = _trained_classifier()
+    wrong = _Wrong(factor=1.01)
+    wrong.load_state_dict(model.state_dict())
+    report = gradwatch.check_module(wrong, _ce, batch)
+    assert report.verdict is gradwatch.Verdict.FAIL
+    assert report.suspects()[0] == "inp.weight" and "inp.bias" in report.suspects()
+
+
+# --- verdicts that say what they rest on --------------------------------------------------------
+
+
+class _Double(torch.autograd.Function):
+    """Identity forward, twice the gradient backward: a bug."""
+
+    @staticmethod
+    def forward(ctx: Any, w: torch.Tensor) -> torch.Tensor:
+        return w.view_as(w)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        return 2 * g
+
+
+class _SmallGate(nn.Module):
+    """A one-component gate whose (2× wrong) gradient is only ~12× the rounding noise of J at
+    ε = 1e-7, next to a correct body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([1e-3]))
+        self.body = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = _Double.apply(self.scale)
+        return self.body(x) * (1 + gate * x[:, :10] * 1e-6)
+
+
+def _gate_case() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    torch.manual_seed(0)
+    return _SmallGate(), (torch.randn(64, 16), torch.randint(0, 10, (64,)))
+
+
+def _ce_sum(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(batch[0]), batch[1], reduction="sum")
+
+
+def test_a_wrong_gradient_near_the_rounding_noise_is_inconclusive_not_a_pass() -> None:
+    model, batch = _gate_case()
+    report = gradwatch.check_module(model, _ce_sum, batch)
+    assert report.difference_without_kinks <= 1e-7  # the overall difference alone would pass
+    assert report.per_parameter["scale"] > 0.1 and report.unresolved() == ["scale"]
+    assert report.verdict is gradwatch.Verdict.WARN
+    assert report.message.startswith("inconclusive for scale: its own difference is 2.8e-01")
+    assert "check with epsilon='auto'" in report.message
+    assert "scale  " in str(report) and "inconclusive (errors above rounding" in str(report)
+
+
+def test_a_verdict_set_by_one_tensor_names_it() -> None:
+    model, batch = _gate_case()
+    report = gradwatch.check_module(model, _ce_sum, batch, epsilon="auto")
+    assert report.verdict is gradwatch.Verdict.FAIL and report.driver == "scale"
+    assert report.message.startswith("scale's own difference 3.3e-01 (overall 1.6e-08) > 1e-03")
+    assert ", set by scale (3.3e-01)" in report.headline()
+
+
+def test_a_correct_model_with_a_cancelled_bias_is_not_inconclusive() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3))
+    batch = (torch.randn(16, 4), torch.randint(0, 3, (16,)))
+    report = gradwatch.check_module(model, _ce, batch)
+    assert report.per_parameter["0.bias"] > 1e-3  # pure noise over a zero gradient
+    assert report.unresolved() == [] and report.verdict is gradwatch.Verdict.PASS
+
+
+def test_a_difference_rounding_alone_makes_is_inconclusive_not_a_bug() -> None:
+    """J = 1e8 + Σθ²: at ε = 1e-7 rounding of J (an ulp is ~1.5e-8) swamps the slope."""
+    theta = np.array([0.3, -1.2, 0.7])
+    report = gradwatch.gradient_check(lambda t: float(1e8 + np.sum(t**2)), theta, 2 * theta)
+    assert report.thresholds.classify(report.difference) is gradwatch.Verdict.FAIL
+    assert report.explained_by_rounding and report.verdict is gradwatch.Verdict.WARN
+    assert "can tell neither a bug nor its absence; check with epsilon='auto'" in report.message
+    assert "inconclusive, rounding dominates" in report.headline()
+    # and a real bug in the same J still fails at a step that resolves it
+    wrong = gradwatch.gradient_check(
+        lambda t: float(1e8 + np.sum(t**2)), theta, 3 * theta, epsilon=1e-3
+    )
+    assert wrong.verdict is gradwatch.Verdict.FAIL
+
+
+def test_a_cost_that_draws_new_random_numbers_is_not_deterministic() -> None:
+    rng = np.random.default_rng(0)
+    theta = np.array([0.5, 1.5])
+    report = gradwatch.gradient_check(
+        lambda t: float(np.sum(t**2) + 1e-3 * rng.standard_normal()), theta, 2 * theta
+    )
+    assert report.verdict is gradwatch.Verdict.FAIL
+    assert report.message.startswith("J is not deterministic: two evaluations at the same θ")
+    assert "`cost` must be a function of θ alone" in report.message
