@@ -116,6 +116,16 @@ def advice(report: GradCheckReport) -> str:
             f"rounding and curvature explain. Worst {worst.label}: analytic "
             f"{worst.analytic:.6g}, numeric {worst.numeric:.6g}. Look at those."
         ) + _kink_clause(report)
+    if report.off_slope_count and not report.suspects() and not report.flagged_count:
+        first = next(c for c in report.worst(report.components_checked) if c.off_slope)
+        return (
+            f"{report.off_slope_count} components sit on a kink that many examples share (e.g. "
+            f"{first.label}: a ReLU unit whose pre-activation is exactly 0 for the whole batch, "
+            "as after pruning or a zero initialization). There backprop's value lies outside the "
+            "one-sided slopes of J and need not be a slope of J at all, so the check cannot judge "
+            f"them; the other components' difference is {d:.1e}. Check again on another batch, "
+            "or with those units moved off the kink."
+        ) + _kink_clause(report)
     unresolved = report.unresolved()
     if unresolved and not report.suspects() and not report.flagged_count:
         name = unresolved[0]
@@ -143,6 +153,8 @@ def headline(report: GradCheckReport) -> str:
     extra = ""
     if report.kink_count:
         extra += f", {report.kink_count} kinks"
+    if report.off_slope_count:
+        extra += f", {report.off_slope_count} on shared kinks"
     if report.flagged_count:
         extra += f", {report.flagged_count} suspicious"
     floor = f", rounding floor ≈ {report.noise_floor:.0e}"
@@ -205,6 +217,7 @@ def summary(report: GradCheckReport) -> str:
     )
     for c in worst:
         tag = "  suspicious" if c.flagged else "  kink" if c.kink else ""
+        tag = "  shared kink" if c.off_slope else tag
         lines.append(
             f"  {c.label:<{width}}  {c.analytic:>13.6e}  {c.numeric:>13.6e}  "
             f"{c.abs_error:>9.2e}  {c.rel_error:>9.2e}{tag}"
@@ -251,6 +264,7 @@ def as_dict(report: GradCheckReport) -> dict[str, Any]:
         "components_checked": report.components_checked,
         "components_total": report.components_total,
         "kinks": report.kink_count,
+        "off_slope": report.off_slope_count,
         "suspicious": report.flagged_count,
         "evaluations": report.evaluations,
         "seconds": round(report.seconds, 6),

@@ -34,6 +34,7 @@ SUSPICION_FACTOR = 10.0
 # How far the one-sided slopes must disagree, relative to smooth curvature, to be called a kink.
 KINK_FACTOR = 100.0
 MIN_FOR_TYPICAL = 16
+TYPICAL_QUANTILE = 0.25
 # Fraction of the jump in slope by which the analytic value may sit outside the one-sided slopes.
 SLOPE_TOLERANCE = 1e-3
 # Bound on |J'''| / |J''| per unit of θ used for the truncation error (measured on correct MLPs
@@ -41,6 +42,9 @@ SLOPE_TOLERANCE = 1e-3
 TRUNCATION_FACTOR = 100.0
 # A smooth gap halves when the step halves (ratio 0.5); a kink at θ keeps it (ratio 1).
 HALVING_TOLERANCE = 0.25
+# Curvature moves both one-sided slopes by the same amount when the step halves; a kink moves
+# the slope on its side alone. Differences in those moves within this fraction are curvature.
+SYMMETRY_TOLERANCE = 0.5
 # How many components measure the rounding noise when errors stand above the modelled noise.
 CALIBRATION_SAMPLE = 64
 # Median of |N(0, 1)|: turns a median absolute deviation into a standard deviation.
@@ -84,13 +88,19 @@ class ComponentAnalysis:
     ``noise``: typical rounding noise of each numeric component; ``bound``: the largest error a
     correct gradient may show (rounding, with margin, plus the truncation term); ``kink``: the
     step crossed a non-differentiable point and the analytic value lies between the one-sided
-    slopes (accepted); ``flagged``: the error is far above ``bound`` and not an accepted kink.
+    slopes (accepted); ``flagged``: the error is far above ``bound`` and not an accepted kink;
+    ``off_slope``: the step sits on a kink (the gap stays when the step halves) but the analytic
+    value lies outside the one-sided slopes. That happens where many examples sit on the same
+    kink at once (a ReLU unit whose pre-activation is exactly 0 for the whole batch, as after
+    pruning): backprop's convention there (relu'(0) = 0 in every example) need not be a slope of
+    J, whether or not backprop is correct, so the check cannot judge those components.
     """
 
     noise: np.ndarray
     bound: np.ndarray
     kink: np.ndarray
     flagged: np.ndarray
+    off_slope: np.ndarray | None = None
 
 
 def analyse_components(
@@ -126,8 +136,11 @@ def analyse_components(
     error = np.abs(analytic - numeric)
     # Smooth curvature: the typical h·|J''| over all components (most steps cross no kink);
     # too few components to tell typical from special, and only rounding is ruled out.
+    # A low quantile, not the median: it stays a smooth component's gap while up to three in
+    # four components sit on kinks (whole layers of pruned or dead ReLU units).
     finite = gap[np.isfinite(gap)]
-    typical = float(np.median(finite)) if finite.size >= MIN_FOR_TYPICAL else 0.0
+    enough = finite.size >= MIN_FOR_TYPICAL
+    typical = float(np.quantile(finite, TYPICAL_QUANTILE)) if enough else 0.0
     curvature = KINK_FACTOR * typical
     if halved is not None:
         noise = noise * _noise_factor(noise, numeric, error, gap, curvature, h, halved)
@@ -139,15 +152,17 @@ def analyse_components(
     between = (analytic >= np.minimum(upper, lower) - slack) & (
         analytic <= np.maximum(upper, lower) + slack
     )
+    off_slope = np.zeros_like(crossed)
+    if halved is not None and crossed.any():
+        crossed &= ~_smooth_when_halved(crossed, gap, plus, minus, center, h, margin, halved)
+        off_slope = crossed & ~between  # on a kink for sure, backprop outside its slopes
     kink = crossed & between
-    if halved is not None and kink.any():
-        kink &= ~_smooth_when_halved(kink, gap, plus, minus, center, h, halved)
     # The central estimate's truncation error is h^2·|J'''|/6; with |J'''| taken as at most
     # TRUNCATION_FACTOR·|J''| per unit of θ, that is TRUNCATION_FACTOR·h·gap (gap = h·|J''|).
     bound = margin + np.where(crossed, 0.0, TRUNCATION_FACTOR * h * gap)
     with np.errstate(invalid="ignore"):
-        flagged = ~kink & ((error > SUSPICION_FACTOR * bound) | ~np.isfinite(error))
-    return ComponentAnalysis(noise=noise, bound=bound, kink=kink, flagged=flagged)
+        flagged = ~kink & ~off_slope & ((error > SUSPICION_FACTOR * bound) | ~np.isfinite(error))
+    return ComponentAnalysis(noise, bound, kink, flagged, off_slope)
 
 
 def _smooth_when_halved(
@@ -157,17 +172,35 @@ def _smooth_when_halved(
     minus: np.ndarray,
     center: float,
     h: np.ndarray,
+    margin: np.ndarray,
     halved: Halved,
 ) -> np.ndarray:
-    """True where the gap between one-sided slopes halves with the step: curvature, not a kink."""
+    """True where halving the step changes the one-sided slopes as curvature does: the gap
+    between them halves, and both move towards each other by the same amount (h·|J''|/4 each).
+
+    A kink at θ keeps the gap. A kink within the step of θ but not at it (an example whose
+    pre-activation is 1e-6 from 0) may shrink the gap by any ratio, but only the slope on its
+    side moves: the other side's slope, over a stretch without the kink, stays. Neither test
+    uses the analytic value, so a wrong gradient cannot pass for a kink.
+    """
     positions = np.flatnonzero(candidates)
     plus_half, minus_half = halved(positions)
     step = h[positions] / 2
-    gap_half = np.abs((plus_half - center) / step - (center - minus_half) / step)
+    upper, lower = (
+        (plus[positions] - center) / h[positions],
+        (center - minus[positions]) / h[positions],
+    )
+    upper_half, lower_half = (plus_half - center) / step, (center - minus_half) / step
+    moved_up, moved_down = upper - upper_half, lower_half - lower
+    noise = 4 * margin[positions]  # each slope at h/2 carries twice the rounding of one at h
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = gap_half / gap[positions]
+        ratio = np.abs(upper_half - lower_half) / gap[positions]
+        lopsided = np.abs(moved_up - moved_down) > (
+            SYMMETRY_TOLERANCE * (np.abs(moved_up) + np.abs(moved_down)) + noise
+        )
+    halves = (ratio > 0.5 - HALVING_TOLERANCE) & (ratio < 0.5 + HALVING_TOLERANCE)
     smooth = np.zeros_like(candidates)
-    smooth[positions] = (ratio > 0.5 - HALVING_TOLERANCE) & (ratio < 0.5 + HALVING_TOLERANCE)
+    smooth[positions] = halves & ~lopsided
     return smooth
 
 

@@ -164,5 +164,6 @@ def gradient_check(
         bound=found.bound,
         kinks=found.kink,
         flagged=found.flagged,
+        off_slope=found.off_slope,
         failure=failure,
     )

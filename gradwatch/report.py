@@ -33,7 +33,9 @@ class Component:
 
     ``rel_error`` is the material's formula for this one component, |a − n| / (|a| + |n|);
     ``kink``: the step crossed a non-differentiable point and the analytic value is a valid
-    subgradient; ``flagged``: the error is far above what rounding and curvature explain.
+    subgradient; ``flagged``: the error is far above what rounding and curvature explain;
+    ``off_slope``: on a kink many examples share, where backprop's value is outside the one-sided
+    slopes (the check cannot judge it).
     """
 
     name: str
@@ -45,6 +47,7 @@ class Component:
     rel_error: float
     kink: bool = False
     flagged: bool = False
+    off_slope: bool = False
 
     @property
     def label(self) -> str:
@@ -109,6 +112,7 @@ class GradCheckReport:
     bound: np.ndarray | None = field(default=None, repr=False)
     kinks: np.ndarray | None = field(default=None, repr=False)
     flagged: np.ndarray | None = field(default=None, repr=False)
+    off_slope: np.ndarray | None = field(default=None, repr=False)
     drift: PrecisionDrift | None = None
     difference: float = field(init=False)
     difference_without_kinks: float = field(init=False)
@@ -125,6 +129,7 @@ class GradCheckReport:
         put(self, "noise", np.zeros(n) if self.noise is None else np.asarray(self.noise, float))
         put(self, "bound", self.noise if self.bound is None else np.asarray(self.bound, float))
         put(self, "kinks", _bool_array(self.kinks, n))
+        put(self, "off_slope", _bool_array(self.off_slope, n))
         abs_errors, rel_errors = component_errors(self.analytic, self.numeric)
         # A component within the user's pass band is not suspicious, however clean the noise.
         within_band = rel_errors <= self.thresholds.pass_max
@@ -132,7 +137,7 @@ class GradCheckReport:
         put(self, "abs_errors", abs_errors)
         put(self, "rel_errors", rel_errors)
         put(self, "difference", relative_difference(self.numeric, self.analytic))
-        smooth = ~self._kinks
+        smooth = self._smooth
         put(
             self,
             "difference_without_kinks",
@@ -157,6 +162,11 @@ class GradCheckReport:
         return np.asarray(self.kinks, dtype=bool)
 
     @property
+    def _smooth(self) -> np.ndarray:
+        """Components whose step crossed no kink: the ones differences are taken over."""
+        return ~self._kinks & ~np.asarray(self.off_slope, dtype=bool)
+
+    @property
     def _flagged(self) -> np.ndarray:
         return np.asarray(self.flagged, dtype=bool)
 
@@ -174,7 +184,7 @@ class GradCheckReport:
 
     def significant_parameters(self) -> list[str]:
         """Tensors whose error stands clearly above rounding and curvature (kinks left out)."""
-        smooth = ~self._kinks
+        smooth = self._smooth
         bound = np.asarray(self.bound)
         out = []
         for name, m in self._tensor_masks().items():
@@ -190,7 +200,7 @@ class GradCheckReport:
         is itself near the rounding noise looks like this). Check them with ``epsilon="auto"``.
         """
         significant = set(self.significant_parameters())
-        smooth, noise = ~self._kinks, np.asarray(self.noise)
+        smooth, noise = self._smooth, np.asarray(self.noise)
         out = []
         for name, m in self._tensor_masks().items():
             if name in significant or self.per_parameter[name] <= self.thresholds.warn_max:
@@ -208,7 +218,7 @@ class GradCheckReport:
             overall = Verdict.WARN  # rounding alone makes this difference: it cannot convict
         levels = [overall.level]
         levels += [self.thresholds.classify(self.per_parameter[n]).level for n in self.suspects()]
-        if self.flagged_count or self.unresolved():
+        if self.flagged_count or self.off_slope_count or self.unresolved():
             levels.append(Verdict.WARN.level)
         return list(Verdict)[max(levels)]
 
@@ -251,6 +261,12 @@ class GradCheckReport:
         return int(self._kinks.sum())
 
     @property
+    def off_slope_count(self) -> int:
+        """Components on a kink many examples share, where backprop's value is outside the
+        one-sided slopes: the check cannot judge them (see ``analysis.ComponentAnalysis``)."""
+        return int(np.asarray(self.off_slope, dtype=bool).sum())
+
+    @property
     def flagged_count(self) -> int:
         """Components whose error is far above rounding and curvature: suspicious."""
         return int(self._flagged.sum())
@@ -279,6 +295,7 @@ class GradCheckReport:
             rel_error=float(self.rel_errors[position]),
             kink=bool(self._kinks[position]),
             flagged=bool(self._flagged[position]),
+            off_slope=bool(np.asarray(self.off_slope, dtype=bool)[position]),
         )
 
     def worst(self, k: int = 10) -> list[Component]:

@@ -490,3 +490,38 @@ def test_a_cost_that_draws_new_random_numbers_is_not_deterministic() -> None:
     assert report.verdict is gradwatch.Verdict.FAIL
     assert report.message.startswith("J is not deterministic: two evaluations at the same θ")
     assert "`cost` must be a function of θ alone" in report.message
+
+
+@pytest.mark.parametrize("seed", [101, 127])
+def test_a_kink_within_the_step_but_not_at_theta_is_a_kink(seed: int) -> None:
+    """At epsilon='auto' (h ≈ 6e-6) some example's pre-activation lies within h of 0 but not at
+    0: the gap between one-sided slopes then shrinks by ~2/3 when h halves, like curvature,
+    but only the slope on the kink's side moves. These seeds failed before that second test."""
+    x, y = _digits(64)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    report = gradwatch.check_module(model, _cross_entropy, (x, y), epsilon="auto")
+    assert report.flagged_count == 0 and report.kink_count > 0
+    assert report.verdict is gradwatch.Verdict.PASS
+
+
+@pytest.mark.parametrize(("pruned", "shared"), [(2, False), (16, True), (32, True)])
+def test_pruned_relu_units_are_not_called_a_bug(pruned: int, shared: bool) -> None:
+    """Units whose weights and bias are exactly 0 sit on ReLU's kink for the whole batch: there
+    relu'(0) = 0 in every example need not be a slope of J, so the check cannot judge those
+    components; it says so (warn) instead of blaming backprop."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    with torch.no_grad():
+        model[0].weight[:pruned] = 0
+        model[0].bias[:pruned] = 0
+    report = gradwatch.check_module(model, _ce, (x, y))
+    assert report.flagged_count == 0 and report.difference_without_kinks <= 1e-7
+    assert (report.off_slope_count > 0) is shared
+    if shared:
+        assert report.verdict is gradwatch.Verdict.WARN
+        assert "sit on a kink that many examples share" in report.message
+        assert report.to_dict()["off_slope"] == report.off_slope_count
+    else:
+        assert report.verdict is gradwatch.Verdict.PASS
