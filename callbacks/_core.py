@@ -1,15 +1,18 @@
 """The callback's logic, shared by the ``pytorch_lightning`` and the ``lightning`` flavours.
 
 Hooks decide *when* (an integer comparison on every batch), :func:`gradwatch.check_module` does
-the check, the helpers of :mod:`._logs` say what was found. Nothing here reads private trainer
-state: only ``global_step``, ``accumulate_grad_batches``, ``loggers``, ``strategy``,
-``is_global_zero``, ``global_rank``, ``world_size`` and ``progress_bar_callback``.
+the check, the helpers of :mod:`._logs` say what was found. Of the trainer's state only
+``global_step``, ``accumulate_grad_batches``, ``loggers``, ``callbacks``, ``strategy``,
+``is_global_zero``, ``global_rank``, ``world_size`` and ``progress_bar_callback`` are read, and
+one private counter, ``fit_loop.epoch_loop._batches_that_stepped``: the step Lightning's own
+logging uses (see :func:`_logged_step`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Literal, cast
 
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
@@ -32,7 +35,13 @@ from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 
 from . import _distributed, _faults, _logs
 from . import _validate as v
-from ._objective import ObjectiveError, logging_muted, objective, require_objective
+from ._objective import (
+    ObjectiveError,
+    SkippedBatch,
+    logging_muted,
+    objective,
+    require_objective,
+)
 from ._schedule import Schedule
 
 
@@ -42,24 +51,26 @@ class GradientCheckError(RuntimeError):
     Attributes:
         step: the ``trainer.global_step`` of the check.
         report: the :class:`gradwatch.GradCheckReport`; its summary is the message.
+        name: the ``name`` of the callback that raised it.
 
     Example:
         >>> issubclass(GradientCheckError, RuntimeError)
         True
     """
 
-    def __init__(self, step: int, report: GradCheckReport) -> None:
+    def __init__(self, step: int, report: GradCheckReport, name: str = _logs.DEFAULT_NAME) -> None:
         where = "" if report.verdict is Verdict.FAIL else " in another process (this one's follows)"
         super().__init__(
-            f"GradientCheck at step {step}: the gradient check failed{where} (on_fail='raise')."
-            f"\n{report}"
+            f"{_logs.label(name)} at step {step}: the gradient check failed{where} "
+            f"(on_fail='raise').\n{report}"
         )
         self.step = step
         self.report = report
+        self.name = name
 
-    def __reduce__(self) -> tuple[type[GradientCheckError], tuple[int, GradCheckReport]]:
-        # Spawned workers send exceptions back pickled; rebuild from (step, report).
-        return type(self), (self.step, self.report)
+    def __reduce__(self) -> tuple[type[GradientCheckError], tuple[int, GradCheckReport, str]]:
+        # Spawned workers send exceptions back pickled; rebuild from (step, report, name).
+        return type(self), (self.step, self.report, self.name)
 
 
 def _counted(loss_fn: LossFn, tick: Callable[[], None]) -> LossFn:
@@ -93,6 +104,7 @@ class GradientCheckBase:
         seed: int = 0,
         log_worst: int = 10,
         on_fail: v.OnFail = "warn",
+        name: str = _logs.DEFAULT_NAME,
     ) -> None:
         super().__init__()
         # The arguments check_module takes are checked by its own rules, told as the callback's.
@@ -112,18 +124,40 @@ class GradientCheckBase:
             self._seed = check_seed(seed)
             self._log_worst = check_non_negative("log_worst", log_worst)
             self._on_fail = check_choice("on_fail", on_fail, v.ON_FAIL)
+            self._name = v.check_name(name)
+        self._label = _logs.label(self._name)
+        self._reset()
+        # Lightning reads `state_key` at every hook call: build it once, from every option that
+        # says what is checked and when (not from those that only say how it is reported).
+        s = self.schedule
+        defining = {
+            "name": self._name,
+            "at_init": s.at_init,
+            "after_steps": s.after_steps,
+            "every_n": s.every_n_steps,
+            "include": self._include,
+            "mode": self._mode,
+            "components": self._components,
+            "epsilon": self._epsilon,
+            "dropout": self._dropout,
+            "seed": self._seed,
+            "pass_max": self._thresholds.pass_max,
+            "warn_max": self._thresholds.warn_max,
+        }
+        self._state_key = f"{type(self).__qualname__}{defining!r}"
+
+    def _reset(self) -> None:
+        """The state of one run: what was checked, what is due, what J was seen to do."""
         self.reports: dict[int, GradCheckReport] = {}
         self._checks: list[dict[str, Any]] = []
         self._next_due: float = math.inf
-        # Lightning reads `state_key` at every hook call: build it once.
-        s = self.schedule
-        schedule = {"at_init": s.at_init, "after_steps": s.after_steps, "every_n": s.every_n_steps}
-        self._state_key = f"{type(self).__qualname__}{schedule!r}"
-        self._layouts: set[int] = set()
+        self._loss_found = False  # whether a check of this run has had J from the module
+        self._postponed_from: int | None = None  # a due check waiting for a batch with J
 
     @property
     def state_key(self) -> str:
-        """One key per schedule, so several ``GradientCheck`` callbacks keep separate states."""
+        """One key per check (its name, schedule, θ and method), so several ``GradientCheck``
+        callbacks keep separate states."""
         return self._state_key
 
     @property
@@ -133,10 +167,28 @@ class GradientCheckBase:
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
-            require_objective(pl_module)
-            self._require_theta(pl_module)
+            # Every fit starts afresh (a callback reused for the folds of a cross-validation
+            # checks each); a resumed fit gets its checks back from the checkpoint, which
+            # Lightning loads after the callbacks' setup.
+            self._reset()
             _distributed.require_no_collectives(trainer, pl_module)
-            self._layouts.clear()
+            self._warn_if_named_alike(trainer)
+
+    def _warn_if_named_alike(self, trainer: Any) -> None:
+        checks = [c for c in getattr(trainer, "callbacks", []) if isinstance(c, GradientCheckBase)]
+        alike = [c for c in checks if c._name == self._name]
+        if len(alike) > 1 and alike[0] is self:  # said once, by the first of them
+            rank_zero_warn(
+                f"GradientCheck: {len(alike)} GradientCheck callbacks log under the name "
+                f"{self._name!r}, so their tags and console lines mix; give each its own "
+                "`name`, e.g. name='gradcheck/encoder'"
+            )
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        # Here rather than at setup, still before any training step: Lightning calls the
+        # module's `configure_model`, which may build the layers, after the callbacks' setup.
+        require_objective(pl_module)
+        self._require_theta(pl_module)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Trainer(sync_batchnorm=True) converts BatchNorm layers after the callbacks' setup.
@@ -156,11 +208,14 @@ class GradientCheckBase:
             self._check(trainer, pl_module, batch, batch_idx)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        missed = self.schedule.unreached(trainer.global_step)
+        missed = set(self.schedule.unreached(trainer.global_step))
+        if self._postponed_from is not None:
+            missed.add(self._postponed_from)
         if missed:
             rank_zero_info(
-                f"GradientCheck: training stopped at step {trainer.global_step}, before the "
-                f"check(s) scheduled at step(s) {list(missed)}; lower `after_steps` or train longer"
+                f"{self._label}: training stopped at step {trainer.global_step}, before the "
+                f"check(s) scheduled at step(s) {sorted(missed)}; lower `after_steps` or train "
+                "longer"
             )
 
     def state_dict(self) -> dict[str, Any]:
@@ -168,6 +223,8 @@ class GradientCheckBase:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._checks = [dict(c) for c in state_dict.get("checks", [])]
+        # A check that compared components had J from the module (see _postpone).
+        self._loss_found = any(math.isfinite(c.get("difference", math.nan)) for c in self._checks)
 
     def _require_theta(self, pl_module: nn.Module) -> None:
         # The engine's own rules for θ (no trainable parameters, meta device, integer ones, an
@@ -185,18 +242,40 @@ class GradientCheckBase:
             # Under DDP every process checks process 0's batch and evaluates its share.
             batch = _distributed.same_batch(trainer, batch)
             report = self._run(trainer, pl_module, batch, batch_idx)
+            self._loss_found = True
         except Exception as err:  # a failed check; KeyboardInterrupt goes through
             if isinstance(err, PartitionError) and err.interrupted:
                 raise  # another process was stopped (Ctrl+C): stop this one too
-            report, cause = self._fault(trainer, pl_module, batch, err), err
+            failed = self._fault(trainer, pl_module, batch, err)
+            if failed is None:
+                self._postpone(step)
+                return
+            report, cause = failed, err
+        if self._postponed_from is not None:
+            note = (
+                f"postponed from step {self._postponed_from}: `training_step` returned None for "
+                "that step's batch"
+            )
+            report = replace(report, notes=(*report.notes, note))
+            self._postponed_from = None
         self.reports[step] = report
         difference = report.difference if report.components_checked else math.nan
         self._checks.append(
             {"step": step, "difference": difference, "verdict": report.verdict.value}
         )
         self._next_due = self.schedule.first_due(step + 1)
-        self._log(trainer, step, report)
+        self._log(trainer, step, _logged_step(trainer), report)
         self._act(trainer, step, report, cause)
+
+    def _postpone(self, step: int) -> None:
+        """``training_step`` skipped this batch (returned None): the check stays due and runs on
+        the next batch (the first micro-batch of the next optimizer step) that has a loss."""
+        if self._postponed_from is None:
+            self._postponed_from = step
+        rank_zero_info(
+            f"{self._label} at step {step}: postponed to the next batch, as `training_step` "
+            "returned None for this one (a skipped batch)"
+        )
 
     def _run(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> GradCheckReport:
         show = trainer.is_global_zero and trainer.progress_bar_callback is not None
@@ -215,39 +294,54 @@ class GradientCheckBase:
                 thresholds=self._thresholds,
             )
 
-    def _log(self, trainer: Any, step: int, report: GradCheckReport) -> None:
-        metrics = _logs.scalars(report)
-        t = self._thresholds
+    def _log(self, trainer: Any, step: int, logged_step: int, report: GradCheckReport) -> None:
+        name, t = self._name, self._thresholds
+        metrics = _logs.scalars(report, name)
         for logger in trainer.loggers:
             tensorboard = isinstance(logger, self._tensorboard_loggers)
-            bands = _logs.band_scalars(report, t.pass_max, t.warn_max) if tensorboard else {}
-            logger.log_metrics({**metrics, **bands}, step=step)
+            bands = _logs.band_scalars(report, t.pass_max, t.warn_max, name) if tensorboard else {}
+            logger.log_metrics({**metrics, **bands}, step=logged_step)
             writer = logger.experiment if tensorboard else None
             if isinstance(writer, SummaryWriter):  # rank zero; elsewhere a stand-in
-                if id(writer) not in self._layouts:
-                    writer.add_custom_scalars(_logs.layout(t.pass_max, t.warn_max))
-                    self._layouts.add(id(writer))
-                _logs.write_tensorboard(writer, step, report, self._log_worst)
+                _logs.add_layout(writer, self._layouts(trainer))
+                _logs.write_tensorboard(writer, step, report, self._log_worst, name, logged_step)
 
-    def _fault(self, trainer: Any, pl_module: Any, batch: Any, err: Exception) -> GradCheckReport:
+    def _layouts(self, trainer: Any) -> list[tuple[str, float, float]]:
+        """Every GradientCheck of the trainer as ``(name, pass_max, warn_max)``: TensorBoard
+        shows one Custom Scalars layout per run, so the first to log writes all of them."""
+        checks = [c for c in getattr(trainer, "callbacks", []) if isinstance(c, GradientCheckBase)]
+        if self not in checks:
+            checks.append(self)
+        return [(c._name, c._thresholds.pass_max, c._thresholds.warn_max) for c in checks]
+
+    def _fault(
+        self, trainer: Any, pl_module: Any, batch: Any, err: Exception
+    ) -> GradCheckReport | None:
         """The failed report of a check that raised, the same in every process. An error no check
-        can get past (J cannot be had from the module as written) is raised again instead."""
-        fatal = isinstance(err, ObjectiveError)
+        can get past (J cannot be had from the module as written) is raised again instead.
+        None when the check is postponed: ``training_step`` skipped the batch (returned None)
+        after an earlier check of the run had J from it."""
+        outcome = "failed"
+        if isinstance(err, ObjectiveError):
+            skipped = isinstance(err, SkippedBatch) and self._loss_found
+            outcome = "postponed" if skipped else "fatal"
         where = ""
         if _distributed.shared(trainer):
             where = f" in process {trainer.global_rank} of {trainer.world_size}"
-        why = str(err) if fatal else _faults.reason(err, batch, where)
-        why, fatal = _distributed.agreed_fault(trainer, err, why, fatal)
-        if fatal and isinstance(err, ObjectiveError):
+        why = str(err) if outcome != "failed" else _faults.reason(err, batch, where)
+        why, outcome = _distributed.agreed_fault(trainer, err, why, outcome)
+        if outcome == "postponed":
+            return None
+        if outcome == "fatal" and isinstance(err, ObjectiveError):
             raise err
-        if fatal:
+        if outcome == "fatal":
             raise ObjectiveError(why) from err
         return _faults.failed_report(pl_module, self._include, why, self._epsilon, self._thresholds)
 
     def _act(
         self, trainer: Any, step: int, report: GradCheckReport, cause: Exception | None = None
     ) -> None:
-        rank_zero_info(_logs.console_text(step, report))
+        rank_zero_info(_logs.console_text(step, report, self._name))
         failed = report.verdict is Verdict.FAIL
         if self._on_fail == "raise":
             # Every rank stops if any rank's check failed: one rank raising alone would hang.
@@ -255,8 +349,18 @@ class GradientCheckBase:
                 for logger in trainer.loggers:  # on disk before any process goes down
                     logger.save()
                 trainer.strategy.barrier("GradientCheck")
-                raise GradientCheckError(step, report) from cause
+                raise GradientCheckError(step, report, self._name) from cause
         elif failed and self._on_fail == "warn":
             rank_zero_warn(
-                f"GradientCheck at step {step}: the gradient check failed. {report.message}"
+                f"{self._label} at step {step}: the gradient check failed. {report.message}"
             )
+
+
+def _logged_step(trainer: Any) -> int:
+    """The step at which Lightning logs the ``self.log`` values of the batch now starting: the
+    batches that stepped the optimizers so far. It is ``global_step`` with one optimizer;
+    ``global_step`` counts every optimizer's steps, so manual optimization with two optimizers
+    advances it by 2 per batch while the training curves advance by 1. Lightning keeps it in a
+    private counter; without one (another trainer), ``global_step``."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    return int(getattr(loop, "_batches_that_stepped", trainer.global_step))

@@ -102,19 +102,20 @@ def same_batch(trainer: Any, batch: Any) -> Any:
     return batch
 
 
-def agreed_fault(trainer: Any, err: Exception, reason: str, fatal: bool) -> tuple[str, bool]:
+def agreed_fault(trainer: Any, err: Exception, reason: str, outcome: str) -> tuple[str, str]:
     """The fault every process reports: the lowest process whose own part raised (rather than
-    hear of another's) tells its ``reason`` and whether it is ``fatal``.
+    hear of another's) tells its ``reason`` and ``outcome`` (what the check does about it:
+    ``"failed"``, ``"fatal"`` or ``"postponed"``).
 
     Every process comes here after a failed shared check (the engine raises in all or none), so
     the two collectives below meet.
     """
     if not shared(trainer):
-        return reason, fatal
+        return reason, outcome
     strategy = trainer.strategy
     own = not isinstance(err, PartitionError)
     flags = _gather(trainer)(np.array([float(own)]))
     raised = np.flatnonzero(flags[:, 0]).tolist()
     source = int(raised[0]) if raised else 0
-    reason, fatal = strategy.broadcast((reason, fatal), src=source)
-    return reason, fatal
+    reason, outcome = strategy.broadcast((reason, outcome), src=source)
+    return reason, outcome

@@ -63,3 +63,15 @@ def check_include(value: object) -> tuple[str, ...] | None:
     if not all(isinstance(p, str) and p for p in patterns):
         reject("include", accepted, value, TypeError)
     return tuple(patterns)
+
+
+def check_name(value: object) -> str:
+    """``name``: the prefix of every tag the callback logs, a non-empty str without spaces."""
+    accepted = (
+        "a non-empty str without spaces, the prefix of the logged tags, e.g. 'gradcheck/encoder'"
+    )
+    if not isinstance(value, str):
+        reject("name", accepted, value, TypeError)
+    if not value or any(c.isspace() for c in value):
+        reject("name", accepted, value)
+    return value

@@ -21,14 +21,20 @@ class GradientCheck(GradientCheckBase, Callback):
     A check runs once per scheduled step, between optimizer steps, on that step's training batch
     before ``training_step`` sees it (with gradient accumulation: on the first micro-batch of the
     optimizer step). It works on float64 copies of the parameters and buffers, so training is left
-    bit-for-bit as it was (weights, optimizer state, RNG streams, BatchNorm statistics, torchmetrics
-    states), and ``self.log`` calls made while J is evaluated are dropped. Other steps cost one
-    integer comparison.
+    bit-for-bit as it was (weights, optimizer state, RNG streams, BatchNorm statistics), and
+    ``self.log`` calls made while J is evaluated are dropped. What J leaves on the module and its
+    submodules (attributes added or rebound, items appended to ``self.training_step_outputs``,
+    counters, tensors written in place, torchmetrics states) is put back after every evaluation.
+    Other steps cost one integer comparison.
 
     J is ``training_step(batch, batch_idx)``'s loss (a tensor or the ``"loss"`` entry of a dict),
     regularization included. A module may define ``gradcheck_loss(self, batch)`` returning J
-    instead (required with manual optimization). A module that gives no scalar J this way stops
-    ``fit`` at the first check, whatever ``on_fail`` says.
+    instead (required with manual optimization). What J does outside the module is not undone:
+    a ``training_step`` with such side effects (``self.logger.experiment.add_scalar``, prints,
+    files) should define ``gradcheck_loss``, so the check evaluates the loss alone. A module that
+    gives no scalar J this way stops ``fit`` at the first check, whatever ``on_fail`` says; a
+    check due on a batch ``training_step`` skips (returns None) after an earlier check of the run
+    had J runs on the next batch instead.
 
     Under DDP (``strategy="ddp"``, ``"ddp_spawn"``) the processes share each check: all check
     process 0's batch, each evaluates its share of the components (see
@@ -39,18 +45,22 @@ class GradientCheck(GradientCheckBase, Callback):
     stopped by KeyboardInterrupt changes nothing and is not recorded, so it runs again after a
     resume.
 
-    Logged at ``trainer.global_step`` to every logger: ``gradcheck/difference`` (the material's
-    formula), ``gradcheck/difference_without_kinks`` (what the verdict reads),
+    Logged to every logger, at the step of the batch's own ``self.log`` values, under ``name``
+    (``gradcheck`` unless told): ``gradcheck/difference`` (the material's formula),
+    ``gradcheck/difference_without_kinks`` (what the verdict reads),
     ``gradcheck/difference/<parameter>``, ``gradcheck/verdict`` (0 pass, 1 warn, 2 fail),
     ``gradcheck/rounding_floor``, ``gradcheck/kinks`` and ``gradcheck/suspicious_components``.
     TensorBoard also gets the text ``gradcheck/worst_components`` (a markdown table), the
     histogram ``gradcheck/abs_error`` and a Custom Scalars page with the difference against the
     pass/fail bands (``gradcheck/log10_difference``, ``gradcheck/bands/*``). The console gets one
-    line per check, and the whole report when it did not pass.
+    line per check, and the whole report when it did not pass. Several callbacks (one per
+    sub-network, say) each need their own ``name``.
 
     Args:
         at_init: check on the first batch, before the first optimizer step (random init).
-        after_steps: check when ``trainer.global_step`` reaches each of these steps.
+        after_steps: check when ``trainer.global_step`` reaches each of these steps. The schedule
+            counts optimizer steps, as ``max_steps`` does; the check's values are logged at the
+            step of the batch's ``self.log`` values, which is lower with several optimizers.
         every_n_steps: also check at n, 2n, 3n, ... optimizer steps; ``None`` for no such checks.
         epsilon: the step ε of the two-sided difference (the material's 1e-7), or ``"auto"`` for
             a step per component fitted to the check's precision.
@@ -68,17 +78,20 @@ class GradientCheck(GradientCheckBase, Callback):
         log_worst: rows of the worst-components table in TensorBoard (0: no table).
         on_fail: what a failed check does: ``"warn"`` (a warning), ``"raise"`` (stop ``fit`` with
             :class:`GradientCheckError`, for CI) or ``"ignore"`` (log only).
+        name: the prefix of every logged tag, also in console lines, e.g.
+            ``"gradcheck/encoder"``: a non-empty str without spaces.
 
     Attributes:
         schedule: the validated schedule (``at_init``, sorted ``after_steps``, ``every_n_steps``).
-        reports: ``{global_step: GradCheckReport}`` of the checks this object ran.
-        checked_steps: every step checked so far, also those restored from a checkpoint (which
-            are not checked again on resume).
+        reports: ``{global_step: GradCheckReport}`` of the checks this object ran in its latest
+            ``fit`` (each ``fit`` starts afresh).
+        checked_steps: every step checked so far in the latest ``fit``, also those restored from
+            a checkpoint (which are not checked again on resume).
 
     Raises:
         TypeError, ValueError: at construction, for an argument outside its accepted values;
-            at setup, for a module the check cannot use (no scalar J, no trainable parameter,
-            SyncBatchNorm layers under DDP).
+            when ``fit`` starts (before any step), for a module the check cannot use (no scalar
+            J, no trainable parameter, SyncBatchNorm layers under DDP).
 
     Example::
 

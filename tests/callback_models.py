@@ -46,6 +46,17 @@ def loader(n: int = 64, batch_size: int = 8, shuffle: bool = True) -> DataLoader
     return DataLoader(data(n), batch_size=batch_size, shuffle=shuffle)
 
 
+class Probe:
+    """What a test module saw during checks, kept where the check does not reach: after each
+    evaluation of J the check puts back the module's own attributes (lists, dicts, counters,
+    tensors), not the fields of another object (like a logger's, or a file)."""
+
+    def __init__(self) -> None:
+        self.calls_in_float64 = 0
+        self.checked_samples: list[tuple[int, ...]] = []
+        self.faulty_calls = 0
+
+
 class TinyModule(pl.LightningModule):
     """Linear → BatchNorm → Tanh → Dropout → Linear, Adam; logs its loss, an epoch accuracy
     (torchmetrics) and, only when training_step runs in float64 (inside a check), a leak metric."""
@@ -57,7 +68,12 @@ class TinyModule(pl.LightningModule):
             nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.25), nn.Linear(8, 3)
         )
         self.accuracy = torchmetrics.classification.MulticlassAccuracy(num_classes=3)
-        self.calls_in_float64 = 0
+        self.probe = Probe()
+
+    @property
+    def calls_in_float64(self) -> int:
+        """Calls of training_step in float64: inside a check (J on the check's copies)."""
+        return self.probe.calls_in_float64
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -67,7 +83,7 @@ class TinyModule(pl.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y) + 1e-3 * cast(nn.Linear, self.net[0]).weight.pow(2).sum()
         in_check = loss.dtype == torch.float64  # the check evaluates J on float64 copies
-        self.calls_in_float64 += int(in_check)
+        self.probe.calls_in_float64 += int(in_check)
         self.log("train/loss", loss, prog_bar=True)
         if in_check:  # must reach nothing
             self.log("train/leak", 1.0, prog_bar=True)
@@ -89,13 +105,14 @@ class TinyModule(pl.LightningModule):
 class CustomLossModule(TinyModule):
     """Gives J through ``gradcheck_loss`` and records which samples each evaluation saw."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.checked_samples: list[tuple[int, ...]] = []
+    @property
+    def checked_samples(self) -> list[tuple[int, ...]]:
+        """The sample indices of the batch of each evaluation of J."""
+        return self.probe.checked_samples
 
     def gradcheck_loss(self, batch: Any) -> torch.Tensor:
         x, y, index = batch
-        self.checked_samples.append(tuple(index.tolist()))
+        self.probe.checked_samples.append(tuple(index.tolist()))
         return F.cross_entropy(self(x), y)
 
 
@@ -119,6 +136,83 @@ class ManualModuleWithLoss(ManualModule):
     def gradcheck_loss(self, batch: Any) -> torch.Tensor:
         x, y, _ = batch
         return F.cross_entropy(self(x), y)
+
+
+class CollectingModule(TinyModule):
+    """Lightning 2's pattern for epoch-end reductions: training_step appends its loss to a list
+    that ``on_train_epoch_end`` stacks, averages and clears; and a plain Python counter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.training_step_outputs: list[torch.Tensor] = []
+        self.epoch_means: list[torch.Tensor] = []
+        self.epoch_lengths: list[int] = []
+        self.step_calls = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        loss = super().training_step(batch, batch_idx)
+        self.training_step_outputs.append(loss.detach())
+        self.step_calls += 1
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.epoch_lengths.append(len(self.training_step_outputs))
+        self.epoch_means.append(torch.stack(self.training_step_outputs).mean())
+        self.training_step_outputs.clear()
+
+
+class ConfiguredModule(TinyModule):
+    """Builds its layers in ``configure_model`` (Lightning 2.1+), after the callbacks' setup."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.net
+
+    def configure_model(self) -> None:
+        if not hasattr(self, "net"):
+            self.net = nn.Sequential(
+                nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.25), nn.Linear(8, 3)
+            )
+
+
+class SkippingModule(TinyModule):
+    """Skips the batches ``skipped`` (batch indices): training_step returns None for them."""
+
+    def __init__(self, skipped: tuple[int, ...]) -> None:
+        super().__init__()
+        self.skipped = skipped
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if batch_idx in self.skipped:
+            return None
+        return super().training_step(batch, batch_idx)
+
+
+class TwoOptimizerModule(TinyModule):
+    """Manual optimization with two optimizers (GAN-style): two optimizer steps per batch, so
+    ``global_step`` advances by 2 per batch. Logs the index of the batch's first sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def gradcheck_loss(self, batch: Any) -> torch.Tensor:
+        x, y, index = batch
+        self.probe.checked_samples.append(tuple(index.tolist()))
+        return F.cross_entropy(self(x), y)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, y, index = batch
+        for optimizer in self.optimizers():  # type: ignore[union-attr]
+            loss = F.cross_entropy(self(x), y)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+        self.log("train/first_sample", float(index[0]))
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:  # type: ignore[override]
+        first, second = self.net[:2].parameters(), self.net[2:].parameters()
+        return [torch.optim.SGD(first, lr=0.1), torch.optim.SGD(second, lr=0.1)]
 
 
 class RecordingLogger(Logger):
@@ -183,7 +277,11 @@ class FaultyModule(TinyModule):
         super().__init__()
         self.fault, self.fault_step, self.fault_rank = fault, step, rank
         self.from_call = from_call
-        self.faulty_calls = 0
+
+    @property
+    def faulty_calls(self) -> int:
+        """Evaluations of J in the faulty check so far."""
+        return self.probe.faulty_calls
 
     def gradcheck_loss(self, batch: Any) -> torch.Tensor:
         x, y, _ = batch
@@ -192,8 +290,8 @@ class FaultyModule(TinyModule):
             return loss
         if self.fault_rank is not None and self.global_rank != self.fault_rank:
             return loss
-        self.faulty_calls += 1
-        if self.faulty_calls < self.from_call:
+        self.probe.faulty_calls += 1
+        if self.probe.faulty_calls < self.from_call:
             return loss
         if self.fault in ("nan", "inf"):
             return loss * float(self.fault)

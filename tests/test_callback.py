@@ -22,11 +22,15 @@ from gradwatch import Verdict
 from gradwatch.callbacks import GradientCheck, GradientCheckError
 from tests.callback_models import (
     QUIET_LIGHTNING,
+    CollectingModule,
+    ConfiguredModule,
     CustomLossModule,
     ManualModule,
     ManualModuleWithLoss,
     RecordingLogger,
+    SkippingModule,
     TinyModule,
+    TwoOptimizerModule,
     example,
     loader,
     same,
@@ -176,6 +180,69 @@ def test_a_check_leaves_every_attribute_of_a_metric_as_it_was(tmp_path: Path) ->
         assert (name, new[name]) == (name, old[name])
     assert new.keys() == old.keys()
     assert [name for name in old if not same(old[name], new[name])] == []  # states bit for bit
+
+
+def test_state_training_step_keeps_on_the_module_is_as_without_checks(tmp_path: Path) -> None:
+    # Lightning 2's training_step_outputs pattern and a plain counter: the check evaluates
+    # training_step some hundred times (some under vmap) and must leave neither behind.
+    modules = {}
+    for name, callbacks in (("plain", []), ("checked", [GradientCheck(after_steps=(3, 9))])):
+        pl.seed_everything(0, verbose=False)  # the same initial weights
+        modules[name] = CollectingModule()
+        _fit(tmp_path / name, modules[name], callbacks, max_epochs=2)
+    plain, checked = modules["plain"], modules["checked"]
+    assert checked.calls_in_float64 > 0 and plain.calls_in_float64 == 0
+    assert checked.epoch_lengths == plain.epoch_lengths == [8, 8]
+    assert same(checked.epoch_means, plain.epoch_means)
+    assert checked.step_calls == plain.step_calls == 16
+
+
+class _Stateful(TinyModule):
+    """Changes every kind of attribute in training_step, on itself and on a submodule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Any] = ["first"]
+        self.by_batch: dict[str, Any] = {"kept": 1}
+        self.tags: set[str] = {"kept"}
+        self.total = torch.zeros(3)
+        self.latest: Any = None
+        self.net[4].calls = 0
+        self.aliases = [self.seen]  # another reference to the list
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        loss = super().training_step(batch, batch_idx)
+        self.seen.append(loss.detach())
+        self.by_batch[f"batch {batch_idx}"] = loss.detach()
+        self.by_batch.pop("kept", None)
+        self.tags.add(str(loss.dtype))
+        self.total += 1.0  # in place
+        self.latest = loss.detach()
+        self.seen = [*self.seen, "rebound"]
+        self.added_in_step = True
+        self.net[4].calls += 1
+        return loss
+
+
+def test_a_check_puts_back_every_attribute_of_every_module_in_place() -> None:
+    module, check = _Stateful(), GradientCheck(at_init=False, after_steps=())
+    run = SimpleNamespace(
+        global_step=0,
+        loggers=[],
+        is_global_zero=True,
+        global_rank=0,
+        world_size=1,
+        progress_bar_callback=None,
+    )
+    seen, by_batch, tags, total = module.seen, module.by_batch, module.tags, module.total
+    report = check._run(run, module, next(iter(loader())), 0)
+    assert report.verdict is Verdict.PASS and module.calls_in_float64 > 0
+    assert module.seen is seen and seen == ["first"] and module.aliases[0] is seen
+    assert module.by_batch is by_batch and by_batch == {"kept": 1}
+    assert module.tags is tags and tags == {"kept"}
+    assert module.total is total and torch.equal(total, torch.zeros(3))
+    assert module.latest is None and not hasattr(module, "added_in_step")
+    assert module.net[4].calls == 0
 
 
 class RenormModule(TinyModule):
@@ -425,7 +492,85 @@ def test_state_dict_round_trip_and_old_checkpoints() -> None:
     assert restored.checked_steps == ()
 
 
-def test_state_key_tells_schedules_apart() -> None:
-    assert GradientCheck().state_key == GradientCheck(on_fail="raise").state_key
-    assert GradientCheck().state_key != GradientCheck(after_steps=(5,)).state_key
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"after_steps": (5,)},
+        {"at_init": False},
+        {"every_n_steps": 10},
+        {"include": "net.0.*"},
+        {"mode": "directions"},
+        {"components": 20},
+        {"epsilon": "auto"},
+        {"dropout": "freeze"},
+        {"seed": 1},
+        {"pass_max": 1e-6},
+        {"warn_max": 1e-2},
+        {"name": "gradcheck/encoder"},
+    ],
+    ids=str,
+)
+def test_state_key_tells_checks_apart(arguments: dict[str, Any]) -> None:
+    # One state per check: two callbacks that check differently keep separate states.
+    assert GradientCheck().state_key != GradientCheck(**arguments).state_key
     assert GradientCheck().state_key.startswith("GradientCheck{")
+
+
+def test_state_key_ignores_what_only_reports() -> None:
+    reported = GradientCheck(on_fail="raise", log_worst=3)
+    assert GradientCheck().state_key == reported.state_key
+
+
+def test_one_callback_reused_for_another_fit_checks_that_fit_too(tmp_path: Path) -> None:
+    # e.g. the folds of a cross-validation, each a fresh Trainer and model
+    check = GradientCheck(after_steps=(3,))
+    _fit(tmp_path / "first", TinyModule(), [check], max_steps=5)
+    first = dict(check.reports)
+    assert list(first) == [0, 3]
+    _fit(tmp_path / "second", TinyModule(), [check], max_steps=5)
+    assert list(check.reports) == [0, 3]
+    assert all(check.reports[step] is not first[step] for step in (0, 3))  # its own
+    assert check.checked_steps == (0, 3)
+
+
+def test_a_module_that_builds_its_layers_in_configure_model_is_checked(tmp_path: Path) -> None:
+    check = GradientCheck(after_steps=(2,), include="net.*")
+    _fit(tmp_path, ConfiguredModule(), [check], max_steps=3)
+    assert [r.verdict for r in check.reports.values()] == [Verdict.PASS, Verdict.PASS]
+    assert check.reports[0].components_total == 83
+
+
+@pytest.mark.filterwarnings("ignore:`training_step` returned `None`")
+def test_a_check_due_on_a_batch_training_step_skips_runs_on_the_next_batch(
+    tmp_path: Path, console: list[str]
+) -> None:
+    # training_step returns None for batch 2 (Lightning skips it; global_step goes on).
+    check = GradientCheck(after_steps=(2,), on_fail="raise")
+    run = _fit(tmp_path, SkippingModule(skipped=(2,)), [check], max_steps=5)
+    assert run.global_step == 5
+    assert list(check.reports) == [0, 3]
+    assert [r.verdict for r in check.reports.values()] == [Verdict.PASS, Verdict.PASS]
+    note = "postponed from step 2: `training_step` returned None for that step's batch"
+    assert note in check.reports[3].notes
+    assert any(
+        m.startswith("GradientCheck at step 2: postponed to the next batch") for m in console
+    )
+
+
+def test_a_first_check_on_a_skipped_batch_still_stops_the_run(tmp_path: Path) -> None:
+    # No check of this run has found J yet: the module may never return it.
+    with pytest.raises(TypeError, match=r"`SkippingModule.training_step` returned NoneType"):
+        _fit(tmp_path, SkippingModule(skipped=(0,)), [GradientCheck(on_fail="ignore")], max_steps=2)
+
+
+def test_with_two_optimizers_a_check_logs_at_the_step_of_its_batch(tmp_path: Path) -> None:
+    # Manual optimization, two optimizer steps per batch: global_step 0, 2, 4, ... at batches
+    # 0, 1, 2, ...; the schedule reads global_step, the logged x is Lightning's own (the batch).
+    module, logger = TwoOptimizerModule(), RecordingLogger()
+    check = GradientCheck(after_steps=(3, 6))
+    _fit(tmp_path, module, [check], shuffle=False, max_steps=12, logger=logger)
+    assert list(check.reports) == [0, 4, 6]
+    firsts = sorted({samples[0] for samples in module.probe.checked_samples})
+    assert firsts == [0, 16, 24]  # batches 0, 2 and 3
+    curve = {s: m["train/first_sample"] for s, m in logger.training() if "train/first_sample" in m}
+    assert [curve.get(step) for step, _ in logger.checks()] == [0.0, 16.0, 24.0]

@@ -73,6 +73,7 @@ def test_a_value_outside_a_literal_is_rejected_by_the_parser(
         ),
         ("after_steps: [-5]", "`after_steps` must be a non-negative int or a list of them"),
         ("every_n_steps: 0", "`every_n_steps` must be None or a positive int, e.g. 1000; got 0"),
+        ("name: grad check", "`name` must be a non-empty str without spaces"),
     ],
 )
 def test_a_bad_value_fails_at_construction_with_the_callbacks_message(

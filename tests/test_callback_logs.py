@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
@@ -123,6 +124,51 @@ def test_csv_logger_gets_the_scalars(run: dict[str, Any]) -> None:
     assert all(float(r["gradcheck/verdict"]) == 0.0 for r in rows)
     assert all(r[f"gradcheck/difference/{name}"] for r in rows for name in PARAMETERS)
     assert "gradcheck/log10_difference" not in rows[0]  # the chart's helpers are TensorBoard's
+
+
+def test_two_callbacks_on_different_layers_log_under_their_own_names(tmp_path: Path) -> None:
+    names = {"gradcheck/encoder": "net.0", "gradcheck/decoder": "net.4"}
+    checks = [GradientCheck(after_steps=(2,), include=f"{p}.*", name=n) for n, p in names.items()]
+    tensorboard = TensorBoardLogger(tmp_path, name="tb")
+    run = trainer(tmp_path, callbacks=checks, logger=tensorboard, max_steps=3)
+    pl.seed_everything(0, verbose=False)
+    run.fit(TinyModule(), loader())
+    events = EventAccumulator(
+        tensorboard.log_dir, size_guidance={"scalars": 0, "histograms": 0, "tensors": 0}
+    ).Reload()
+    tags = events.Tags()
+    for check, (name, layer) in zip(checks, names.items(), strict=True):
+        assert list(check.reports) == [0, 2]
+        assert set(check.reports[0].per_parameter) == {f"{layer}.weight", f"{layer}.bias"}
+        own = {t.removeprefix(f"{name}/") for t in tags["scalars"] if t.startswith(f"{name}/")}
+        assert {f"difference/{layer}.weight", "difference", "verdict"} <= own
+        assert not [t for t in own if t.startswith("difference/") and layer not in t]
+        for event in events.Scalars(f"{name}/difference"):
+            assert event.value == pytest.approx(check.reports[event.step].difference, rel=1e-6)
+        assert _steps(events, "Scalars", f"{name}/difference") == [0, 2]
+        assert _steps(events, "Histograms", f"{name}/abs_error") == [0, 2]
+        assert _steps(events, "Tensors", f"{name}/worst_components/text_summary") == [0, 2]
+    assert not [t for t in tags["scalars"] if t.startswith("gradcheck/difference")]
+    # One Custom Scalars layout, a category per callback, every regex showing a logged tag.
+    (config,) = events.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    assert [c.title for c in layout.category] == list(names)
+    for category in layout.category:
+        for chart in (c for c in category.chart if c.HasField("multiline")):
+            for pattern in chart.multiline.tag:
+                found = [t for t in tags["scalars"] if re.search(pattern, t)]
+                assert found and all(t.startswith(category.title) for t in found), pattern
+    checkpoint = tmp_path / "both.ckpt"
+    run.save_checkpoint(checkpoint)
+    saved = torch.load(checkpoint, weights_only=False)["callbacks"]
+    assert [saved[c.state_key]["checks"][-1]["step"] for c in checks] == [2, 2]
+
+
+def test_two_callbacks_under_one_name_are_told_to_take_their_own(tmp_path: Path) -> None:
+    checks = [GradientCheck(after_steps=(1,)), GradientCheck(after_steps=(2,), include="net.4.*")]
+    with pytest.warns(UserWarning, match=r"2 GradientCheck callbacks log under the name 'grad"):
+        trainer(tmp_path, callbacks=checks, max_steps=1).fit(TinyModule(), loader())
+    assert [list(c.reports) for c in checks] == [[0], [0]]
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,10 @@ STEPS = "`after_steps` must be a non-negative int or a list of them, e.g. [100, 
 EPSILON = "`epsilon` must be 'auto' or a finite float in (0, 1), e.g. 1e-7; got "
 EPSILON_TYPE = "`epsilon` must be 'auto' or a float in (0, 1), e.g. 1e-7; got "
 COMPONENTS = "`components` must be None (all) or a positive int, e.g. 2000; got "
+NAME = (
+    "`name` must be a non-empty str without spaces, the prefix of the logged tags, e.g. "
+    "'gradcheck/encoder'; got "
+)
 INCLUDE = (
     "`include` must be None or a glob of parameter names or a list of them, e.g. ['encoder.*']"
 )
@@ -154,6 +158,11 @@ INCLUDE = (
         ({"seed": -1}, ValueError, "`seed` must be a non-negative int; got -1"),
         ({"log_worst": -1}, ValueError, "`log_worst` must be a non-negative int; got -1"),
         ({"log_worst": 2.5}, TypeError, "`log_worst` must be a non-negative int; got 2.5"),
+        ({"name": ""}, ValueError, NAME + "''"),
+        ({"name": "grad check"}, ValueError, NAME + "'grad check'"),
+        ({"name": "enc\t"}, ValueError, NAME + "'enc\\t'"),
+        ({"name": 3}, TypeError, NAME + "3"),
+        ({"name": None}, TypeError, NAME + "None"),
     ],
     ids=lambda value: str(value) if not isinstance(value, str | type) else "",
 )
