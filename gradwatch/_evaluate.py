@@ -25,16 +25,30 @@ from gradwatch._vectorize import (
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
+CALLS_BACKWARD = (
+    "`loss_fn` must return the cost J without calling .backward() on it: the check runs "
+    "backprop itself; got a loss_fn that ran backward"
+)
+# What autograd says when backward runs through J after loss_fn already did (without
+# retain_graph, and with the .grad it filled cleared again, so the check above missed it).
+_SECOND_BACKWARD = "backward through the graph a second time"
+
+
 class _LossModule(nn.Module):
-    """``loss_fn(model, batch)`` as a module, so ``functional_call`` can swap in our tensors."""
+    """``loss_fn(model, batch)`` as a module, so ``functional_call`` can swap in our tensors.
+
+    ``then``, when given, is applied to J inside the call, while our tensors are still in the
+    model: a backward that runs the forward again (activation checkpointing) must find them.
+    """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
 
-    def forward(self, batch: Any) -> Any:
-        return self.loss_fn(self.model, batch)
+    def forward(self, batch: Any, then: Callable[[Any], Any] | None = None) -> Any:
+        value = self.loss_fn(self.model, batch)
+        return value if then is None else then(value)
 
 
 def _scalar(value: object) -> torch.Tensor:
@@ -70,7 +84,10 @@ class ModuleCost:
     The model's own parameters and buffers are never written: every evaluation runs through
     ``torch.func.functional_call`` on copies in ``dtype`` (BatchNorm updates the copies' running
     statistics, not the model's). Before each evaluation every global RNG is re-seeded with
-    ``seed``, so random draws in the forward are the same at every θ.
+    ``seed``, so random draws in the forward are the same at every θ. Every evaluation runs with
+    grad mode on, as backprop's does: a loss may run autograd itself (a gradient penalty), and
+    some modules compute another function without grad (see ``attention_fast_path_disabled``).
+    The copies of θ do not require grad, so no graph is kept for them.
 
     Many perturbed copies are evaluated per call with ``torch.func.vmap`` (``randomness="same"``:
     one draw shared by all copies, the draw of a plain evaluation), in chunks sized from the
@@ -125,14 +142,21 @@ class ModuleCost:
         self._ways: dict[Hashable, Way] = {}
         self.paths: dict[str, Way] = {}
         self.reasons: dict[str, str] = {}
+        self._batched: set[str] = set()  # labels evaluated vectorized beyond the first pair
         self.largest_call = 0
 
-    def _call(self, theta: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _call(
+        self, theta: Sequence[torch.Tensor], then: Callable[[torch.Tensor], Any] | None = None
+    ) -> Any:
+        """J at ``theta``, or ``then(J)`` computed while ``theta`` is in the model."""
         reseed(self._seed)
         self.evaluations += 1
         tensors = dict(self._fixed)
         tensors.update(zip(self._names, theta, strict=True))
-        return _scalar(functional_call(self._module, tensors, (self._batch,)))
+        if then is None:
+            return _scalar(functional_call(self._module, tensors, (self._batch,)))
+        after = {"then": lambda value: then(_scalar(value))}
+        return functional_call(self._module, tensors, (self._batch,), after)
 
     def flat_values(self, indices: np.ndarray) -> torch.Tensor:
         """θ's values at flat ``indices`` (in the check's dtype, on the first tensor's device)."""
@@ -140,21 +164,32 @@ class ModuleCost:
         return flat[torch.as_tensor(indices, device=flat.device)]
 
     def value(self) -> float:
-        """J at θ, without autograd."""
-        with torch.no_grad():
-            return float(self._call(self.theta))
+        """J at θ (no gradient is taken)."""
+        with torch.enable_grad():
+            return float(self._call(self.theta).detach())
 
     def gradient(self) -> tuple[float, list[torch.Tensor]]:
-        """J at θ and autograd's gradient (zeros where J does not depend on a tensor)."""
+        """J at θ and autograd's gradient (zeros where J does not depend on a tensor; sparse
+        gradients, of ``nn.Embedding(sparse=True)``, made dense)."""
         leaves = [t.clone().requires_grad_(True) for t in self.theta]
-        with torch.enable_grad():
-            cost = self._call(leaves)
+
+        def backprop(cost: torch.Tensor) -> tuple[torch.Tensor, Sequence[torch.Tensor | None]]:
+            if any(leaf.grad is not None for leaf in leaves):
+                raise TypeError(CALLS_BACKWARD)
             if not cost.requires_grad:  # J detached from θ: backprop gives nothing, say zeros
-                return float(cost), [torch.zeros_like(t) for t in self.theta]
+                return cost, [None] * len(leaves)
             self._uses = graph_uses(cost, leaves)
-            grads = torch.autograd.grad(cost, leaves, allow_unused=True)
-        return float(cost.detach()), [
-            torch.zeros_like(t) if g is None else g.detach()
+            try:
+                return cost.detach(), torch.autograd.grad(cost, leaves, allow_unused=True)
+            except RuntimeError as err:
+                if _SECOND_BACKWARD in str(err):
+                    raise TypeError(CALLS_BACKWARD) from err
+                raise
+
+        with torch.enable_grad():
+            cost, grads = self._call(leaves, backprop)
+        return float(cost), [
+            torch.zeros_like(t) if g is None else (g.to_dense() if g.is_sparse else g).detach()
             for t, g in zip(self.theta, grads, strict=True)
         ]
 
@@ -201,12 +236,18 @@ class ModuleCost:
         return self._chunked(key, label, ["vmap"], runs, count, copied)
 
     def describe(self) -> str:
-        """One line for the report: which evaluation path ran for which tensors."""
+        """One line for the report: which evaluation path ran for which tensors.
+
+        A tensor whose vectorized path was validated but had nothing left to batch after the
+        first pair (a small sample: one or two components) was evaluated by the plain loop, and
+        is named so.
+        """
         if not self.paths:
             return "evaluation: no perturbed evaluations"
-        by_way = {w: [n for n, v in self.paths.items() if v == w] for w in ("linear", "vmap")}
+        batched = {n: v for n, v in self.paths.items() if v != "loop" and n in self._batched}
+        by_way = {w: [n for n, v in batched.items() if v == w] for w in ("linear", "vmap")}
         parts = []
-        if by_way["linear"] or by_way["vmap"]:
+        if batched:
             text = f"vectorized (torch.func.vmap, up to {self.largest_call} copies per call"
             if by_way["linear"]:
                 text += f"; low-rank nn.Linear updates for {_listing(by_way['linear'])}"
@@ -215,6 +256,9 @@ class ModuleCost:
         if loops:
             why = "; ".join(f"{n}: {self.reasons[n]}" for n in loops[:2] if n in self.reasons)
             parts.append(f"plain loop for {_listing(loops)}" + (f" ({why})" if why else ""))
+        few = [n for n, v in self.paths.items() if v != "loop" and n not in batched]
+        if few:
+            parts.append(f"plain loop for {_listing(few)} (too few evaluations to batch)")
         return "evaluation: " + "; ".join(parts)
 
     # -- the three ways of evaluating many entries of one tensor -------------------------------
@@ -260,11 +304,13 @@ class ModuleCost:
         if way != "loop":
             held = 2 * self.theta[0].element_size() * copied if way == "vmap" else 0
             step = copies_per_call(self._evaluation_bytes() + held)
-            self.largest_call = max(self.largest_call, min(step, count - start))
         for lo in range(start, count, step):
             hi = min(lo + step, count)
             try:
                 out[lo:hi] = runs[way](lo, hi)
+                if way != "loop":
+                    self._batched.add(label)
+                    self.largest_call = max(self.largest_call, hi - lo)
             except Exception as err:  # e.g. out of memory in a larger chunk: finish plainly
                 if way == "loop":
                     raise
@@ -349,7 +395,7 @@ class ModuleCost:
                 return _scalar(functional_call(self._module, tensors, (self._batch,)))
 
         reseed(self._seed)
-        with torch.no_grad():
+        with torch.enable_grad():
             found = vmap(one, randomness="same")(tuple(batched.values()), written, *extra)
         self.evaluations += count
         return found.detach().to(torch.float64).cpu().numpy().reshape(count)
@@ -357,13 +403,13 @@ class ModuleCost:
     def _loop_entries(self, t: int, index: torch.Tensor, values: torch.Tensor) -> np.ndarray:
         flat = self._flat[t]
         out = np.empty(len(index))
-        with torch.no_grad():
+        with torch.enable_grad():
             for k in range(len(index)):
                 i = int(index[k])
                 original = flat[i].clone()
                 try:
                     flat[i] = values[k]
-                    out[k] = float(self._call(self.theta))
+                    out[k] = float(self._call(self.theta).detach())
                 finally:
                     flat[i] = original
         return out
@@ -371,19 +417,19 @@ class ModuleCost:
     def _loop_at(self, values: Mapping[int, torch.Tensor]) -> np.ndarray:
         count = len(next(iter(values.values())))
         out = np.empty(count)
-        with torch.no_grad():
+        with torch.enable_grad():
             for k in range(count):
                 theta = list(self.theta)
                 for t, v in values.items():
                     theta[t] = v[k]
-                out[k] = float(self._call(theta))
+                out[k] = float(self._call(theta).detach())
         return out
 
     def _evaluation_bytes(self) -> int:
         """Bytes one plain evaluation produces (measured once; the copies-per-call budget)."""
         if self._bytes is None:
             try:
-                with torch.no_grad():
+                with torch.enable_grad():
                     self._bytes = produced_bytes(lambda: self._call(self.theta))
             except Exception:  # a forward that resists dispatch modes: guess from the tensors
                 held = [*self.theta, *self._fixed.values()]

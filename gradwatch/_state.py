@@ -1,8 +1,10 @@
-"""Keeping the user's world as it was: RNG states, dropout flags, and the batch copy."""
+"""Keeping the user's world as it was: RNG states, dropout flags, PyTorch's attention fast path,
+and the batch copy."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -80,9 +82,34 @@ def dropout_disabled(model: nn.Module, disable: bool) -> Iterator[None]:
             m.training = training
 
 
+@contextmanager
+def attention_fast_path_disabled() -> Iterator[None]:
+    """Turns off PyTorch's fast path of ``nn.MultiheadAttention`` and ``nn.TransformerEncoder``
+    for the body, restoring the user's setting after, also when the body raises.
+
+    PyTorch takes that path only where no tensor needs a gradient (eval mode, grad off or
+    nothing requiring grad), and it is another function: with a key padding mask it fills
+    padded positions with zeros. The analytic evaluation, whose θ requires grad, never takes
+    it, so every evaluation of J must not either.
+    """
+    get = getattr(torch.backends.mha, "get_fastpath_enabled", None)
+    put = getattr(torch.backends.mha, "set_fastpath_enabled", None)
+    if get is None or put is None:  # torch < 2.2: no switch (and no other function to match)
+        yield
+        return
+    enabled = bool(get())
+    try:
+        put(False)
+        yield
+    finally:
+        put(enabled)
+
+
 def cast_batch(batch: Any, dtype: torch.dtype, device: torch.device) -> Any:
     """A copy of ``batch`` with floating tensors in ``dtype`` and every tensor on ``device``,
-    through nested dicts, lists, tuples and named tuples; anything else is passed as is."""
+    through nested dicts, lists, tuples, named tuples and dataclass instances (a shallow copy
+    with each field cast: ``__init__`` and ``__post_init__`` do not run again, frozen ones
+    included); anything else is passed as is."""
     if isinstance(batch, torch.Tensor):
         target = dtype if batch.is_floating_point() else batch.dtype
         return batch.detach().to(device=device, dtype=target, copy=True)
@@ -97,4 +124,11 @@ def cast_batch(batch: Any, dtype: torch.dtype, device: torch.device) -> Any:
         return type(batch)(*(cast_batch(v, dtype, device) for v in batch))
     if isinstance(batch, list | tuple):
         return type(batch)(cast_batch(v, dtype, device) for v in batch)
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        shallow = copy.copy(batch)
+        for f in dataclasses.fields(batch):
+            if hasattr(batch, f.name):  # an init=False field may be unset
+                value = cast_batch(getattr(batch, f.name), dtype, device)
+                object.__setattr__(shallow, f.name, value)
+        return shallow
     return batch

@@ -186,14 +186,12 @@ def _smooth_when_halved(
     positions = np.flatnonzero(candidates)
     plus_half, minus_half = halved(positions)
     step = h[positions] / 2
-    upper, lower = (
-        (plus[positions] - center) / h[positions],
-        (center - minus[positions]) / h[positions],
-    )
-    upper_half, lower_half = (plus_half - center) / step, (center - minus_half) / step
-    moved_up, moved_down = upper - upper_half, lower_half - lower
     noise = 4 * margin[positions]  # each slope at h/2 carries twice the rounding of one at h
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):  # an infinite J gives NaN: no kink
+        upper = (plus[positions] - center) / h[positions]
+        lower = (center - minus[positions]) / h[positions]
+        upper_half, lower_half = (plus_half - center) / step, (center - minus_half) / step
+        moved_up, moved_down = upper - upper_half, lower_half - lower
         ratio = np.abs(upper_half - lower_half) / gap[positions]
         lopsided = np.abs(moved_up - moved_down) > (
             SYMMETRY_TOLERANCE * (np.abs(moved_up) + np.abs(moved_down)) + noise

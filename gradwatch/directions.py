@@ -81,6 +81,7 @@ def search_directions(
     *,
     spot: int | None = None,
     seed: int = 0,
+    left_out: np.ndarray | None = None,
 ) -> DirectionalSearch:
     """Random ±1 directions over θ and per tensor, then bisection inside the failing tensors.
 
@@ -92,6 +93,9 @@ def search_directions(
         spot: how many components, spread over every tensor, to check one by one besides the
             localized ones and each tensor's largest gradient component (default none).
         seed: seeds the directions and the spot sample.
+        left_out: flat indices of components that are not checked (an embedding's padding
+            row, which PyTorch gives no gradient by design): no direction moves them and they
+            are not among the returned ``indices``.
 
     Returns:
         A :class:`DirectionalSearch`; ``check_module(..., mode="directions")`` checks its
@@ -111,15 +115,17 @@ def search_directions(
     grad = [g.to(torch.float64) for g in grads]
     step = directional_step(epsilon, cost.theta[0].dtype)
     generator = torch.Generator(device=cost.theta[0].device).manual_seed(seed)
+    left_out = np.zeros(0, dtype=np.int64) if left_out is None else np.asarray(left_out)
+    moved = _movable(cost, layout, left_out)
     differences = {}
     for t, name in enumerate(layout.names):
         signs = {t: _signs((DIRECTIONS, *cost.theta[t].shape), cost.theta[t], generator)}
-        differences[name] = relative_difference(*_project(cost, signs, grad, step))
+        differences[name] = relative_difference(*_project(cost, signs, grad, step, moved))
     every = {
         t: _signs((DIRECTIONS, *theta.shape), theta, generator)
         for t, theta in enumerate(cost.theta)
     }
-    overall = relative_difference(*_project(cost, every, grad, step))
+    overall = relative_difference(*_project(cost, every, grad, step, moved))
     failing = sorted(
         (n for n, d in differences.items() if thresholds.classify(d) is not Verdict.PASS),
         key=lambda n: -np.nan_to_num(differences[n], nan=np.inf),
@@ -133,10 +139,10 @@ def search_directions(
     before = cost.evaluations
     for name in failing[:LOCALIZED]:
         t = layout.names.index(name)
-        found.append(layout.offsets[t] + _localize(cost, t, grad, step, generator))
+        found.append(layout.offsets[t] + _localize(cost, t, grad, step, generator, moved))
     note = _note(differences, overall, failing, thresholds, cost.evaluations - before)
     return DirectionalSearch(
-        indices=np.unique(np.concatenate(found)).astype(np.int64),
+        indices=np.setdiff1d(np.concatenate(found), left_out).astype(np.int64),
         differences=differences,
         overall=overall,
         localized=tuple(failing[:LOCALIZED]),
@@ -150,17 +156,37 @@ def _signs(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generato
     return (2 * bits - 1).to(like.dtype)
 
 
+def _movable(cost: ModuleCost, layout: Layout, left_out: np.ndarray) -> dict[int, torch.Tensor]:
+    """Per tensor holding left-out components: 1 where a direction may move θ, 0 where not."""
+    masks = {}
+    tensors = layout.tensor_of(left_out)
+    for t in np.unique(tensors):
+        theta = cost.theta[int(t)]
+        mask = torch.ones(theta.numel(), dtype=theta.dtype, device=theta.device)
+        local = left_out[tensors == t] - layout.offsets[int(t)]
+        mask[torch.as_tensor(local, device=theta.device)] = 0
+        masks[int(t)] = mask.view(theta.shape)
+    return masks
+
+
 def _project(
-    cost: ModuleCost, directions: dict[int, torch.Tensor], grad: list[torch.Tensor], step: float
+    cost: ModuleCost,
+    directions: dict[int, torch.Tensor],
+    grad: list[torch.Tensor],
+    step: float,
+    moved: dict[int, torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(numeric, analytic) directional derivatives along each of the k directions.
 
-    ``directions[t]`` holds k directions' entries on tensor t. The analytic side uses the step
-    θ ± εu actually represents in the check's dtype, so rounding of θ + εu is not an error.
+    ``directions[t]`` holds k directions' entries on tensor t, zeroed where ``moved[t]`` is 0.
+    The analytic side uses the step θ ± εu actually represents in the check's dtype, so
+    rounding of θ + εu is not an error.
     """
     count = len(next(iter(directions.values())))
     values, analytic = {}, torch.zeros(count, dtype=torch.float64)
     for t, u in directions.items():
+        if moved and t in moved:
+            u = u * moved[t]
         theta = cost.theta[t]
         plus, minus = theta + step * u, theta - step * u
         values[t] = torch.cat((plus, minus))
@@ -172,7 +198,12 @@ def _project(
 
 
 def _localize(
-    cost: ModuleCost, t: int, grad: list[torch.Tensor], step: float, generator: torch.Generator
+    cost: ModuleCost,
+    t: int,
+    grad: list[torch.Tensor],
+    step: float,
+    generator: torch.Generator,
+    moved: dict[int, torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Local indices of the components of tensor ``t`` with the largest errors, by bisection.
 
@@ -188,7 +219,8 @@ def _localize(
         for k, (lo, hi) in enumerate(halves):
             part = _signs((REPEATS, hi - lo), theta, generator)
             signs[k * REPEATS : (k + 1) * REPEATS, lo:hi] = part
-        numeric, analytic = _project(cost, {t: signs.view(-1, *theta.shape)}, grad, step)
+        directions = {t: signs.view(-1, *theta.shape)}
+        numeric, analytic = _project(cost, directions, grad, step, moved)
         error = ((numeric - analytic) ** 2).reshape(len(halves), REPEATS).mean(axis=1)
         best = np.argsort(-np.nan_to_num(error, nan=np.inf), kind="stable")[:BEAM]
         kept = [halves[k] for k in sorted(best)]

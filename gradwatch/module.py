@@ -14,7 +14,12 @@ import torch
 from torch import nn
 
 from gradwatch._evaluate import LossFn, ModuleCost
-from gradwatch._state import cast_batch, dropout_disabled, preserved_rng
+from gradwatch._state import (
+    attention_fast_path_disabled,
+    cast_batch,
+    dropout_disabled,
+    preserved_rng,
+)
 from gradwatch._validate import (
     CHECK_MODES,
     DROPOUT_MODES,
@@ -120,6 +125,87 @@ def _determinism_note(first: float, again: float, epsilon: float) -> str | None:
     )
 
 
+def _padding_rows(
+    model: nn.Module, names: Sequence[str], layout: Layout
+) -> tuple[np.ndarray, list[str]]:
+    """Flat indices in θ of the ``padding_idx`` rows of embeddings, and a note for each.
+
+    PyTorch gives that row no gradient by design (it is not trained), while J does depend on
+    it: its components would differ however right backprop is, so they are not checked.
+    """
+    position = {id(p): names.index(n) for n, p in model.named_parameters() if n in names}
+    found: list[np.ndarray] = []
+    notes = []
+    for module in model.modules():
+        if not isinstance(module, nn.Embedding | nn.EmbeddingBag):
+            continue
+        t = position.get(id(module.weight))
+        if module.padding_idx is None or t is None or module.weight.dim() != 2:
+            continue
+        rows, width = module.weight.shape
+        row = module.padding_idx % rows
+        start = int(layout.offsets[t]) + row * width
+        found.append(np.arange(start, start + width, dtype=np.int64))
+        notes.append(
+            f"{names[t]}[{row}, :] (padding_idx) left out: PyTorch gives it no gradient by "
+            f"design, so its {width} components are not checked"
+        )
+    if not found:
+        return np.zeros(0, dtype=np.int64), notes
+    return np.unique(np.concatenate(found)), notes
+
+
+def _leave_out(indices: np.ndarray, left_out: np.ndarray, layout: Layout, seed: int) -> np.ndarray:
+    """``indices`` without ``left_out``; each sampled one that was left out is replaced by
+    another component of the same tensor where one is free, so a sample keeps its size."""
+    hit = np.isin(indices, left_out)
+    if not hit.any():
+        return indices
+    kept = indices[~hit]
+    rng = np.random.default_rng([seed, 1])
+    extra = []
+    tensors = layout.tensor_of(indices[hit])
+    for t in np.unique(tensors):
+        lo, hi = int(layout.offsets[t]), int(layout.offsets[t + 1])
+        taken = np.concatenate([kept, left_out])
+        taken = taken[(taken >= lo) & (taken < hi)]
+        count = min(int((tensors == t).sum()), hi - lo - taken.size)
+        if count > 0:  # none free when every component was sampled (a full check)
+            extra.append(_draw(rng, lo, hi, taken, count))
+    return np.sort(np.concatenate([kept, *extra])).astype(np.int64)
+
+
+def _draw(rng: np.random.Generator, lo: int, hi: int, taken: np.ndarray, count: int) -> np.ndarray:
+    """``count`` distinct integers in [lo, hi) outside ``taken`` (there are that many)."""
+    if hi - lo <= 2 * (taken.size + count) + 4096:  # small or crowded: list what is free
+        free = np.setdiff1d(np.arange(lo, hi), taken)
+        return rng.choice(free, size=count, replace=False)
+    found = np.zeros(0, dtype=np.int64)
+    while found.size < count:  # mostly free: each draw is new with probability > 1/2
+        draw = rng.integers(lo, hi, size=2 * count + 16)
+        draw = draw[~np.isin(draw, taken) & ~np.isin(draw, found)]
+        _, first = np.unique(draw, return_index=True)
+        found = np.concatenate([found, draw[np.sort(first)]])
+    return found[:count]
+
+
+def _hook_note(model: nn.Module, names: Sequence[str]) -> tuple[str, ...]:
+    params = dict(model.named_parameters())
+    hooked = [n for n in names if getattr(params[n], "_backward_hooks", None)]
+    if not hooked:
+        return ()
+    has = "has a gradient hook" if len(hooked) == 1 else "have gradient hooks"
+    return (
+        f"{_listing(hooked)} {has} (Tensor.register_hook): the check compares autograd's "
+        "gradient of J without it, not the .grad the hook hands the optimizer",
+    )
+
+
+def _listing(names: Sequence[str], most: int = 4) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def check_module(
     model: nn.Module,
     loss_fn: LossFn,
@@ -145,11 +231,19 @@ def check_module(
     it was: parameters, buffers, ``.grad``, training flags and the global RNG states, also when
     the check raises.
 
+    Every evaluation of J runs with grad mode on, as in training (a loss may use autograd
+    itself, e.g. a gradient penalty), and with PyTorch's attention fast path off (another
+    function, taken only where nothing needs a gradient); the user's setting is restored after.
+    An embedding's ``padding_idx`` row is left out of the checked components (PyTorch gives it
+    no gradient by design), and the notes say so, as they do for parameters with gradient
+    hooks, which the check's autograd gradient does not run.
+
     Args:
         model: the module; it stays on its device and the check runs there.
-        loss_fn: ``loss_fn(model, batch)`` → the scalar cost J (regularization included).
-        batch: anything ``loss_fn`` takes; floating tensors in it (nested dicts, lists, tuples)
-            are cast to ``dtype`` and moved to the model's device.
+        loss_fn: ``loss_fn(model, batch)`` → the scalar cost J (regularization included). It
+            must return J without calling ``.backward()``: the check runs backprop itself.
+        batch: anything ``loss_fn`` takes; floating tensors in it (nested dicts, lists, tuples,
+            dataclass instances) are cast to ``dtype`` and moved to the model's device.
         epsilon: the step ε (default 1e-7, the material's), or ``"auto"``: a step per
             component that fits ``dtype``, ε_mach^(1/3)·max(1, |θ_i|) (about 6e-6 in float64),
             which takes the rounding noise of the fixed step away.
@@ -205,11 +299,15 @@ def check_module(
     notes: list[str] = []
     if sample is not None and sample > layout.size:
         notes.append(f"components={sample} exceeds the {layout.size} in θ: checked all of them")
+    left_out, padding = _padding_rows(model, names, layout)
+    notes.extend(padding)
+    notes.extend(_hook_note(model, names))
 
     start = time.perf_counter()
     device = params[names[0]].device
     with (
         preserved_rng(),
+        attention_fast_path_disabled(),
         dropout_disabled(model, disable=(drop == "off")),
         exchanging(partition) as split,
     ):
@@ -217,11 +315,13 @@ def check_module(
             model, loss_fn, cast_batch(batch, precision, device), names, precision, seed
         )
         if check == "directions":
-            search = search_directions(cost, layout, step, bands, spot=sample, seed=seed)
+            search = search_directions(
+                cost, layout, step, bands, spot=sample, seed=seed, left_out=left_out
+            )
             indices = search.indices
             notes.append(search.note)
         else:
-            indices = sample_components(layout, sample, seed)
+            indices = _leave_out(sample_components(layout, sample, seed), left_out, layout, seed)
         found = _compare(cost, layout, indices, step, split)
         drift, drift_evaluations = None, 0
         if drift_dtype is not None:
@@ -251,6 +351,7 @@ def check_module(
         bound=found.analysis.bound,
         kinks=found.analysis.kink,
         flagged=found.analysis.flagged,
+        off_slope=found.analysis.off_slope,
         drift=drift,
     )
 

@@ -331,6 +331,37 @@ def test_loss_that_raises_propagates_and_leaves_the_model(failing_call: int) -> 
     assert changes(before, model) == []
 
 
+# --- a loss function that runs backward itself: told at once -----------------------------------
+
+CALLS_BACKWARD = (
+    "`loss_fn` must return the cost J without calling .backward() on it: the check runs "
+    "backprop itself; got a loss_fn that ran backward"
+)
+
+
+@pytest.mark.parametrize(
+    ("retain", "zero_grad"),
+    [(False, False), (True, False), (False, True)],
+    ids=["backward", "retain_graph", "then_zero_grad"],
+)
+def test_loss_that_calls_backward(retain: bool, zero_grad: bool) -> None:
+    model, batch = used_model()
+    before = snapshot(model)
+    loss = CountingLoss()
+
+    def training_step(m: nn.Module, b: Batch) -> torch.Tensor:
+        cost = loss(m, b)
+        cost.backward(retain_graph=retain)
+        if zero_grad:
+            m.zero_grad()
+        return cost
+
+    with pytest.raises(TypeError, match=exactly(CALLS_BACKWARD)):
+        check_module(model, training_step, batch)
+    assert loss.calls == 1
+    assert changes(before, model) == []
+
+
 # --- a batch the loss cannot use: the loss's own error propagates, the model is untouched --------
 
 
@@ -388,4 +419,17 @@ def test_loss_non_finite_near_theta_fails_and_names_the_component() -> None:
     assert report.message == (
         "non-finite values: the numeric estimate is NaN/Inf at 1 components (w[0]). The loss or "
         "its gradient overflows or divides by zero there: fix that before comparing gradients."
+    )
+
+
+def test_an_epsilon_below_the_spacing_of_theta_is_rejected_naming_a_component() -> None:
+    theta = np.array([1.0, 2.0, 1e-30])
+    with pytest.raises(ValueError) as raised:
+        gradwatch.gradient_check(
+            lambda t: float(np.sum(t**2)), theta, 2 * theta, epsilon=1e-17, layout={"w": (3,)}
+        )
+    assert str(raised.value) == (
+        "`epsilon` 1e-17 is below float64's spacing at θ: θ_i ± epsilon == θ_i for 2 of 3 "
+        "components (e.g. w[0] = 1.0); use a larger epsilon or epsilon='auto', which scales the "
+        "step with |θ_i|"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import OrderedDict, defaultdict
 from typing import Any, NamedTuple
@@ -147,6 +148,46 @@ def test_cast_batch_casts_floating_tensors_through_nested_containers() -> None:
     assert cast["default"]["w"].dtype == torch.float64
     # The user's batch is untouched.
     assert batch["x"] is x and x.dtype == torch.float32 and x.requires_grad
+
+
+@dataclasses.dataclass
+class Example:
+    x: torch.Tensor
+    y: torch.Tensor
+    name: str = "train"
+    extra: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Frozen:
+    x: torch.Tensor
+    scale: float = dataclasses.field(init=False, default=2.0)
+
+
+def test_cast_batch_casts_the_fields_of_a_dataclass() -> None:
+    x = torch.randn(2, 3, requires_grad=True)
+    y = torch.tensor([1, 0])
+    batch = Example(x, y, extra={"w": x})
+    cast = cast_batch([batch, Frozen(x)], torch.float64, torch.device("cpu"))
+    assert type(cast[0]) is Example and cast[0] is not batch
+    assert cast[0].x.dtype == torch.float64 and not cast[0].x.requires_grad
+    torch.testing.assert_close(cast[0].x, x.detach().double())
+    assert cast[0].y.dtype == torch.int64 and cast[0].name == "train"
+    assert cast[0].extra["w"].dtype == torch.float64
+    assert type(cast[1]) is Frozen and cast[1].x.dtype == torch.float64 and cast[1].scale == 2.0
+    # The user's instance is untouched.
+    assert batch.x is x and batch.extra["w"] is x and x.dtype == torch.float32
+
+
+def test_a_dataclass_batch_is_checked() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    batch = Example(torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    report = check_module(
+        model, lambda m, b: nn.functional.cross_entropy(m(b.x), b.y), batch, components=10
+    )
+    assert report.verdict.value == "pass", str(report)
+    assert batch.x.dtype == torch.float32
 
 
 def test_cast_batch_keeps_non_tensors() -> None:
