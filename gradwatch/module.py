@@ -29,10 +29,10 @@ from gradwatch._validate import (
     check_seed,
     check_thresholds,
 )
-from gradwatch.analysis import ComponentAnalysis, analyse_components
+from gradwatch.analysis import ComponentAnalysis, analyse_components, determinism_note
 from gradwatch.directions import search_directions
 from gradwatch.layout import Layout
-from gradwatch.numeric import auto_steps, relative_difference, same_cost
+from gradwatch.numeric import auto_steps, relative_difference
 from gradwatch.partition import Exchange, Partition, exchanging
 from gradwatch.report import GradCheckReport, PrecisionDrift, Thresholds
 from gradwatch.sampling import sample_components
@@ -113,15 +113,28 @@ def _rounding_note(dtype: torch.dtype, epsilon: float | str, cost: float) -> tup
     )
 
 
-def _determinism_note(first: float, again: float, epsilon: float) -> str | None:
-    if same_cost(first, again):
+_DETERMINISM_REMEDY = (
+    "Randomness outside dropout layers is re-seeded before every evaluation; remove other "
+    "sources (state kept between calls, nondeterministic kernels) and check again"
+)
+
+
+def _lost_steps(
+    cost: ModuleCost, layout: Layout, indices: np.ndarray, epsilon: float
+) -> str | None:
+    """A note when θ_i ± ε rounds back to θ_i in the check's dtype: those numeric derivatives are
+    0 whatever J does."""
+    values = cost.flat_values(indices)
+    lost = ((values + epsilon) == values) | ((values - epsilon) == values)
+    count = int(lost.sum())
+    if count == 0:
         return None
+    first = int(indices[int(torch.nonzero(lost)[0, 0])])
+    dtype = str(values.dtype).removeprefix("torch.")
     return (
-        f"J is not deterministic: two evaluations at the same θ gave {first!r} and {again!r}, "
-        f"so each numeric component may be off by up to {abs(first - again) / (2 * epsilon):.1e} "
-        "and the difference means nothing. Randomness outside dropout layers is re-seeded before "
-        "every evaluation; remove other sources (state kept between calls, nondeterministic "
-        "kernels) and check again"
+        f"epsilon {epsilon:g} is below {dtype}'s spacing at {count} of {indices.size} checked "
+        f"components (e.g. {layout.label(first)}): θ_i ± epsilon == θ_i there, so their numeric "
+        "derivative is 0 whatever J does; use epsilon='auto', which scales the step with |θ_i|"
     )
 
 
@@ -323,6 +336,8 @@ def check_module(
         else:
             indices = _leave_out(sample_components(layout, sample, seed), left_out, layout, seed)
         found = _compare(cost, layout, indices, step, split)
+        if step != "auto":
+            notes.extend(filter(None, [_lost_steps(cost, layout, indices, float(step))]))
         drift, drift_evaluations = None, 0
         if drift_dtype is not None:
             low = ModuleCost(
@@ -404,7 +419,9 @@ def _compare(
     flat_grad = torch.cat([g.reshape(-1).to(torch.float64).cpu() for g in grads]).numpy()
     (center, j_grad, j_after), analytic = split.agree((center, j_grad, j_after), flat_grad[indices])
     h_min = float(half.min()) if half.size else 1.0
-    failure = _determinism_note(center, j_grad, h_min) or _determinism_note(center, j_after, h_min)
+    failure = determinism_note(center, j_grad, h_min, _DETERMINISM_REMEDY) or determinism_note(
+        center, j_after, h_min, _DETERMINISM_REMEDY
+    )
     if not math.isfinite(center):
         failure = f"the loss J(θ) is {center}: fix the forward pass before checking gradients"
     unit = float(torch.finfo(cost.theta[0].dtype).eps)

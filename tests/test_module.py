@@ -604,3 +604,21 @@ def test_check_runs_on_the_models_device() -> None:
     assert all(
         torch.equal(a, b) for a, b in zip(cuda_rng, torch.cuda.get_rng_state_all(), strict=True)
     )
+
+
+def test_a_step_lost_to_rounding_is_named_in_the_notes() -> None:
+    """θ_i = 1e10 in float64: θ_i ± 1e-7 == θ_i, so that numeric derivative is 0."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    with torch.no_grad():
+        model.bias[1] = 1e10
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    report = check_module(model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), (x, y))
+    (note,) = [n for n in report.notes if "spacing" in n]
+    assert note == (
+        "epsilon 1e-07 is below float64's spacing at 1 of 8 checked components (e.g. bias[1]): "
+        "θ_i ± epsilon == θ_i there, so their numeric derivative is 0 whatever J does; use "
+        "epsilon='auto', which scales the step with |θ_i|"
+    )
+    auto = check_module(model, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), (x, y), epsilon="auto")
+    assert not any("spacing" in n for n in auto.notes)
