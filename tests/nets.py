@@ -118,6 +118,20 @@ class SelfGate(torch.autograd.Function):
         return grad_x, grad_weight, None
 
 
+class ScaledGradient(torch.autograd.Function):
+    """The identity whose backward multiplies the gradient by ``factor``: a planted bug (any
+    factor but 1). Use as ``ScaledGradient.apply(tensor, 2.0)``."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return ctx.factor * grad, None
+
+
 class GatedNet(nn.Module):
     """inp (Linear) → tanh → gate (SelfGate) → head (Linear)."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from torch import nn
 import gradwatch
 from gradwatch.analysis import analyse_components, rounding_noise
 from gradwatch.numeric import auto_steps, represented_steps
+from tests.nets import ScaledGradient
 
 EPS64 = float(np.finfo(np.float64).eps)
 DIGITS = load_digits()
@@ -403,18 +403,6 @@ def test_a_trained_model_with_a_wrong_gradient_still_fails() -> None:
 # --- verdicts that say what they rest on --------------------------------------------------------
 
 
-class _Double(torch.autograd.Function):
-    """Identity forward, twice the gradient backward: a bug."""
-
-    @staticmethod
-    def forward(ctx: Any, w: torch.Tensor) -> torch.Tensor:
-        return w.view_as(w)
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        return 2 * g
-
-
 class _SmallGate(nn.Module):
     """A one-component gate whose (2× wrong) gradient is only ~12× the rounding noise of J at
     ε = 1e-7, next to a correct body."""
@@ -425,7 +413,7 @@ class _SmallGate(nn.Module):
         self.body = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = _Double.apply(self.scale)
+        gate = ScaledGradient.apply(self.scale, 2.0)
         return self.body(x) * (1 + gate * x[:, :10] * 1e-6)
 
 

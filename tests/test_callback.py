@@ -224,16 +224,21 @@ class _Stateful(TinyModule):
         return loss
 
 
-def test_a_check_puts_back_every_attribute_of_every_module_in_place() -> None:
-    module, check = _Stateful(), GradientCheck(at_init=False, after_steps=())
-    run = SimpleNamespace(
-        global_step=0,
+def _single_process_trainer(**fields: Any) -> SimpleNamespace:
+    """What a check reads of the Trainer, for calling the callback's hooks directly."""
+    return SimpleNamespace(
         loggers=[],
         is_global_zero=True,
         global_rank=0,
         world_size=1,
         progress_bar_callback=None,
+        **fields,
     )
+
+
+def test_a_check_puts_back_every_attribute_of_every_module_in_place() -> None:
+    module, check = _Stateful(), GradientCheck(at_init=False, after_steps=())
+    run = _single_process_trainer(global_step=0)
     seen, by_batch, tags, total = module.seen, module.by_batch, module.tags, module.total
     report = check._run(run, module, next(iter(loader())), 0)
     assert report.verdict is Verdict.PASS and module.calls_in_float64 > 0
@@ -463,15 +468,7 @@ def test_a_step_due_in_the_middle_of_gradient_accumulation_waits_for_the_next_st
     # Only reachable by resuming from a checkpoint saved mid-accumulation: no trainer needed.
     check, module = GradientCheck(at_init=False, after_steps=(2,)), TinyModule()
     batch = next(iter(loader(shuffle=False)))
-    run = SimpleNamespace(
-        global_step=2,
-        accumulate_grad_batches=3,
-        loggers=[],
-        is_global_zero=True,
-        global_rank=0,
-        world_size=1,
-        progress_bar_callback=None,
-    )
+    run = _single_process_trainer(global_step=2, accumulate_grad_batches=3)
     check.on_train_start(run, module)
     check.on_train_batch_start(run, module, batch, batch_idx=7)  # the 2nd of 3 micro-batches
     assert check.reports == {}

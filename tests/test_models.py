@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from gradwatch import Verdict, check_module
 from gradwatch.layout import Layout
 from gradwatch.module import _leave_out
-from tests.nets import classification_batch, cross_entropy
+from tests.nets import ScaledGradient, classification_batch, cross_entropy
 from tests.test_module import changes, snapshot
 
 # --- attention: the fast path PyTorch takes without grad is another function -------------------
@@ -111,24 +111,12 @@ def test_a_gradient_penalty_loss_is_checked(mode: str) -> None:
     assert changes(before, model) == []
 
 
-class Halved(torch.autograd.Function):
-    """The identity whose backward halves the gradient: a planted bug."""
-
-    @staticmethod
-    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
-        return t.view_as(t)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return 0.5 * grad
-
-
 def test_a_gradient_penalty_loss_still_finds_a_wrong_backward() -> None:
     model = critic()
     x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
 
     def loss(m: nn.Module, b: torch.Tensor) -> torch.Tensor:
-        return gradient_penalty(m, b) + Halved.apply(m[2].bias).sum()
+        return gradient_penalty(m, b) + ScaledGradient.apply(m[2].bias, 0.5).sum()
 
     report = check_module(model, loss, x)
     assert report.verdict is Verdict.FAIL
