@@ -26,6 +26,7 @@ LOG10_FLOOR = "log10_rounding_floor"
 WITHOUT_KINKS = "difference_without_kinks"
 ROUNDING_FLOOR = "rounding_floor"
 KINKS = "kinks"
+SHARED_KINKS = "shared_kinks"
 SUSPICIOUS = "suspicious_components"
 BANDS = "bands"
 LOG10_PASS_MAX = "bands/log10_pass_max"
@@ -57,12 +58,14 @@ def _unfinished(report: GradCheckReport) -> bool:
 def scalars(report: GradCheckReport, name: str = DEFAULT_NAME) -> dict[str, float]:
     """The scalars every logger gets, under ``name/``: the difference (the material's formula,
     and without kinks, which the verdict reads), one per parameter, the verdict level, the
-    rounding floor, and the counts of kinks and suspicious components."""
+    rounding floor, and the counts of kinks, shared kinks (components the check cannot judge)
+    and suspicious components."""
     values = {
         DIFFERENCE: report.difference,
         WITHOUT_KINKS: report.difference_without_kinks,
         ROUNDING_FLOOR: report.noise_floor,
         KINKS: float(report.kink_count),
+        SHARED_KINKS: float(report.off_slope_count),
         SUSPICIOUS: float(report.flagged_count),
         VERDICT: float(report.verdict.level),
     }

@@ -78,6 +78,9 @@ def test_scalars_hold_the_reports_values(run: dict[str, Any]) -> None:
         for event in events.Scalars(f"gradcheck/difference/{name}"):
             assert event.value == pytest.approx(reports[event.step].per_parameter[name], rel=1e-6)
     assert [e.value for e in events.Scalars("gradcheck/verdict")] == [0.0, 0.0, 0.0]
+    for tag, count in [("kinks", "kink_count"), ("shared_kinks", "off_slope_count")]:
+        for event in events.Scalars(f"gradcheck/{tag}"):
+            assert event.value == getattr(reports[event.step], count)
     assert {e.value for e in events.Scalars("gradcheck/bands/log10_pass_max")} == {-7.0}
     assert {e.value for e in events.Scalars("gradcheck/bands/log10_warn_max")} == {-3.0}
 
