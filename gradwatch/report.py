@@ -195,9 +195,10 @@ class GradCheckReport:
 
     def unresolved(self) -> list[str]:
         """Tensors whose own difference is above the warn band and whose errors, though not
-        far enough above rounding to call a bug, are more than rounding explains: at this step
-        and precision the check can neither clear nor convict them (a 2× wrong gradient that
-        is itself near the rounding noise looks like this). Check them with ``epsilon="auto"``.
+        far enough above rounding to call a bug, are more than rounding explains, on a gradient
+        larger than those errors: at this step and precision the check can neither clear nor
+        convict them (a 2× wrong gradient that is itself near the rounding noise looks like
+        this). Check them with ``epsilon="auto"``.
         """
         significant = set(self.significant_parameters())
         smooth, noise = self._smooth, np.asarray(self.noise)
@@ -206,7 +207,10 @@ class GradCheckReport:
             if name in significant or self.per_parameter[name] <= self.thresholds.warn_max:
                 continue
             err = np.linalg.norm(self.abs_errors[m & smooth])
-            if err > UNRESOLVED_NOISE * np.linalg.norm(noise[m & smooth]):
+            size = np.linalg.norm(self.analytic[m & smooth])
+            # A gradient smaller than the error (a bias BatchNorm cancels: backprop's 0 against
+            # a few ulps of J) is zero to within rounding: nothing there to clear or convict.
+            if err > UNRESOLVED_NOISE * np.linalg.norm(noise[m & smooth]) and size > err:
                 out.append(name)
         return out
 
