@@ -60,13 +60,14 @@ def scalars(report: GradCheckReport, name: str = DEFAULT_NAME) -> dict[str, floa
     and without kinks, which the verdict reads), one per parameter, the verdict level, the
     rounding floor, and the counts of kinks, shared kinks (components the check cannot judge)
     and suspicious components."""
+    counts = report.reading_counts
     values = {
         DIFFERENCE: report.difference,
-        WITHOUT_KINKS: report.difference_without_kinks,
+        WITHOUT_KINKS: report.difference,
         ROUNDING_FLOOR: report.noise_floor,
         KINKS: float(report.kink_count),
-        SHARED_KINKS: float(report.off_slope_count),
-        SUSPICIOUS: float(report.flagged_count),
+        SHARED_KINKS: float(counts["not judged"]),
+        SUSPICIOUS: float(counts["disagrees"]),
         VERDICT: float(report.verdict.level),
     }
     values.update({f"{DIFFERENCE}/{p}": d for p, d in report.per_parameter.items()})
@@ -86,7 +87,7 @@ def band_scalars(
     the TensorBoard chart layout."""
     unknown = _unfinished(report)
     values = {
-        LOG10_DIFFERENCE: math.nan if unknown else _log10(report.difference_without_kinks),
+        LOG10_DIFFERENCE: math.nan if unknown else _log10(report.difference),
         LOG10_FLOOR: math.nan if unknown else _log10(report.noise_floor),
         LOG10_PASS_MAX: math.log10(pass_max),
         LOG10_WARN_MAX: math.log10(warn_max),

@@ -3,6 +3,7 @@ one θ at a time or many perturbed copies of θ per call."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -23,11 +24,20 @@ from gradwatch._vectorize import (
 )
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
+# The label of the evaluations that measure J's noise (gradwatch.noise), which describe() leaves
+# out: they move no one tensor's components.
+PROBES = "noise probes"
 
 
 CALLS_BACKWARD = (
     "`loss_fn` must return the cost J without calling .backward() on it: the check runs "
     "backprop itself; got a loss_fn that ran backward"
+)
+DETACHED = (
+    "`loss_fn` must return J computed from the checked parameters through autograd; the J it "
+    "returned has no autograd graph back to any of them, so there is no backprop to check. The "
+    "usual causes: `.item()`, `.detach()`, `torch.tensor(...)`, a numpy round trip or "
+    "`torch.no_grad()` inside the loss, or an `include` that selects parameters J does not use"
 )
 # What autograd says when backward runs through J after loss_fn already did (without
 # retain_graph, and with the .grad it filled cleared again, so the check above missed it).
@@ -158,6 +168,15 @@ class ModuleCost:
         after = {"then": lambda value: then(_scalar(value))}
         return functional_call(self._module, tensors, (self._batch,), after)
 
+    def moved(self, deltas: Sequence[torch.Tensor]) -> ModuleCost:
+        """The same J at a nearby point, θ + ``deltas`` (one per checked tensor), sharing this
+        one's fixed tensors and its choices of evaluation path; its evaluations count apart."""
+        other = copy.copy(self)
+        other.theta = [t + d.to(t) for t, d in zip(self.theta, deltas, strict=True)]
+        other._flat = [t.view(-1) for t in other.theta]
+        other.evaluations = 0
+        return other
+
     def flat_values(self, indices: np.ndarray) -> torch.Tensor:
         """θ's values at flat ``indices`` (in the check's dtype, on the first tensor's device)."""
         flat = torch.cat([t.reshape(-1).to(self.theta[0].device) for t in self.theta])
@@ -176,8 +195,8 @@ class ModuleCost:
         def backprop(cost: torch.Tensor) -> tuple[torch.Tensor, Sequence[torch.Tensor | None]]:
             if any(leaf.grad is not None for leaf in leaves):
                 raise TypeError(CALLS_BACKWARD)
-            if not cost.requires_grad:  # J detached from θ: backprop gives nothing, say zeros
-                return cost, [None] * len(leaves)
+            if not cost.requires_grad:  # J detached from θ: nothing to check, and no evidence
+                raise ValueError(DETACHED)
             self._uses = graph_uses(cost, leaves)
             try:
                 return cost.detach(), torch.autograd.grad(cost, leaves, allow_unused=True)
@@ -213,7 +232,7 @@ class ModuleCost:
             plus[rows], minus[rows] = found[0::2], found[1::2]
         return plus, minus
 
-    def at(self, values: Mapping[int, torch.Tensor]) -> np.ndarray:
+    def at(self, values: Mapping[int, torch.Tensor], label: str | None = None) -> np.ndarray:
         """J with θ's tensor ``t`` replaced by ``values[t][k]``, for every k (directions).
 
         Example: ``cost.at({0: torch.stack([w + e * u, w - e * u])})`` → [J(w + εu), J(w − εu)].
@@ -223,7 +242,7 @@ class ModuleCost:
         where = (
             "θ" if len(values) == len(self.theta) > 1 else "+".join(self.names[t] for t in key[1])
         )
-        label = f"directions on {where}"
+        label = label or f"directions on {where}"
 
         def part(lo: int, hi: int) -> dict[int, torch.Tensor]:
             return {t: v[lo:hi] for t, v in values.items()}
@@ -242,9 +261,10 @@ class ModuleCost:
         first pair (a small sample: one or two components) was evaluated by the plain loop, and
         is named so.
         """
-        if not self.paths:
+        paths = {n: v for n, v in self.paths.items() if n != PROBES}
+        if not paths:
             return "evaluation: no perturbed evaluations"
-        batched = {n: v for n, v in self.paths.items() if v != "loop" and n in self._batched}
+        batched = {n: v for n, v in paths.items() if v != "loop" and n in self._batched}
         by_way = {w: [n for n, v in batched.items() if v == w] for w in ("linear", "vmap")}
         parts = []
         if batched:
@@ -252,11 +272,11 @@ class ModuleCost:
             if by_way["linear"]:
                 text += f"; low-rank nn.Linear updates for {_listing(by_way['linear'])}"
             parts.append(text + ")")
-        loops = [n for n, v in self.paths.items() if v == "loop"]
+        loops = [n for n, v in paths.items() if v == "loop"]
         if loops:
             why = "; ".join(f"{n}: {self.reasons[n]}" for n in loops[:2] if n in self.reasons)
             parts.append(f"plain loop for {_listing(loops)}" + (f" ({why})" if why else ""))
-        few = [n for n, v in self.paths.items() if v != "loop" and n not in batched]
+        few = [n for n, v in paths.items() if v != "loop" and n not in batched]
         if few:
             parts.append(f"plain loop for {_listing(few)} (too few evaluations to batch)")
         return "evaluation: " + "; ".join(parts)
@@ -308,7 +328,7 @@ class ModuleCost:
             hi = min(lo + step, count)
             try:
                 out[lo:hi] = runs[way](lo, hi)
-                if way != "loop":
+                if way != "loop" and label != PROBES:
                     self._batched.add(label)
                     self.largest_call = max(self.largest_call, hi - lo)
             except Exception as err:  # e.g. out of memory in a larger chunk: finish plainly

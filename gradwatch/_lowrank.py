@@ -38,10 +38,25 @@ from torch.utils._pytree import tree_map
 # Layers that act on each element alone, so column r of the output depends on column r of the
 # input only (PReLU is not: its weight runs along dim 1, not along the last dim).
 ELEMENTWISE: tuple[type[nn.Module], ...] = (
-    nn.Identity, nn.Tanh, nn.Sigmoid, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU,
-    nn.GELU, nn.SiLU, nn.Mish, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardsigmoid,
-    nn.Hardswish, nn.Tanhshrink,
-)  # fmt: skip
+    nn.Identity,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Hardtanh,
+    nn.Hardsigmoid,
+    nn.Hardswish,
+    nn.Tanhshrink,
+)
 
 
 def _plain(module: nn.Module) -> bool:

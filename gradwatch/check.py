@@ -9,18 +9,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gradwatch._validate import check_epsilon, check_thresholds
-from gradwatch.analysis import ComponentAnalysis, analyse_components, determinism_note
+from gradwatch._validate import check_epsilon, check_seed, check_thresholds
+from gradwatch.evidence import JITTER_STEPS, Moved, gather_evidence
 from gradwatch.layout import Layout
+from gradwatch.noise import measure_noise
 from gradwatch.numeric import auto_steps, represented_steps, two_sided_costs
 from gradwatch.report import GradCheckReport, Thresholds
 
 __all__ = ["gradient_check"]
 
-_REMEDY = (
-    "`cost` must be a function of θ alone: fix the random numbers it draws (seed them inside "
-    "`cost`, hold dropout masks fixed) and any state it keeps between calls, then check again"
-)
+Cost = Callable[[np.ndarray], float]
+Grad = np.ndarray | Callable[[np.ndarray], np.ndarray]
 
 
 def _as_vector(name: str, value: object) -> np.ndarray:
@@ -61,44 +60,82 @@ def _cost_value(cost: Callable[[np.ndarray], float], theta: np.ndarray) -> float
         raise TypeError(f"`cost` must return a float J(θ); got {type(value).__name__}") from err
 
 
-def _require_representable(theta: np.ndarray, step: float, names: Layout) -> None:
-    """θ_i ± ε must differ from θ_i, or the numeric derivative is 0 whatever J is."""
-    lost = np.flatnonzero((theta + step == theta) | (theta - step == theta))
-    if lost.size:
-        first = int(lost[0])
-        raise ValueError(
-            f"`epsilon` {step!r} is below float64's spacing at θ: θ_i ± epsilon == θ_i for "
-            f"{lost.size} of {theta.size} components (e.g. {names.label(first)} = "
-            f"{float(theta[first])!r}); use a larger epsilon or epsilon='auto', which scales "
-            "the step with |θ_i|"
-        )
+class _Count:
+    """How many times J was evaluated, over every objective of one check."""
+
+    def __init__(self) -> None:
+        self.evaluations = 0
+
+
+class _FunctionObjective:
+    """The evidence model's view of a plain ``cost(θ)``: pairs, stored step widths, probes, and
+    θ jittered off a kink when backprop is a function it can run again."""
+
+    def __init__(
+        self, cost: Cost, theta: np.ndarray, grad: Grad, steps: np.ndarray, count: _Count
+    ) -> None:
+        self._cost, self._theta, self._grad, self._steps = cost, theta, grad, steps
+        self._count = count
+
+    def value(self) -> float:
+        self._count.evaluations += 1
+        return _cost_value(self._cost, self._theta.copy())
+
+    def pairs(self, positions: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._count.evaluations += 2 * len(positions)
+        return two_sided_costs(self._cost, self._theta, np.asarray(positions), steps)
+
+    def half_gaps(self, positions: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        return represented_steps(self._theta[np.asarray(positions, dtype=np.int64)], steps)
+
+    def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        self._count.evaluations += len(rows)
+        out = np.empty(len(rows))
+        for r, row in enumerate(rows):
+            moved = self._theta.copy()
+            moved[support] += row
+            out[r] = float(self._cost(moved))
+        return out
+
+    def jittered(self, attempt: int) -> Moved | None:
+        if not callable(self._grad):
+            return None
+        rng = np.random.default_rng([attempt, 11])
+        theta = self._theta + JITTER_STEPS * self._steps * rng.standard_normal(self._theta.size)
+        other = _FunctionObjective(self._cost, theta, self._grad, self._steps, self._count)
+        analytic = _as_vector("grad(theta)", self._grad(theta.copy()))
+        return Moved(other, analytic, other.value())
 
 
 def gradient_check(
-    cost: Callable[[np.ndarray], float],
+    cost: Cost,
     theta: np.ndarray,
-    grad: np.ndarray,
+    grad: Grad,
     *,
     epsilon: float | Literal["auto"] = 1e-7,
     layout: Mapping[str, object] | Layout | None = None,
     thresholds: Thresholds | None = None,
+    seed: int = 0,
 ) -> GradCheckReport:
     """Checks an analytic gradient against the two-sided difference, exactly as in the material.
 
     For every component i: dθ_approx[i] = (J(θ + ε·e_i) − J(θ − ε·e_i)) / 2ε, then the
-    difference ‖dθ_approx − dθ‖₂ / (‖dθ_approx‖₂ + ‖dθ‖₂), in float64. One more evaluation,
-    J(θ), gives the one-sided slopes that tell kinks (ReLU at 0) from bugs, and the rounding
-    floor the difference cannot go below.
+    difference ‖dθ_approx − dθ‖₂ / (‖dθ_approx‖₂ + ‖dθ‖₂), in float64. Each component is then
+    read against J's measured noise (see :mod:`gradwatch.evidence`): it agrees, disagrees, or
+    could not be judged, and the verdict follows from those readings.
 
     Args:
         cost: J, mapping a 1-D float64 array θ to a float. It receives a scratch copy of θ.
         theta: the point θ, all parameters reshaped and concatenated.
-        grad: the analytic gradient dθ (your backprop), in the same order and shape as θ.
+        grad: the analytic gradient dθ (your backprop) at ``theta``, in the same order and shape
+            as θ; or a function θ → dθ, which lets the check re-check a component whose step
+            crosses a kink (ReLU at 0) at a nearby θ where J is smooth.
         epsilon: the step ε (default 1e-7, the material's), or ``"auto"``: a step per
             component that fits float64, ε_mach^(1/3)·max(1, |θ_i|) (see ``numeric.auto_steps``).
         layout: optional ordered mapping name → shape whose sizes add up to ``len(theta)``, so
             components are reported as ``W2[1, 3]`` instead of ``theta[36]``.
         thresholds: verdict bands; default pass ≤ 1e-7 < warn ≤ 1e-3 < fail.
+        seed: seeds the directions that measure J's noise and the jitter off kinks.
 
     Returns:
         A :class:`GradCheckReport`.
@@ -119,51 +156,56 @@ def gradient_check(
         raise TypeError(f"`cost` must be a callable θ -> float; got {type(cost).__name__}")
     step = check_epsilon(epsilon)
     bands = check_thresholds(thresholds)
+    seed = check_seed(seed)
     theta = _as_vector("theta", theta)
     if theta.size == 0:
         raise ValueError("`theta` must have at least one component; got an empty array")
-    grad = _as_vector("grad", grad)
-    if grad.shape != theta.shape:
-        raise ValueError(f"`grad` must have the shape of `theta` {theta.shape}; got {grad.shape}")
+    analytic = _as_vector(
+        "grad(theta)" if callable(grad) else "grad", grad(theta.copy()) if callable(grad) else grad
+    )
+    if analytic.shape != theta.shape:
+        raise ValueError(
+            f"`grad` must have the shape of `theta` {theta.shape}; got {analytic.shape}"
+        )
     names = _layout(layout, theta.size)
-    if step != "auto":
-        _require_representable(theta, step, names)
 
     start = time.perf_counter()
     unit = float(np.finfo(np.float64).eps)
-    # The evaluations move θ_i by h; the division uses the half-gap float64 really stored.
     steps = np.full(theta.size, step) if step != "auto" else auto_steps(theta, unit)
-    half = represented_steps(theta, steps) if step == "auto" else steps
-    center = _cost_value(cost, theta.copy())
-    evaluations = [1 + 2 * theta.size]
-    plus, minus = two_sided_costs(cost, theta, np.arange(theta.size), steps)
-
-    def halved(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        evaluations.append(2 * positions.size)
-        return two_sided_costs(cost, theta, positions, steps[positions] / 2)
-
-    again = _cost_value(cost, theta.copy())
-    evaluations.append(1)
-    failure = determinism_note(center, again, float(half.min()), _REMEDY)
-    if failure is None:
-        found = analyse_components(grad, plus, minus, center, half, unit, halved)
-    else:  # a J that moves on its own has no kinks or rounding to weigh
-        nothing = np.zeros(theta.size)
-        found = ComponentAnalysis(nothing, nothing, nothing > 0, nothing > 0)
+    count = _Count()
+    j = _FunctionObjective(cost, theta, grad, steps, count)
+    center = j.value()
+    every = np.arange(theta.size)
+    plus, minus = j.pairs(every, steps)
+    again = j.value()
+    moving = np.flatnonzero((plus != center) | (minus != center))
+    noise = measure_noise(
+        j.line,
+        center,
+        (again,),
+        moving if moving.size else every,
+        steps[moving if moving.size else every],
+        seed,
+    )
+    found = gather_evidence(
+        j, analytic, (plus, minus), center, steps, noise.effective, bands.pass_max
+    )
     return GradCheckReport(
         layout=names,
-        indices=np.arange(theta.size, dtype=np.int64),
-        analytic=grad,
-        numeric=(plus - minus) / (2 * half),
+        indices=every.astype(np.int64),
+        analytic=found.analytic,
+        numeric=found.numeric,
         epsilon=step,
         dtype="float64",
-        evaluations=sum(evaluations),
+        evaluations=count.evaluations,
         seconds=time.perf_counter() - start,
         thresholds=bands,
         noise=found.noise,
-        bound=found.bound,
+        readings=found.reading,
+        reasons=found.reason,
+        rechecks=found.recheck,
         kinks=found.kink,
-        flagged=found.flagged,
-        off_slope=found.off_slope,
-        failure=failure,
+        plain_analytic=analytic,
+        plain_numeric=found.first_numeric,
+        j_noise=noise,
     )

@@ -1,41 +1,56 @@
-"""What a gradient check found: the difference, a verdict, and the components that point at
-a bug."""
+"""What a gradient check found: a reading per component, a verdict per parameter and overall, and
+the components that point at a bug.
+
+How the verdicts follow from the readings (:mod:`gradwatch.evidence`), with D the material's
+formula over a parameter's judged components (those that agree or disagree):
+
+===========  ========================================================================
+verdict      a parameter's, when
+===========  ========================================================================
+fail         a component disagrees and D > warn_max
+warn         a component disagrees and D <= warn_max
+pass         no component disagrees, one at least agrees, and D <= warn_max
+not judged   no component was judged, or none disagrees but D > warn_max (J's noise is
+             as large as the gradient: the check can neither clear nor convict it)
+===========  ========================================================================
+
+The check's verdict is the worst verdict among the parameters that were judged (fail, then warn,
+then pass); it is "not judged" only when no parameter was, and "fail" when the check itself
+broke (a NaN or infinite J or gradient).
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from gradwatch import _text
+from gradwatch.evidence import AGREES, DISAGREES, NOT_JUDGED, READINGS, REASONS, RECHECKS, read
 from gradwatch.layout import Layout, format_label
+from gradwatch.noise import JNoise
 from gradwatch.numeric import component_errors, relative_difference
 from gradwatch.verdict import Thresholds, Verdict
 
-__all__ = ["Component", "GradCheckReport", "PrecisionDrift", "Thresholds", "Verdict"]
+__all__ = ["Component", "GradCheckReport", "ParameterResult", "PrecisionDrift"]
 
-# A tensor's own difference counts in the verdict only where its error stands clearly above
-# what rounding and curvature explain: a bias that BatchNorm cancels has a zero gradient, and
-# its difference is pure noise over nothing.
-SIGNIFICANCE = 3.0
-# A warn whose difference is within this factor of the rounding floor is explained by rounding.
-EXPLAINED_BY_FLOOR = 3.0
-# A tensor whose errors are this many times its typical rounding noise (in norm) is not explained
-# by rounding, even where they are too close to it to call a bug: its check is inconclusive.
-UNRESOLVED_NOISE = 4.0
+# "Too close to J's noise": a parameter whose components were judged, none disagreeing, but whose
+# difference is above warn_max all the same (see the table above).
+NOISY = "too close to J's noise"
 
 
 @dataclass(frozen=True)
 class Component:
-    """One component of θ: the analytic (backprop) and numeric (two-sided) derivative.
+    """One component of θ: backprop's value and the numeric estimate its reading compared.
 
-    ``rel_error`` is the material's formula for this one component, |a − n| / (|a| + |n|);
-    ``kink``: the step crossed a non-differentiable point and the analytic value is a valid
-    subgradient; ``flagged``: the error is far above what rounding and curvature explain;
-    ``off_slope``: on a kink many examples share, where backprop's value is outside the one-sided
-    slopes (the check cannot judge it).
+    ``reading`` is ``"agrees"``, ``"disagrees"`` or ``"not judged"`` (``reason`` says why);
+    ``recheck`` is ``""`` (the material's two-sided estimate at θ), ``"half step"`` (Richardson's
+    estimate from the steps ε and ε/2) or ``"off kink"`` (both values at a jittered θ near a kink);
+    ``noise`` is the measured noise of ``numeric``; ``kink``: the step at θ crossed a kink;
+    ``rel_error`` is the material's formula for this one component, |a − n| / (|a| + |n|).
     """
 
     name: str
@@ -45,14 +60,45 @@ class Component:
     numeric: float
     abs_error: float
     rel_error: float
+    reading: str = "agrees"
+    reason: str = ""
+    recheck: str = ""
+    noise: float = 0.0
     kink: bool = False
-    flagged: bool = False
-    off_slope: bool = False
 
     @property
     def label(self) -> str:
         """``'layer.weight[3, 1]'``."""
         return format_label(self.name, self.index)
+
+
+@dataclass(frozen=True)
+class ParameterResult:
+    """One parameter tensor's verdict (see the module's table), its difference D over its judged
+    components (NaN when none was judged), its noise floor (the difference J's measured noise
+    alone produces over them), how many components had each reading, and for "not judged"
+    the reason.
+
+    Example:
+        >>> r = ParameterResult("fc.bias", Verdict.NOT_JUDGED, math.nan, math.nan, 0, 0, 8,
+        ...                     "within noise")
+        >>> r.judged
+        0
+    """
+
+    name: str
+    verdict: Verdict
+    difference: float
+    noise_floor: float
+    agrees: int
+    disagrees: int
+    not_judged: int
+    reason: str = ""
+
+    @property
+    def judged(self) -> int:
+        """Components that agree or disagree."""
+        return self.agrees + self.disagrees
 
 
 @dataclass(frozen=True)
@@ -62,8 +108,8 @@ class PrecisionDrift:
     ``gradient_drift`` is the formula between that precision's analytic gradient and the float64
     one: how much of backprop rounding alone changes. ``difference`` is the check's own
     difference in that precision, at the step that suits it (ε_mach^(1/3)·max(1, |θ_i|)).
-    ``failure`` says why that repeat cannot be trusted (a non-finite or non-deterministic J in
-    that precision), else None.
+    ``failure`` says why that repeat cannot be trusted (a non-finite J in that precision), else
+    None.
     """
 
     dtype: str
@@ -72,8 +118,52 @@ class PrecisionDrift:
     failure: str | None = None
 
 
-def _bool_array(value: np.ndarray | None, size: int) -> np.ndarray:
-    return np.zeros(size, dtype=bool) if value is None else np.asarray(value, dtype=bool)
+def _worst_verdict(verdicts: list[Verdict]) -> Verdict:
+    judged = [v for v in verdicts if v is not Verdict.NOT_JUDGED]
+    return max(judged, key=lambda v: v.level) if judged else Verdict.NOT_JUDGED
+
+
+def _parameter(
+    name: str,
+    a: np.ndarray,
+    n: np.ndarray,
+    noise: np.ndarray,
+    reading: np.ndarray,
+    reason: np.ndarray,
+    warn_max: float,
+) -> ParameterResult:
+    agrees, disagrees, skipped = (
+        int(np.sum(reading == r)) for r in (AGREES, DISAGREES, NOT_JUDGED)
+    )
+    judged = reading != NOT_JUDGED
+    d, floor = judged_figures(a, n, noise, judged)
+    if not judged.any():
+        common = np.bincount(reason[~judged], minlength=len(REASONS))
+        why = REASONS[int(np.argmax(common))] if skipped else ""
+        verdict = Verdict.NOT_JUDGED
+    elif disagrees:
+        verdict, why = (Verdict.WARN if d <= warn_max else Verdict.FAIL), ""
+    elif d <= warn_max:
+        verdict, why = Verdict.PASS, ""
+    else:
+        verdict, why = Verdict.NOT_JUDGED, NOISY
+    return ParameterResult(name, verdict, d, floor, agrees, disagrees, skipped, why)
+
+
+def judged_figures(
+    a: np.ndarray, n: np.ndarray, noise: np.ndarray, judged: np.ndarray
+) -> tuple[float, float]:
+    """The material's formula over the judged components, and the noise floor: the same formula
+    with J's measured noise in place of the errors (NaN for both when none was judged)."""
+    if not judged.any():
+        return math.nan, math.nan
+    scale = float(np.linalg.norm(n[judged]) + np.linalg.norm(a[judged]))
+    floor = float(np.linalg.norm(noise[judged])) / scale if scale > 0 else math.nan
+    return relative_difference(n[judged], a[judged]), floor
+
+
+def _codes(value: np.ndarray | None, size: int, dtype: Any = np.int8) -> np.ndarray:
+    return np.zeros(size, dtype) if value is None else np.asarray(value, dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,10 +171,10 @@ class GradCheckReport:
     """The result of a gradient check.
 
     Build one with :func:`gradwatch.gradient_check` or :func:`gradwatch.check_module`; read
-    ``verdict`` and ``message`` first, then ``worst()`` and ``per_parameter`` to find the bug.
-    ``difference`` is exactly the material's formula over every checked component;
-    ``difference_without_kinks`` leaves out components whose step crossed a kink (ReLU at 0)
-    where backprop returned a valid subgradient, and is what the verdict reads.
+    ``verdict`` and ``message`` first, then ``parameters`` and ``worst()`` to find the bug.
+    ``difference`` is the material's formula over the judged components (the values each reading
+    compared); ``plain_difference`` is the same formula over every checked component with the
+    first two-sided estimates at θ, what the material's loop alone prints.
 
     Example:
         >>> import numpy as np, gradwatch
@@ -92,8 +182,8 @@ class GradCheckReport:
         ...     lambda t: float(np.sum(t**2)), np.array([1.0, 2.0]), np.array([2.0, 4.0]))
         >>> report.verdict
         <Verdict.PASS: 'pass'>
-        >>> report.worst(1)[0].label
-        'theta[1]'
+        >>> report.parameters["theta"].agrees
+        2
     """
 
     layout: Layout
@@ -109,14 +199,18 @@ class GradCheckReport:
     failure: str | None = None
     mode: str = "components"
     noise: np.ndarray | None = field(default=None, repr=False)
-    bound: np.ndarray | None = field(default=None, repr=False)
+    readings: np.ndarray | None = field(default=None, repr=False)
+    reasons: np.ndarray | None = field(default=None, repr=False)
+    rechecks: np.ndarray | None = field(default=None, repr=False)
     kinks: np.ndarray | None = field(default=None, repr=False)
-    flagged: np.ndarray | None = field(default=None, repr=False)
-    off_slope: np.ndarray | None = field(default=None, repr=False)
+    plain_analytic: np.ndarray | None = field(default=None, repr=False)
+    plain_numeric: np.ndarray | None = field(default=None, repr=False)
+    j_noise: JNoise | None = None
     drift: PrecisionDrift | None = None
     difference: float = field(init=False)
-    difference_without_kinks: float = field(init=False)
+    plain_difference: float = field(init=False)
     noise_floor: float = field(init=False)
+    parameters: dict[str, ParameterResult] = field(init=False)
     per_parameter: dict[str, float] = field(init=False)
     verdict: Verdict = field(init=False)
     message: str = field(init=False)
@@ -126,27 +220,45 @@ class GradCheckReport:
     def __post_init__(self) -> None:
         put = object.__setattr__
         n = self.indices.size
-        put(self, "noise", np.zeros(n) if self.noise is None else np.asarray(self.noise, float))
-        put(self, "bound", self.noise if self.bound is None else np.asarray(self.bound, float))
-        put(self, "kinks", _bool_array(self.kinks, n))
-        put(self, "off_slope", _bool_array(self.off_slope, n))
+        put(self, "analytic", np.asarray(self.analytic, np.float64))
+        put(self, "numeric", np.asarray(self.numeric, np.float64))
+        put(self, "noise", _codes(self.noise, n, np.float64))
+        if self.readings is None:  # values alone: read them against the noise given (or none)
+            reading, reason = read(
+                self.analytic, self.numeric, self._noise, self.thresholds.pass_max
+            )
+            put(self, "readings", reading)
+            put(self, "reasons", reason)
+        put(self, "readings", _codes(self.readings, n))
+        put(self, "reasons", _codes(self.reasons, n))
+        put(self, "rechecks", _codes(self.rechecks, n))
+        put(self, "kinks", _codes(self.kinks, n, bool))
+        for plain, used in (("plain_analytic", self.analytic), ("plain_numeric", self.numeric)):
+            put(
+                self,
+                plain,
+                used
+                if getattr(self, plain) is None
+                else np.asarray(getattr(self, plain), np.float64),
+            )
         abs_errors, rel_errors = component_errors(self.analytic, self.numeric)
-        # A component within the user's pass band is not suspicious, however clean the noise.
-        within_band = rel_errors <= self.thresholds.pass_max
-        put(self, "flagged", _bool_array(self.flagged, n) & ~within_band)
         put(self, "abs_errors", abs_errors)
         put(self, "rel_errors", rel_errors)
-        put(self, "difference", relative_difference(self.numeric, self.analytic))
-        smooth = self._smooth
+        judged = self._reading != NOT_JUDGED
+        difference, floor = judged_figures(self.analytic, self.numeric, self._noise, judged)
+        put(self, "difference", difference)
+        put(self, "noise_floor", floor)
+        first = relative_difference(np.asarray(self.plain_numeric), np.asarray(self.plain_analytic))
+        put(self, "plain_difference", first)
+        put(self, "parameters", self._parameters())
         put(
             self,
-            "difference_without_kinks",
-            relative_difference(self.numeric[smooth], self.analytic[smooth]),
+            "per_parameter",
+            {
+                k: r.difference if r.verdict is not Verdict.NOT_JUDGED else math.nan
+                for k, r in self.parameters.items()
+            },
         )
-        scale = float(np.linalg.norm(self.numeric) + np.linalg.norm(self.analytic))
-        floor = float(np.linalg.norm(self._noise)) / scale if scale > 0 else 0.0
-        put(self, "noise_floor", floor if math.isfinite(floor) else float("nan"))
-        put(self, "per_parameter", self._per_parameter(smooth))
         if self.failure is None:
             put(self, "failure", _text.non_finite(self))
         put(self, "verdict", self._verdict())
@@ -158,17 +270,8 @@ class GradCheckReport:
         return np.asarray(self.noise)
 
     @property
-    def _kinks(self) -> np.ndarray:
-        return np.asarray(self.kinks, dtype=bool)
-
-    @property
-    def _smooth(self) -> np.ndarray:
-        """Components whose step crossed no kink: the ones differences are taken over."""
-        return ~self._kinks & ~np.asarray(self.off_slope, dtype=bool)
-
-    @property
-    def _flagged(self) -> np.ndarray:
-        return np.asarray(self.flagged, dtype=bool)
+    def _reading(self) -> np.ndarray:
+        return np.asarray(self.readings)
 
     def _tensor_masks(self) -> dict[str, np.ndarray]:
         tensors = self.layout.tensor_of(self.indices)
@@ -176,104 +279,43 @@ class GradCheckReport:
             name: tensors == t for t, name in enumerate(self.layout.names) if np.any(tensors == t)
         }
 
-    def _per_parameter(self, smooth: np.ndarray) -> dict[str, float]:
+    def _parameters(self) -> dict[str, ParameterResult]:
+        reason = np.asarray(self.reasons)
         return {
-            name: relative_difference(self.numeric[m & smooth], self.analytic[m & smooth])
+            name: _parameter(
+                name,
+                self.analytic[m],
+                self.numeric[m],
+                self._noise[m],
+                self._reading[m],
+                reason[m],
+                self.thresholds.warn_max,
+            )
             for name, m in self._tensor_masks().items()
         }
-
-    def significant_parameters(self) -> list[str]:
-        """Tensors whose error stands clearly above rounding and curvature (kinks left out)."""
-        smooth = self._smooth
-        bound = np.asarray(self.bound)
-        out = []
-        for name, m in self._tensor_masks().items():
-            err = np.linalg.norm(self.abs_errors[m & smooth])
-            if not err <= SIGNIFICANCE * np.linalg.norm(bound[m & smooth]):
-                out.append(name)
-        return out
-
-    def unresolved(self) -> list[str]:
-        """Tensors whose own difference is above the warn band and whose errors, though not
-        far enough above rounding to call a bug, are more than rounding explains, on a gradient
-        larger than those errors: at this step and precision the check can neither clear nor
-        convict them (a 2× wrong gradient that is itself near the rounding noise looks like
-        this). Check them with ``epsilon="auto"``.
-        """
-        significant = set(self.significant_parameters())
-        smooth, noise = self._smooth, np.asarray(self.noise)
-        out = []
-        for name, m in self._tensor_masks().items():
-            if name in significant or self.per_parameter[name] <= self.thresholds.warn_max:
-                continue
-            err = np.linalg.norm(self.abs_errors[m & smooth])
-            size = np.linalg.norm(self.analytic[m & smooth])
-            # A gradient smaller than the error (a bias BatchNorm cancels: backprop's 0 against
-            # a few ulps of J) is zero to within rounding: nothing there to clear or convict.
-            if err > UNRESOLVED_NOISE * np.linalg.norm(noise[m & smooth]) and size > err:
-                out.append(name)
-        return out
 
     def _verdict(self) -> Verdict:
         if self.failure:
             return Verdict.FAIL
-        overall = self.thresholds.classify(self.difference_without_kinks)
-        if overall is Verdict.FAIL and self.explained_by_rounding:
-            overall = Verdict.WARN  # rounding alone makes this difference: it cannot convict
-        levels = [overall.level]
-        levels += [self.thresholds.classify(self.per_parameter[n]).level for n in self.suspects()]
-        if self.flagged_count or self.off_slope_count or self.unresolved():
-            levels.append(Verdict.WARN.level)
-        return list(Verdict)[max(levels)]
+        return _worst_verdict([r.verdict for r in self.parameters.values()])
 
     @property
-    def driver(self) -> str | None:
-        """The tensor whose own difference sets the verdict, when the overall difference alone
-        would give a milder one; else None."""
-        overall = self.thresholds.classify(self.difference_without_kinks)
-        if self.failure or overall is self.verdict:
-            return None
-        return next(
-            (
-                n
-                for n in self.suspects()
-                if self.thresholds.classify(self.per_parameter[n]) is self.verdict
-            ),
-            None,
-        )
+    def reading_counts(self) -> dict[str, int]:
+        """How many checked components had each reading: agrees, disagrees, not judged."""
+        counts = np.bincount(self._reading, minlength=len(READINGS))
+        return {name: int(c) for name, c in zip(READINGS, counts, strict=True)}
 
-    def suspects(self) -> list[str]:
-        """Tensors whose own difference is above the pass band for a reason other than rounding,
-        worst first: where to look for the bug."""
-        significant = set(self.significant_parameters())
-        ranked = sorted(self.per_parameter.items(), key=lambda kv: -kv[1])
-        return [n for n, v in ranked if n in significant and not v <= self.thresholds.pass_max]
-
-    @property
-    def explained_by_rounding(self) -> bool:
-        """True when the difference is what rounding alone produces: no tensor and no component
-        stands above the noise, and the difference is within a few times the floor."""
-        return (
-            not self.suspects()
-            and not self.flagged_count
-            and self.difference_without_kinks <= EXPLAINED_BY_FLOOR * self.noise_floor
-        )
+    def parameters_with(self, verdict: Verdict | str) -> list[str]:
+        """Names of the parameters with that verdict, worst difference first."""
+        wanted = Verdict(verdict)
+        found = [r for r in self.parameters.values() if r.verdict is wanted]
+        found.sort(key=lambda r: -np.nan_to_num(r.difference, nan=np.inf))
+        return [r.name for r in found]
 
     @property
     def kink_count(self) -> int:
-        """Components whose step crossed a kink where backprop gave a valid subgradient."""
-        return int(self._kinks.sum())
-
-    @property
-    def off_slope_count(self) -> int:
-        """Components on a kink many examples share, where backprop's value is outside the
-        one-sided slopes: the check cannot judge them (see ``analysis.ComponentAnalysis``)."""
-        return int(np.asarray(self.off_slope, dtype=bool).sum())
-
-    @property
-    def flagged_count(self) -> int:
-        """Components whose error is far above rounding and curvature: suspicious."""
-        return int(self._flagged.sum())
+        """Components whose step crossed a kink at θ (each was re-checked off the kink)."""
+        return int(np.asarray(self.kinks, bool).sum())
 
     @property
     def components_checked(self) -> int:
@@ -297,23 +339,27 @@ class GradCheckReport:
             numeric=float(self.numeric[position]),
             abs_error=float(self.abs_errors[position]),
             rel_error=float(self.rel_errors[position]),
-            kink=bool(self._kinks[position]),
-            flagged=bool(self._flagged[position]),
-            off_slope=bool(np.asarray(self.off_slope, dtype=bool)[position]),
+            reading=READINGS[int(self._reading[position])],
+            reason=REASONS[int(np.asarray(self.reasons)[position])],
+            recheck=RECHECKS[int(np.asarray(self.rechecks)[position])],
+            noise=float(self._noise[position]),
+            kink=bool(np.asarray(self.kinks)[position]),
         )
 
     def worst(self, k: int = 10) -> list[Component]:
-        """The ``k`` components with the largest |analytic − numeric|: flagged (suspicious) and
-        non-finite ones first, accepted kinks last."""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        """The ``k`` components with the largest |analytic − numeric|: those that disagree first
+        (non-finite ones before all), then those that agree, then those not judged."""
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"`k` must be a non-negative int; got {k!r}")
+        if k < 0:
             raise ValueError(f"`k` must be a non-negative int; got {k!r}")
         error = np.where(np.isnan(self.abs_errors), np.inf, self.abs_errors)
-        # lexsort: last key is primary. Flagged first, kinks last, then by error.
-        order = np.lexsort((-error, self._kinks, ~self._flagged))[:k]
+        rank = np.select([self._reading == DISAGREES, self._reading == AGREES], [0, 1], 2)
+        order = np.lexsort((-error, rank))[:k]  # lexsort: the last key is the primary one
         return [self.component(int(p)) for p in order]
 
     def headline(self) -> str:
-        """One line: ``difference 3.1e-09 (pass), 120 of 120 components, …``."""
+        """One line: ``pass: difference 3.1e-09 (noise floor 4e-10), 120 of 120 components …``."""
         return _text.headline(self)
 
     def worst_markdown(self, k: int = 10) -> str:
@@ -326,3 +372,25 @@ class GradCheckReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe summary (NaN and infinities become the strings ``'nan'``, ``'inf'``)."""
         return _text.as_dict(self)
+
+    # -- spellings of an earlier release --------------------------------------------------------
+
+    @property
+    def difference_without_kinks(self) -> float:
+        """Deprecated: ``difference`` (kinks are now re-checked off the kink, not left out)."""
+        _deprecated("difference_without_kinks", "difference")
+        return self.difference
+
+    @property
+    def flagged_count(self) -> int:
+        """Deprecated: ``reading_counts["disagrees"]``."""
+        _deprecated("flagged_count", 'reading_counts["disagrees"]')
+        return self.reading_counts["disagrees"]
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"GradCheckReport.{old} is deprecated and will be removed in the next release; use {new}",
+        DeprecationWarning,
+        stacklevel=3,
+    )

@@ -10,21 +10,23 @@ __all__ = ["Thresholds", "Verdict"]
 
 
 class Verdict(str, Enum):
-    """The material's reading of the difference: great, take a careful look, or very likely a bug.
+    """What a check found: backprop very likely correct (pass), a measured discrepancy to look at
+    (warn), very likely a bug (fail), or nothing the measurements could judge (not judged).
 
     Example:
-        >>> Verdict.PASS == "pass", Verdict.FAIL.level
-        (True, 2)
+        >>> Verdict.PASS == "pass", Verdict.FAIL.level, Verdict.NOT_JUDGED.level
+        (True, 2, -1)
     """
 
     PASS = "pass"
     WARN = "warn"
     FAIL = "fail"
+    NOT_JUDGED = "not judged"
 
     @property
     def level(self) -> int:
-        """0 for pass, 1 for warn, 2 for fail (what the callback logs as a scalar)."""
-        return ("pass", "warn", "fail").index(self.value)
+        """0 pass, 1 warn, 2 fail, and −1 not judged (what the callback logs as a scalar)."""
+        return ("not judged", "pass", "warn", "fail").index(self.value) - 1
 
     def __str__(self) -> str:
         return self.value

@@ -399,12 +399,12 @@ def test_console_has_one_line_per_check_and_the_report_when_it_fails(
         "GradientCheck at step 0",
         "GradientCheck at step 2",
     ]
-    assert all("(pass)" in m and "83 of 83 components" in m and "\n" not in m for m in lines)
+    assert all(": pass: " in m and "83 of 83 components" in m and "\n" not in m for m in lines)
     console.clear()
     module, check = _broken("ignore")
     trainer(tmp_path, callbacks=[check], max_steps=1).fit(module, _digit_batches())
     (failed,) = [m for m in console if m.startswith("GradientCheck at step 0")]
-    assert "(fail)" in failed and "worst components" in failed and "hidden.bias[" in failed
+    assert ": fail: " in failed and "worst components" in failed and "hidden.bias[" in failed
 
 
 def test_a_run_that_ends_before_a_scheduled_check_says_so(

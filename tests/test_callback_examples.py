@@ -21,7 +21,7 @@ def test_digits_demo_checks_and_prints_where_the_logs_are(
     assert list(check.reports) == [0, 5]
     assert all(r.verdict is Verdict.PASS for r in check.reports.values())
     out = capsys.readouterr().out
-    assert "step    5: difference" in out
+    assert "step    5: pass: difference" in out
     assert f"tensorboard --logdir {tmp_path / 'digits'}" in out
     assert list((tmp_path / "digits" / "version_0").glob("events.out.tfevents*"))
 

@@ -77,9 +77,11 @@ def test_worst_defaults_to_ten() -> None:
     assert [c.flat_index for c in report.worst()] == list(range(11, 1, -1))
 
 
-@pytest.mark.parametrize("k", [-1, 1.5, "3"])
-def test_worst_rejects_bad_k(buggy: gradwatch.GradCheckReport, k: object) -> None:
-    with pytest.raises(ValueError, match="`k` must be a non-negative int"):
+@pytest.mark.parametrize(("k", "error"), [(-1, ValueError), (1.5, TypeError), ("3", TypeError)])
+def test_worst_rejects_bad_k(
+    buggy: gradwatch.GradCheckReport, k: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match="`k` must be a non-negative int"):
         buggy.worst(k)  # type: ignore[arg-type]
 
 
@@ -93,9 +95,14 @@ def test_non_finite_components_come_first_in_worst() -> None:
 
 def test_message_points_at_the_bad_tensor(buggy: gradwatch.GradCheckReport) -> None:
     assert buggy.verdict is Verdict.FAIL
-    # "look at W: its components differ by up to 5e-1", in the material's spirit.
-    assert "W" in buggy.message and "5.0e-01" in buggy.message
-    assert "bug" in buggy.message
+    # W's two wrong components of four, then the worst component, in the material's spirit.
+    assert buggy.message.startswith(
+        "W's difference 4.5e-02 > 1e-03, with 2 of 4 judged components disagreeing beyond J's "
+        "measured noise: very likely a bug in backprop. Look at W (also b). Worst W[0, 1]: "
+        "analytic 2.5, numeric 2."
+    )
+    assert buggy.parameters_with(Verdict.FAIL) == ["W", "b"]
+    assert [buggy.parameters[n].disagrees for n in ("W", "b")] == [2, 1]
 
 
 def test_report_counts(buggy: gradwatch.GradCheckReport) -> None:
@@ -103,16 +110,20 @@ def test_report_counts(buggy: gradwatch.GradCheckReport) -> None:
     assert buggy.components_total == 5
     assert buggy.epsilon == 1e-3
     assert buggy.dtype == "float64"
-    # two per component, J(θ) twice (is J deterministic?), and two per component whose error
-    # stands above the modelled rounding, to measure the rounding there
-    assert buggy.evaluations == 2 * 5 + 2 + 2 * 3
-    assert buggy.seconds >= 0.0
+    # two per component, J(θ) twice (is J deterministic?), four along each of the 16 directions
+    # that measure J's noise, and four per component that disagreed at first (J(θ ± ε) and
+    # J(θ ± ε/2), the re-check at half the step)
+    assert buggy.evaluations == 2 * 5 + 2 + 16 * 4 + 4 * 3
+    assert buggy.reading_counts == {"agrees": 2, "disagrees": 3, "not judged": 0}
 
 
-def test_both_vectors_zero_is_difference_zero() -> None:
+def test_both_vectors_zero_is_nothing_judged_never_a_pass() -> None:
     report = gradwatch.gradient_check(lambda t: 1.0, np.ones(3), np.zeros(3))
-    assert report.difference == 0.0
-    assert report.verdict is Verdict.PASS
+    assert report.verdict is Verdict.NOT_JUDGED
+    assert math.isnan(report.difference) and math.isnan(report.per_parameter["theta"])
+    assert report.parameters["theta"].reason == "within noise"
+    assert report.message.startswith("nothing could be judged")
+    assert report.headline().startswith("not judged: nothing judged; 3 of 3 components")
 
 
 # --- verdict bands ----------------------------------------------------------------------------
@@ -222,12 +233,12 @@ def test_thresholds_of_the_wrong_type_are_rejected() -> None:
 
 def test_verdict_is_a_str_enum() -> None:
     assert isinstance(Verdict.PASS, str)
-    assert [v.value for v in Verdict] == ["pass", "warn", "fail"]
+    assert [v.value for v in Verdict] == ["pass", "warn", "fail", "not judged"]
     assert Verdict("warn") is Verdict.WARN
     assert Verdict.FAIL == "fail"
     assert str(Verdict.FAIL) == "fail" and f"{Verdict.PASS}" == "pass"
     assert json.dumps({"verdict": Verdict.WARN}) == '{"verdict": "warn"}'
-    assert [v.level for v in Verdict] == [0, 1, 2]
+    assert [v.level for v in Verdict] == [0, 1, 2, -1]
 
 
 # --- str(report) and to_dict() ----------------------------------------------------------------
@@ -240,13 +251,15 @@ def test_str_is_a_readable_summary(buggy: gradwatch.GradCheckReport) -> None:
     assert buggy.message in text
     assert "5 of 5 components" in text
     assert "epsilon 0.001" in text
-    assert "worst components" in text and "per-parameter" in text
-    table = text[text.index("worst components") : text.index("per-parameter")]
+    assert "worst components" in text and "\nparameters:" in text
+    table = text[text.index("worst components") : text.index("\nparameters:")]
     rows = [row.split()[0] for row in table.splitlines()[2:]]
     assert rows[:3] == ["W[0,", "b[0]", "W[1,"]
-    per_parameter = text[text.index("per-parameter") :].splitlines()[1:]
+    assert table.splitlines()[2].endswith("disagrees (half step)")
+    per_parameter = text[text.index("\nparameters:") :].splitlines()[3:]
     assert [row.split()[0] for row in per_parameter] == ["W", "b"]
-    assert "fail" in per_parameter[0] and f"{buggy.per_parameter['b']:.2e}" in per_parameter[1]
+    assert per_parameter[0].endswith("2/2/0  fail")
+    assert f"{buggy.per_parameter['b']:.2e}" in per_parameter[1]
 
 
 def test_to_dict_is_json_safe_and_matches_the_report(buggy: gradwatch.GradCheckReport) -> None:
@@ -259,10 +272,21 @@ def test_to_dict_is_json_safe_and_matches_the_report(buggy: gradwatch.GradCheckR
     assert data["evaluations"] == buggy.evaluations
     assert data["thresholds"] == {"pass_max": 1e-7, "warn_max": 1e-3}
     assert data["per_parameter"] == pytest.approx(buggy.per_parameter)
+    assert data["parameters"]["W"] == {
+        "verdict": "fail",
+        "difference": pytest.approx(buggy.per_parameter["W"]),
+        "noise_floor": pytest.approx(buggy.parameters["W"].noise_floor),
+        "agrees": 2,
+        "disagrees": 2,
+        "not_judged": 0,
+        "reason": "",
+    }
+    assert data["readings"] == {"agrees": 2, "disagrees": 3, "not judged": 0}
     first = data["worst"][0]
     assert first["name"] == "W" and first["index"] == [0, 1] and first["flat_index"] == 1
     assert first["analytic"] == 2.5 and first["abs_error"] == pytest.approx(0.5)
-    assert set(first) >= {"numeric", "rel_error"}
+    assert first["reading"] == "disagrees" and first["recheck"] == "half step"
+    assert set(first) >= {"numeric", "rel_error", "noise", "reason", "kink"}
 
 
 def test_to_dict_of_non_finite_values_is_json_safe() -> None:
