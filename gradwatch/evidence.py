@@ -48,9 +48,11 @@ __all__ = [
 ]
 
 # A kink is left by moving θ this many steps in a random direction: a kink that sat at θ then
-# lies ~1000 steps away, and the check's ±h crosses one with odds of about 1 in 1000.
+# lies ~1000 steps away, and the check's ±h crosses one with odds of about 1 in 1000. Each try
+# puts a unit sitting on its kink on either side with even odds (on the flat side there is no
+# gradient to compare), so three tries leave one unjudged with odds of 1 in 8.
 JITTER_STEPS = 1000.0
-JITTER_TRIES = 2
+JITTER_TRIES = 3
 
 READINGS = ("agrees", "disagrees", "not judged")
 AGREES, DISAGREES, NOT_JUDGED = 0, 1, 2
@@ -270,17 +272,18 @@ def _off_kinks(
     sigma: float,
     pass_max: float,
 ) -> None:
-    """Reads components whose step crossed a kink at a jittered θ where J is smooth; those no
-    jitter frees stay "not judged, on a kink"."""
+    """Reads components whose step crossed a kink at a jittered θ where J is smooth. A component
+    the jitter put on a flat side (a ReLU turned off: no gradient to compare) is tried again at
+    the next jitter; those no jitter frees stay "not judged, on a kink"."""
+    record.reading[kinks], record.reason[kinks] = NOT_JUDGED, ON_KINK
     for attempt in range(JITTER_TRIES):
         if kinks.size == 0:
             return
         moved = objective.jittered(attempt)
         if moved is None:
-            break
+            return
         first, second = _at_two_steps(moved.objective, kinks, steps[kinks])
         smooth, estimate, spread = _halved(moved.center, first, second, sigma)
         at = kinks[smooth]
         record.set(at, moved.analytic[at], estimate[smooth], spread[smooth], pass_max, OFF_KINK)
-        kinks = kinks[~smooth]
-    record.reading[kinks], record.reason[kinks] = NOT_JUDGED, ON_KINK
+        kinks = kinks[~smooth | (record.reading[kinks] == NOT_JUDGED)]

@@ -6,16 +6,18 @@ carries the rounding of those terms, and a J computed partly in a lower precisio
 precision's rounding. So the noise is measured on the J at hand:
 
 J is evaluated at five points along a random ±1 direction u, θ + k·s·u for k = 0, 1, 2, 3, 4
-(each moved component stepping by its own check step, s = 1 to start). The fourth difference
+(each moved component stepping by a fraction s of its own check step, s = 1/64 to start: the
+rounding of J does not depend on how far it moved, and a short stride rarely crosses a kink near
+θ). The fourth difference
 J₀ − 4J₁ + 6J₂ − 4J₃ + J₄ cancels every polynomial part of J up to degree 3, so what remains is
 noise (the degree-4 term s⁴·J⁗ is ~1e-28 at these steps), with variance (1 + 16 + 36 + 16 + 1)σ²
 = 70σ² for independent errors of size σ. The points lie on one side of θ, so a kink exactly at θ
 (a ReLU whose input is exactly 0, a max-pool tie) is not inside the stencil. Where J does not
 move at all along a direction (J rounds every point to the same value, as when J is computed in
 float32 inside a float64 check), the direction is probed again with s 16 times larger, until J
-moves: the spread found there is J's real resolution. The median over the directions, divided by
-the half-normal median 0.6745, is a robust σ (a direction that happens to cross a kink is an
-outlier the median ignores).
+moves: the spread found there is J's real resolution. The 75th percentile over the directions,
+divided by that percentile of |N(0, 1)|, 1.1503, is a robust σ (a direction that happens to
+cross a kink is an outlier it ignores).
 """
 
 from __future__ import annotations
@@ -29,25 +31,33 @@ import numpy as np
 __all__ = ["JNoise", "fourth_differences", "measure_noise", "probe_rows", "rounding_floor"]
 
 # The one tolerance of every reading (gradwatch.evidence), in units of the measured noise. A
-# Gaussian error passes 8σ with probability 1e-15, so even with σ_J underestimated by 1.5× (16
-# probes) a check of 1e7 components sees no false disagreement (5.3σ: 1e-7 each). Rounding errors
-# are bounded tighter than a Gaussian's, and the probes move θ's first layers, whose
-# perturbations pass through every later operation, so σ_J bounds each component's noise.
+# Gaussian error passes 8σ with probability 1e-15, so even with σ_J underestimated by 1.5× (see
+# PROBE_DIRECTIONS) a check of 1e5 components sees a false disagreement with odds of 1 in 100
+# (5.3σ: 1e-7 each). Rounding errors are bounded tighter than a Gaussian's, and the probes move
+# θ's first layers, whose perturbations pass through every later operation, so σ_J bounds each
+# component's noise.
 NOISE_MULTIPLE = 8.0
-# How many random directions measure the noise: the median of 16 estimates is within about
-# ±30% of σ, which the noise multiple of the readings (evidence.NOISE_MULTIPLE) absorbs.
-PROBE_DIRECTIONS = 16
+# How many random directions measure the noise. The 75th percentile of 32 Gaussian |errors|
+# underestimates σ by 1.5× with odds of 1.5% and by 2× with odds of 2e-4 (simulated), which the
+# noise multiple of the readings absorbs: 8σ read as 5.3σ is still passed by chance only 1e-7 of
+# the time.
+PROBE_DIRECTIONS = 32
 # How many components each direction moves: enough for J to move by many ulps, few enough that
 # the moved distance √32·h keeps the degree-4 term negligible.
 PROBE_WIDTH = 32
-# A direction along which J did not move is probed again at a 16× longer stride, up to 3 times
-# (16³ = 4096 steps): J rounded to float32 inside a float64 check moves within that.
+# The first stride, in check steps: J's rounding is the same at any stride, while the odds that
+# a direction crosses a kink near θ (a ReLU input within reach) shrink with it. A direction along
+# which J did not move is probed again at a 16× longer stride, up to 5 times (1/64 · 16⁵ = 16384
+# steps): J rounded to float32 inside a float64 check moves within that.
+PROBE_START = 1 / 64
 PROBE_GROWTH = 16.0
-PROBE_TRIES = 4
+PROBE_TRIES = 6
 # The stencil's coefficients: J₀ − 4J₁ + 6J₂ − 4J₃ + J₄; the sum of their squares is 70.
 FOURTH = np.array([1.0, -4.0, 6.0, -4.0, 1.0])
-# Median of |N(0, 1)|: turns the median of |noise| into a standard deviation.
-HALF_NORMAL_MEDIAN = 0.6744897501960817
+# The 75th percentile of |N(0, 1)|: turns that percentile of |noise| into a standard deviation.
+# A percentile, not the mean: a direction that crosses a kink near θ is an outlier (up to a
+# quarter of them are ignored).
+HALF_NORMAL_Q75 = 1.1503493803760079
 
 # J at θ + (rows @ e_support) for each row: rows[r, j] is the displacement of component
 # support[j] in θ's units.
@@ -116,7 +126,8 @@ def fourth_differences(values: np.ndarray) -> np.ndarray:
         >>> fourth_differences(np.array([[0.0, 1.0, 8.0, 27.0, 64.0]]))  # k³: no noise
         array([0.])
     """
-    return np.asarray(values, dtype=np.float64) @ FOURTH
+    with np.errstate(invalid="ignore", over="ignore"):  # an infinite J: NaN, left out
+        return np.asarray(values, dtype=np.float64) @ FOURTH
 
 
 def probe_rows(support_steps: np.ndarray, signs: np.ndarray, stride: np.ndarray) -> np.ndarray:
@@ -161,7 +172,7 @@ def measure_noise(
     picks = rng.choice(support.size, width, replace=False)  # one support: one batched call
     chosen, steps = support[picks], support_steps[picks]
     signs = rng.choice([-1.0, 1.0], size=(PROBE_DIRECTIONS, width))
-    stride = np.ones(PROBE_DIRECTIONS)
+    stride = np.full(PROBE_DIRECTIONS, PROBE_START)
     found = np.full(PROBE_DIRECTIONS, np.nan)
     pending = np.arange(PROBE_DIRECTIONS)
     for _ in range(PROBE_TRIES):
@@ -176,5 +187,5 @@ def measure_noise(
     measured = found[np.isfinite(found)]
     sigma = 0.0
     if measured.size:
-        sigma = float(np.median(measured)) / (HALF_NORMAL_MEDIAN * np.sqrt(70.0))
+        sigma = float(np.quantile(measured, 0.75)) / (HALF_NORMAL_Q75 * np.sqrt(70.0))
     return JNoise(sigma, spread, floor, PROBE_DIRECTIONS, int(pending.size), center)

@@ -422,14 +422,19 @@ def test_loss_non_finite_near_theta_fails_and_names_the_component() -> None:
     )
 
 
-def test_an_epsilon_below_the_spacing_of_theta_is_rejected_naming_a_component() -> None:
+def test_an_epsilon_below_the_spacing_of_theta_leaves_those_components_not_judged() -> None:
+    # One rule for gradient_check and check_module: θ_i ± ε == θ_i means the step is lost, and
+    # the component is not judged (never a numeric 0 read as evidence), with what to do.
     theta = np.array([1.0, 2.0, 1e-30])
-    with pytest.raises(ValueError) as raised:
-        gradwatch.gradient_check(
-            lambda t: float(np.sum(t**2)), theta, 2 * theta, epsilon=1e-17, layout={"w": (3,)}
-        )
-    assert str(raised.value) == (
-        "`epsilon` 1e-17 is below float64's spacing at θ: θ_i ± epsilon == θ_i for 2 of 3 "
-        "components (e.g. w[0] = 1.0); use a larger epsilon or epsilon='auto', which scales the "
-        "step with |θ_i|"
+    report = gradwatch.gradient_check(
+        lambda t: float(np.sum(t**2)), theta, 2 * theta, epsilon=1e-17, layout={"w": (3,)}
+    )
+    assert [report.component(p).reason for p in range(3)] == [
+        "step lost",
+        "step lost",
+        "within noise",
+    ]
+    assert report.verdict is gradwatch.Verdict.NOT_JUDGED
+    assert "w: θ_i ± epsilon rounds back to θ_i in the check's precision; use epsilon='auto'" in (
+        report.message
     )

@@ -111,7 +111,7 @@ def test_each_evaluation_nudges_one_component() -> None:
     # The noise probes move θ along ±1 directions by whole numbers of steps; every other
     # evaluation nudges one component.
     probes = [t for t, m in zip(seen, moved, strict=True) if m.size > 1]
-    assert len(probes) == 16 * 4
+    assert len(probes) == 32 * 4
     for t in probes:
         steps = (t - theta) / 1e-3
         np.testing.assert_allclose(np.abs(steps), np.abs(steps).max(), rtol=1e-9)

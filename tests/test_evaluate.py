@@ -166,8 +166,9 @@ def test_small_chunks_give_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(vectorize, "CHUNK_BYTES", 1)  # one copy per call
     small_plus, small_minus, cost = _pairs("batchnorm_dropout_freeze", vectorize=True)
     assert cost.largest_call == 1
-    np.testing.assert_array_equal(small_plus, plus)
-    np.testing.assert_array_equal(small_minus, minus)
+    # The same numbers to an ulp or two: a batched kernel may add in another order per batch size.
+    np.testing.assert_allclose(small_plus, plus, rtol=4 * np.finfo(np.float64).eps, atol=0)
+    np.testing.assert_allclose(small_minus, minus, rtol=4 * np.finfo(np.float64).eps, atol=0)
 
 
 def test_directions_evaluate_like_the_loop() -> None:

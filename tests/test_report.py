@@ -110,10 +110,10 @@ def test_report_counts(buggy: gradwatch.GradCheckReport) -> None:
     assert buggy.components_total == 5
     assert buggy.epsilon == 1e-3
     assert buggy.dtype == "float64"
-    # two per component, J(θ) twice (is J deterministic?), four along each of the 16 directions
+    # two per component, J(θ) twice (is J deterministic?), four along each of the 32 directions
     # that measure J's noise, and four per component that disagreed at first (J(θ ± ε) and
     # J(θ ± ε/2), the re-check at half the step)
-    assert buggy.evaluations == 2 * 5 + 2 + 16 * 4 + 4 * 3
+    assert buggy.evaluations == 2 * 5 + 2 + 32 * 4 + 4 * 3
     assert buggy.reading_counts == {"agrees": 2, "disagrees": 3, "not judged": 0}
 
 

@@ -200,9 +200,9 @@ def test_each_process_evaluates_its_share() -> None:
     counts = [int(c) for c in note.split("evaluations per process: ")[1].split(", ")]
     assert report.evaluations == sum(counts)
     # Half of the pairs each, plus J(θ), the gradient and one component per tensor to decide how
-    # to evaluate it (the first of the tensor a share begins inside); the 16 × 4 evaluations
+    # to evaluate it (the first of the tensor a share begins inside); the 32 × 4 evaluations
     # that measure J's noise run in every process.
-    probes = 16 * 4
+    probes = 32 * 4
     assert all(count - probes < 0.6 * (alone.evaluations - probes) for count in counts)
 
 

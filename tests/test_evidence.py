@@ -1,0 +1,168 @@
+"""The evidence model's rules, each on numbers with a known answer: the reading table, the
+re-check at half the step (smooth or kink, Richardson's estimate), and the re-check off a kink."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradwatch
+from gradwatch import Verdict
+from gradwatch.evidence import (
+    AGREES,
+    DISAGREES,
+    NOT_JUDGED,
+    OFF_KINK,
+    ON_KINK,
+    REASONS,
+    STEP_LOST,
+    WITHIN_NOISE,
+    Moved,
+    _halved,
+    gather_evidence,
+    read,
+)
+from gradwatch.noise import NOISE_MULTIPLE
+
+NOISE = 1e-9  # the noise of each numeric value below
+TOLERANCE = NOISE_MULTIPLE * NOISE
+
+
+@pytest.mark.parametrize(
+    ("analytic", "numeric", "reading", "reason"),
+    [
+        (1.0, 1.0 + TOLERANCE / 2, AGREES, 0),  # within noise, a gradient to compare
+        (1.0, 1.0 + 2 * TOLERANCE, DISAGREES, 0),  # beyond noise (pass band 0 here)
+        (2.0, 1.0, DISAGREES, 0),  # far beyond noise
+        (0.0, 5 * TOLERANCE, DISAGREES, 0),  # zero gradient where J moves: a missing term
+        (TOLERANCE / 2, -TOLERANCE / 3, NOT_JUDGED, WITHIN_NOISE),  # both within noise
+        (0.0, 0.0, NOT_JUDGED, WITHIN_NOISE),
+        (np.nan, 1.0, DISAGREES, 0),  # non-finite: the check fails
+    ],
+)
+def test_the_reading_table(analytic: float, numeric: float, reading: int, reason: int) -> None:
+    found, why = read(np.array([analytic]), np.array([numeric]), np.array([NOISE]), 0.0)
+    assert (found[0], why[0]) == (reading, reason)
+
+
+def test_a_relative_error_within_the_pass_band_never_disagrees() -> None:
+    # 1e-8 relative: far beyond the noise of 1e-12, but inside the user's pass band of 1e-7.
+    reading, _ = read(np.array([1.0]), np.array([1.0 + 2e-8]), np.array([1e-12]), 1e-7)
+    assert reading[0] == AGREES
+    reading, _ = read(np.array([1.0]), np.array([1.0 + 2e-8]), np.array([1e-12]), 1e-9)
+    assert reading[0] == DISAGREES
+
+
+def _pairs(f, theta: float, h: np.ndarray):  # type: ignore[no-untyped-def]
+    return np.array([f(theta + x) for x in h]), np.array([f(theta - x) for x in h]), h
+
+
+def test_halving_tells_curvature_from_a_kink_and_removes_truncation() -> None:
+    h = np.array([1e-3])
+    cubic = lambda x: x**3  # noqa: E731
+    smooth, estimate, noise = _halved(
+        cubic(1.0), _pairs(cubic, 1.0, h), _pairs(cubic, 1.0, h / 2), 1e-16
+    )
+    assert smooth[0]
+    assert estimate[0] == pytest.approx(3.0, abs=1e-9)  # n(h) = 3 + h² is off by 1e-6
+    assert noise[0] > 0
+    kink = abs
+    smooth, _, _ = _halved(0.0, _pairs(kink, 0.0, h), _pairs(kink, 0.0, h / 2), 1e-16)
+    assert not smooth[0]  # J'' = 2/h doubles when h halves
+
+
+class _Relu:
+    """J(θ) = relu(θ₀) + 2θ₁ + ¼·θ₂²: a kink in θ₀ at θ₀ = 0."""
+
+    def __init__(self, theta: np.ndarray, slope: float = 1.0, jitter: bool = True) -> None:
+        self.theta, self.slope, self.jitter = theta, slope, jitter
+
+    def cost(self, t: np.ndarray) -> float:
+        return max(t[0], 0.0) + 2 * t[1] + 0.25 * t[2] ** 2
+
+    def grad(self, t: np.ndarray) -> np.ndarray:
+        return np.array([self.slope * float(t[0] > 0), 2.0, 0.5 * t[2]])
+
+    def pairs(self, at: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        e = np.eye(3)
+        plus = [self.cost(self.theta + hk * e[i]) for i, hk in zip(at, h, strict=True)]
+        minus = [self.cost(self.theta - hk * e[i]) for i, hk in zip(at, h, strict=True)]
+        return np.array(plus), np.array(minus)
+
+    def half_gaps(self, at: np.ndarray, h: np.ndarray) -> np.ndarray:
+        values = self.theta[np.asarray(at)]
+        return ((values + h) - (values - h)) / 2
+
+    def jittered(self, attempt: int) -> Moved | None:
+        if not self.jitter:
+            return None
+        moved = _Relu(self.theta + np.array([1e-4, 0.0, 0.0]), self.slope)
+        return Moved(moved, moved.grad(moved.theta), moved.cost(moved.theta))
+
+
+def _gather(j: _Relu, analytic: np.ndarray, h: float = 1e-7) -> gradwatch.evidence.Evidence:
+    steps = np.full(3, h)
+    return gather_evidence(
+        j, analytic, j.pairs(np.arange(3), steps), j.cost(j.theta), steps, 1e-16, 1e-7
+    )
+
+
+def test_a_kink_at_theta_is_read_again_off_the_kink() -> None:
+    j = _Relu(np.array([0.0, 1.0, 0.5]))
+    found = _gather(j, np.array([0.0, 2.0, 0.25]))  # relu'(0) = 0: backprop's convention
+    assert list(found.reading) == [AGREES, AGREES, AGREES]
+    assert found.kink[0] and found.recheck[0] == OFF_KINK
+    assert found.analytic[0] == 1.0 and found.numeric[0] == pytest.approx(1.0, abs=1e-8)
+    assert found.first_numeric[0] == pytest.approx(0.5)  # the two-sided mean of 0 and 1
+
+
+def test_a_wrong_gradient_behind_a_kink_disagrees_off_the_kink() -> None:
+    j = _Relu(np.array([0.0, 1.0, 0.5]), slope=2.0)  # backprop doubles relu's slope
+    found = _gather(j, np.array([0.0, 2.0, 0.25]))
+    assert found.reading[0] == DISAGREES and found.recheck[0] == OFF_KINK
+    assert found.analytic[0] == 2.0
+
+
+def test_a_kink_with_no_backprop_to_run_again_is_not_judged() -> None:
+    j = _Relu(np.array([0.0, 1.0, 0.5]), jitter=False)
+    found = _gather(j, np.array([0.0, 2.0, 0.25]))
+    assert (found.reading[0], found.reason[0]) == (NOT_JUDGED, ON_KINK)
+    assert list(found.reading[1:]) == [AGREES, AGREES]
+
+
+def test_a_lost_step_is_not_judged() -> None:
+    # J = θ₀ + 1e-10·θ₁ at θ₁ = 1e10: 1e10 ± 1e-7 == 1e10 in float64.
+    report = gradwatch.gradient_check(
+        lambda t: float(t[0] + 1e-10 * t[1]), np.array([0.5, 1e10]), np.array([1.0, 1e-10])
+    )
+    assert report.component(1).reading == "not judged"
+    assert report.component(1).reason == REASONS[STEP_LOST] == "step lost"
+    assert report.component(0).reading == "agrees"
+
+
+def test_a_material_example_at_a_large_step_is_truncation_not_a_bug() -> None:
+    # J = θ³ at θ = 1, ε = 0.01: the two-sided estimate 3.0001 is off by ε²·J‴/6 = 1e-4.
+    report = gradwatch.gradient_check(
+        lambda t: float(t[0] ** 3), np.array([1.0]), [3.0], epsilon=0.01
+    )
+    assert report.verdict is Verdict.PASS
+    assert report.component(0).recheck == "half step"
+    wrong = gradwatch.gradient_check(
+        lambda t: float(t[0] ** 3), np.array([1.0]), [3.001], epsilon=0.01
+    )
+    assert wrong.verdict is Verdict.WARN  # 3.001 vs 3: 1.7e-4, beyond noise, within warn_max
+
+
+def test_gradient_check_re_checks_kinks_when_grad_is_a_function() -> None:
+    j = _Relu(np.array([0.0, 1.0, 0.5]))
+    as_array = gradwatch.gradient_check(j.cost, j.theta, j.grad(j.theta))
+    assert (
+        as_array.component(0).reading == "not judged"
+        and as_array.component(0).reason == "on a kink"
+    )
+    assert as_array.verdict is Verdict.PASS and as_array.parameters["theta"].not_judged == 1
+    as_function = gradwatch.gradient_check(j.cost, j.theta, j.grad)
+    assert as_function.component(0).recheck == "off kink"
+    assert as_function.reading_counts == {"agrees": 3, "disagrees": 0, "not judged": 0}
+    wrong = gradwatch.gradient_check(j.cost, j.theta, _Relu(j.theta, slope=3.0).grad)
+    assert wrong.verdict is Verdict.FAIL and wrong.worst(1)[0].label == "theta[0]"
