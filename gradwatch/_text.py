@@ -192,14 +192,16 @@ def advice(report: GradCheckReport) -> str:
     return text + _worst_of(report, failing) + nondeterminism(report) + _not_judged(report)
 
 
+def _tally(report: GradCheckReport, every: bool = True) -> str:
+    """``'51 agree, 80 disagree, 0 not judged'`` (``every=False``: the non-zero counts alone)."""
+    verbs = {"agrees": "agree", "disagrees": "disagree", "not judged": "not judged"}
+    counts = report.reading_counts.items()
+    return ", ".join(f"{n} {verbs[r]}" for r, n in counts if n or every)
+
+
 def headline(report: GradCheckReport) -> str:
     """The console line."""
-    counts = report.reading_counts
-    tally = ", ".join(
-        f"{n} {r.replace('agrees', 'agree').replace('disagrees', 'disagree')}"
-        for r, n in counts.items()
-        if n
-    )
+    tally = _tally(report, every=False)
     judged = f"difference {report.difference:.1e} (noise floor {report.noise_floor:.0e})"
     if not any(r.judged for r in report.parameters.values()):
         judged = "nothing judged"
@@ -269,7 +271,7 @@ def summary(report: GradCheckReport) -> str:
         f"  {report.message}",
         f"  epsilon {_eps(report)}, {report.dtype}, mode {report.mode}, "
         f"{report.components_checked} of {report.components_total} components "
-        f"({', '.join(f'{n} {r}' for r, n in report.reading_counts.items())}), "
+        f"({_tally(report)}), "
         f"{report.kink_count} kinks{measured}, {report.evaluations} evaluations, "
         f"{report.seconds:.2f} s",
     ]
