@@ -14,15 +14,20 @@ Example:
 from gradwatch.check import gradient_check
 from gradwatch.layout import Layout
 from gradwatch.module import check_module
+from gradwatch.noise import JNoise
 from gradwatch.partition import Partition, PartitionError
-from gradwatch.report import Component, GradCheckReport, Thresholds, Verdict
+from gradwatch.report import Component, GradCheckReport, PrecisionDrift
+from gradwatch.verdict import ParameterResult, Thresholds, Verdict
 
 __all__ = [
     "Component",
     "GradCheckReport",
+    "JNoise",
     "Layout",
+    "ParameterResult",
     "Partition",
     "PartitionError",
+    "PrecisionDrift",
     "Thresholds",
     "Verdict",
     "check_module",

@@ -13,7 +13,8 @@ from gradwatch.evidence import NOT_JUDGED, REASONS
 from gradwatch.verdict import Verdict
 
 if TYPE_CHECKING:
-    from gradwatch.report import Component, GradCheckReport, ParameterResult
+    from gradwatch.report import Component, GradCheckReport
+    from gradwatch.verdict import ParameterResult
 
 # What a user does about each reason a parameter was not judged.
 _REMEDY = {

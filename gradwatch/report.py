@@ -1,23 +1,6 @@
-"""What a gradient check found: a reading per component, a verdict per parameter and overall, and
-the components that point at a bug.
-
-How the verdicts follow from the readings (:mod:`gradwatch.evidence`), with D the material's
-formula over a parameter's judged components (those that agree or disagree):
-
-===========  ========================================================================
-verdict      a parameter's, when
-===========  ========================================================================
-fail         a component disagrees and D > warn_max
-warn         a component disagrees and D <= warn_max
-pass         no component disagrees, one at least agrees, and D <= warn_max
-not judged   no component was judged, or none disagrees but D > warn_max (J's noise is
-             as large as the gradient: the check can neither clear nor convict it)
-===========  ========================================================================
-
-The check's verdict is the worst verdict among the parameters that were judged (fail, then warn,
-then pass); it is "not judged" only when no parameter was, and "fail" when the check itself
-broke (a NaN or infinite J or gradient).
-"""
+"""What a gradient check found: the readings of the checked components, each parameter's verdict
+(see :mod:`gradwatch.verdict` for how it follows from the readings), and the components that
+point at a bug."""
 
 from __future__ import annotations
 
@@ -33,13 +16,16 @@ from gradwatch.evidence import AGREES, DISAGREES, NOT_JUDGED, READINGS, REASONS,
 from gradwatch.layout import Layout, format_label
 from gradwatch.noise import JNoise
 from gradwatch.numeric import component_errors, relative_difference
-from gradwatch.verdict import Thresholds, Verdict
+from gradwatch.verdict import (
+    ParameterResult,
+    Thresholds,
+    Verdict,
+    judged_figures,
+    parameter_verdict,
+    worst_verdict,
+)
 
-__all__ = ["Component", "GradCheckReport", "ParameterResult", "PrecisionDrift"]
-
-# "Too close to J's noise": a parameter whose components were judged, none disagreeing, but whose
-# difference is above warn_max all the same (see the table above).
-NOISY = "too close to J's noise"
+__all__ = ["Component", "GradCheckReport", "PrecisionDrift"]
 
 
 @dataclass(frozen=True)
@@ -73,35 +59,6 @@ class Component:
 
 
 @dataclass(frozen=True)
-class ParameterResult:
-    """One parameter tensor's verdict (see the module's table), its difference D over its judged
-    components (NaN when none was judged), its noise floor (the difference J's measured noise
-    alone produces over them), how many components had each reading, and for "not judged"
-    the reason.
-
-    Example:
-        >>> r = ParameterResult("fc.bias", Verdict.NOT_JUDGED, math.nan, math.nan, 0, 0, 8,
-        ...                     "within noise")
-        >>> r.judged
-        0
-    """
-
-    name: str
-    verdict: Verdict
-    difference: float
-    noise_floor: float
-    agrees: int
-    disagrees: int
-    not_judged: int
-    reason: str = ""
-
-    @property
-    def judged(self) -> int:
-        """Components that agree or disagree."""
-        return self.agrees + self.disagrees
-
-
-@dataclass(frozen=True)
 class PrecisionDrift:
     """How the check moves when repeated in a training precision (float32, bfloat16).
 
@@ -116,50 +73,6 @@ class PrecisionDrift:
     gradient_drift: float
     difference: float
     failure: str | None = None
-
-
-def _worst_verdict(verdicts: list[Verdict]) -> Verdict:
-    judged = [v for v in verdicts if v is not Verdict.NOT_JUDGED]
-    return max(judged, key=lambda v: v.level) if judged else Verdict.NOT_JUDGED
-
-
-def _parameter(
-    name: str,
-    a: np.ndarray,
-    n: np.ndarray,
-    noise: np.ndarray,
-    reading: np.ndarray,
-    reason: np.ndarray,
-    warn_max: float,
-) -> ParameterResult:
-    agrees, disagrees, skipped = (
-        int(np.sum(reading == r)) for r in (AGREES, DISAGREES, NOT_JUDGED)
-    )
-    judged = reading != NOT_JUDGED
-    d, floor = judged_figures(a, n, noise, judged)
-    if not judged.any():
-        common = np.bincount(reason[~judged], minlength=len(REASONS))
-        why = REASONS[int(np.argmax(common))] if skipped else ""
-        verdict = Verdict.NOT_JUDGED
-    elif disagrees:
-        verdict, why = (Verdict.WARN if d <= warn_max else Verdict.FAIL), ""
-    elif d <= warn_max:
-        verdict, why = Verdict.PASS, ""
-    else:
-        verdict, why = Verdict.NOT_JUDGED, NOISY
-    return ParameterResult(name, verdict, d, floor, agrees, disagrees, skipped, why)
-
-
-def judged_figures(
-    a: np.ndarray, n: np.ndarray, noise: np.ndarray, judged: np.ndarray
-) -> tuple[float, float]:
-    """The material's formula over the judged components, and the noise floor: the same formula
-    with J's measured noise in place of the errors (NaN for both when none was judged)."""
-    if not judged.any():
-        return math.nan, math.nan
-    scale = float(np.linalg.norm(n[judged]) + np.linalg.norm(a[judged]))
-    floor = float(np.linalg.norm(noise[judged])) / scale if scale > 0 else math.nan
-    return relative_difference(n[judged], a[judged]), floor
 
 
 def _codes(value: np.ndarray | None, size: int, dtype: Any = np.int8) -> np.ndarray:
@@ -282,7 +195,7 @@ class GradCheckReport:
     def _parameters(self) -> dict[str, ParameterResult]:
         reason = np.asarray(self.reasons)
         return {
-            name: _parameter(
+            name: parameter_verdict(
                 name,
                 self.analytic[m],
                 self.numeric[m],
@@ -297,7 +210,7 @@ class GradCheckReport:
     def _verdict(self) -> Verdict:
         if self.failure:
             return Verdict.FAIL
-        return _worst_verdict([r.verdict for r in self.parameters.values()])
+        return worst_verdict([r.verdict for r in self.parameters.values()])
 
     @property
     def reading_counts(self) -> dict[str, int]:

@@ -1,4 +1,23 @@
-"""The verdict bands of the course material: great, take a careful look, very likely a bug."""
+"""Verdicts: how a parameter's verdict and the check's follow from the components' readings
+(:mod:`gradwatch.evidence`), and the material's bands they use.
+
+With D the material's formula over a parameter's judged components (those that agree or
+disagree):
+
+===========  ========================================================================
+verdict      a parameter's, when
+===========  ========================================================================
+fail         a component disagrees and D > warn_max
+warn         a component disagrees and D <= warn_max
+pass         no component disagrees, one at least agrees, and D <= warn_max
+not judged   no component was judged, or none disagrees but D > warn_max (J's noise is
+             as large as the gradient: the check can neither clear nor convict it)
+===========  ========================================================================
+
+The check's verdict is the worst verdict among the parameters that were judged (fail, then warn,
+then pass); it is "not judged" only when no parameter was, and "fail" when the check itself
+broke (a NaN or infinite J or gradient).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +25,16 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["Thresholds", "Verdict"]
+import numpy as np
+
+from gradwatch.evidence import AGREES, DISAGREES, NOT_JUDGED, REASONS
+from gradwatch.numeric import relative_difference
+
+__all__ = ["ParameterResult", "Thresholds", "Verdict", "parameter_verdict", "worst_verdict"]
+
+# "Too close to J's noise": a parameter whose components were judged, none disagreeing, but whose
+# difference is above warn_max all the same (see the table above).
+NOISY = "too close to J's noise"
 
 
 class Verdict(str, Enum):
@@ -76,3 +104,84 @@ class Thresholds:
         if not difference <= self.warn_max:  # NaN lands here too
             return Verdict.FAIL
         return Verdict.PASS if difference <= self.pass_max else Verdict.WARN
+
+
+@dataclass(frozen=True)
+class ParameterResult:
+    """One parameter tensor's verdict (see the module's table), its difference D over its judged
+    components (NaN when none was judged), its noise floor (the difference J's measured noise
+    alone produces over them), how many components had each reading, and for "not judged"
+    the reason.
+
+    Example:
+        >>> r = ParameterResult("fc.bias", Verdict.NOT_JUDGED, math.nan, math.nan, 0, 0, 8,
+        ...                     "within noise")
+        >>> r.judged
+        0
+    """
+
+    name: str
+    verdict: Verdict
+    difference: float
+    noise_floor: float
+    agrees: int
+    disagrees: int
+    not_judged: int
+    reason: str = ""
+
+    @property
+    def judged(self) -> int:
+        """Components that agree or disagree."""
+        return self.agrees + self.disagrees
+
+
+def worst_verdict(verdicts: list[Verdict]) -> Verdict:
+    """The check's verdict from its parameters': the worst judged one, else "not judged".
+
+    Example:
+        >>> worst_verdict([Verdict.PASS, Verdict.NOT_JUDGED, Verdict.WARN])
+        <Verdict.WARN: 'warn'>
+    """
+    judged = [v for v in verdicts if v is not Verdict.NOT_JUDGED]
+    return max(judged, key=lambda v: v.level) if judged else Verdict.NOT_JUDGED
+
+
+def parameter_verdict(
+    name: str,
+    a: np.ndarray,
+    n: np.ndarray,
+    noise: np.ndarray,
+    reading: np.ndarray,
+    reason: np.ndarray,
+    warn_max: float,
+) -> ParameterResult:
+    """One parameter's result from its components' values, noise, readings and reasons (codes of
+    :mod:`gradwatch.evidence`), by the table above."""
+    agrees, disagrees, skipped = (
+        int(np.sum(reading == r)) for r in (AGREES, DISAGREES, NOT_JUDGED)
+    )
+    judged = reading != NOT_JUDGED
+    d, floor = judged_figures(a, n, noise, judged)
+    if not judged.any():
+        common = np.bincount(reason[~judged], minlength=len(REASONS))
+        why = REASONS[int(np.argmax(common))] if skipped else ""
+        verdict = Verdict.NOT_JUDGED
+    elif disagrees:
+        verdict, why = (Verdict.WARN if d <= warn_max else Verdict.FAIL), ""
+    elif d <= warn_max:
+        verdict, why = Verdict.PASS, ""
+    else:
+        verdict, why = Verdict.NOT_JUDGED, NOISY
+    return ParameterResult(name, verdict, d, floor, agrees, disagrees, skipped, why)
+
+
+def judged_figures(
+    a: np.ndarray, n: np.ndarray, noise: np.ndarray, judged: np.ndarray
+) -> tuple[float, float]:
+    """The material's formula over the judged components, and the noise floor: the same formula
+    with J's measured noise in place of the errors (NaN for both when none was judged)."""
+    if not judged.any():
+        return math.nan, math.nan
+    scale = float(np.linalg.norm(n[judged]) + np.linalg.norm(a[judged]))
+    floor = float(np.linalg.norm(noise[judged])) / scale if scale > 0 else math.nan
+    return relative_difference(n[judged], a[judged]), floor
