@@ -84,10 +84,10 @@ def non_finite(report: GradCheckReport) -> str | None:
 
 
 def _worst_of(report: GradCheckReport, names: Sequence[str]) -> str:
-    wanted = set(names)
-    worst = next((c for c in report.worst(report.components_checked) if c.name in wanted), None)
-    if worst is None:
+    found = report.worst(1, parameters=names)
+    if not found:
         return ""
+    worst = found[0]
     where = " (at a nearby θ off a kink)" if worst.recheck == "off kink" else ""
     return (
         f" Worst {worst.label}{where}: analytic {worst.analytic:.6g}, numeric {worst.numeric:.6g}."

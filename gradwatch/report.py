@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -259,17 +260,21 @@ class GradCheckReport:
             kink=bool(np.asarray(self.kinks)[position]),
         )
 
-    def worst(self, k: int = 10) -> list[Component]:
-        """The ``k`` components with the largest |analytic − numeric|: those that disagree first
-        (non-finite ones before all), then those that agree, then those not judged."""
+    def worst(self, k: int = 10, parameters: Sequence[str] | None = None) -> list[Component]:
+        """The ``k`` components with the largest |analytic − numeric| (of the ``parameters``
+        named, or of all): those that disagree first (non-finite ones before all), then those
+        that agree, then those not judged."""
         if isinstance(k, bool) or not isinstance(k, int):
             raise TypeError(f"`k` must be a non-negative int; got {k!r}")
         if k < 0:
             raise ValueError(f"`k` must be a non-negative int; got {k!r}")
         error = np.where(np.isnan(self.abs_errors), np.inf, self.abs_errors)
         rank = np.select([self._reading == DISAGREES, self._reading == AGREES], [0, 1], 2)
-        order = np.lexsort((-error, rank))[:k]  # lexsort: the last key is the primary one
-        return [self.component(int(p)) for p in order]
+        order = np.lexsort((-error, rank))  # lexsort: the last key is the primary one
+        if parameters is not None:
+            wanted = [self.layout.names.index(n) for n in parameters if n in self.layout.names]
+            order = order[np.isin(self.layout.tensor_of(self.indices[order]), wanted)]
+        return [self.component(int(p)) for p in order[:k]]
 
     def headline(self) -> str:
         """One line: ``pass: difference 3.1e-09 (noise floor 4e-10), 120 of 120 components …``."""

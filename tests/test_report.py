@@ -297,3 +297,9 @@ def test_to_dict_of_non_finite_values_is_json_safe() -> None:
     assert data["verdict"] == "fail"
     assert data["difference"] == "nan"
     assert data["worst"][0]["analytic"] == "inf"
+
+
+def test_worst_of_named_parameters(buggy: gradwatch.GradCheckReport) -> None:
+    assert [c.label for c in buggy.worst(5, parameters=["b"])] == ["b[0]"]
+    assert [c.label for c in buggy.worst(2, parameters=["W"])] == ["W[0, 1]", "W[1, 1]"]
+    assert buggy.worst(3, parameters=["no such"]) == []
