@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from gradwatch._evaluate import LossFn, ModuleCost
+from gradwatch._progress import expected_evaluations, progress_bar
 from gradwatch._state import (
     attention_fast_path_disabled,
     cast_batch,
@@ -26,6 +27,7 @@ from gradwatch._validate import (
     check_choice,
     check_components,
     check_epsilon,
+    check_flag,
     check_seed,
     check_thresholds,
 )
@@ -234,6 +236,7 @@ def check_module(
     drift_dtype: torch.dtype | None = None,
     mode: CheckMode = "components",
     partition: Partition | None = None,
+    progress: bool = True,
 ) -> GradCheckReport:
     """Checks backprop of a whole module against the material's two-sided difference.
 
@@ -281,6 +284,9 @@ def check_module(
             every process calls ``check_module`` with the same arguments, evaluates its share
             of the components, and returns the same report (or raises, when any process's
             part raised). The directional search (``mode="directions"``) runs in every process.
+        progress: show a bar with the evaluations of J done and the time left, on stderr, for a
+            check that runs more than a couple of seconds (with a partition: in process 0
+            only); ``False`` shows nothing.
 
     Returns:
         A :class:`GradCheckReport` whose parameter names are those of ``named_parameters()``.
@@ -307,6 +313,7 @@ def check_module(
         _check_dtype(drift_dtype, "drift_dtype")
     seed = check_seed(seed)
     bands = check_thresholds(thresholds)
+    show = check_flag("progress", progress) and (partition is None or partition.rank == 0)
     params = dict(model.named_parameters())
     layout = Layout(tuple(names), tuple(tuple(params[n].shape) for n in names))
     notes: list[str] = []
@@ -323,9 +330,16 @@ def check_module(
         attention_fast_path_disabled(),
         dropout_disabled(model, disable=(drop == "off")),
         exchanging(partition) as split,
+        progress_bar(show) as ticks,
     ):
         cost = ModuleCost(
-            model, loss_fn, cast_batch(batch, precision, device), names, precision, seed
+            model,
+            loss_fn,
+            cast_batch(batch, precision, device),
+            names,
+            precision,
+            seed,
+            progress=ticks,
         )
         if check == "directions":
             search = search_directions(
@@ -335,13 +349,20 @@ def check_module(
             notes.append(search.note)
         else:
             indices = _leave_out(sample_components(layout, sample, seed), left_out, layout, seed)
+        ticks.plan(cost.evaluations + _planned(indices, layout, partition, drift_dtype))
         found = _compare(cost, layout, indices, step, split)
         if step != "auto":
             notes.extend(filter(None, [_lost_steps(cost, layout, indices, float(step))]))
         drift, drift_evaluations = None, 0
         if drift_dtype is not None:
             low = ModuleCost(
-                model, loss_fn, cast_batch(batch, drift_dtype, device), names, drift_dtype, seed
+                model,
+                loss_fn,
+                cast_batch(batch, drift_dtype, device),
+                names,
+                drift_dtype,
+                seed,
+                progress=ticks,
             )
             drift = _drift(low, layout, indices, found, split)
             drift_evaluations = low.evaluations
@@ -369,6 +390,15 @@ def check_module(
         off_slope=found.analysis.off_slope,
         drift=drift,
     )
+
+
+def _planned(
+    indices: np.ndarray, layout: Layout, partition: Partition | None, drift: torch.dtype | None
+) -> int:
+    """The evaluations of J left once the components are chosen (progress's total)."""
+    pairs = indices.size if partition is None else partition.share(indices.size).size
+    tensors = np.unique(layout.tensor_of(indices)).size
+    return expected_evaluations(pairs, tensors) * (2 if drift is not None else 1)
 
 
 @dataclass(frozen=True)
