@@ -37,25 +37,26 @@ def expected_evaluations(pairs: int, tensors: int) -> int:
     return 2 * pairs + 2 * tensors + 4
 
 
-class Progress:
-    """Counts evaluations of J on a bar (or nowhere): call it with the number each finished
-    chunk made; :meth:`plan` sets how many the check will make in all."""
+# The time left is shown from the first chunk of more than this many evaluations (the batched
+# way is running), or once this many plain evaluations followed the plan (the plain loop runs):
+# before that, J's gradient, the memory measurement and each tensor's first pair (plain, once
+# per way tried) make a few slow evaluations whose rate says nothing about the rest.
+STEADY_COUNT = 8
 
-    def __init__(self, bar: tqdm | None = None) -> None:
-        self._bar = bar
 
-    def __call__(self, count: int) -> None:
-        bar = self._bar
-        if bar is None:
-            return
-        if bar.total is not None and bar.n + count > bar.total:
-            bar.total = bar.n + count  # more than planned: the half-step estimates
-        bar.update(count)
-
-    def plan(self, total: int) -> None:
-        """The check will make ``total`` evaluations in all (those made so far included)."""
-        if self._bar is not None:  # drawn at the next chunk (not before the bar's delay)
-            self._bar.total = max(total, self._bar.n)
+def _bar(total: int | None, initial: int, delay: float) -> tqdm:
+    """A bar of ``initial`` evaluations out of ``total`` (a running count where None)."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc="gradient check",
+        unit=" evaluations",
+        delay=delay,
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=REFRESH_S if _is_terminal(sys.stderr) else LOG_REFRESH_S,
+        file=sys.stderr,
+    )
 
 
 def _is_terminal(stream: object) -> bool:
@@ -63,25 +64,56 @@ def _is_terminal(stream: object) -> bool:
     return bool(isatty()) if callable(isatty) else False
 
 
+class Progress:
+    """Counts evaluations of J (call it with the number each finished chunk made) on stderr,
+    once the check has run ``DELAY_S``: a running count, then, once :meth:`plan` said how many
+    the check makes in all and the evaluations run at their steady rate (``STEADY_COUNT``), a
+    bar with the time left, measured from then on. ``show=False``: nothing at all."""
+
+    def __init__(self, show: bool) -> None:
+        self._bar = _bar(None, 0, DELAY_S) if show else None
+        self._planned: int | None = None
+        self._since_plan = 0
+
+    def __call__(self, count: int) -> None:
+        if self._bar is None:
+            return
+        if self._planned is not None:
+            self._since_plan += count
+            if count > STEADY_COUNT or self._since_plan > STEADY_COUNT:
+                self._steady(self._planned, self._bar.n + count)
+                return
+        bar = self._bar
+        if bar.total is not None and bar.n + count > bar.total:
+            bar.total = bar.n + count  # more than planned: the half-step estimates
+        bar.update(count)
+
+    def _steady(self, total: int, count: int) -> None:
+        """Replaces the running count by a bar at ``count`` of ``total``, whose rate is
+        measured from now on; it keeps the count's start (elapsed time, when it first shows)."""
+        assert self._bar is not None
+        start = self._bar.start_t
+        self._bar.close()
+        self._bar = _bar(max(total, count), count, DELAY_S)
+        self._bar.start_t = start  # tqdm's clock: elapsed, and the delay, count from here
+        self._planned = None
+
+    def plan(self, total: int) -> None:
+        """The check will make ``total`` evaluations in all (those made so far included)."""
+        if self._bar is not None:
+            self._planned, self._since_plan = total, 0
+
+    def close(self) -> None:
+        """Clears the bar."""
+        if self._bar is not None:
+            self._bar.close()
+
+
 @contextmanager
-def progress_bar(show: bool, label: str = "gradient check") -> Iterator[Progress]:
-    """A :class:`Progress` drawn on stderr once the body has run ``DELAY_S`` (a running count
-    until :meth:`Progress.plan` gives the total, then a bar with the time left); one that draws
-    nothing when ``show`` is False. The bar is cleared when the body ends."""
-    if not show:
-        yield Progress()
-        return
-    bar = tqdm(
-        total=None,
-        desc=label,
-        unit=" evaluations",
-        delay=DELAY_S,
-        leave=False,
-        dynamic_ncols=True,
-        mininterval=REFRESH_S if _is_terminal(sys.stderr) else LOG_REFRESH_S,
-        file=sys.stderr,
-    )
+def progress_bar(show: bool) -> Iterator[Progress]:
+    """A :class:`Progress` for the body, cleared when it ends (also when it raises)."""
+    progress = Progress(show)
     try:
-        yield Progress(bar)
+        yield progress
     finally:
-        bar.close()
+        progress.close()

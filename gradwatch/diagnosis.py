@@ -154,9 +154,9 @@ def _scale_text(ratio: float, batch_size: int | None) -> str:
     text = f"backprop's gradient is {times}× {size}"
     if batch_size is not None and ratio in (batch_size, 1 / batch_size):
         how = (
-            "summed over the batch where J takes the mean"
+            "a sum over the batch where J takes the mean: a division by the batch size missing"
             if ratio < 1
-            else "divided by the batch size where J sums, or divided twice"
+            else "divided by the batch size once too often: a mean where a sum belongs"
         )
         return f"{text}, and {batch_size} is the batch size: a mean/sum mix-up? ({how})"
     return f"{text} (one constant factor: a wrong coefficient or normalization?)"

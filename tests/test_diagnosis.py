@@ -67,8 +67,8 @@ def test_a_planted_weight_bug_is_named_on_every_wrong_component(
         (
             "xB",
             "2.weight: numeric/analytic = 1/16 on 36 of 36 wrong components: backprop's gradient "
-            "is 16× too large, and 16 is the batch size: a mean/sum mix-up? (summed over the "
-            "batch where J takes the mean)",
+            "is 16× too large, and 16 is the batch size: a mean/sum mix-up? (a sum over the "
+            "batch where J takes the mean: a division by the batch size missing)",
         ),
         (
             "sign",

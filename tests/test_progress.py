@@ -77,12 +77,21 @@ def test_a_drift_check_plans_both_precisions() -> None:
     assert _planned(report.indices, report.layout, None, torch.float32) == report.evaluations
 
 
-def test_evaluations_beyond_the_plan_extend_the_total(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_total_shows_once_evaluations_run_steadily_and_grows_past_the_plan(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     with _progress.progress_bar(True) as ticks:
-        ticks.plan(10)
-        ticks(8)
-        ticks(5)
-        assert (ticks._bar.n, ticks._bar.total) == (13, 13)  # type: ignore[union-attr]
+        ticks(1)
+        ticks.plan(30)
+        for _ in range(_progress.STEADY_COUNT):
+            ticks(1)  # the slow first evaluations: a count, no time left yet
+        bar = ticks._bar
+        assert bar is not None and (bar.n, bar.total) == (1 + _progress.STEADY_COUNT, None)
+        ticks(12)
+        bar = ticks._bar
+        assert bar is not None and (bar.n, bar.total) == (21, 30)
+        ticks(15)
+        assert (bar.n, bar.total) == (36, 36)  # more than planned: the total follows
 
 
 @pytest.mark.parametrize("value", ["yes", 1, None])
