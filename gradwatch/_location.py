@@ -175,6 +175,15 @@ def locate(graph: BackwardGraph, verdicts: Mapping[str, str]) -> Location | None
         >>> locate(g, {"head.weight": "pass", "body.weight": "fail"}).modules
         ('head', 'act', 'body')
     """
+    unseen = [p for p, v in verdicts.items() if v == "fail" and p not in graph.parameters]
+    if unseen:  # their gradient arrives some way the graph does not show: no place explains it
+        fails = "fails" if len(unseen) == 1 else "fail"
+        text = (
+            f"The autograd graph of J does not reach {_listing(unseen)}, which {fails} (a "
+            "gradient computed outside the graph, as in reentrant checkpointing?), so the bug "
+            "cannot be located from the per-parameter results."
+        )
+        return Location(False, (), (), tuple(unseen), text)
     failing = _mask(graph, verdicts, "fail")
     if not failing:
         return None

@@ -11,6 +11,7 @@ estimated again at half the step) extend the total when they come.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -45,10 +46,13 @@ STEADY_COUNT = 8
 
 
 def _bar(total: int | None, initial: int, delay: float) -> tqdm:
-    """A bar of ``initial`` evaluations out of ``total`` (a running count where None)."""
+    """A bar of ``initial`` evaluations out of ``total`` (a running count where None); its rate
+    is the average since it started (smoothing 0): a recent rate swings with the load of a
+    shared machine and with the tensor at hand, the average settles."""
     return tqdm(
         total=total,
         initial=initial,
+        smoothing=0.0,
         desc="gradient check",
         unit=" evaluations",
         delay=delay,
@@ -89,13 +93,13 @@ class Progress:
         bar.update(count)
 
     def _steady(self, total: int, count: int) -> None:
-        """Replaces the running count by a bar at ``count`` of ``total``, whose rate is
-        measured from now on; it keeps the count's start (elapsed time, when it first shows)."""
+        """Replaces the running count by a bar at ``count`` of ``total``, whose rate (and
+        elapsed time) count from now; it shows no sooner than ``DELAY_S`` into the check."""
         assert self._bar is not None
-        start = self._bar.start_t
+        # tqdm's clock is time.time; a bar disabled (TQDM_DISABLE) has no start
+        waited = time.time() - getattr(self._bar, "start_t", time.time())
         self._bar.close()
-        self._bar = _bar(max(total, count), count, DELAY_S)
-        self._bar.start_t = start  # tqdm's clock: elapsed, and the delay, count from here
+        self._bar = _bar(max(total, count), count, max(0.0, DELAY_S - waited))
         self._planned = None
 
     def plan(self, total: int) -> None:

@@ -126,10 +126,13 @@ def test_tracing_leaves_the_model_and_the_rngs_as_they_were() -> None:
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-def test_a_parameter_j_does_not_use_is_unreached() -> None:
+def test_a_parameter_j_does_not_use_is_unreached_and_failing_there_is_not_located() -> None:
     model = nn.Sequential(nn.Linear(3, 2), nn.Linear(5, 5))
     graph = trace_backward(model, lambda m, x: m[0](x).sum(), torch.randn(4, 3))
     assert graph.unreached == ("1.weight", "1.bias")
+    location = locate(graph, {"0.weight": "fail", "0.bias": "pass", "1.weight": "fail"})
+    assert location is not None and not location.located and location.failing == ("1.weight",)
+    assert "cannot be located" in location.text
 
 
 # -- planted bugs in the middle of deep nets ---------------------------------------------------
