@@ -31,6 +31,7 @@ from gradwatch._patterns import (
     FIT_SHARE,
     MIN_WRONG,
     Fit,
+    describe,
     fits,
     neighbour_fit,
     ratio_fit,
@@ -102,6 +103,9 @@ class Evidence:
                     f"`{name}` must have one value per checked component ({n}, as `indices`); "
                     f"got {getattr(self, name).size}"
                 )
+        size = self.batch_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"`batch_size` must be None or a positive int; got {size!r}")
         shapes = dict(zip(self.layout.names, self.layout.shapes, strict=True))
         for name, g in self.gradients.items():
             if name not in shapes or tuple(np.shape(g)) != shapes[name]:
@@ -136,61 +140,6 @@ class Finding:
         out = dataclasses.asdict(self)
         out["axes"] = None if self.axes is None else list(self.axes)
         return out
-
-
-def _ratio_text(ratio: float) -> str:
-    """2 → '2', 0.015625 → '1/64', 0.3 → '0.3'."""
-    for value, prefix in ((ratio, ""), (1 / ratio if ratio else 0.0, "1/")):
-        if value and abs(value) >= 1 and float(value).is_integer():
-            sign = "−" if value < 0 else ""
-            return f"{sign}{prefix}{abs(int(value))}"
-    return f"{ratio:.4g}"
-
-
-def _scale_text(ratio: float, batch_size: int | None) -> str:
-    factor = 1 / ratio
-    size = "too large" if abs(factor) > 1 else "too small"
-    times = _ratio_text(abs(factor) if abs(factor) >= 1 else abs(ratio))
-    text = f"backprop's gradient is {times}× {size}"
-    if batch_size is not None and ratio in (batch_size, 1 / batch_size):
-        how = (
-            "a sum over the batch where J takes the mean: a division by the batch size missing"
-            if ratio < 1
-            else "divided by the batch size once too often: a mean where a sum belongs"
-        )
-        return f"{text}, and {batch_size} is the batch size: a mean/sum mix-up? ({how})"
-    return f"{text} (one constant factor: a wrong coefficient or normalization?)"
-
-
-def _describe(name: str, fit: Fit, batch_size: int | None) -> str:
-    on = f"on {fit.fitted} of {fit.tested} wrong components"
-    if fit.kind == "zero":
-        return (
-            f"{name}: backprop's gradient is 0 {on}, where J moves: a missing term or a "
-            "detached path (.detach(), .data, torch.no_grad)?"
-        )
-    if fit.kind == "extra":
-        return (
-            f"{name}: J does not move {on}, yet backprop gives them a gradient: a term J does "
-            "not have, or a gradient that belongs to another tensor?"
-        )
-    if fit.kind == "transpose":
-        i, j = fit.axes or (0, 1)
-        axes = "" if (i, j) == (0, 1) else f" over axes {i} and {j}"
-        return (
-            f"{name}: backprop's gradient is the transpose{axes} of the true one {on} "
-            "(analytic[i, j] matches numeric[j, i])"
-        )
-    if fit.kind == "neighbour":
-        return (
-            f"{name}: backprop's gradient matches the true gradient of {fit.other} (same shape) "
-            f"{on}: the gradients of {name} and {fit.other} mixed up?"
-        )
-    ratio = float(fit.ratio or 0.0)
-    head = f"{name}: numeric/analytic = {_ratio_text(ratio)} {on}: "
-    if fit.kind == "sign":
-        return head + "backprop's gradient has the wrong sign"
-    return head + _scale_text(ratio, batch_size)
 
 
 def _known(evidence: Evidence, t: int, values: np.ndarray) -> np.ndarray:
@@ -263,7 +212,7 @@ def find_patterns(evidence: Evidence) -> list[Finding]:
     for t, name in enumerate(evidence.layout.names):
         fit = _tensor_fit(evidence, t)
         if fit is not None:
-            text = _describe(name, fit, evidence.batch_size)
+            text = describe(name, fit, evidence.batch_size)
             findings.append(
                 Finding(
                     name, fit.kind, text, fit.fitted, fit.tested, fit.ratio, fit.axes, fit.other

@@ -313,7 +313,8 @@ def check_module(
         _check_dtype(drift_dtype, "drift_dtype")
     seed = check_seed(seed)
     bands = check_thresholds(thresholds)
-    show = check_flag("progress", progress) and (partition is None or partition.rank == 0)
+    first = not isinstance(partition, Partition) or partition.rank == 0  # else checked below
+    show = check_flag("progress", progress) and first
     params = dict(model.named_parameters())
     layout = Layout(tuple(names), tuple(tuple(params[n].shape) for n in names))
     notes: list[str] = []

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import lightning_utilities.core.rank_zero as rank_zero_module
 import pytest
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
@@ -58,7 +59,9 @@ def terminal() -> Iterator[io.StringIO]:
     test redirects stdout and stderr to it: pytest sets its own at the start of the test)."""
     screen = io.StringIO()
     handler = logging.StreamHandler(screen)
-    lightning = logging.getLogger("pytorch_lightning")
+    # The logger rank_zero_info writes to: the package imported last sets it (pytorch_lightning
+    # or lightning), so it is read where it is kept.
+    lightning = rank_zero_module.log
     lightning.addHandler(handler)
     level = lightning.level
     lightning.setLevel(logging.INFO)

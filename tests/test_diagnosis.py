@@ -216,6 +216,16 @@ def test_evidence_refuses_arrays_of_another_length() -> None:
             np.ones(2),
             np.ones(3, bool),
         )
+    with pytest.raises(ValueError, match=r"`batch_size` must be None or a positive int; got 0"):
+        Evidence(
+            Layout.from_mapping({"w": 3}),
+            np.arange(3),
+            np.ones(3),
+            np.ones(3),
+            np.ones(3),
+            np.ones(3, bool),
+            batch_size=0,
+        )
     with pytest.raises(ValueError, match=r"`gradients\['w'\]` must be the full gradient"):
         Evidence(
             Layout.from_mapping({"w": 3}),
