@@ -3,24 +3,25 @@
 Hooks decide *when* (an integer comparison on every batch), :func:`gradwatch.check_module` does
 the check, the helpers of :mod:`._logs` say what was found. Of the trainer's state only
 ``global_step``, ``accumulate_grad_batches``, ``loggers``, ``callbacks``, ``strategy``,
-``is_global_zero``, ``global_rank``, ``world_size`` and ``progress_bar_callback`` are read, and
-one private counter, ``fit_loop.epoch_loop._batches_that_stepped``: the step Lightning's own
-logging uses (see :func:`_logged_step`).
+``is_global_zero``, ``global_rank`` and ``world_size`` are read, and one private counter,
+``fit_loop.epoch_loop._batches_that_stepped``: the step Lightning's own logging uses (see
+:func:`_logged_step`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal, cast
 
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
 
 from gradwatch import GradCheckReport, PartitionError, Thresholds, Verdict, check_module
-from gradwatch._evaluate import LossFn
 from gradwatch._validate import (
     CHECK_MODES,
     DROPOUT_MODES,
@@ -73,14 +74,6 @@ class GradientCheckError(RuntimeError):
         return type(self), (self.step, self.report, self.name)
 
 
-def _counted(loss_fn: LossFn, tick: Callable[[], None]) -> LossFn:
-    def counted(model: nn.Module, batch: Any) -> Any:
-        tick()
-        return loss_fn(model, batch)
-
-    return counted
-
-
 class GradientCheckBase:
     """Everything of ``GradientCheck`` but the Lightning base class (see ``gradient_check.py``)."""
 
@@ -105,6 +98,7 @@ class GradientCheckBase:
         log_worst: int = 10,
         on_fail: v.OnFail = "warn",
         name: str = _logs.DEFAULT_NAME,
+        progress: bool = True,
     ) -> None:
         super().__init__()
         # The arguments check_module takes are checked by its own rules, told as the callback's.
@@ -125,6 +119,7 @@ class GradientCheckBase:
             self._log_worst = check_non_negative("log_worst", log_worst)
             self._on_fail = check_choice("on_fail", on_fail, v.ON_FAIL)
             self._name = v.check_name(name)
+            self._progress = v.check_flag("progress", progress)
         self._label = _logs.label(self._name)
         self._reset()
         # Lightning reads `state_key` at every hook call: build it once, from every option that
@@ -278,11 +273,10 @@ class GradientCheckBase:
         )
 
     def _run(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> GradCheckReport:
-        show = trainer.is_global_zero and trainer.progress_bar_callback is not None
-        with logging_muted(pl_module), _logs.progress(show) as tick:
+        with logging_muted(pl_module):
             return check_module(
                 pl_module,
-                _counted(objective(pl_module, batch_idx), tick),
+                objective(pl_module, batch_idx),
                 batch,
                 partition=_distributed.partition(trainer),
                 epsilon=self._epsilon,
@@ -292,6 +286,7 @@ class GradientCheckBase:
                 mode=self._mode,
                 seed=self._seed,
                 thresholds=self._thresholds,
+                progress=self._progress and trainer.is_global_zero,
             )
 
     def _log(self, trainer: Any, step: int, logged_step: int, report: GradCheckReport) -> None:
@@ -341,7 +336,10 @@ class GradientCheckBase:
     def _act(
         self, trainer: Any, step: int, report: GradCheckReport, cause: Exception | None = None
     ) -> None:
-        rank_zero_info(_logs.console_text(step, report, self._name))
+        # Progress bars (Lightning's, on stdout) are cleared around the line and drawn again
+        # below it: on a terminal the line would otherwise continue the bar's line.
+        with tqdm.external_write_mode(file=sys.stderr):
+            rank_zero_info(_logs.console_text(step, report, self._name))
         failed = report.verdict is Verdict.FAIL
         if self._on_fail == "raise":
             # Every rank stops if any rank's check failed: one rank raising alone would hang.
@@ -351,9 +349,10 @@ class GradientCheckBase:
                 trainer.strategy.barrier("GradientCheck")
                 raise GradientCheckError(step, report, self._name) from cause
         elif failed and self._on_fail == "warn":
-            rank_zero_warn(
-                f"{self._label} at step {step}: the gradient check failed. {report.message}"
-            )
+            with tqdm.external_write_mode(file=sys.stderr):
+                rank_zero_warn(
+                    f"{self._label} at step {step}: the gradient check failed. {report.message}"
+                )
 
 
 def _logged_step(trainer: Any) -> int:

@@ -6,13 +6,11 @@ from __future__ import annotations
 import math
 import re
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import tqdm
 
 from gradwatch import GradCheckReport, Verdict
 
@@ -170,36 +168,3 @@ def write_tensorboard(
     errors = report.abs_errors[np.isfinite(report.abs_errors)]
     if errors.size:
         writer.add_histogram(f"{name}/{ABS_ERROR}", errors, at)
-
-
-# A check shorter than this shows no progress bar at all (tqdm's `delay`).
-PROGRESS_DELAY_S = 3.0
-
-
-def _nothing() -> None:
-    return None
-
-
-@contextmanager
-def progress(show: bool) -> Iterator[Callable[[], None]]:
-    """A running count of calls of J, drawn only once a check has taken a few seconds; yields the
-    function to call per call. (A count, not a bar: the engine evaluates many θ per call where it
-    can, and how many is its own business.)"""
-    if not show:
-        yield _nothing
-        return
-    bar = tqdm(
-        desc="GradientCheck: evaluating J",
-        unit=" calls",
-        delay=PROGRESS_DELAY_S,
-        leave=False,
-        dynamic_ncols=True,
-    )
-
-    def tick() -> None:
-        bar.update(1)
-
-    try:
-        yield tick
-    finally:
-        bar.close()

@@ -12,8 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal, get_args
 
-import numpy as np
-
+from gradwatch._validate import check_flag as check_flag  # the engine's rule, re-exported
 from gradwatch._validate import is_int, reject
 
 OnFail = Literal["warn", "raise", "ignore"]
@@ -28,13 +27,6 @@ def prefixed() -> Iterator[None]:
         yield
     except (TypeError, ValueError) as err:
         raise type(err)(f"GradientCheck: {err}") from err
-
-
-def check_flag(name: str, value: object) -> bool:
-    """``True`` or ``False``."""
-    if not isinstance(value, bool | np.bool_):
-        reject(name, "True or False", value, TypeError)
-    return bool(value)
 
 
 def check_steps(value: object) -> tuple[int, ...]:

@@ -80,6 +80,9 @@ class GradientCheck(GradientCheckBase, Callback):
             :class:`GradientCheckError`, for CI) or ``"ignore"`` (log only).
         name: the prefix of every logged tag, also in console lines, e.g.
             ``"gradcheck/encoder"``: a non-empty str without spaces.
+        progress: show a bar with the evaluations of J done and the time left, on stderr (its
+            own line, below Lightning's bar), for a check that runs more than a couple of
+            seconds; ``False`` shows nothing.
 
     Attributes:
         schedule: the validated schedule (``at_init``, sorted ``after_steps``, ``every_n_steps``).

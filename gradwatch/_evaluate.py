@@ -106,6 +106,8 @@ class ModuleCost:
     it reproduced the plain J on a first pair of perturbations; otherwise (vmap cannot run the
     module, or disagrees) that tensor falls back to the plain loop. ``paths`` and ``describe()``
     say which path ran; ``vectorize=False`` always takes the loop (the reference).
+    ``progress``, when given, is called with the number of evaluations of J each call (one
+    plain evaluation, or one batched chunk) has just made.
     """
 
     def __init__(
@@ -117,8 +119,10 @@ class ModuleCost:
         dtype: torch.dtype,
         seed: int,
         vectorize: bool = True,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         self._model = model
+        self._progress = progress
         self._vectorize = vectorize
         self._module = _LossModule(model, loss_fn)
         self._batch = batch
@@ -160,7 +164,7 @@ class ModuleCost:
     ) -> Any:
         """J at ``theta``, or ``then(J)`` computed while ``theta`` is in the model."""
         reseed(self._seed)
-        self.evaluations += 1
+        self._count(1)
         tensors = dict(self._fixed)
         tensors.update(zip(self._names, theta, strict=True))
         if then is None:
@@ -176,6 +180,11 @@ class ModuleCost:
         other._flat = [t.view(-1) for t in other.theta]
         other.evaluations = 0
         return other
+
+    def _count(self, count: int) -> None:
+        self.evaluations += count
+        if self._progress is not None:
+            self._progress(count)
 
     def flat_values(self, indices: np.ndarray) -> torch.Tensor:
         """θ's values at flat ``indices`` (in the check's dtype, on the first tensor's device)."""
@@ -417,7 +426,7 @@ class ModuleCost:
         reseed(self._seed)
         with torch.enable_grad():
             found = vmap(one, randomness="same")(tuple(batched.values()), written, *extra)
-        self.evaluations += count
+        self._count(count)
         return found.detach().to(torch.float64).cpu().numpy().reshape(count)
 
     def _loop_entries(self, t: int, index: torch.Tensor, values: torch.Tensor) -> np.ndarray:

@@ -27,6 +27,13 @@ def is_int(value: object) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
+def check_flag(name: str, value: object) -> bool:
+    """``True`` or ``False``."""
+    if not isinstance(value, bool | np.bool_):
+        reject(name, "True or False", value, TypeError)
+    return bool(value)
+
+
 def check_epsilon(epsilon: object) -> float | Literal["auto"]:
     """ε must be ``"auto"`` or a finite float in (0, 1): a step of 1 or more measures a secant,
     not a slope."""

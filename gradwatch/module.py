@@ -7,11 +7,13 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 from gradwatch._comparison import compare, drift
 from gradwatch._evaluate import LossFn, ModuleCost
+from gradwatch._progress import expected_evaluations, progress_bar
 from gradwatch._scope import hook_note, leave_out, padding_rows
 from gradwatch._state import (
     attention_fast_path_disabled,
@@ -25,6 +27,7 @@ from gradwatch._validate import (
     check_choice,
     check_components,
     check_epsilon,
+    check_flag,
     check_seed,
     check_thresholds,
 )
@@ -110,6 +113,7 @@ def check_module(
     drift_dtype: torch.dtype | None = None,
     mode: CheckMode = "components",
     partition: Partition | None = None,
+    progress: bool = True,
 ) -> GradCheckReport:
     """Checks backprop of a whole module against the material's two-sided difference.
 
@@ -157,6 +161,9 @@ def check_module(
             every process calls ``check_module`` with the same arguments, evaluates its share
             of the components, and returns the same report (or raises, when any process's
             part raised). The directional search (``mode="directions"``) runs in every process.
+        progress: show a bar with the evaluations of J done and the time left, on stderr, for a
+            check that runs more than a couple of seconds (with a partition: in process 0
+            only); ``False`` shows nothing.
 
     Returns:
         A :class:`GradCheckReport` whose parameter names are those of ``named_parameters()``.
@@ -183,6 +190,8 @@ def check_module(
         _check_dtype(drift_dtype, "drift_dtype")
     seed = check_seed(seed)
     bands = check_thresholds(thresholds)
+    first = not isinstance(partition, Partition) or partition.rank == 0  # else checked below
+    show = check_flag("progress", progress) and first
     params = dict(model.named_parameters())
     layout = Layout(tuple(names), tuple(tuple(params[n].shape) for n in names))
     notes: list[str] = []
@@ -199,9 +208,16 @@ def check_module(
         attention_fast_path_disabled(),
         dropout_disabled(model, disable=(drop == "off")),
         exchanging(partition) as split,
+        progress_bar(show) as ticks,
     ):
         cost = ModuleCost(
-            model, loss_fn, cast_batch(batch, precision, device), names, precision, seed
+            model,
+            loss_fn,
+            cast_batch(batch, precision, device),
+            names,
+            precision,
+            seed,
+            progress=ticks,
         )
         if check == "directions":
             search = search_directions(
@@ -211,12 +227,19 @@ def check_module(
             notes.append(search.note)
         else:
             indices = leave_out(sample_components(layout, sample, seed), left_out, layout, seed)
+        ticks.plan(cost.evaluations + _planned(indices, layout, partition, drift_dtype))
         found, objective = compare(cost, layout, indices, step, split, seed, bands.pass_max)
         evaluations = objective.evaluations
         in_training = None
         if drift_dtype is not None:
             low = ModuleCost(
-                model, loss_fn, cast_batch(batch, drift_dtype, device), names, drift_dtype, seed
+                model,
+                loss_fn,
+                cast_batch(batch, drift_dtype, device),
+                names,
+                drift_dtype,
+                seed,
+                progress=ticks,
             )
             in_training, spent = drift(low, layout, indices, found, split, seed)
             evaluations += spent
@@ -248,3 +271,12 @@ def check_module(
         j_noise=found.noise,
         drift=in_training,
     )
+
+
+def _planned(
+    indices: np.ndarray, layout: Layout, partition: Partition | None, drift: torch.dtype | None
+) -> int:
+    """The evaluations of J left once the components are chosen (progress's total)."""
+    pairs = indices.size if partition is None else partition.share(indices.size).size
+    tensors = np.unique(layout.tensor_of(indices)).size
+    return expected_evaluations(pairs, tensors) * (2 if drift is not None else 1)

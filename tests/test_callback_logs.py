@@ -192,15 +192,3 @@ def test_no_logger_prints_to_the_console_only(tmp_path: Path) -> None:
     trainer(tmp_path, callbacks=[check], logger=False, max_steps=1).fit(TinyModule(), loader())
     assert list(check.reports) == [0]
     assert not list(tmp_path.rglob("events.out.tfevents*"))
-
-
-@pytest.mark.parametrize("show", [True, False])
-def test_progress_counts_calls_of_j_once_a_check_is_slow(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], show: bool
-) -> None:
-    monkeypatch.setattr(_logs, "PROGRESS_DELAY_S", 0.0)  # every check counts as slow here
-    with _logs.progress(show) as tick:
-        for _ in range(7):
-            tick()
-    err = capsys.readouterr().err  # tqdm draws the bar (then clears it: leave=False)
-    assert ("GradientCheck: evaluating J: 0 calls" in err) is show
