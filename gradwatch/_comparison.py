@@ -119,6 +119,7 @@ class Comparison:
     analytic: np.ndarray
     numeric: np.ndarray
     plain_analytic: np.ndarray
+    gradients: dict[str, np.ndarray]
     noise: JNoise | None
     center: float
     failure: str | None
@@ -151,14 +152,17 @@ def compare(
         numeric = (plus - minus) / (2 * objective.half_gaps(every, steps))
     if not math.isfinite(center):
         failure = f"the loss J(θ) is {center}: fix the forward pass before checking gradients"
-        return Comparison(None, analytic, numeric, analytic, None, center, failure), objective
+        return Comparison(None, analytic, numeric, analytic, {}, None, center, failure), objective
     support = probe_support(objective, (plus != center) | (minus != center))
     floor = rounding_floor(center, torch.finfo(cost.theta[0].dtype).eps)
     noise = measure_noise(objective.line, center, (again,), support, steps[support], seed, floor)
     found = gather_evidence(
         objective, analytic, (plus, minus), center, steps, noise.effective, pass_max
     )
-    comparison = Comparison(found, found.analytic, found.numeric, analytic, noise, center, None)
+    full = {n: g.to(torch.float64).cpu().numpy() for n, g in zip(layout.names, grads, strict=True)}
+    comparison = Comparison(
+        found, found.analytic, found.numeric, analytic, full, noise, center, None
+    )
     return comparison, objective
 
 

@@ -12,9 +12,11 @@ out: differences that noise makes never name a pattern.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -251,3 +253,30 @@ def describe(name: str, fit: Fit, batch_size: int | None) -> str:
     if fit.kind == "sign":
         return head + "backprop's gradient has the wrong sign"
     return head + _scale_text(ratio, batch_size)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A pattern shared by the wrong components of one tensor: the kind of bug.
+
+    ``kind`` is one of ``"zero"`` (backprop gives 0 where J moves), ``"extra"`` (J does not move
+    where backprop gives a gradient), ``"sign"``, ``"mean/sum"`` (numeric/analytic is the batch
+    size or its inverse), ``"scale"`` (another constant ratio), ``"transpose"`` and
+    ``"neighbour"`` (another tensor's gradient). ``fitted`` of ``tested`` wrong components fit;
+    ``ratio`` is numeric/analytic, ``axes`` the transposed axes, ``other`` the other tensor.
+    """
+
+    parameter: str
+    kind: str
+    text: str
+    fitted: int
+    tested: int
+    ratio: float | None = None
+    axes: tuple[int, int] | None = None
+    other: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe."""
+        out = dataclasses.asdict(self)
+        out["axes"] = None if self.axes is None else list(self.axes)
+        return out

@@ -181,16 +181,25 @@ def advice(report: GradCheckReport) -> str:
         text = (
             f"{first.name}'s difference {first.difference:.1e} > {t.warn_max:.0e}, with "
             f"{first.disagrees} of {first.judged} judged components disagreeing beyond J's "
-            f"measured noise: very likely a bug in backprop. Look at {first.name}{also}."
+            "measured noise: very likely a bug in backprop."
         )
+        located = report.location is not None and report.location.located
+        text += f" {report.location.text}" if located else f" Look at {first.name}{also}."  # type: ignore[union-attr]
+        text += _findings(report)
     else:
         count = report.reading_counts["disagrees"]
         text = (
             f"{count} component{'s' if count > 1 else ''} disagree{'s' if count == 1 else ''} "
             f"with the numeric estimate beyond J's measured noise, in {first.name}{also}, though "
             f"no parameter's difference exceeds {t.warn_max:.0e}: take a careful look at them."
-        )
+        ) + _findings(report)
     return text + _worst_of(report, failing) + nondeterminism(report) + _not_judged(report)
+
+
+def _findings(report: GradCheckReport) -> str:
+    """The kind of each wrong tensor's bug, one sentence each."""
+    sentences = [f.text if f.text.endswith(("?", ".")) else f.text + "." for f in report.findings]
+    return "".join(f" {s[0].upper()}{s[1:]}" if s[0].islower() else f" {s}" for s in sentences)
 
 
 def _tally(report: GradCheckReport, every: bool = True) -> str:
@@ -211,10 +220,14 @@ def headline(report: GradCheckReport) -> str:
         f"{report.components_checked} of {report.components_total} components"
         + (f": {tally}" if tally else "")
     )
+    kinds = {f.parameter: f.kind for f in report.findings}
     for verdict in (Verdict.FAIL, Verdict.WARN):
         names = report.parameters_with(verdict)
         if names:
-            parts.append(f"{verdict.value}: {listing(names, 3)}")
+            named = [f"{n} ({kinds[n]})" if n in kinds else n for n in names]
+            parts.append(f"{verdict.value}: {listing(named, 3)}")
+    if report.location is not None and report.location.located:
+        parts.append(f"enters in {listing(list(report.location.modules), 2)}")
     skipped = report.parameters_with(Verdict.NOT_JUDGED)
     if skipped:
         parts.append(f"not judged: {listing(skipped, 3)}")
@@ -381,6 +394,8 @@ def as_dict(report: GradCheckReport) -> dict[str, Any]:
         "parameters": {k: _parameter_dict(r) for k, r in report.parameters.items()},
         "per_parameter": {k: _num(v) for k, v in report.per_parameter.items()},
         "worst": [_component_dict(c) for c in report.worst(10)],
+        "findings": [f.to_dict() for f in report.findings],
+        "location": None if report.location is None else report.location.to_dict(),
         "drift": None
         if drift is None
         else {

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gradwatch._validate import check_epsilon, check_seed, check_thresholds
+from gradwatch.diagnosis import diagnose
 from gradwatch.evidence import JITTER_STEPS, Moved, gather_evidence
 from gradwatch.layout import Layout
 from gradwatch.noise import measure_noise
@@ -190,7 +191,7 @@ def gradient_check(
     found = gather_evidence(
         j, analytic, (plus, minus), center, steps, noise.effective, bands.pass_max
     )
-    return GradCheckReport(
+    report = GradCheckReport(
         layout=names,
         indices=every.astype(np.int64),
         analytic=found.analytic,
@@ -209,3 +210,8 @@ def gradient_check(
         plain_numeric=found.first_numeric,
         j_noise=noise,
     )
+    pieces = np.split(analytic, np.asarray(names.offsets[1:-1], dtype=np.int64))
+    full = {
+        n: g.reshape(shape) for n, g, shape in zip(names.names, pieces, names.shapes, strict=True)
+    }
+    return diagnose(report, full)

@@ -30,6 +30,7 @@ from gradwatch._patterns import (
     FIT_RELATIVE,
     FIT_SHARE,
     MIN_WRONG,
+    Finding,
     Fit,
     describe,
     fits,
@@ -56,6 +57,7 @@ __all__ = [
     "Observations",
     "backward_graph",
     "batch_size_of",
+    "diagnose",
     "find_patterns",
     "locate",
     "module_spans",
@@ -114,33 +116,6 @@ class Observations:
                     f"`gradients[{name!r}]` must be the full gradient of a tensor of θ, of shape "
                     f"{shapes.get(name)}; got shape {tuple(np.shape(g))}"
                 )
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A pattern shared by the wrong components of one tensor: the kind of bug.
-
-    ``kind`` is one of ``"zero"`` (backprop gives 0 where J moves), ``"extra"`` (J does not move
-    where backprop gives a gradient), ``"sign"``, ``"mean/sum"`` (numeric/analytic is the batch
-    size or its inverse), ``"scale"`` (another constant ratio), ``"transpose"`` and
-    ``"neighbour"`` (another tensor's gradient). ``fitted`` of ``tested`` wrong components fit;
-    ``ratio`` is numeric/analytic, ``axes`` the transposed axes, ``other`` the other tensor.
-    """
-
-    parameter: str
-    kind: str
-    text: str
-    fitted: int
-    tested: int
-    ratio: float | None = None
-    axes: tuple[int, int] | None = None
-    other: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe."""
-        out = dataclasses.asdict(self)
-        out["axes"] = None if self.axes is None else list(self.axes)
-        return out
 
 
 def _known(observed: Observations, t: int, values: np.ndarray) -> np.ndarray:
@@ -259,6 +234,22 @@ def observations(
         known,
         batch_size,
     )
+
+
+def diagnose(
+    report: GradCheckReport,
+    gradients: Mapping[str, np.ndarray] | None = None,
+    batch_size: int | None = None,
+    graph: BackwardGraph | None = None,
+) -> GradCheckReport:
+    """The report with its ``findings`` (the kind of each wrong tensor's bug) and ``location``
+    (where the first wrong gradient enters, from the backward ``graph`` of J) filled in; the
+    same report when no component disagrees."""
+    if report.reading_counts["disagrees"] == 0 or report.failure is not None:
+        return report
+    findings = find_patterns(observations(report, batch_size, gradients))
+    location = None if graph is None else locate(graph, parameter_verdicts(report))
+    return dataclasses.replace(report, findings=tuple(findings), location=location)
 
 
 def batch_size_of(batch: Any) -> int | None:

@@ -31,6 +31,7 @@ from gradwatch._validate import (
     check_seed,
     check_thresholds,
 )
+from gradwatch.diagnosis import batch_size_of, diagnose, trace_backward
 from gradwatch.directions import search_directions
 from gradwatch.layout import Layout
 from gradwatch.partition import Partition, exchanging
@@ -247,30 +248,34 @@ def check_module(
             evaluations, time.perf_counter() - start, cost.describe()
         )
         notes.extend(shared)
-    evidence = found.evidence
-    return GradCheckReport(
-        layout=layout,
-        indices=indices,
-        analytic=found.analytic,
-        numeric=found.numeric,
-        epsilon=step,
-        dtype=str(precision).removeprefix("torch."),
-        evaluations=evaluations,
-        seconds=seconds,
-        thresholds=bands,
-        notes=tuple(notes),
-        failure=found.failure,
-        mode=check,
-        noise=None if evidence is None else evidence.noise,
-        readings=None if evidence is None else evidence.reading,
-        reasons=None if evidence is None else evidence.reason,
-        rechecks=None if evidence is None else evidence.recheck,
-        kinks=None if evidence is None else evidence.kink,
-        plain_analytic=found.plain_analytic,
-        plain_numeric=None if evidence is None else evidence.first_numeric,
-        j_noise=found.noise,
-        drift=in_training,
-    )
+        evidence = found.evidence
+        report = GradCheckReport(
+            layout=layout,
+            indices=indices,
+            analytic=found.analytic,
+            numeric=found.numeric,
+            epsilon=step,
+            dtype=str(precision).removeprefix("torch."),
+            evaluations=evaluations,
+            seconds=seconds,
+            thresholds=bands,
+            notes=tuple(notes),
+            failure=found.failure,
+            mode=check,
+            noise=None if evidence is None else evidence.noise,
+            readings=None if evidence is None else evidence.reading,
+            reasons=None if evidence is None else evidence.reason,
+            rechecks=None if evidence is None else evidence.recheck,
+            kinks=None if evidence is None else evidence.kink,
+            plain_analytic=found.plain_analytic,
+            plain_numeric=None if evidence is None else evidence.first_numeric,
+            j_noise=found.noise,
+            drift=in_training,
+        )
+        if report.reading_counts["disagrees"]:  # what kind of bug, and where it enters
+            graph = trace_backward(model, loss_fn, batch, names, dtype=precision, seed=seed)
+            report = diagnose(report, found.gradients, batch_size_of(batch), graph)
+    return report
 
 
 def _planned(

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from gradwatch import _text
+from gradwatch._location import Location
+from gradwatch._patterns import Finding
 from gradwatch.evidence import AGREES, DISAGREES, NOT_JUDGED, READINGS, REASONS, RECHECKS, read
 from gradwatch.layout import Layout, format_label
 from gradwatch.noise import JNoise
@@ -121,6 +123,8 @@ class GradCheckReport:
     plain_numeric: np.ndarray | None = field(default=None, repr=False)
     j_noise: JNoise | None = None
     drift: PrecisionDrift | None = None
+    findings: tuple[Finding, ...] = ()
+    location: Location | None = None
     difference: float = field(init=False)
     plain_difference: float = field(init=False)
     noise_floor: float = field(init=False)
