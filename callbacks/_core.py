@@ -17,7 +17,6 @@ from typing import Any, Literal, cast
 
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 
 from gradwatch import GradCheckReport, PartitionError, Thresholds, Verdict, check_module
 from gradwatch._evaluate import LossFn
@@ -33,7 +32,7 @@ from gradwatch._validate import (
 )
 from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 
-from . import _distributed, _faults, _logs
+from . import _card, _distributed, _faults, _files, _logs, _tensorboard
 from . import _validate as v
 from ._objective import (
     ObjectiveError,
@@ -83,10 +82,6 @@ def _counted(loss_fn: LossFn, tick: Callable[[], None]) -> LossFn:
 
 class GradientCheckBase:
     """Everything of ``GradientCheck`` but the Lightning base class (see ``gradient_check.py``)."""
-
-    # The TensorBoardLogger class(es) of the flavour: those loggers also get the text table,
-    # the histogram and the chart layout.
-    _tensorboard_loggers: tuple[type, ...] = ()
 
     def __init__(
         self,
@@ -153,6 +148,7 @@ class GradientCheckBase:
         self._next_due: float = math.inf
         self._loss_found = False  # whether a check of this run has had J from the module
         self._postponed_from: int | None = None  # a due check waiting for a batch with J
+        self._told: set[int] = set()  # loggers told they get scalars only (by id)
 
     @property
     def state_key(self) -> str:
@@ -246,9 +242,13 @@ class GradientCheckBase:
         except Exception as err:  # a failed check; KeyboardInterrupt goes through
             if isinstance(err, PartitionError) and err.interrupted:
                 raise  # another process was stopped (Ctrl+C): stop this one too
-            failed = self._fault(trainer, pl_module, batch, err)
-            if failed is None:
+            outcome, failed = self._fault(trainer, pl_module, batch, err)
+            if outcome == "postponed":
                 self._postpone(step)
+                return
+            if failed is None:  # gradwatch's own error: said, not logged as a verdict
+                self._next_due = self.schedule.first_due(step + 1)
+                self._report_ours(trainer, step, err, outcome, "nothing was logged for this check")
                 return
             report, cause = failed, err
         if self._postponed_from is not None:
@@ -259,13 +259,28 @@ class GradientCheckBase:
             report = replace(report, notes=(*report.notes, note))
             self._postponed_from = None
         self.reports[step] = report
-        difference = report.difference if report.components_checked else math.nan
+        history = self._history()
         self._checks.append(
-            {"step": step, "difference": difference, "verdict": report.verdict.value}
+            {
+                "step": step,
+                "difference": _logs.difference_of(report),
+                "verdict": _logs.verdict_of(report),
+            }
         )
         self._next_due = self.schedule.first_due(step + 1)
-        self._log(trainer, step, _logged_step(trainer), report)
+        try:
+            self._log(trainer, step, _logged_step(trainer), report, history)
+        except Exception as err:  # writing the logs is ours: training goes on
+            why = _faults.internal_error(err, " while writing the logs")
+            self._report_ours(trainer, step, err, why, "the check's logs may be incomplete")
         self._act(trainer, step, report, cause)
+
+    def _history(self) -> list[_card.Point]:
+        """The checks of this run so far (restored ones too), for the card's chart."""
+        return [
+            _card.Point(int(c["step"]), float(c.get("difference", math.nan)), str(c["verdict"]))
+            for c in self._checks
+        ]
 
     def _postpone(self, step: int) -> None:
         """``training_step`` skipped this batch (returned None): the check stays due and runs on
@@ -294,17 +309,44 @@ class GradientCheckBase:
                 thresholds=self._thresholds,
             )
 
-    def _log(self, trainer: Any, step: int, logged_step: int, report: GradCheckReport) -> None:
+    def _log(
+        self,
+        trainer: Any,
+        step: int,
+        logged_step: int,
+        report: GradCheckReport,
+        history: list[_card.Point],
+    ) -> None:
+        """Scalars to every logger; TensorBoard's writers (rank zero) also get the card, the
+        text, the histogram and the chart layout; the report as JSON next to the logs."""
         name, t = self._name, self._thresholds
         metrics = _logs.scalars(report, name)
         for logger in trainer.loggers:
-            tensorboard = isinstance(logger, self._tensorboard_loggers)
-            bands = _logs.band_scalars(report, t.pass_max, t.warn_max, name) if tensorboard else {}
+            writer = _tensorboard.writer_of(logger) if trainer.is_global_zero else None
+            if writer is None:
+                self._tell_scalars_only(trainer, logger)
+                logger.log_metrics(metrics, step=logged_step)
+                continue
+            bands = _tensorboard.band_scalars(report, t.pass_max, t.warn_max, name)
             logger.log_metrics({**metrics, **bands}, step=logged_step)
-            writer = logger.experiment if tensorboard else None
-            if isinstance(writer, SummaryWriter):  # rank zero; elsewhere a stand-in
-                _logs.add_layout(writer, self._layouts(trainer))
-                _logs.write_tensorboard(writer, step, report, self._log_worst, name, logged_step)
+            _tensorboard.add_layout(writer, self._layouts(trainer))
+            _tensorboard.write(writer, step, report, history, self._log_worst, name, logged_step)
+        _files.write_report(trainer, name, step, logged_step, report)
+
+    def _tell_scalars_only(self, trainer: Any, logger: Any) -> None:
+        """A TensorBoard logger whose writer cannot take the card, text, histogram and layout is
+        told so, once, rather than silently given the scalars alone."""
+        if not trainer.is_global_zero or id(logger) in self._told:
+            return
+        if _tensorboard.looks_like_tensorboard(logger):
+            self._told.add(id(logger))
+            missing = ", ".join(_tensorboard.missing_methods(logger))
+            rank_zero_warn(
+                f"{self._label}: {type(logger).__name__}'s writer "
+                f"({type(getattr(logger, 'experiment', None)).__name__}) has no {missing}, so it "
+                "gets the scalars only, without the card, the report text, the histogram and "
+                "the chart layout; use a TensorBoardLogger from pytorch_lightning or lightning"
+            )
 
     def _layouts(self, trainer: Any) -> list[tuple[str, float, float]]:
         """Every GradientCheck of the trainer as ``(name, pass_max, warn_max)``: TensorBoard
@@ -316,27 +358,58 @@ class GradientCheckBase:
 
     def _fault(
         self, trainer: Any, pl_module: Any, batch: Any, err: Exception
-    ) -> GradCheckReport | None:
-        """The failed report of a check that raised, the same in every process. An error no check
-        can get past (J cannot be had from the module as written) is raised again instead.
-        None when the check is postponed: ``training_step`` skipped the batch (returned None)
-        after an earlier check of the run had J from it."""
+    ) -> tuple[str, GradCheckReport | None]:
+        """What a check that raised comes to, the same in every process: ``("failed", report)``
+        for the user's error (a failed report whose message says why and where); ``("postponed",
+        None)`` when ``training_step`` skipped the batch (returned None) after an earlier check
+        of the run had J from it; ``(reason, None)`` for an error inside gradwatch. An error no
+        check can get past (J cannot be had from the module as written) is raised again."""
         outcome = "failed"
         if isinstance(err, ObjectiveError):
             skipped = isinstance(err, SkippedBatch) and self._loss_found
             outcome = "postponed" if skipped else "fatal"
+        elif _faults.is_ours(err):
+            outcome = "ours"
         where = ""
         if _distributed.shared(trainer):
             where = f" in process {trainer.global_rank} of {trainer.world_size}"
-        why = str(err) if outcome != "failed" else _faults.reason(err, batch, where)
+        why = {
+            "failed": lambda: _faults.reason(err, batch, where),
+            "ours": lambda: _faults.internal_error(err, where),
+        }.get(outcome, lambda: str(err))()
         why, outcome = _distributed.agreed_fault(trainer, err, why, outcome)
         if outcome == "postponed":
-            return None
+            return outcome, None
+        if outcome == "ours":
+            return why, None
         if outcome == "fatal" and isinstance(err, ObjectiveError):
             raise err
         if outcome == "fatal":
             raise ObjectiveError(why) from err
-        return _faults.failed_report(pl_module, self._include, why, self._epsilon, self._thresholds)
+        report = _faults.failed_report(
+            pl_module, self._include, why, self._epsilon, self._thresholds
+        )
+        return outcome, report
+
+    def _report_ours(
+        self, trainer: Any, step: int, err: Exception, why: str, consequence: str
+    ) -> None:
+        """An error inside gradwatch: a warning that says so and what to attach to a bug report
+        (the traceback, saved next to the logs where there are logs). Training goes on."""
+        text = _faults.error_text(err, step, self._name)
+        own = _faults.is_ours(err)  # this process raised it (others heard of it)
+        saved = _files.write_error(trainer, self._name, step, text) if own else None
+        attach = (
+            f"the traceback saved in {saved}"
+            if saved is not None
+            else ("the traceback below" if own else "the traceback of the process that raised it")
+        )
+        rank_zero_warn(
+            f"{self._label} at step {step}: {why}. This is a bug in gradwatch, not a verdict on "
+            f"your gradients: {consequence}, and training goes on. Please report it with "
+            f"{attach} and these versions: "
+            f"{_faults.versions()}." + (f"\n{text}" if own and saved is None else "")
+        )
 
     def _act(
         self, trainer: Any, step: int, report: GradCheckReport, cause: Exception | None = None

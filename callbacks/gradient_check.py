@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pytorch_lightning import Callback
-from pytorch_lightning.loggers import TensorBoardLogger
 
 from ._core import GradientCheckBase, GradientCheckError
 
@@ -111,5 +110,3 @@ class GradientCheck(GradientCheckBase, Callback):
     >>> GradientCheck(after_steps=[200, 100]).schedule
     Schedule(at_init=True, after_steps=(100, 200), every_n_steps=None)
     """
-
-    _tensorboard_loggers = (TensorBoardLogger,)

@@ -16,6 +16,7 @@ from gradwatch.layout import Layout
 from gradwatch.module import check_module
 from gradwatch.partition import Partition, PartitionError
 from gradwatch.report import Component, GradCheckReport, Thresholds, Verdict
+from gradwatch.report_file import load_report, save_report
 
 __all__ = [
     "Component",
@@ -27,6 +28,8 @@ __all__ = [
     "Verdict",
     "check_module",
     "gradient_check",
+    "load_report",
+    "save_report",
 ]
 
 __version__ = "0.1.0"
