@@ -37,9 +37,11 @@ COLORS = {
 UNKNOWN_COLOR = (94, 53, 177)  # a verdict value this code does not know yet
 BAND_FILLS = {"pass": (232, 245, 233), "warn": (255, 243, 224), "fail": (255, 235, 238)}
 INK, FAINT = (33, 33, 33), (117, 117, 117)
-# The card's rows, in pixels: the banner, the chart below its caption, a parameter's row.
-BANNER, CHART_TOP, CHART_HEIGHT, ROW = 84, 136, 156, 46
-CHART_CAPTION = "difference at each check (log scale)"
+# The card, in pixels. TensorBoard shows an image at most 215 pixels high (and about 345
+# wide), so the card keeps to 720 × 450: banner, chart, steps, five parameters and a footer.
+BANNER, CHART_TOP, CHART_HEIGHT, ROW, FOOTER = 64, 74, 100, 42, 30
+ROWS_TOP = CHART_TOP + CHART_HEIGHT + 34
+FAILURE_LINES = 6
 
 
 @dataclass(frozen=True)
@@ -117,19 +119,14 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def render(content: CardContent) -> np.ndarray:
-    """The card as an RGB array (height × 720 × 3, uint8)."""
-    failure = _lines(content.failure[:1].upper() + content.failure[1:], 26)
-    body = 34 * len(failure) + ROW * len(content.rows) + (ROW if content.footer else 0)
-    height = CHART_TOP + CHART_HEIGHT + 44 + 40 + body + 12
-    image = Image.new("RGB", (WIDTH, height), "white")
+    """The card as an RGB array (height × 720 × 3, uint8), at most 450 pixels high."""
+    failure = _lines(content.failure[:1].upper() + content.failure[1:], 26)[:FAILURE_LINES]
+    body = 34 * len(failure) + ROW * len(content.rows) + (FOOTER if content.footer else 0)
+    image = Image.new("RGB", (WIDTH, ROWS_TOP + body + 8), "white")
     draw = ImageDraw.Draw(image)
     _banner(draw, content)
-    draw.text((16, BANNER + 10), CHART_CAPTION, font=_font(22), fill=FAINT)
     _chart(draw, content)
-    y = CHART_TOP + CHART_HEIGHT + 44
-    caption = "why the check failed" if failure else "parameters, worst first"
-    draw.text((16, y), caption, font=_font(22), fill=FAINT)
-    y += 40
+    y = ROWS_TOP
     for line in failure:
         draw.text((16, y), line, font=_font(26), fill=INK)
         y += 34
@@ -137,7 +134,7 @@ def render(content: CardContent) -> np.ndarray:
         _row(draw, y, verdict, name, value)
         y += ROW
     if content.footer:
-        draw.text((166, y + ROW // 2), content.footer, font=_font(24), fill=FAINT, anchor="lm")
+        draw.text((166, y + FOOTER // 2), content.footer, font=_font(24), fill=FAINT, anchor="lm")
     return np.asarray(image)
 
 
@@ -151,7 +148,7 @@ def _banner(draw: ImageDraw.ImageDraw, content: CardContent) -> None:
     title = (20, middle), content.title
     # Pillow's own font has no bold face: a stroke of the text's colour stands in.
     draw.text(
-        *title, font=_font(40), fill="white", anchor="lm", stroke_width=1, stroke_fill="white"
+        *title, font=_font(38), fill="white", anchor="lm", stroke_width=1, stroke_fill="white"
     )
     draw.text((WIDTH - 20, middle), content.difference, font=_font(30), fill="white", anchor="rm")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
@@ -27,13 +27,23 @@ from gradwatch._validate import (
     check_components,
     check_epsilon,
     check_non_negative,
-    check_optional_count,
     check_seed,
 )
 from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 
-from . import _card, _distributed, _faults, _files, _logs, _tensorboard
+from . import _card, _cli, _distributed, _faults, _files, _logs, _tensorboard
 from . import _validate as v
+from ._cli import (
+    AfterSteps,
+    Components,
+    Epsilon,
+    EveryNSteps,
+    LogWorst,
+    Name,
+    PassMax,
+    Seed,
+    WarnMax,
+)
 from ._objective import (
     ObjectiveError,
     SkippedBatch,
@@ -42,6 +52,9 @@ from ._objective import (
     require_objective,
 )
 from ._schedule import Schedule
+
+# LightningCLI configs check these arguments' ranges when they are parsed (see _cli).
+_cli.register()
 
 
 class GradientCheckError(RuntimeError):
@@ -87,28 +100,27 @@ class GradientCheckBase:
         self,
         *,
         at_init: bool = True,
-        after_steps: int | Sequence[int] = (100,),
-        every_n_steps: int | None = None,
-        epsilon: float | Literal["auto"] = 1e-7,
-        components: int | None = None,
+        after_steps: AfterSteps = (100,),
+        every_n_steps: EveryNSteps = None,
+        epsilon: Epsilon = 1e-7,
+        components: Components = None,
         include: str | Sequence[str] | None = None,
         dropout: DropoutMode = "off",
         mode: CheckMode = "components",
-        pass_max: float = 1e-7,
-        warn_max: float = 1e-3,
-        seed: int = 0,
-        log_worst: int = 10,
+        pass_max: PassMax = 1e-7,
+        warn_max: WarnMax = 1e-3,
+        seed: Seed = 0,
+        log_worst: LogWorst = 10,
         on_fail: v.OnFail = "warn",
-        name: str = _logs.DEFAULT_NAME,
+        name: Name = _logs.DEFAULT_NAME,
     ) -> None:
         super().__init__()
         # The arguments check_module takes are checked by its own rules, told as the callback's.
         with v.prefixed():
-            every = "None or a positive int, e.g. 1000"
             self.schedule = Schedule(
                 at_init=v.check_flag("at_init", at_init),
                 after_steps=v.check_steps(after_steps),
-                every_n_steps=check_optional_count("every_n_steps", every_n_steps, every),
+                every_n_steps=_cli.check_every_n_steps(every_n_steps),
             )
             self._epsilon = check_epsilon(epsilon)
             self._components = check_components(components)

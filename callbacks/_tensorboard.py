@@ -153,10 +153,9 @@ def add_markdown(writer: Any, tag: str, text: str, step: int) -> None:
     plugin = SummaryMetadata.PluginData(
         plugin_name="text", content=TextPluginData(version=0).SerializeToString()
     )
+    # A scalar string: TensorBoard shows it as markdown (a vector would be put in a table).
     tensor = TensorProto(
-        dtype="DT_STRING",
-        string_val=[text.encode("utf-8")],
-        tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]),
+        dtype="DT_STRING", string_val=[text.encode("utf-8")], tensor_shape=TensorShapeProto()
     )
     value = Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=plugin), tensor=tensor)
     # The writer's own event file (`_get_file_writer` makes it again after a close).
