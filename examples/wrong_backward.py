@@ -115,7 +115,7 @@ def run(
     logs), and returns the callback (its reports)."""
     pl.seed_everything(0, verbose=False)
     check = GradientCheck(at_init=True, after_steps=[10], on_fail=on_fail)
-    name = "wrong_backward_fixed" if fixed else "wrong_backward"
+    name = "fixed_backward" if fixed else "wrong_backward"
     trainer = pl.Trainer(
         max_steps=max_steps,
         logger=TensorBoardLogger(save_dir=log_dir, name=name) if log_dir is not None else False,
