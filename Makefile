@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed
 # TensorBoard's port and the folder the examples log to.
 PORT ?= 6006
 LOGDIR ?= runs
+# setuptools says, for every editable install, that a folder named like the package may shadow
+# it: here that folder is the package itself, so that note is silenced (nothing else is). The pip
+# upgrade runs with -qq, so a mirror without pip on this machine's pip index list stays quiet.
+QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 
 .PHONY: demo wrong-backward tensorboard test lint screenshots venv clean
 
@@ -15,9 +19,9 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,examples]"
+	$(QUIET_EDITABLE) $(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,examples]"
 	touch $(STAMP)
 
 # The digits classifier with checks at steps 0, 100 and 250: every check passes.
