@@ -33,17 +33,6 @@ from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 
 from . import _card, _cli, _distributed, _faults, _files, _logs, _tensorboard
 from . import _validate as v
-from ._cli import (
-    AfterSteps,
-    Components,
-    Epsilon,
-    EveryNSteps,
-    LogWorst,
-    Name,
-    PassMax,
-    Seed,
-    WarnMax,
-)
 from ._objective import (
     ObjectiveError,
     SkippedBatch,
@@ -100,19 +89,19 @@ class GradientCheckBase:
         self,
         *,
         at_init: bool = True,
-        after_steps: AfterSteps = (100,),
-        every_n_steps: EveryNSteps = None,
-        epsilon: Epsilon = 1e-7,
-        components: Components = None,
+        after_steps: _cli.AfterSteps = (100,),
+        every_n_steps: _cli.EveryNSteps = None,
+        epsilon: _cli.Epsilon = 1e-7,
+        components: _cli.Components = None,
         include: str | Sequence[str] | None = None,
         dropout: DropoutMode = "off",
         mode: CheckMode = "components",
-        pass_max: PassMax = 1e-7,
-        warn_max: WarnMax = 1e-3,
-        seed: Seed = 0,
-        log_worst: LogWorst = 10,
+        pass_max: _cli.PassMax = 1e-7,
+        warn_max: _cli.WarnMax = 1e-3,
+        seed: _cli.Seed = 0,
+        log_worst: _cli.LogWorst = 10,
         on_fail: v.OnFail = "warn",
-        name: Name = _logs.DEFAULT_NAME,
+        name: _cli.Name = _logs.DEFAULT_NAME,
     ) -> None:
         super().__init__()
         # The arguments check_module takes are checked by its own rules, told as the callback's.
@@ -329,9 +318,10 @@ class GradientCheckBase:
         report: GradCheckReport,
         history: list[_card.Point],
     ) -> None:
-        """Scalars to every logger; TensorBoard's writers (rank zero) also get the card, the
-        text, the histogram and the chart layout; the report as JSON next to the logs."""
+        """The report as JSON next to the logs; scalars to every logger; TensorBoard's writers
+        (rank zero) also get the card, the text, the histogram and the chart layout."""
         name, t = self._name, self._thresholds
+        _files.write_report(trainer, name, step, logged_step, report)
         metrics = _logs.scalars(report, name)
         for logger in trainer.loggers:
             writer = _tensorboard.writer_of(logger) if trainer.is_global_zero else None
@@ -343,22 +333,14 @@ class GradientCheckBase:
             logger.log_metrics({**metrics, **bands}, step=logged_step)
             _tensorboard.add_layout(writer, self._layouts(trainer))
             _tensorboard.write(writer, step, report, history, self._log_worst, name, logged_step)
-        _files.write_report(trainer, name, step, logged_step, report)
 
     def _tell_scalars_only(self, trainer: Any, logger: Any) -> None:
         """A TensorBoard logger whose writer cannot take the card, text, histogram and layout is
         told so, once, rather than silently given the scalars alone."""
-        if not trainer.is_global_zero or id(logger) in self._told:
-            return
-        if _tensorboard.looks_like_tensorboard(logger):
+        notice = _tensorboard.scalars_only(logger, self._label)
+        if notice and trainer.is_global_zero and id(logger) not in self._told:
             self._told.add(id(logger))
-            missing = ", ".join(_tensorboard.missing_methods(logger))
-            rank_zero_warn(
-                f"{self._label}: {type(logger).__name__}'s writer "
-                f"({type(getattr(logger, 'experiment', None)).__name__}) has no {missing}, so it "
-                "gets the scalars only, without the card, the report text, the histogram and "
-                "the chart layout; use a TensorBoardLogger from pytorch_lightning or lightning"
-            )
+            rank_zero_warn(notice)
 
     def _layouts(self, trainer: Any) -> list[tuple[str, float, float]]:
         """Every GradientCheck of the trainer as ``(name, pass_max, warn_max)``: TensorBoard
@@ -408,20 +390,11 @@ class GradientCheckBase:
     ) -> None:
         """An error inside gradwatch: a warning that says so and what to attach to a bug report
         (the traceback, saved next to the logs where there are logs). Training goes on."""
+        own = _faults.is_ours(err)  # this process raised it (the others heard of it)
         text = _faults.error_text(err, step, self._name)
-        own = _faults.is_ours(err)  # this process raised it (others heard of it)
         saved = _files.write_error(trainer, self._name, step, text) if own else None
-        attach = (
-            f"the traceback saved in {saved}"
-            if saved is not None
-            else ("the traceback below" if own else "the traceback of the process that raised it")
-        )
-        rank_zero_warn(
-            f"{self._label} at step {step}: {why}. This is a bug in gradwatch, not a verdict on "
-            f"your gradients: {consequence}, and training goes on. Please report it with "
-            f"{attach} and these versions: "
-            f"{_faults.versions()}." + (f"\n{text}" if own and saved is None else "")
-        )
+        where = f"{self._label} at step {step}"
+        rank_zero_warn(_faults.ours_warning(where, why, consequence, text, saved, own))
 
     def _act(
         self, trainer: Any, step: int, report: GradCheckReport, cause: Exception | None = None

@@ -169,6 +169,23 @@ def internal_error(err: BaseException, where: str = "") -> str:
     )
 
 
+def ours_warning(
+    where: str, why: str, consequence: str, text: str, saved: Path | None, own: bool
+) -> str:
+    """The warning about an error inside gradwatch: what happened, that it is no verdict, what
+    to send with a bug report (``text``, saved in ``saved`` or shown here)."""
+    if saved is not None:
+        attach = f"the traceback saved in {saved}"
+    else:
+        attach = "the traceback below" if own else "the traceback of the process that raised it"
+    shown = f"\n{text}" if own and saved is None else ""
+    return (
+        f"{where}: {why}. This is a bug in gradwatch, not a verdict on your gradients: "
+        f"{consequence}, and training goes on. Please report it with {attach} and these "
+        f"versions: {versions()}.{shown}"
+    )
+
+
 def error_text(err: BaseException, step: int, name: str) -> str:
     """What to attach to a bug report: the versions and the whole traceback."""
     trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))

@@ -43,16 +43,18 @@ def writer_of(logger: Any) -> Any | None:
     return experiment if all(callable(getattr(kind, m, None)) for m in WRITER_METHODS) else None
 
 
-def looks_like_tensorboard(logger: Any) -> bool:
-    """Whether ``logger`` says it is a TensorBoard logger (by name): one whose writer lacks
-    :data:`WRITER_METHODS` is told so rather than silently given less."""
-    return "tensorboard" in type(logger).__name__.lower()
-
-
-def missing_methods(logger: Any) -> list[str]:
-    """The :data:`WRITER_METHODS` the logger's writer lacks."""
+def scalars_only(logger: Any, label: str) -> str | None:
+    """What to tell about a logger that says it is TensorBoard's (by its class's name) but whose
+    writer lacks some of :data:`WRITER_METHODS`: it gets the scalars only. None otherwise."""
+    if "tensorboard" not in type(logger).__name__.lower() or writer_of(logger) is not None:
+        return None
     kind = type(getattr(logger, "experiment", None))
-    return [m for m in WRITER_METHODS if not callable(getattr(kind, m, None))]
+    missing = ", ".join(m for m in WRITER_METHODS if not callable(getattr(kind, m, None)))
+    return (
+        f"{label}: {type(logger).__name__}'s writer ({kind.__name__}) has no {missing}, so it gets "
+        "the scalars only, without the card, the report text, the histogram and the chart "
+        "layout; use a TensorBoardLogger from pytorch_lightning or lightning"
+    )
 
 
 def band_scalars(
