@@ -65,7 +65,7 @@ class CardContent:
     footer: str
     pass_max: float
     warn_max: float
-    failure: str = ""  # why a check that raised could not finish
+    failure: str = ""  # why the check has no reading (it raised, J is NaN or not deterministic)
 
 
 def card_content(step: int, report: GradCheckReport, history: Sequence[Point]) -> CardContent:
@@ -82,7 +82,7 @@ def card_content(step: int, report: GradCheckReport, history: Sequence[Point]) -
     verdict = _logs.verdict_of(report)
     difference = _logs.difference_of(report)
     rows = _logs.parameter_rows(report)
-    shown = rows[:ROWS] if not _logs.unfinished(report) else []
+    shown = [] if report.failure else rows[:ROWS]  # a reason there is no reading says more
     return CardContent(
         verdict=verdict,
         title=f"{verdict.upper()} at step {step}",
@@ -92,7 +92,7 @@ def card_content(step: int, report: GradCheckReport, history: Sequence[Point]) -
         footer=_footer(rows[len(shown) :] if shown else []),
         pass_max=report.thresholds.pass_max,
         warn_max=report.thresholds.warn_max,
-        failure=str(report.failure) if _logs.unfinished(report) else "",
+        failure=str(report.failure or ""),
     )
 
 

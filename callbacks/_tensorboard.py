@@ -122,7 +122,8 @@ def report_markdown(step: int, report: GradCheckReport, k: int) -> str:
     components, the notes."""
     verdict = _logs.verdict_of(report).upper()
     if _logs.unfinished(report):
-        return f"### {verdict} at step {step}\n\nThe check could not finish: {report.failure}"
+        why = str(report.failure)
+        return f"### {verdict} at step {step}\n\n{why[:1].upper()}{why[1:]}"
     t = report.thresholds
     parts = [
         f"### {verdict} at step {step}: difference {_logs.difference_of(report):.1e} "

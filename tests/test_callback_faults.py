@@ -7,9 +7,7 @@ resumes with the interrupted check still due; a module the check cannot use is t
 from __future__ import annotations
 
 import copy
-import inspect
 import math
-import os
 import pickle
 import random
 import signal
@@ -36,6 +34,7 @@ from tests.callback_models import (
     RecordingLogger,
     TinyModule,
     loader,
+    raised_at,
     same,
     trainer,
 )
@@ -47,15 +46,6 @@ pytestmark = pytest.mark.filterwarnings(
 OnFail = Literal["warn", "raise", "ignore"]
 STEPS = 6
 BATCH = "list of 3: Tensor[8, 4] float32, Tensor[8] int64, Tensor[8] int64"
-
-
-def raised_at(function: Any, text: str) -> str:
-    """``; raised at <file>:<line> in <function>``: the line of ``function`` holding ``text``,
-    as a failed check's reason names it."""
-    lines, first = inspect.getsourcelines(function)
-    line = first + next(i for i, source in enumerate(lines) if text in source)
-    where = os.path.relpath(inspect.getsourcefile(function) or "")
-    return f"; raised at {where}:{line} in {function.__name__}"
 
 
 REASONS = {

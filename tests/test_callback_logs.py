@@ -347,3 +347,22 @@ def test_a_verdict_this_package_does_not_know_is_shown_not_dropped(
     content = _card.card_content(0, report, [])
     assert content.title == "INCONCLUSIVE at step 0"
     assert _card.render(content)[5, 5].tolist() == list(_card.UNKNOWN_COLOR)
+
+
+def test_a_check_that_could_not_finish_says_why_and_shows_no_difference() -> None:
+    from torch import nn
+
+    from gradwatch.callbacks import _faults
+
+    why = "the check could not finish: ValueError: the loss cannot use this batch"
+    report = _faults.failed_report(nn.Linear(2, 1), None, why, 1e-7, gradwatch.Thresholds())
+    values = _logs.scalars(report)
+    assert values["gradcheck/verdict"] == 2.0
+    assert all(math.isnan(values[t]) for t in values if "difference" in t or "_parameters" in t)
+    content = _card.card_content(3, report, [_card.Point(0, 1e-9, "pass")])
+    assert (content.title, content.difference, content.rows) == ("FAIL at step 3", "", ())
+    assert content.failure == why
+    assert [math.isnan(p.difference) for p in content.history] == [False, True]
+    assert _card.render(content).shape[0] <= 450  # TensorBoard shows 215 pixels of it
+    text = _tensorboard.report_markdown(3, report, 10)
+    assert text == "### FAIL at step 3\n\nT" + why[1:]
