@@ -190,12 +190,6 @@ def _row_from_difference(report: GradCheckReport, name: str, difference: float) 
     return ParameterRow(name, difference, verdict)
 
 
-def worst_parameter(report: GradCheckReport) -> ParameterRow | None:
-    """The parameter to look at first (None when the check compared nothing)."""
-    rows = parameter_rows(report)
-    return rows[0] if rows and not unfinished(report) else None
-
-
 def visible_notes(report: GradCheckReport) -> list[str]:
     """The notes a reader acts on; how the engine evaluated J (vectorized or not) stays in the
     report file, as it says nothing about the gradients."""

@@ -506,3 +506,13 @@ def test_an_error_in_the_users_model_is_a_failed_check_saying_where(
     assert report.verdict is Verdict.FAIL
     assert str(report.failure).startswith(f"the check could not finish: {error}")
     assert where in str(report.failure)
+
+
+def test_a_long_error_message_is_cut_between_words() -> None:
+    from gradwatch.callbacks import _faults
+
+    words = " ".join(f"word{i}" for i in range(100))
+    shown = _faults.reason(ValueError(words), torch.zeros(1)).split("ValueError: ")[1]
+    shown = shown.split(" (J on")[0]
+    kept = shown.removesuffix(" …")
+    assert shown.endswith(" …") and words.startswith(kept) and words[len(kept)] == " "
