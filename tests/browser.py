@@ -191,7 +191,7 @@ def tensorboard(logdir: Path) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     address = f"http://localhost:{port}"
-    runs = sorted(str(p.parent.relative_to(logdir)) for p in logdir.rglob("events.out.*"))
+    runs = sorted({str(p.parent.relative_to(logdir)) for p in logdir.rglob("events.out.*")})
     try:
         deadline = time.monotonic() + PAGE_TIMEOUT_S
         while sorted(_runs(address)) != runs:
