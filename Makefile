@@ -1,34 +1,57 @@
-# The two commands of the README: `make demo` runs the main example, `make test` the test suite.
-# Each creates .venv and installs torch==2.13.0 first (a CPU wheel), then the package.
+# The README's commands. Each creates .venv on first use: torch==2.13.0 first (a CPU wheel),
+# then this package with its dev and examples extras, under constraints.txt (which pins torch, so
+# no later install can move it); later runs reuse .venv.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# TensorBoard's port and the folder the examples log to.
+PORT ?= 6006
+LOGDIR ?= runs
+# setuptools says, for every editable install, that a folder named like the package may shadow
+# it: here that folder is the package itself, so that note is silenced (nothing else is). The pip
+# upgrade runs with -qq, so a mirror without pip on this machine's pip index list stays quiet.
+QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 
-.PHONY: demo test lint venv clean
+.PHONY: demo wrong-backward tensorboard test lint screenshots venv clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,examples]"
+	$(BIN)/python -m pip install --quiet --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(QUIET_EDITABLE) $(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,examples]"
 	touch $(STAMP)
 
+# The digits classifier with checks at steps 0, 100 and 250: every check passes.
 demo: $(STAMP)
 	$(BIN)/python examples/digits.py
 
+# A layer with a wrong hand-written backward: the check fails and names it.
+wrong-backward: $(STAMP)
+	$(BIN)/python examples/wrong_backward.py
+
+# TensorBoard on what the examples logged (runs/), smoothing off; Ctrl+C stops it.
+tensorboard: $(STAMP)
+	@echo "Open http://localhost:$(PORT)/?smoothing=0 (Ctrl+C stops TensorBoard)"
+	$(BIN)/python -m tensorboard.main --logdir $(LOGDIR) --port $(PORT)
+
 test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy gradwatch callbacks
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
+	$(BIN)/python -m mypy gradwatch callbacks
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy gradwatch callbacks
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
+	$(BIN)/python -m mypy gradwatch callbacks
+
+# The README's TensorBoard pictures (docs/images), taken by headless Chromium from a passing
+# and a failing run.
+screenshots: $(STAMP)
+	$(BIN)/python -m tests.browser docs/images
 
 clean:
 	rm -rf $(VENV) lightning_logs build *.egg-info

@@ -14,11 +14,10 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from gradwatch import GradCheckReport, PartitionError, Thresholds, Verdict, check_module
@@ -29,12 +28,11 @@ from gradwatch._validate import (
     check_components,
     check_epsilon,
     check_non_negative,
-    check_optional_count,
     check_seed,
 )
 from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 
-from . import _distributed, _faults, _logs
+from . import _card, _cli, _distributed, _faults, _files, _logs, _tensorboard
 from . import _validate as v
 from ._objective import (
     ObjectiveError,
@@ -44,6 +42,9 @@ from ._objective import (
     require_objective,
 )
 from ._schedule import Schedule
+
+# LightningCLI configs check these arguments' ranges when they are parsed (see _cli).
+_cli.register()
 
 
 class GradientCheckError(RuntimeError):
@@ -77,37 +78,32 @@ class GradientCheckError(RuntimeError):
 class GradientCheckBase:
     """Everything of ``GradientCheck`` but the Lightning base class (see ``gradient_check.py``)."""
 
-    # The TensorBoardLogger class(es) of the flavour: those loggers also get the text table,
-    # the histogram and the chart layout.
-    _tensorboard_loggers: tuple[type, ...] = ()
-
     def __init__(
         self,
         *,
         at_init: bool = True,
-        after_steps: int | Sequence[int] = (100,),
-        every_n_steps: int | None = None,
-        epsilon: float | Literal["auto"] = 1e-7,
-        components: int | None = None,
+        after_steps: _cli.AfterSteps = (100,),
+        every_n_steps: _cli.EveryNSteps = None,
+        epsilon: _cli.Epsilon = 1e-7,
+        components: _cli.Components = None,
         include: str | Sequence[str] | None = None,
         dropout: DropoutMode = "off",
         mode: CheckMode = "components",
-        pass_max: float = 1e-7,
-        warn_max: float = 1e-3,
-        seed: int = 0,
-        log_worst: int = 10,
+        pass_max: _cli.PassMax = 1e-7,
+        warn_max: _cli.WarnMax = 1e-3,
+        seed: _cli.Seed = 0,
+        log_worst: _cli.LogWorst = 10,
         on_fail: v.OnFail = "warn",
-        name: str = _logs.DEFAULT_NAME,
+        name: _cli.Name = _logs.DEFAULT_NAME,
         progress: bool = True,
     ) -> None:
         super().__init__()
         # The arguments check_module takes are checked by its own rules, told as the callback's.
         with v.prefixed():
-            every = "None or a positive int, e.g. 1000"
             self.schedule = Schedule(
                 at_init=v.check_flag("at_init", at_init),
                 after_steps=v.check_steps(after_steps),
-                every_n_steps=check_optional_count("every_n_steps", every_n_steps, every),
+                every_n_steps=_cli.check_every_n_steps(every_n_steps),
             )
             self._epsilon = check_epsilon(epsilon)
             self._components = check_components(components)
@@ -148,6 +144,7 @@ class GradientCheckBase:
         self._next_due: float = math.inf
         self._loss_found = False  # whether a check of this run has had J from the module
         self._postponed_from: int | None = None  # a due check waiting for a batch with J
+        self._told: set[int] = set()  # loggers told they get scalars only (by id)
 
     @property
     def state_key(self) -> str:
@@ -241,9 +238,13 @@ class GradientCheckBase:
         except Exception as err:  # a failed check; KeyboardInterrupt goes through
             if isinstance(err, PartitionError) and err.interrupted:
                 raise  # another process was stopped (Ctrl+C): stop this one too
-            failed = self._fault(trainer, pl_module, batch, err)
-            if failed is None:
+            outcome, failed = self._fault(trainer, pl_module, batch, err)
+            if outcome == "postponed":
                 self._postpone(step)
+                return
+            if failed is None:  # gradwatch's own error: said, not logged as a verdict
+                self._next_due = self.schedule.first_due(step + 1)
+                self._report_ours(trainer, step, err, outcome, "nothing was logged for this check")
                 return
             report, cause = failed, err
         if self._postponed_from is not None:
@@ -254,13 +255,28 @@ class GradientCheckBase:
             report = replace(report, notes=(*report.notes, note))
             self._postponed_from = None
         self.reports[step] = report
-        difference = report.difference if report.components_checked else math.nan
+        history = self._history()
         self._checks.append(
-            {"step": step, "difference": difference, "verdict": report.verdict.value}
+            {
+                "step": step,
+                "difference": _logs.difference_of(report),
+                "verdict": _logs.verdict_of(report),
+            }
         )
         self._next_due = self.schedule.first_due(step + 1)
-        self._log(trainer, step, _logged_step(trainer), report)
+        try:
+            self._log(trainer, step, _logged_step(trainer), report, history)
+        except Exception as err:  # writing the logs is ours: training goes on
+            why = _faults.internal_error(err, " while writing the logs")
+            self._report_ours(trainer, step, err, why, "the check's logs may be incomplete")
         self._act(trainer, step, report, cause)
+
+    def _history(self) -> list[_card.Point]:
+        """The checks of this run so far (restored ones too), for the card's chart."""
+        return [
+            _card.Point(int(c["step"]), float(c.get("difference", math.nan)), str(c["verdict"]))
+            for c in self._checks
+        ]
 
     def _postpone(self, step: int) -> None:
         """``training_step`` skipped this batch (returned None): the check stays due and runs on
@@ -289,17 +305,37 @@ class GradientCheckBase:
                 progress=self._progress and trainer.is_global_zero,
             )
 
-    def _log(self, trainer: Any, step: int, logged_step: int, report: GradCheckReport) -> None:
+    def _log(
+        self,
+        trainer: Any,
+        step: int,
+        logged_step: int,
+        report: GradCheckReport,
+        history: list[_card.Point],
+    ) -> None:
+        """The report as JSON next to the logs; scalars to every logger; TensorBoard's writers
+        (rank zero) also get the card, the text, the histogram and the chart layout."""
         name, t = self._name, self._thresholds
+        _files.write_report(trainer, name, step, logged_step, report)
         metrics = _logs.scalars(report, name)
         for logger in trainer.loggers:
-            tensorboard = isinstance(logger, self._tensorboard_loggers)
-            bands = _logs.band_scalars(report, t.pass_max, t.warn_max, name) if tensorboard else {}
+            writer = _tensorboard.writer_of(logger) if trainer.is_global_zero else None
+            if writer is None:
+                self._tell_scalars_only(trainer, logger)
+                logger.log_metrics(metrics, step=logged_step)
+                continue
+            bands = _tensorboard.band_scalars(report, t.pass_max, t.warn_max, name)
             logger.log_metrics({**metrics, **bands}, step=logged_step)
-            writer = logger.experiment if tensorboard else None
-            if isinstance(writer, SummaryWriter):  # rank zero; elsewhere a stand-in
-                _logs.add_layout(writer, self._layouts(trainer))
-                _logs.write_tensorboard(writer, step, report, self._log_worst, name, logged_step)
+            _tensorboard.add_layout(writer, self._layouts(trainer))
+            _tensorboard.write(writer, step, report, history, self._log_worst, name, logged_step)
+
+    def _tell_scalars_only(self, trainer: Any, logger: Any) -> None:
+        """A TensorBoard logger whose writer cannot take the card, text, histogram and layout is
+        told so, once, rather than silently given the scalars alone."""
+        notice = _tensorboard.scalars_only(logger, self._label)
+        if notice and trainer.is_global_zero and id(logger) not in self._told:
+            self._told.add(id(logger))
+            rank_zero_warn(notice)
 
     def _layouts(self, trainer: Any) -> list[tuple[str, float, float]]:
         """Every GradientCheck of the trainer as ``(name, pass_max, warn_max)``: TensorBoard
@@ -311,27 +347,49 @@ class GradientCheckBase:
 
     def _fault(
         self, trainer: Any, pl_module: Any, batch: Any, err: Exception
-    ) -> GradCheckReport | None:
-        """The failed report of a check that raised, the same in every process. An error no check
-        can get past (J cannot be had from the module as written) is raised again instead.
-        None when the check is postponed: ``training_step`` skipped the batch (returned None)
-        after an earlier check of the run had J from it."""
+    ) -> tuple[str, GradCheckReport | None]:
+        """What a check that raised comes to, the same in every process: ``("failed", report)``
+        for the user's error (a failed report whose message says why and where); ``("postponed",
+        None)`` when ``training_step`` skipped the batch (returned None) after an earlier check
+        of the run had J from it; ``(reason, None)`` for an error inside gradwatch. An error no
+        check can get past (J cannot be had from the module as written) is raised again."""
         outcome = "failed"
         if isinstance(err, ObjectiveError):
             skipped = isinstance(err, SkippedBatch) and self._loss_found
             outcome = "postponed" if skipped else "fatal"
+        elif _faults.is_ours(err):
+            outcome = "ours"
         where = ""
         if _distributed.shared(trainer):
             where = f" in process {trainer.global_rank} of {trainer.world_size}"
-        why = str(err) if outcome != "failed" else _faults.reason(err, batch, where)
+        why = {
+            "failed": lambda: _faults.reason(err, batch, where),
+            "ours": lambda: _faults.internal_error(err, where),
+        }.get(outcome, lambda: str(err))()
         why, outcome = _distributed.agreed_fault(trainer, err, why, outcome)
         if outcome == "postponed":
-            return None
+            return outcome, None
+        if outcome == "ours":
+            return why, None
         if outcome == "fatal" and isinstance(err, ObjectiveError):
             raise err
         if outcome == "fatal":
             raise ObjectiveError(why) from err
-        return _faults.failed_report(pl_module, self._include, why, self._epsilon, self._thresholds)
+        report = _faults.failed_report(
+            pl_module, self._include, why, self._epsilon, self._thresholds
+        )
+        return outcome, report
+
+    def _report_ours(
+        self, trainer: Any, step: int, err: Exception, why: str, consequence: str
+    ) -> None:
+        """An error inside gradwatch: a warning that says so and what to attach to a bug report
+        (the traceback, saved next to the logs where there are logs). Training goes on."""
+        own = _faults.is_ours(err)  # this process raised it (the others heard of it)
+        text = _faults.error_text(err, step, self._name)
+        saved = _files.write_error(trainer, self._name, step, text) if own else None
+        where = f"{self._label} at step {step}"
+        rank_zero_warn(_faults.ours_warning(where, why, consequence, text, saved, own))
 
     def _act(
         self, trainer: Any, step: int, report: GradCheckReport, cause: Exception | None = None

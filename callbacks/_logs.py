@@ -1,41 +1,87 @@
-"""What a check writes: scalars for every logger, TensorBoard's text, histogram and chart layout,
-and the console summary."""
+"""What a check writes: how the report is read (the few functions below are the only ones that
+touch it), the tags, the scalars every logger gets, and the console summary.
+
+Tags, for a callback named ``gradcheck`` (``name``, its default), fall in TensorBoard groups by
+what they are for (TensorBoard groups tags by the part before the first ``/``):
+
+- ``gradcheck/…``: the answer over time: ``difference``, ``log10_difference``, ``verdict``, and
+  the text ``report``;
+- ``gradcheck_parameters/<parameter>``: each parameter's own difference;
+- ``gradcheck_details/…``: noise floor, kinks, counts of each reading, band lines, the error
+  histogram.
+
+A callback named ``gradcheck/encoder`` writes ``gradcheck/encoder/…``,
+``gradcheck_parameters/encoder/…`` and ``gradcheck_details/encoder/…``.
+"""
 
 from __future__ import annotations
 
 import math
-import re
-import weakref
-from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
-from torch.utils.tensorboard import SummaryWriter
+from dataclasses import dataclass
 
 from gradwatch import GradCheckReport, Verdict
 
-# Tag names, each after the callback's name ("gradcheck" unless told): gradcheck/difference, ...
+# Tags after the callback's name ("gradcheck" unless told): the answer.
 DIFFERENCE = "difference"
-VERDICT = "verdict"
-WORST = "worst_components"
-ABS_ERROR = "abs_error"
 LOG10_DIFFERENCE = "log10_difference"
-LOG10_FLOOR = "log10_rounding_floor"
-WITHOUT_KINKS = "difference_without_kinks"
-ROUNDING_FLOOR = "rounding_floor"
+VERDICT = "verdict"
+REPORT = "report"  # the text
+# Tags of the details group.
+NOISE_FLOOR = "noise_floor"
+LOG10_FLOOR = "log10_noise_floor"
 KINKS = "kinks"
-SHARED_KINKS = "shared_kinks"
-SUSPICIOUS = "suspicious_components"
+READING_TAGS = {  # the count of components with each reading
+    "agrees": "agreeing_components",
+    "disagrees": "disagreeing_components",
+    "not judged": "not_judged_components",
+}
 BANDS = "bands"
 LOG10_PASS_MAX = "bands/log10_pass_max"
 LOG10_WARN_MAX = "bands/log10_warn_max"
+LOG10_ABS_ERROR = "log10_abs_error"  # the histogram
 DEFAULT_NAME = "gradcheck"
+# The group of the at-a-glance images, one per callback: TensorBoard lists groups in character
+# order, capitals first, so this one comes before Lightning's `epoch` and lowercase user tags.
+CARD_GROUP = "GradientCheck"
+NOT_JUDGED = Verdict.NOT_JUDGED.value
 # Differences below float64's machine epsilon are all "zero"; a floor keeps log10 finite and
 # the chart's axis readable.
-_LOG10_FLOOR = 1e-16
-# The TensorBoard writers that hold the Custom Scalars layout. TensorBoard shows one layout per
-# run, so a writer gets one, with a category per GradientCheck of the Trainer.
-_WITH_LAYOUT: weakref.WeakSet[SummaryWriter] = weakref.WeakSet()
+LOG10_FLOOR_VALUE = 1e-16
+
+
+@dataclass(frozen=True)
+class Tags:
+    """The tag names of one callback, from its ``name``.
+
+    Example:
+        >>> Tags("gradcheck/encoder").parameter("net.0.weight")
+        'gradcheck_parameters/encoder/net.0.weight'
+        >>> Tags("gradcheck").detail("kinks"), Tags("gradcheck").card
+        ('gradcheck_details/kinks', 'GradientCheck/gradcheck')
+    """
+
+    name: str
+
+    def _group(self, kind: str) -> str:
+        root, _, rest = self.name.partition("/")
+        return f"{root}_{kind}" + (f"/{rest}" if rest else "")
+
+    def main(self, tag: str) -> str:
+        return f"{self.name}/{tag}"
+
+    def parameter(self, parameter: str) -> str:
+        return f"{self._group('parameters')}/{parameter}"
+
+    def detail(self, tag: str) -> str:
+        return f"{self._group('details')}/{tag}"
+
+    @property
+    def parameters_prefix(self) -> str:
+        return self._group("parameters") + "/"
+
+    @property
+    def card(self) -> str:
+        return f"{CARD_GROUP}/{self.name}"
 
 
 def label(name: str) -> str:
@@ -48,123 +94,114 @@ def label(name: str) -> str:
     return "GradientCheck" if name == DEFAULT_NAME else f"GradientCheck[{name}]"
 
 
-def _unfinished(report: GradCheckReport) -> bool:
-    # A check that raised compared no component: its difference is unknown, not 0.
+# -- reading the report (the only functions here that touch it) ---------------------------------
+
+
+@dataclass(frozen=True)
+class ParameterRow:
+    """One parameter's reading: its own difference (NaN when not judged), the verdict's value
+    (``"pass"``, ``"warn"``, ``"fail"``, ``"not judged"`` or whatever a newer report says) and
+    why, when the report says."""
+
+    name: str
+    difference: float
+    verdict: str
+    reason: str = ""
+
+
+def unfinished(report: GradCheckReport) -> bool:
+    """A check that raised compared no component: its difference is unknown, not 0."""
     return report.components_checked == 0 and report.failure is not None
 
 
+def verdict_of(report: GradCheckReport) -> str:
+    """The verdict's value: ``"pass"``, ``"warn"``, ``"fail"`` or ``"not judged"``."""
+    return report.verdict.value
+
+
+def level_of(verdict: str) -> float:
+    """The verdict scalar: −1 not judged, 0 pass, 1 warn, 2 fail (``Verdict.level``)."""
+    return float(Verdict(verdict).level)
+
+
+def difference_of(report: GradCheckReport) -> float:
+    """The difference the verdict reads (NaN when the check compared nothing)."""
+    return math.nan if unfinished(report) else float(report.difference)
+
+
+def floor_of(report: GradCheckReport) -> float:
+    """The difference J's measured noise alone produces (NaN when the check compared nothing)."""
+    return math.nan if unfinished(report) else float(report.noise_floor)
+
+
+def parameter_rows(report: GradCheckReport) -> list[ParameterRow]:
+    """Every checked parameter, worst first: by verdict (fail, warn, pass, not judged), then by
+    difference. A parameter the report could not judge reads ``"not judged"`` with a NaN
+    difference, never 0 or pass."""
+    rows = [
+        ParameterRow(
+            name,
+            r.difference if r.verdict is not Verdict.NOT_JUDGED else math.nan,
+            r.verdict.value,
+            r.reason,
+        )
+        for name, r in report.parameters.items()
+    ]
+    if unfinished(report):  # a check that raised: nothing of it was compared
+        rows = [ParameterRow(row.name, math.nan, NOT_JUDGED, "the check raised") for row in rows]
+    return sorted(rows, key=_worst_first)
+
+
+def _worst_first(row: ParameterRow) -> tuple[float, float]:
+    return -level_of(row.verdict), -row.difference if math.isfinite(row.difference) else math.inf
+
+
+def visible_notes(report: GradCheckReport) -> list[str]:
+    """The notes a reader acts on; how the engine evaluated J (vectorized or not) stays in the
+    report file, as it says nothing about the gradients."""
+    return [n for n in report.notes if not n.startswith("evaluation:")]
+
+
+def headline(report: GradCheckReport) -> str:
+    """The report's one line, or the reason a check that raised could not finish."""
+    return f"fail: {report.failure}" if unfinished(report) else report.headline()
+
+
+# -- what every logger gets ---------------------------------------------------------------------
+
+
 def scalars(report: GradCheckReport, name: str = DEFAULT_NAME) -> dict[str, float]:
-    """The scalars every logger gets, under ``name/``: the difference (the material's formula,
-    and without kinks, which the verdict reads), one per parameter, the verdict level, the
-    rounding floor, and the counts of kinks, shared kinks (components the check cannot judge)
-    and suspicious components."""
-    counts = report.reading_counts
+    """The scalars every logger gets: the difference and the verdict level under ``name/``, each
+    parameter's difference in the parameters group (NaN where not judged), and the noise floor
+    and counts in the details group."""
+    tags = Tags(name)
     values = {
-        DIFFERENCE: report.difference,
-        WITHOUT_KINKS: report.difference,
-        ROUNDING_FLOOR: report.noise_floor,
-        KINKS: float(report.kink_count),
-        SHARED_KINKS: float(counts["not judged"]),
-        SUSPICIOUS: float(counts["disagrees"]),
-        VERDICT: float(report.verdict.level),
+        tags.main(DIFFERENCE): difference_of(report),
+        tags.main(VERDICT): level_of(verdict_of(report)),
+        tags.detail(NOISE_FLOOR): floor_of(report),
+        tags.detail(KINKS): float(report.kink_count),
     }
-    values.update({f"{DIFFERENCE}/{p}": d for p, d in report.per_parameter.items()})
-    if _unfinished(report):
-        values.update({DIFFERENCE: math.nan, WITHOUT_KINKS: math.nan, ROUNDING_FLOOR: math.nan})
-    return {f"{name}/{tag}": value for tag, value in values.items()}
+    for reading, count in report.reading_counts.items():
+        values[tags.detail(READING_TAGS[reading])] = float(count)
+    for row in parameter_rows(report):
+        values[tags.parameter(row.name)] = row.difference
+    return values
 
 
-def _log10(value: float) -> float:
-    return math.log10(max(value, _LOG10_FLOOR)) if math.isfinite(value) else math.nan
+def log10(value: float) -> float:
+    """log10 of a difference, floored at machine precision; NaN for a non-finite one.
 
-
-def band_scalars(
-    report: GradCheckReport, pass_max: float, warn_max: float, name: str = DEFAULT_NAME
-) -> dict[str, float]:
-    """The difference the verdict reads, the rounding floor and the verdict bands in decades, for
-    the TensorBoard chart layout."""
-    unknown = _unfinished(report)
-    values = {
-        LOG10_DIFFERENCE: math.nan if unknown else _log10(report.difference),
-        LOG10_FLOOR: math.nan if unknown else _log10(report.noise_floor),
-        LOG10_PASS_MAX: math.log10(pass_max),
-        LOG10_WARN_MAX: math.log10(warn_max),
-    }
-    return {f"{name}/{tag}": value for tag, value in values.items()}
-
-
-def category(pass_max: float, warn_max: float, name: str = DEFAULT_NAME) -> dict[str, list[Any]]:
-    """One callback's charts on TensorBoard's Custom Scalars page: its difference against the
-    material's bands.
-
-    Differences span decades (1e-10 passes, 1e-2 fails), so the band chart is in log10: the
-    difference is one line, the pass and warn limits two flat lines (−7 and −3 by default).
+    Example:
+        >>> log10(1e-9), log10(0.0)
+        (-9.0, -16.0)
     """
-    bands = f"(pass below {pass_max:.0e}, fail above {warn_max:.0e})"
-    prefix = f"{name}/"
-    exact = re.escape(prefix)  # the charts' tags are regular expressions
-    return {
-        f"log10 difference vs bands {bands}": [
-            "Multiline",
-            [f"^{exact}{LOG10_DIFFERENCE}$", f"^{exact}{LOG10_FLOOR}$", f"^{exact}{BANDS}/"],
-        ],
-        f"log10 difference, shaded warn band {bands}": [
-            "Margin",
-            [prefix + LOG10_DIFFERENCE, prefix + LOG10_PASS_MAX, prefix + LOG10_WARN_MAX],
-        ],
-        "difference per parameter": ["Multiline", [f"^{exact}{DIFFERENCE}/"]],
-        "verdict (0 pass, 1 warn, 2 fail)": ["Multiline", [f"^{exact}{VERDICT}$"]],
-    }
-
-
-def layout(checks: Sequence[tuple[str, float, float]]) -> dict[str, dict[str, list[Any]]]:
-    """TensorBoard's Custom Scalars page: a category per ``(name, pass_max, warn_max)``."""
-    return {name: category(pass_max, warn_max, name) for name, pass_max, warn_max in checks}
-
-
-def add_layout(writer: SummaryWriter, checks: Sequence[tuple[str, float, float]]) -> None:
-    """Writes the layout of ``checks`` (every GradientCheck of the Trainer), once per writer."""
-    if writer not in _WITH_LAYOUT:
-        writer.add_custom_scalars(layout(checks))
-        _WITH_LAYOUT.add(writer)
-
-
-def _headline(report: GradCheckReport) -> str:
-    return f"fail: {report.failure}" if _unfinished(report) else report.headline()
-
-
-def worst_text(step: int, report: GradCheckReport, k: int) -> str:
-    """The markdown of the text tag: the headline, what to do, notes, the worst components."""
-    if _unfinished(report):
-        return f"**step {step}**: {_headline(report)}"
-    parts = [f"**step {step}**: {report.headline()}", report.message]
-    parts += [f"note: {note}" for note in report.notes]
-    parts.append(report.worst_markdown(k))
-    return "\n\n".join(parts)
+    return math.log10(max(value, LOG10_FLOOR_VALUE)) if math.isfinite(value) else math.nan
 
 
 def console_text(step: int, report: GradCheckReport, name: str = DEFAULT_NAME) -> str:
     """One line per check; the whole report (notes, worst components, per parameter) unless it
     passed."""
-    line = f"{label(name)} at step {step}: {_headline(report)}"
-    if report.verdict is Verdict.PASS or _unfinished(report):
+    line = f"{label(name)} at step {step}: {headline(report)}"
+    if verdict_of(report) == "pass" or unfinished(report):
         return line
     return f"{line}\n{report}"
-
-
-def write_tensorboard(
-    writer: SummaryWriter,
-    step: int,
-    report: GradCheckReport,
-    log_worst: int,
-    name: str = DEFAULT_NAME,
-    logged_step: int | None = None,
-) -> None:
-    """The text table and the error histogram (scalars go through ``log_metrics``), at
-    ``logged_step`` (``step``, the check's global step, unless told)."""
-    at = step if logged_step is None else logged_step
-    if log_worst > 0:
-        writer.add_text(f"{name}/{WORST}", worst_text(step, report, log_worst), at)
-    errors = report.abs_errors[np.isfinite(report.abs_errors)]
-    if errors.size:
-        writer.add_histogram(f"{name}/{ABS_ERROR}", errors, at)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pytorch_lightning import Callback
-from pytorch_lightning.loggers import TensorBoardLogger
 
 from ._core import GradientCheckBase, GradientCheckError
 
@@ -45,16 +44,24 @@ class GradientCheck(GradientCheckBase, Callback):
     stopped by KeyboardInterrupt changes nothing and is not recorded, so it runs again after a
     resume.
 
-    Logged to every logger, at the step of the batch's own ``self.log`` values, under ``name``
-    (``gradcheck`` unless told): ``gradcheck/difference`` (the material's formula),
-    ``gradcheck/difference_without_kinks`` (what the verdict reads),
-    ``gradcheck/difference/<parameter>``, ``gradcheck/verdict`` (0 pass, 1 warn, 2 fail),
-    ``gradcheck/rounding_floor``, ``gradcheck/kinks`` and ``gradcheck/suspicious_components``.
-    TensorBoard also gets the text ``gradcheck/worst_components`` (a markdown table), the
-    histogram ``gradcheck/abs_error`` and a Custom Scalars page with the difference against the
-    pass/fail bands (``gradcheck/log10_difference``, ``gradcheck/bands/*``). The console gets one
-    line per check, and the whole report when it did not pass. Several callbacks (one per
-    sub-network, say) each need their own ``name``.
+    Logged at the step of the batch's own ``self.log`` values, under ``name`` (``gradcheck``
+    unless told). Every logger gets the scalars: ``gradcheck/difference`` (the material's
+    formula), ``gradcheck/verdict`` (−1 not judged, 0 pass, 1 warn, 2 fail),
+    ``gradcheck_parameters/<parameter>`` (each parameter's own difference, NaN where not judged)
+    and ``gradcheck_details/…`` (rounding floor, kinks, counts). A TensorBoard logger, from
+    either Lightning package, also gets the card ``GradientCheck/gradcheck`` (an image: the
+    verdict, every check's difference against the bands on a log scale, the parameters worst
+    first), the text ``gradcheck/report`` (the whole report), the histogram
+    ``gradcheck_details/log10_abs_error`` and a Custom Scalars page with the difference against
+    the pass/fail bands. Each report is also written as JSON next to the logger's files,
+    ``<log_dir>/gradcheck/step_<N>.json`` (read it with :func:`gradwatch.load_report`). The
+    console gets one line per check, and the whole report when it did not pass. Several
+    callbacks (one per sub-network, say) each need their own ``name``.
+
+    A check that cannot finish because of the module's code (the loss, the forward, a backward
+    raises) is a failed check whose message says why and where; an error inside gradwatch itself
+    is a warning that says so (with what to attach to a bug report), no verdict is logged, and
+    training goes on.
 
     Args:
         at_init: check on the first batch, before the first optimizer step (random init).
@@ -114,5 +121,3 @@ class GradientCheck(GradientCheckBase, Callback):
     >>> GradientCheck(after_steps=[200, 100]).schedule
     Schedule(at_init=True, after_steps=(100, 200), every_n_steps=None)
     """
-
-    _tensorboard_loggers = (TensorBoardLogger,)

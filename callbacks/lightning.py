@@ -15,7 +15,6 @@ from __future__ import annotations
 
 try:
     from lightning.pytorch import Callback
-    from lightning.pytorch.loggers import TensorBoardLogger
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
         "gradwatch.callbacks.lightning needs the `lightning` package (pip install lightning); "
@@ -34,5 +33,3 @@ class GradientCheck(GradientCheckBase, Callback):
 
         trainer = lightning.pytorch.Trainer(callbacks=[GradientCheck(after_steps=[100])])
     """
-
-    _tensorboard_loggers = (TensorBoardLogger,)

@@ -6,10 +6,10 @@ trained a few hundred Adam steps by a ``pytorch_lightning.Trainer`` with
 :class:`gradwatch.callbacks.GradientCheck`. It prints each check's summary and the command that
 opens the TensorBoard logs.
 
-Run::
+Run (``make demo`` does the first)::
 
-    python examples/digits.py                 # checks at steps 0, 100 and 250 of 300
-    python examples/digits.py --help
+    .venv/bin/python examples/digits.py          # checks at steps 0, 100 and 250 of 300
+    .venv/bin/python examples/digits.py --help
 """
 
 from __future__ import annotations
@@ -104,6 +104,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def view_command(log_dir: Path) -> str:
+    """The command that shows ``log_dir`` in TensorBoard, from the project's folder."""
+    shown = log_dir if os.path.relpath(log_dir).startswith("..") else Path(os.path.relpath(log_dir))
+    return "make tensorboard" if shown == Path("runs") else f"make tensorboard LOGDIR={shown}"
+
+
 def _summary(check: GradientCheck, trainer: pl.Trainer, logger: TensorBoardLogger) -> str:
     lines = ["", "Gradient checks (step 0: at random initialization):"]
     lines += [f"  step {step:>4}: {report.headline()}" for step, report in check.reports.items()]
@@ -112,17 +118,13 @@ def _summary(check: GradientCheck, trainer: pl.Trainer, logger: TensorBoardLogge
         lines.append(
             f"Validation accuracy after {trainer.global_step} steps: {float(accuracy):.3f}"
         )
-    root = Path(logger.save_dir) / logger.name
-    shown = root if os.path.relpath(root).startswith("..") else Path(os.path.relpath(root))
     lines += [
         f"TensorBoard logs: {logger.log_dir}",
-        f"View them:        tensorboard --logdir {shown}",
-        "then open http://localhost:6006:",
-        "  SCALARS         gradcheck/difference, gradcheck/difference/<parameter>, "
-        "gradcheck/verdict",
-        "  CUSTOM SCALARS  the difference (log10) against the pass and fail bands",
-        "  TEXT            gradcheck/worst_components",
-        "  HISTOGRAMS      gradcheck/abs_error",
+        f"Reports (JSON):   {Path(logger.log_dir) / 'gradcheck'}",
+        f"View them:        {view_command(Path(logger.save_dir))}",
+        "  TIME SERIES, group GradientCheck: a card per run, the verdict, the difference of "
+        "each check against the pass and fail bands, the parameters worst first",
+        "  TEXT, gradcheck/report: the whole report of each check",
     ]
     return "\n".join(lines)
 

@@ -6,23 +6,29 @@ has a classic bug: the bias gradient *averages* the upstream gradient over the b
 summing it. Training still runs (the bias just learns 64x slower), which is exactly why such bugs
 survive; the check catches it at step 0.
 
-Run::
+The checks (at steps 0 and 10) are logged to TensorBoard under ``runs/wrong_backward``, so
+``make tensorboard`` shows a failing check next to the digits demo's passing ones.
 
-    python examples/wrong_backward.py           # the check fails and warns; training goes on
-    python examples/wrong_backward.py --raise   # on_fail="raise": fit stops at step 0 (CI use)
-    python examples/wrong_backward.py --fixed   # the correct backward passes
+Run (``make wrong-backward`` does the first)::
+
+    .venv/bin/python examples/wrong_backward.py          # fails and warns; training goes on
+    .venv/bin/python examples/wrong_backward.py --raise  # on_fail="raise": fit stops, exits 1
+    .venv/bin/python examples/wrong_backward.py --fixed  # the correct backward passes
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from digits import DigitsData
+from digits import DigitsData, view_command
+from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 from torch.nn import functional as F
 
@@ -100,15 +106,21 @@ class DigitsWithHandWrittenLayer(pl.LightningModule):
 
 
 def run(
-    fixed: bool = False, on_fail: Literal["warn", "raise"] = "warn", max_steps: int = 20
+    fixed: bool = False,
+    on_fail: Literal["warn", "raise"] = "warn",
+    max_steps: int = 20,
+    log_dir: Path | None = Path("runs"),
 ) -> GradientCheck:
-    """Trains with a check at step 0 and returns the callback (its reports)."""
+    """Trains with checks at steps 0 and 10, logged to TensorBoard under ``log_dir`` (None: no
+    logs), and returns the callback (its reports)."""
     pl.seed_everything(0, verbose=False)
-    check = GradientCheck(at_init=True, after_steps=[], on_fail=on_fail)
+    check = GradientCheck(at_init=True, after_steps=[10], on_fail=on_fail)
+    name = "fixed_backward" if fixed else "wrong_backward"
     trainer = pl.Trainer(
         max_steps=max_steps,
-        logger=False,
+        logger=TensorBoardLogger(save_dir=log_dir, name=name) if log_dir is not None else False,
         callbacks=[check],
+        log_every_n_steps=5,
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
@@ -117,22 +129,25 @@ def run(
     return check
 
 
-def main(argv: Sequence[str] | None = None) -> GradientCheck | None:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the example; the exit status is 1 when ``--raise`` stopped fit, else 0."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--raise", dest="raise_", action="store_true", help="on_fail='raise'")
     parser.add_argument("--fixed", action="store_true", help="use the correct backward")
+    parser.add_argument("--log-dir", type=Path, default=Path("runs"), help="TensorBoard root")
     args = parser.parse_args(argv)
     try:
-        check = run(fixed=args.fixed, on_fail="raise" if args.raise_ else "warn")
+        check = run(args.fixed, "raise" if args.raise_ else "warn", log_dir=args.log_dir)
     except GradientCheckError as error:
         print(f"\nfit stopped at step {error.step}: GradientCheckError")
         print("per-parameter differences:", error.report.per_parameter)
-        return None
+        return 1
     report = check.reports[0]
     print(f"\nverdict at step 0: {report.verdict.value}")
     print("worst components:", ", ".join(c.label for c in report.worst(3)))
-    return check
+    print(f"View the checks:  {view_command(args.log_dir)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

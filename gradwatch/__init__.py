@@ -17,6 +17,7 @@ from gradwatch.module import check_module
 from gradwatch.noise import JNoise
 from gradwatch.partition import Partition, PartitionError
 from gradwatch.report import Component, GradCheckReport, PrecisionDrift
+from gradwatch.report_file import load_report, save_report
 from gradwatch.verdict import ParameterResult, Thresholds, Verdict
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "Verdict",
     "check_module",
     "gradient_check",
+    "load_report",
+    "save_report",
 ]
 
 __version__ = "0.1.0"

@@ -4,6 +4,7 @@ one θ at a time or many perturbed copies of θ per call."""
 from __future__ import annotations
 
 import copy
+import textwrap
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from gradwatch._blame import users_code
 from gradwatch._lowrank import LowRankShift
 from gradwatch._state import reseed
 from gradwatch._vectorize import (
@@ -57,7 +59,8 @@ class _LossModule(nn.Module):
         self.loss_fn = loss_fn
 
     def forward(self, batch: Any, then: Callable[[Any], Any] | None = None) -> Any:
-        value = self.loss_fn(self.model, batch)
+        with users_code():  # an error here is the user's, not gradwatch's (see _blame)
+            value = self.loss_fn(self.model, batch)
         return value if then is None else then(value)
 
 
@@ -85,7 +88,7 @@ def _gap(batched: np.ndarray, plain: np.ndarray) -> float:
 
 def _why(err: Exception) -> str:
     first = (str(err).strip().splitlines() or [""])[0]
-    return f"{type(err).__name__}: {first[:120]}"
+    return f"{type(err).__name__}: {textwrap.shorten(first, 200, placeholder=' …')}"
 
 
 class ModuleCost:
@@ -208,7 +211,8 @@ class ModuleCost:
                 raise ValueError(DETACHED)
             self._uses = graph_uses(cost, leaves)
             try:
-                return cost.detach(), torch.autograd.grad(cost, leaves, allow_unused=True)
+                with users_code():  # backprop runs the user's backward functions
+                    return cost.detach(), torch.autograd.grad(cost, leaves, allow_unused=True)
             except RuntimeError as err:
                 if _SECOND_BACKWARD in str(err):
                     raise TypeError(CALLS_BACKWARD) from err

@@ -4,6 +4,8 @@ these modules takes ~0.1 s: θ has 83 components)."""
 from __future__ import annotations
 
 import importlib
+import inspect
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -300,6 +302,15 @@ class FaultyModule(TinyModule):
         if self.fault == "interrupt":
             raise KeyboardInterrupt
         raise ValueError("the loss cannot use this batch")
+
+
+def raised_at(function: Any, text: str) -> str:
+    """``; raised at <file>:<line> in <function>``: the line of ``function`` holding ``text``,
+    as a failed check's reason names where the user's code raised."""
+    lines, first = inspect.getsourcelines(function)
+    line = first + next(i for i, source in enumerate(lines) if text in source)
+    where = os.path.relpath(inspect.getsourcefile(function) or "")
+    return f"; raised at {where}:{line} in {function.__name__}"
 
 
 def same(a: Any, b: Any) -> bool:

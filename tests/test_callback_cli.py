@@ -65,21 +65,49 @@ def test_a_value_outside_a_literal_is_rejected_by_the_parser(
 
 
 @pytest.mark.parametrize(
-    ("init_args", "message"),
+    ("init_args", "key", "message"),
     [
         (
             "epsilon: -1.0",
+            "epsilon",
             "`epsilon` must be 'auto' or a finite float in (0, 1), e.g. 1e-7; got -1.0",
         ),
-        ("after_steps: [-5]", "`after_steps` must be a non-negative int or a list of them"),
-        ("every_n_steps: 0", "`every_n_steps` must be None or a positive int, e.g. 1000; got 0"),
-        ("name: grad check", "`name` must be a non-empty str without spaces"),
+        (
+            "after_steps: [-100]",
+            "after_steps",
+            "`after_steps` must be a non-negative int or a list of them, e.g. [100, 1000]; "
+            "got [-100]",
+        ),
+        (
+            "every_n_steps: 0",
+            "every_n_steps",
+            "`every_n_steps` must be None or a positive int, e.g. 1000; got 0",
+        ),
+        ("components: -3", "components", "`components` must be None (all) or a positive int"),
+        ("pass_max: .inf", "pass_max", "`pass_max` must be a positive finite float, e.g. 1e-7"),
+        ("warn_max: 0", "warn_max", "`warn_max` must be a positive finite float, e.g. 1e-7"),
+        ("seed: -1", "seed", "`seed` must be a non-negative int; got -1"),
+        ("log_worst: -2", "log_worst", "`log_worst` must be a non-negative int; got -2"),
+        ("name: grad check", "name", "`name` must be a non-empty str without spaces"),
     ],
 )
-def test_a_bad_value_fails_at_construction_with_the_callbacks_message(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], init_args: str, message: str
+def test_a_value_out_of_range_is_rejected_by_the_parser_naming_the_argument(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], init_args: str, key: str, message: str
 ) -> None:
+    # As a wrong choice is: one parser error (no traceback), the argument named, before any
+    # object is built.
     bad = _override(tmp_path, init_args)
-    with pytest.raises((ValueError, SystemExit)) as raised:
+    with pytest.raises(SystemExit):
         example("cli").main(["fit", f"--config={CONFIG}", f"--config={bad}"])
-    assert message in str(raised.value) + capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f'Parser key "{key}":' in error
+    assert f"GradientCheck: {message}" in error
+    assert "Traceback" not in error
+
+
+def test_bands_out_of_order_fail_at_construction_naming_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = _override(tmp_path, "pass_max: 1.0e-2, warn_max: 1.0e-3")
+    with pytest.raises(ValueError, match="`pass_max` must not exceed `warn_max`"):
+        example("cli").main(["fit", f"--config={CONFIG}", f"--config={bad}"])

@@ -27,6 +27,7 @@ from tests.callback_models import (
     TinyModule,
     example,
     loader,
+    raised_at,
     trainer,
 )
 
@@ -150,7 +151,7 @@ def _faulty_run(
 REASON = (
     f"the check could not finish in process 1 of 2: RuntimeError: {FaultyModule.OOM} (J on this "
     "step's batch: list of 3: Tensor[8, 4] float32, Tensor[8] int64, Tensor[8] int64)"
-)
+) + raised_at(FaultyModule.gradcheck_loss, "raise RuntimeError")
 
 
 def test_a_fault_in_one_process_is_a_failed_check_everywhere_and_training_goes_on(

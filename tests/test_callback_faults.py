@@ -34,6 +34,7 @@ from tests.callback_models import (
     RecordingLogger,
     TinyModule,
     loader,
+    raised_at,
     same,
     trainer,
 )
@@ -45,11 +46,14 @@ pytestmark = pytest.mark.filterwarnings(
 OnFail = Literal["warn", "raise", "ignore"]
 STEPS = 6
 BATCH = "list of 3: Tensor[8, 4] float32, Tensor[8] int64, Tensor[8] int64"
+
+
 REASONS = {
     "raise": "the check could not finish: ValueError: the loss cannot use this batch "
-    f"(J on this step's batch: {BATCH})",
+    f"(J on this step's batch: {BATCH})"
+    + raised_at(FaultyModule.gradcheck_loss, "raise ValueError"),
     "oom": f"the check could not finish: RuntimeError: {FaultyModule.OOM} (J on this step's "
-    f"batch: {BATCH})",
+    f"batch: {BATCH})" + raised_at(FaultyModule.gradcheck_loss, "raise RuntimeError"),
     "nan": "the loss J(θ) is nan: fix the forward pass before checking gradients",
     "inf": "the loss J(θ) is inf: fix the forward pass before checking gradients",
 }
@@ -278,6 +282,7 @@ def test_a_batch_the_loss_cannot_use_is_a_failed_check_naming_the_batch(tmp_path
     assert check.reports[0].failure == (
         "the check could not finish: TypeError: list indices must be integers or slices, not str "
         f"(J on this step's batch: {BATCH})"
+        + raised_at(_DictBatchLoss.gradcheck_loss, 'batch["x"]')
     )
     assert run.global_step == 2
 
@@ -364,3 +369,150 @@ def test_syncbatchnorm_in_a_single_process_is_checked(tmp_path: Path) -> None:
     check = GradientCheck(after_steps=(1,))
     _fit(tmp_path, _synced(), [check], max_steps=2)
     assert [r.verdict for r in check.reports.values()] == [Verdict.PASS, Verdict.PASS]
+
+
+# -- whose error: the user's code fails the check, gradwatch's own error is ours ----------------
+
+
+class _Bug:
+    """Raises ``error`` at its ``at``-th call and passes ``function`` through otherwise: an error
+    planted inside gradwatch, at the second check of a run."""
+
+    def __init__(self, function: Any, error: Exception, at: int = 2) -> None:
+        self.function, self.error, self.at, self.calls = function, error, at, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.at:
+            raise self.error
+        return self.function(*args, **kwargs)
+
+
+@pytest.mark.parametrize("on_fail", ["warn", "raise"])
+def test_an_error_inside_gradwatch_is_ours_and_training_goes_on_untouched(
+    tmp_path: Path, plain: dict[str, Any], monkeypatch: pytest.MonkeyPatch, on_fail: OnFail
+) -> None:
+    import gradwatch._comparison
+
+    bug = IndexError("index 83 is out of bounds for axis 0 with size 83")
+    monkeypatch.setattr(
+        gradwatch._comparison, "gather_evidence", _Bug(gradwatch._comparison.gather_evidence, bug)
+    )
+    logger = pl.loggers.CSVLogger(tmp_path, name="csv")
+    module, check = _faulty("none"), GradientCheck(after_steps=(2, 4), on_fail=on_fail)
+    with pytest.warns(UserWarning) as warned:
+        run = _fit(tmp_path, module, [check], max_steps=STEPS, logger=logger)
+    saved = Path(logger.log_dir) / "gradcheck" / "step_2_error.txt"
+    (told,) = [str(w.message) for w in warned if "GradientCheck" in str(w.message)]
+    assert told.startswith(
+        f"GradientCheck at step 2: an error inside gradwatch {gradwatch.__version__}, not in "
+        "your model or loss: IndexError: index 83 is out of bounds for axis 0 with size 83 at "
+    )
+    assert (
+        "This is a bug in gradwatch, not a verdict on your gradients: nothing was logged for "
+        f"this check, and training goes on. Please report it with the traceback saved in {saved} "
+        f"and these versions: gradwatch {gradwatch.__version__}, torch {torch.__version__}"
+    ) in told
+    assert "Traceback (most recent call last)" in saved.read_text()
+    assert list(check.reports) == [0, 4] and check.checked_steps == (0, 4)
+    assert sorted(p.name for p in saved.parent.iterdir()) == [
+        "step_0.json",
+        "step_2_error.txt",
+        "step_4.json",
+    ]
+    metrics = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()
+    header, rows = metrics[0].split(","), [m.split(",") for m in metrics[1:]]
+    verdict, step = header.index("gradcheck/verdict"), header.index("step")
+    assert [int(r[step]) for r in rows if r[verdict]] == [0, 4]  # no verdict at step 2
+    assert same(module.state_dict(), plain["weights"])  # bit for bit
+    assert same(run.optimizers[0].state_dict(), plain["optimizer"])
+
+
+def test_an_error_writing_the_logs_is_ours_and_the_check_stands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradwatch.callbacks import _card
+
+    monkeypatch.setattr(_card, "render", _Bug(_card.render, AttributeError("'NoneType' object")))
+    check = GradientCheck(after_steps=(2,))
+    logger = pl.loggers.TensorBoardLogger(tmp_path, name="tb")
+    with pytest.warns(UserWarning, match="an error inside gradwatch .* while writing the logs"):
+        run = _fit(tmp_path, _faulty("none"), [check], max_steps=4, logger=logger)
+    assert [r.verdict for r in check.reports.values()] == [Verdict.PASS, Verdict.PASS]
+    assert run.global_step == 4
+
+
+class _ForwardFails(TinyModule):
+    """A forward that breaks in float64, as inside a check (J on the check's copies)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float64:
+            return self.net(x[:, :3])  # mat1 and mat2 shapes cannot be multiplied
+        return self.net(x)
+
+
+class _WrongShapeBackward(torch.autograd.Function):
+    """tanh with a backward that returns a gradient of the wrong shape."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.tanh(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return (grad * (1 - torch.tanh(x) ** 2))[:, :1]  # the bug: one column
+
+
+class _BackwardFails(TinyModule):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.net[1](self.net[0](x))
+        return self.net[4](_WrongShapeBackward.apply(hidden))
+
+    def gradcheck_loss(self, batch: Any) -> torch.Tensor:
+        x, y, _ = batch
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y, _ = batch  # trains without the custom backward
+        return torch.nn.functional.cross_entropy(self.net(x), y)
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "where"),
+    [
+        (
+            _ForwardFails,
+            "RuntimeError: mat1 and mat2 shapes cannot be multiplied (8x3 and 4x8)",
+            raised_at(_ForwardFails.forward, "self.net(x[:, :3])"),
+        ),
+        (
+            _BackwardFails,
+            "RuntimeError: Function _WrongShapeBackwardBackward returned an invalid gradient",
+            "",
+        ),
+    ],
+    ids=["forward", "custom-backward"],
+)
+def test_an_error_in_the_users_model_is_a_failed_check_saying_where(
+    tmp_path: Path, build: Any, error: str, where: str
+) -> None:
+    pl.seed_everything(0, verbose=False)
+    check = GradientCheck(after_steps=())
+    with pytest.warns(UserWarning, match="the gradient check failed"):
+        _fit(tmp_path, build(), [check], max_steps=2)
+    report = check.reports[0]
+    assert report.verdict is Verdict.FAIL
+    assert str(report.failure).startswith(f"the check could not finish: {error}")
+    assert where in str(report.failure)
+
+
+def test_a_long_error_message_is_cut_between_words() -> None:
+    from gradwatch.callbacks import _faults
+
+    words = " ".join(f"word{i}" for i in range(100))
+    shown = _faults.reason(ValueError(words), torch.zeros(1)).split("ValueError: ")[1]
+    shown = shown.split(" (J on")[0]
+    kept = shown.removesuffix(" …")
+    assert shown.endswith(" …") and words.startswith(kept) and words[len(kept)] == " "

@@ -1,22 +1,26 @@
 """What GradientCheck writes, read back: TensorBoard event files through TensorBoard's own event
-reader, CSVLogger's metrics file, and the helpers that format them."""
+reader, CSVLogger's metrics file, the JSON report files, and the helpers that format them."""
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 
-from gradwatch.callbacks import GradientCheck, _logs
+import gradwatch
+from gradwatch.callbacks import GradientCheck, _card, _logs, _tensorboard
 from tests.callback_models import QUIET_LIGHTNING, TinyModule, loader, trainer
 
 pytestmark = pytest.mark.filterwarnings(*QUIET_LIGHTNING)
@@ -30,7 +34,27 @@ PARAMETERS = [
     "net.4.weight",
     "net.4.bias",
 ]
-TEXT = "gradcheck/worst_components/text_summary"  # torch's SummaryWriter.add_text suffix
+ANSWER = {"gradcheck/difference", "gradcheck/log10_difference", "gradcheck/verdict"}
+DETAILS = {
+    f"gradcheck_details/{tag}"
+    for tag in [
+        "noise_floor",
+        "log10_noise_floor",
+        "kinks",
+        "agreeing_components",
+        "disagreeing_components",
+        "not_judged_components",
+        "bands/log10_pass_max",
+        "bands/log10_warn_max",
+    ]
+}
+BY_PARAMETER = {f"gradcheck_parameters/{name}" for name in PARAMETERS}
+JUDGED = [name for name in PARAMETERS if name != "net.0.bias"]
+SIZES = {"scalars": 0, "histograms": 0, "tensors": 0, "images": 0}
+
+
+def events_of(log_dir: str) -> EventAccumulator:
+    return EventAccumulator(log_dir, size_guidance=SIZES).Reload()
 
 
 @pytest.fixture(scope="module")
@@ -43,30 +67,37 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     trainer(root, callbacks=[check], logger=[tensorboard, table], max_steps=7).fit(
         TinyModule(), loader()
     )
-    events = EventAccumulator(
-        tensorboard.log_dir, size_guidance={"scalars": 0, "histograms": 0, "tensors": 0}
-    ).Reload()
-    return {"events": events, "check": check, "csv": Path(table.log_dir) / "metrics.csv"}
+    return {
+        "events": events_of(tensorboard.log_dir),
+        "check": check,
+        "csv": Path(table.log_dir) / "metrics.csv",
+        "dirs": [Path(tensorboard.log_dir), Path(table.log_dir)],
+    }
 
 
 def _steps(events: EventAccumulator, kind: str, tag: str) -> list[int]:
     return [e.step for e in getattr(events, kind)(tag)]
 
 
-def test_every_gradcheck_tag_is_at_the_scheduled_steps_and_nowhere_else(
-    run: dict[str, Any],
-) -> None:
+def _text(events: EventAccumulator, tag: str, position: int) -> str:
+    return str(events.Tensors(tag)[position].tensor_proto.string_val[0].decode())
+
+
+def test_every_tag_is_at_the_scheduled_steps_and_nowhere_else(run: dict[str, Any]) -> None:
     events, tags = run["events"], run["events"].Tags()
-    scalars = [t for t in tags["scalars"] if t.startswith("gradcheck")]
-    expected = {"gradcheck/difference", "gradcheck/verdict"}
-    expected |= {f"gradcheck/difference/{name}" for name in PARAMETERS}
-    assert expected <= set(scalars)
+    scalars = {t for t in tags["scalars"] if t.startswith("gradcheck")}
+    assert scalars == ANSWER | DETAILS | BY_PARAMETER
     for tag in scalars:
         assert _steps(events, "Scalars", tag) == STEPS, tag
-    assert [t for t in tags["histograms"] if t.startswith("gradcheck")] == ["gradcheck/abs_error"]
-    assert _steps(events, "Histograms", "gradcheck/abs_error") == STEPS
-    assert TEXT in tags["tensors"]
-    assert _steps(events, "Tensors", TEXT) == STEPS
+    assert [t for t in tags["histograms"]] == ["gradcheck_details/log10_abs_error"]
+    assert [t for t in tags["images"]] == ["GradientCheck/gradcheck"]
+    assert [t for t in tags["tensors"] if "gradcheck" in t] == ["gradcheck/report"]
+    for kind, tag in [
+        ("Histograms", "gradcheck_details/log10_abs_error"),
+        ("Images", "GradientCheck/gradcheck"),
+        ("Tensors", "gradcheck/report"),
+    ]:
+        assert _steps(events, kind, tag) == STEPS, tag
     assert "train/loss" in tags["scalars"]  # training logs alongside, untouched
 
 
@@ -74,34 +105,61 @@ def test_scalars_hold_the_reports_values(run: dict[str, Any]) -> None:
     events, reports = run["events"], run["check"].reports
     for event in events.Scalars("gradcheck/difference"):
         assert event.value == pytest.approx(reports[event.step].difference, rel=1e-6)
-    for name in PARAMETERS:
-        for event in events.Scalars(f"gradcheck/difference/{name}"):
-            expected = reports[event.step].per_parameter[name]
-            if math.isnan(expected):  # not judged: never a number that reads as a pass
-                assert math.isnan(event.value)
-            else:
-                assert event.value == pytest.approx(expected, rel=1e-6)
+    for event in events.Scalars("gradcheck/log10_difference"):
+        expected = math.log10(reports[event.step].difference)
+        assert event.value == pytest.approx(expected, rel=1e-6)
+    for name in JUDGED:
+        for event in events.Scalars(f"gradcheck_parameters/{name}"):
+            assert event.value == pytest.approx(reports[event.step].per_parameter[name], rel=1e-6)
+    # BatchNorm cancels the bias before it: a zero gradient, against a few ulps of J: not judged,
+    # and never shown as a value.
+    assert all(reports[s].parameters["net.0.bias"].reason == "within noise" for s in STEPS)
+    assert all(math.isnan(e.value) for e in events.Scalars("gradcheck_parameters/net.0.bias"))
     assert [e.value for e in events.Scalars("gradcheck/verdict")] == [0.0, 0.0, 0.0]
-    for event in events.Scalars("gradcheck/kinks"):
+    for event in events.Scalars("gradcheck_details/kinks"):
         assert event.value == reports[event.step].kink_count
-    assert {e.value for e in events.Scalars("gradcheck/bands/log10_pass_max")} == {-7.0}
-    assert {e.value for e in events.Scalars("gradcheck/bands/log10_warn_max")} == {-3.0}
+    for event in events.Scalars("gradcheck_details/not_judged_components"):
+        assert event.value == reports[event.step].reading_counts["not judged"]
+    assert {e.value for e in events.Scalars("gradcheck_details/bands/log10_pass_max")} == {-7.0}
+    assert {e.value for e in events.Scalars("gradcheck_details/bands/log10_warn_max")} == {-3.0}
 
 
-def test_text_is_a_markdown_table_of_the_worst_components(run: dict[str, Any]) -> None:
-    event = run["events"].Tensors(TEXT)[1]
-    text = event.tensor_proto.string_val[0].decode()
-    assert text.startswith("**step 3**: pass: difference ")
-    header = "| parameter | index | analytic | numeric | abs error | rel error | reading |"
-    table = text[text.index(header) :].splitlines()
-    assert len(table) == 2 + 4  # header, rule, log_worst rows
-    assert all(row.split("|")[1].strip() in PARAMETERS for row in table[2:])
+def test_the_text_is_the_whole_report_under_the_tag_the_readme_names(run: dict[str, Any]) -> None:
+    text = _text(run["events"], "gradcheck/report", 1)
+    report = run["check"].reports[3]
+    assert text.startswith("### PASS at step 3: difference ")
+    assert report.message in text
+    table = text[text.index("| parameter | difference | verdict |") :].splitlines()
+    rows = {row.split("|")[1].strip(): row.split("|")[3].strip() for row in table[2:8]}
+    assert rows == {
+        **{name: "**pass**" for name in JUDGED},
+        "net.0.bias": "**not judged** (within noise)",
+    }
+    assert list(rows)[-1] == "net.0.bias"  # worst first: not judged comes last
+    worst = text[text.index("| parameter | index |") :].splitlines()
+    assert len(worst) == 2 + 4  # header, rule, log_worst rows
+    assert "evaluation:" not in text and "vmap" not in text  # how J ran is not for this page
 
 
-def test_histogram_counts_every_checked_component(run: dict[str, Any]) -> None:
-    histogram = run["events"].Histograms("gradcheck/abs_error")[0].histogram_value
-    assert histogram.num == run["check"].reports[0].components_checked == 83
-    assert 0 <= histogram.min <= histogram.max < 1e-6
+def test_histogram_counts_every_checked_component_in_decades(run: dict[str, Any]) -> None:
+    histogram = run["events"].Histograms("gradcheck_details/log10_abs_error")[0].histogram_value
+    report = run["check"].reports[0]
+    assert histogram.num == report.components_checked == 83
+    assert histogram.min == pytest.approx(np.log10(max(report.abs_errors.min(), 1e-16)))
+    assert histogram.max == pytest.approx(np.log10(report.abs_errors.max()))
+    assert -16 <= histogram.min <= histogram.max < -6
+
+
+def test_the_card_is_the_report_drawn(run: dict[str, Any]) -> None:
+    images, check = run["events"].Images("GradientCheck/gradcheck"), run["check"]
+    history: list[_card.Point] = []
+    for image, step in zip(images, STEPS, strict=True):
+        report = check.reports[step]
+        expected = _card.render(_card.card_content(step, report, history))
+        shown = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB"))
+        assert np.array_equal(shown, expected)
+        history.append(_card.Point(step, report.difference, "pass"))
+    assert (image.width, image.height) == (_card.WIDTH, expected.shape[0])
 
 
 def test_custom_scalars_layout_puts_the_difference_next_to_the_bands(run: dict[str, Any]) -> None:
@@ -114,8 +172,8 @@ def test_custom_scalars_layout_puts_the_difference_next_to_the_bands(run: dict[s
     (series,) = margin.series
     assert (series.value, series.lower, series.upper) == (
         "gradcheck/log10_difference",
-        "gradcheck/bands/log10_pass_max",
-        "gradcheck/bands/log10_warn_max",
+        "gradcheck_details/bands/log10_pass_max",
+        "gradcheck_details/bands/log10_warn_max",
     )
     assert {series.value, series.lower, series.upper} <= set(scalars)
     for chart in (c for c in category.chart if c.HasField("multiline")):
@@ -128,8 +186,21 @@ def test_csv_logger_gets_the_scalars(run: dict[str, Any]) -> None:
         rows = [r for r in csv.DictReader(file) if r.get("gradcheck/difference")]
     assert [int(r["step"]) for r in rows] == STEPS
     assert all(float(r["gradcheck/verdict"]) == 0.0 for r in rows)
-    assert all(r[f"gradcheck/difference/{name}"] for r in rows for name in PARAMETERS)
+    assert all(r[f"gradcheck_parameters/{name}"] for r in rows for name in PARAMETERS)
     assert "gradcheck/log10_difference" not in rows[0]  # the chart's helpers are TensorBoard's
+
+
+def test_each_report_is_a_json_file_in_every_loggers_folder(run: dict[str, Any]) -> None:
+    for folder in run["dirs"]:
+        assert sorted(p.name for p in (folder / "gradcheck").iterdir()) == [
+            f"step_{s}.json" for s in sorted(STEPS, key=str)
+        ]
+        for step in STEPS:
+            data = gradwatch.load_report(folder / "gradcheck" / f"step_{step}.json")
+            expected = run["check"].reports[step].to_dict()
+            assert {k: data[k] for k in expected} == expected
+            assert (data["step"], data["check"]) == (step, "gradcheck")
+            assert data["gradwatch_version"] == gradwatch.__version__
 
 
 def test_two_callbacks_on_different_layers_log_under_their_own_names(tmp_path: Path) -> None:
@@ -139,31 +210,38 @@ def test_two_callbacks_on_different_layers_log_under_their_own_names(tmp_path: P
     run = trainer(tmp_path, callbacks=checks, logger=tensorboard, max_steps=3)
     pl.seed_everything(0, verbose=False)
     run.fit(TinyModule(), loader())
-    events = EventAccumulator(
-        tensorboard.log_dir, size_guidance={"scalars": 0, "histograms": 0, "tensors": 0}
-    ).Reload()
+    events = events_of(tensorboard.log_dir)
     tags = events.Tags()
     for check, (name, layer) in zip(checks, names.items(), strict=True):
+        part = name.removeprefix("gradcheck/")
         assert list(check.reports) == [0, 2]
         assert set(check.reports[0].per_parameter) == {f"{layer}.weight", f"{layer}.bias"}
-        own = {t.removeprefix(f"{name}/") for t in tags["scalars"] if t.startswith(f"{name}/")}
-        assert {f"difference/{layer}.weight", "difference", "verdict"} <= own
-        assert not [t for t in own if t.startswith("difference/") and layer not in t]
+        own = {t for t in tags["scalars"] if f"/{part}/" in t}
+        assert {
+            f"{name}/difference",
+            f"{name}/verdict",
+            f"gradcheck_parameters/{part}/{layer}.weight",
+            f"gradcheck_details/{part}/kinks",
+        } <= own
+        assert not [t for t in own if "_parameters" in t and layer not in t]
         for event in events.Scalars(f"{name}/difference"):
             assert event.value == pytest.approx(check.reports[event.step].difference, rel=1e-6)
         assert _steps(events, "Scalars", f"{name}/difference") == [0, 2]
-        assert _steps(events, "Histograms", f"{name}/abs_error") == [0, 2]
-        assert _steps(events, "Tensors", f"{name}/worst_components/text_summary") == [0, 2]
+        assert _steps(events, "Histograms", f"gradcheck_details/{part}/log10_abs_error") == [0, 2]
+        assert _steps(events, "Tensors", f"{name}/report") == [0, 2]
+        assert _steps(events, "Images", f"GradientCheck/{name}") == [0, 2]
+        assert (Path(tensorboard.log_dir) / name / "step_2.json").is_file()
     assert not [t for t in tags["scalars"] if t.startswith("gradcheck/difference")]
-    # One Custom Scalars layout, a category per callback, every regex showing a logged tag.
+    # One Custom Scalars layout, a category per callback, every regex showing its own tags.
     (config,) = events.Tensors("custom_scalars__config__")
     layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
     assert [c.title for c in layout.category] == list(names)
     for category in layout.category:
+        part = category.title.removeprefix("gradcheck/")
         for chart in (c for c in category.chart if c.HasField("multiline")):
             for pattern in chart.multiline.tag:
                 found = [t for t in tags["scalars"] if re.search(pattern, t)]
-                assert found and all(t.startswith(category.title) for t in found), pattern
+                assert found and all(part in t for t in found), pattern
     checkpoint = tmp_path / "both.ckpt"
     run.save_checkpoint(checkpoint)
     saved = torch.load(checkpoint, weights_only=False)["callbacks"]
@@ -184,7 +262,7 @@ def test_two_callbacks_under_one_name_are_told_to_take_their_own(tmp_path: Path)
 def test_log10_of_the_difference_is_floored_at_machine_precision(
     difference: float, expected: float
 ) -> None:
-    assert _logs._log10(difference) == pytest.approx(expected, nan_ok=True)
+    assert _logs.log10(difference) == pytest.approx(expected, nan_ok=True)
 
 
 def test_no_logger_prints_to_the_console_only(tmp_path: Path) -> None:
@@ -192,3 +270,54 @@ def test_no_logger_prints_to_the_console_only(tmp_path: Path) -> None:
     trainer(tmp_path, callbacks=[check], logger=False, max_steps=1).fit(TinyModule(), loader())
     assert list(check.reports) == [0]
     assert not list(tmp_path.rglob("events.out.tfevents*"))
+    assert not list(tmp_path.rglob("*.json"))
+
+
+# -- a parameter not judged ----------------------------------------------------------------------
+
+
+def test_a_parameter_not_judged_is_never_zero_or_pass() -> None:
+    # J = w²: w's gradient 2w = 2 is reported as 3 (a bug); b does not enter J (not judged).
+    report = gradwatch.gradient_check(
+        lambda t: float(t[0] ** 2), np.ones(2), np.array([3.0, 0.0]), layout={"w": 1, "b": 1}
+    )
+    rows = _logs.parameter_rows(report)
+    assert [(r.name, r.verdict, r.reason) for r in rows] == [
+        ("w", "fail", ""),
+        ("b", "not judged", "within noise"),
+    ]
+    values = _logs.scalars(report)
+    assert math.isnan(values["gradcheck_parameters/b"])
+    assert values["gradcheck_parameters/w"] == pytest.approx(0.2)
+    assert values["gradcheck/verdict"] == 2.0
+    content = _card.card_content(0, report, [])
+    assert content.title == "FAIL at step 0"
+    assert content.rows == (("fail", "w", "2.0e-01"), ("not judged", "b", "-"))
+    text = _tensorboard.report_markdown(0, report, 2)
+    assert "| b | - | **not judged** (within noise) |" in text
+    assert "| b | 0" not in text and "| b | - | **pass**" not in text
+
+
+def test_a_check_that_judged_nothing_logs_not_judged() -> None:
+    report = gradwatch.gradient_check(lambda t: 1.0, np.ones(2), np.zeros(2))
+    assert _logs.scalars(report)["gradcheck/verdict"] == -1.0
+    assert _card.card_content(0, report, []).title == "NOT JUDGED at step 0"
+
+
+def test_a_check_that_could_not_finish_says_why_and_shows_no_difference() -> None:
+    from torch import nn
+
+    from gradwatch.callbacks import _faults
+
+    why = "the check could not finish: ValueError: the loss cannot use this batch"
+    report = _faults.failed_report(nn.Linear(2, 1), None, why, 1e-7, gradwatch.Thresholds())
+    values = _logs.scalars(report)
+    assert values["gradcheck/verdict"] == 2.0
+    assert all(math.isnan(values[t]) for t in values if "difference" in t or "_parameters" in t)
+    content = _card.card_content(3, report, [_card.Point(0, 1e-9, "pass")])
+    assert (content.title, content.difference, content.rows) == ("FAIL at step 3", "", ())
+    assert content.failure == why
+    assert [math.isnan(p.difference) for p in content.history] == [False, True]
+    assert _card.render(content).shape[0] <= 450  # TensorBoard shows 215 pixels of it
+    text = _tensorboard.report_markdown(3, report, 10)
+    assert text == "### FAIL at step 3\n\nT" + why[1:]

@@ -14,7 +14,7 @@ from torch.nn.modules import module as module_hooks
 
 import gradwatch._vectorize as vectorize
 from gradwatch import check_module
-from gradwatch._evaluate import ModuleCost
+from gradwatch._evaluate import ModuleCost, _why
 from gradwatch._state import cast_batch, dropout_disabled
 from tests.nets import GatedNet, classification_batch, cnn, cross_entropy, mlp
 
@@ -152,6 +152,20 @@ def test_a_module_vmap_cannot_run_falls_back_and_says_why() -> None:
     note = cost.describe()
     assert "plain loop for inp.weight" in note
     assert "autograd.Function" in cost.reasons["gate.weight"]
+
+
+def test_a_long_reason_is_cut_between_words_and_keeps_what_to_do() -> None:
+    # torch's error for an autograd.Function without setup_context under vmap: a note once
+    # ended "it must override the setu".
+    message = (
+        "In order to use an autograd.Function with functorch transforms (vmap, grad, jvp, "
+        "jacrev, ...), it must override the setup_context staticmethod. For more details, please "
+        "see https://pytorch.org/docs/main/notes/extending.func.html"
+    )
+    why = _why(RuntimeError(message))
+    kept = why.removeprefix("RuntimeError: ").removesuffix(" …")
+    assert why.endswith(" …") and message.startswith(kept) and message[len(kept)] == " "
+    assert "it must override the setup_context staticmethod." in why
 
 
 def test_the_report_names_the_evaluation_path() -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import readme_commands
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
@@ -43,3 +45,18 @@ def test_readme_python_blocks_run_and_print_what_the_readme_shows(
                 missing
             )
             printed = []
+        else:  # a text block after a shell command shows that command's output, not Python's
+            printed = []
+
+
+def test_readme_shell_commands_are_the_ones_ci_runs() -> None:
+    # CI runs them after `make test` (.ci/run: python -m tests.readme_commands), as written.
+    found = readme_commands.commands(README.read_text(encoding="utf-8"))
+    assert [(c.line, c.status, c.address) for c in found] == [
+        ("make demo", 0, None),
+        ("make wrong-backward", 0, None),
+        ("make tensorboard", 0, "http://localhost:6006/?smoothing=0"),
+        (".venv/bin/python examples/cli.py fit --config examples/config.yaml", 0, None),
+        (".venv/bin/python examples/wrong_backward.py --raise", 1, None),
+    ]
+    assert "readme_commands" in (README.parent / ".ci" / "run").read_text()
