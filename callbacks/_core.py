@@ -33,7 +33,7 @@ from gradwatch._validate import (
 )
 from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 
-from . import _distributed, _faults, _logs
+from . import _distributed, _faults, _logs, _training_path
 from . import _validate as v
 from ._objective import (
     ObjectiveError,
@@ -105,6 +105,7 @@ class GradientCheckBase:
         log_worst: int = 10,
         on_fail: v.OnFail = "warn",
         name: str = _logs.DEFAULT_NAME,
+        training_path: bool = False,
     ) -> None:
         super().__init__()
         # The arguments check_module takes are checked by its own rules, told as the callback's.
@@ -125,6 +126,7 @@ class GradientCheckBase:
             self._log_worst = check_non_negative("log_worst", log_worst)
             self._on_fail = check_choice("on_fail", on_fail, v.ON_FAIL)
             self._name = v.check_name(name)
+            self.training_path = v.check_flag("training_path", training_path)
         self._label = _logs.label(self._name)
         self._reset()
         # Lightning reads `state_key` at every hook call: build it once, from every option that
@@ -144,6 +146,8 @@ class GradientCheckBase:
             "pass_max": self._thresholds.pass_max,
             "warn_max": self._thresholds.warn_max,
         }
+        if self.training_path:  # only when on: checkpoints of earlier versions keep their key
+            defining["training_path"] = True
         self._state_key = f"{type(self).__qualname__}{defining!r}"
 
     def _reset(self) -> None:
@@ -292,11 +296,12 @@ class GradientCheckBase:
                 mode=self._mode,
                 seed=self._seed,
                 thresholds=self._thresholds,
+                training_path=self.training_path and _training_path.of_trainer(trainer),
             )
 
     def _log(self, trainer: Any, step: int, logged_step: int, report: GradCheckReport) -> None:
         name, t = self._name, self._thresholds
-        metrics = _logs.scalars(report, name)
+        metrics = {**_logs.scalars(report, name), **_training_path.scalars(report, name)}
         for logger in trainer.loggers:
             tensorboard = isinstance(logger, self._tensorboard_loggers)
             bands = _logs.band_scalars(report, t.pass_max, t.warn_max, name) if tensorboard else {}

@@ -80,6 +80,14 @@ class GradientCheck(GradientCheckBase, Callback):
             :class:`GradientCheckError`, for CI) or ``"ignore"`` (log only).
         name: the prefix of every logged tag, also in console lines, e.g.
             ``"gradcheck/encoder"``: a non-empty str without spaces.
+        training_path: also compare the gradient that trains with the checked one (see
+            :mod:`gradwatch.training_path`): the module as the Trainer runs it (compiled, in its
+            own dtype, under the precision plugin's ``train_step_context()``: autocast for
+            ``"bf16-mixed"``), per parameter against the float64 gradient; a parameter off by
+            more than twice the eager model's error in that precision (plus a rounding floor)
+            fails the check. Logged as ``gradcheck/training_path/verdict`` and, per parameter,
+            ``gradcheck/training_path/{error,eager_error,ratio}/<parameter>``. Costs about eight
+            forward and backward passes in the training precision per check.
 
     Attributes:
         schedule: the validated schedule (``at_init``, sorted ``after_steps``, ``every_n_steps``).

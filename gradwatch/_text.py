@@ -208,6 +208,8 @@ def summary(report: GradCheckReport) -> str:
             f"float64, difference {report.drift.difference:.1e}"
             + (f" ({report.drift.failure})" if report.drift.failure else "")
         )
+    if report.training_path is not None:
+        lines += [f"  {line}" for line in report.training_path.lines()]
     lines += [f"  note: {n}" for n in report.notes]
     width = max([9] + [len(c.label) for c in worst] + [len(n) for n in report.per_parameter])
     lines.append("worst components:")
@@ -275,6 +277,7 @@ def as_dict(report: GradCheckReport) -> dict[str, Any]:
         "notes": list(report.notes),
         "per_parameter": {k: _num(v) for k, v in report.per_parameter.items()},
         "worst": [_component_dict(c) for c in report.worst(10)],
+        "training_path": None if report.training_path is None else report.training_path.to_dict(),
         "drift": None
         if drift is None
         else {

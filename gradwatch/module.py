@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from gradwatch._compiled import EagerView, eager_names
 from gradwatch._evaluate import LossFn, ModuleCost
+from gradwatch._fallback import Counted, lower_precision, raised_by_engine
 from gradwatch._state import (
     attention_fast_path_disabled,
     cast_batch,
     dropout_disabled,
     preserved_rng,
 )
+from gradwatch._training_run import compare_training_path
 from gradwatch._validate import (
     CHECK_MODES,
     DROPOUT_MODES,
@@ -33,9 +37,10 @@ from gradwatch.analysis import ComponentAnalysis, analyse_components, determinis
 from gradwatch.directions import search_directions
 from gradwatch.layout import Layout
 from gradwatch.numeric import auto_steps, relative_difference
-from gradwatch.partition import Exchange, Partition, exchanging
+from gradwatch.partition import Exchange, Partition, PartitionError, exchanging
 from gradwatch.report import GradCheckReport, PrecisionDrift, Thresholds
 from gradwatch.sampling import sample_components
+from gradwatch.training_path import TrainingPath, check_training_path
 
 __all__ = ["check_module", "checked_parameters"]
 
@@ -234,6 +239,7 @@ def check_module(
     drift_dtype: torch.dtype | None = None,
     mode: CheckMode = "components",
     partition: Partition | None = None,
+    training_path: bool | TrainingPath = False,
 ) -> GradCheckReport:
     """Checks backprop of a whole module against the material's two-sided difference.
 
@@ -250,6 +256,12 @@ def check_module(
     An embedding's ``padding_idx`` row is left out of the checked components (PyTorch gives it
     no gradient by design), and the notes say so, as they do for parameters with gradient
     hooks, which the check's autograd gradient does not run.
+
+    A compiled model (``torch.compile(model)``, ``model.compile()``, compiled submodules) is
+    checked through the eager code it wraps, with the eager module's parameter names: nothing is
+    traced or run compiled (see :mod:`gradwatch._compiled`). Where J cannot be evaluated in
+    ``dtype`` (an operation with a float32 kernel only) but can in a lower precision, the check
+    runs in the highest such precision with ``epsilon="auto"``; the notes say so.
 
     Args:
         model: the module; it stays on its device and the check runs there.
@@ -281,9 +293,16 @@ def check_module(
             every process calls ``check_module`` with the same arguments, evaluates its share
             of the components, and returns the same report (or raises, when any process's
             part raised). The directional search (``mode="directions"``) runs in every process.
+        training_path: also compare the gradient that trains with the checked one: ``True``
+            for the model as given (compiled, in its own dtype), or a
+            :class:`gradwatch.TrainingPath` naming the autocast of mixed precision; the result
+            is ``report.training_path`` (see :mod:`gradwatch.training_path`), and a parameter
+            that breaks its rule makes the report fail. Off by default: it costs about eight
+            forward and backward passes in the training precision and one in ``dtype``.
 
     Returns:
-        A :class:`GradCheckReport` whose parameter names are those of ``named_parameters()``.
+        A :class:`GradCheckReport` whose parameter names are those of ``named_parameters()``
+        (of the eager module, for a compiled one).
 
     Example:
         >>> import torch
@@ -295,6 +314,63 @@ def check_module(
         >>> report.verdict.value, report.components_checked
         ('pass', 67)
     """
+    path = check_training_path(training_path)
+    precision, seed = _check_dtype(dtype), check_seed(seed)
+    if not isinstance(model, nn.Module):
+        checked_parameters(model)  # raises the TypeError that says what a model must be
+    view = EagerView(model)
+    include = eager_names(include)
+    counted = Counted(loss_fn) if callable(loss_fn) else loss_fn
+    run = functools.partial(
+        _check, view.module, counted, batch, include=include, components=components,
+        dropout=dropout, seed=seed, thresholds=thresholds, drift_dtype=drift_dtype, mode=mode,
+        partition=partition,
+    )  # fmt: skip
+    with view.applied():
+        try:
+            report = run(dtype=precision, epsilon=epsilon)
+        except PartitionError:
+            raise  # another process failed: its error is the one to see
+        except Exception as err:
+            if not isinstance(counted, Counted) or not counted.calls or raised_by_engine(err):
+                raise  # a bad argument, or a J the engine refuses: not a precision's fault
+            names = checked_parameters(view.module, include)
+            off = dropout == "off"
+            lower = lower_precision(view.module, loss_fn, batch, names, precision, seed, off)
+            if lower is None:
+                raise
+            report = run(dtype=lower[0], epsilon="auto")
+            report = replace(report, notes=(lower[1], *report.notes))
+    compiled = view.note()
+    if compiled is not None:
+        report = replace(report, notes=(compiled, *report.notes))
+    if path is None:
+        return report
+    start = time.perf_counter()
+    found = compare_training_path(
+        view, loss_fn, batch, report.layout.names, path, seed, getattr(torch, report.dtype)
+    )
+    seconds = report.seconds + time.perf_counter() - start
+    return replace(report, training_path=found, seconds=seconds)
+
+
+def _check(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Any,
+    *,
+    epsilon: float | Literal["auto"],
+    include: str | Sequence[str] | None,
+    components: int | None,
+    dropout: DropoutMode,
+    dtype: torch.dtype,
+    seed: int,
+    thresholds: Thresholds | None,
+    drift_dtype: torch.dtype | None,
+    mode: CheckMode,
+    partition: Partition | None,
+) -> GradCheckReport:
+    """:func:`check_module` on an eager module in one ``dtype``."""
     step = check_epsilon(epsilon)
     names = checked_parameters(model, include)
     if not callable(loss_fn):

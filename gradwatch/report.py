@@ -12,6 +12,7 @@ import numpy as np
 from gradwatch import _text
 from gradwatch.layout import Layout, format_label
 from gradwatch.numeric import component_errors, relative_difference
+from gradwatch.training_path import TrainingPathResult
 from gradwatch.verdict import Thresholds, Verdict
 
 __all__ = ["Component", "GradCheckReport", "PrecisionDrift", "Thresholds", "Verdict"]
@@ -114,6 +115,7 @@ class GradCheckReport:
     flagged: np.ndarray | None = field(default=None, repr=False)
     off_slope: np.ndarray | None = field(default=None, repr=False)
     drift: PrecisionDrift | None = None
+    training_path: TrainingPathResult | None = None
     difference: float = field(init=False)
     difference_without_kinks: float = field(init=False)
     noise_floor: float = field(init=False)
@@ -151,6 +153,10 @@ class GradCheckReport:
             put(self, "failure", _text.non_finite(self))
         put(self, "verdict", self._verdict())
         put(self, "message", _text.advice(self))
+        path = self.training_path  # the gradient that trains: it can only make the verdict worse
+        if path is not None and path.verdict.level > self.verdict.level:
+            put(self, "verdict", path.verdict)
+            put(self, "message", f"{path.message}. The {self.dtype} check: {self.message}")
 
     # Typed views of the per-component arrays (always set by __post_init__).
     @property
