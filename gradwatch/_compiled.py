@@ -7,16 +7,18 @@ compiled LightningModule) keeps the original as ``_torchdynamo_orig_callable``. 
 the eager code: for its duration these wrappers are set aside (the eager module takes the
 wrapper's place in its parent, the compiled call and methods are unset), everything else that
 was compiled (a compiled function the forward calls) runs eagerly under
-``torch.compiler.set_stance("force_eager")``, and every wrapper is put back after, also when the
-check raises. Nothing is traced, compiled or run compiled during the check, and the compiled
-module's caches and guards see the very same objects afterwards.
+``torch.compiler.set_stance("force_eager")`` (torch >= 2.6), and every wrapper is put back
+after, also when the check raises. Nothing is traced, compiled or run compiled during the
+check, and the compiled module's caches and guards see the very same objects afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,7 +88,7 @@ class EagerView:
         found: list[str] = []
         try:
             _set_aside(self.module, "", undo, found, set())
-            with torch.compiler.set_stance("force_eager"):
+            with _force_eager():
                 yield found
         finally:
             for step in reversed(undo):
@@ -102,6 +104,12 @@ class EagerView:
             "compiled), with the eager module's parameter names. Pass training_path=True to "
             "compare the gradient the compiled module computes"
         )
+
+
+def _force_eager() -> AbstractContextManager[Any]:
+    """Every compiled function runs its eager code (torch >= 2.6; before, none is set aside)."""
+    stance = getattr(torch.compiler, "set_stance", None)
+    return contextlib.nullcontext() if stance is None else stance("force_eager")
 
 
 def _set_aside(

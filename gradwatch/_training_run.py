@@ -89,8 +89,9 @@ def compare_training_path(
             ]
         trained = _trained(view.given, loss_fn, copied, tensors, path, seed)
     precisions = [_name(_precision(t.dtype, lowered)) for t in tensors]
+    scale = torch.stack([r.detach().abs().max().double().cpu() for r in reference if r.numel()])
     figures = {
-        n: _figures(reference[k], trained[k], [run[k] for run in runs], precisions[k])
+        n: _figures(reference[k], trained[k], [run[k] for run in runs], precisions[k], scale)
         for k, n in enumerate(names)
     }
     return TrainingPathResult(
@@ -172,20 +173,36 @@ def _backprop(value: Any, leaves: list[torch.Tensor], scale: float) -> list[torc
 
 
 def _figures(
-    reference: torch.Tensor, trained: torch.Tensor, runs: list[torch.Tensor], precision: str
+    reference: torch.Tensor,
+    trained: torch.Tensor,
+    runs: list[torch.Tensor],
+    precision: str,
+    scale: torch.Tensor,
 ) -> ParameterPath:
+    """One parameter's figures; ``scale`` is the largest reference entry of any checked tensor.
+
+    A tensor whose reference is no larger than the eager model's own error in the training
+    precision has no gradient at that precision (zero to within its rounding, like a bias that
+    BatchNorm cancels): its entries are rounding noise of the terms that cancel, whatever size
+    they have. Its floor is FlashAttention's at the scale of the model's gradients, as
+    FlashAttention's is at the scale of its test tensors rather than of each output.
+    """
     ref = reference.detach().to(torch.float64)
     errors = [float((run.to(ref) - ref).abs().max()) if ref.numel() else 0.0 for run in runs]
     error = float((trained.to(ref) - ref).abs().max()) if ref.numel() else 0.0
     judged = all(e == e and e != float("inf") for e in errors)  # the eager gradient is finite
     if error != error:
         error = float("inf")  # a NaN gradient is the largest error there is
+    eager_error = max(errors) if judged else float("nan")
+    dtype = getattr(torch, precision)
+    zero = judged and ref.numel() > 0 and float(ref.abs().max()) <= eager_error
     return ParameterPath(
         error=error,
-        eager_error=max(errors) if judged else float("nan"),
-        floor=rounding_floor(ref, getattr(torch, precision)),
+        eager_error=eager_error,
+        floor=rounding_floor(scale if zero else ref, dtype),
         precision=precision,
         judged=judged,
+        zero_to_rounding=zero,
     )
 
 

@@ -127,13 +127,17 @@ class ParameterPath:
     """One parameter's figures: the largest entry of |gradient − reference| on the training
     path (``error``) and for the eager model in the same precision (``eager_error``, the
     largest over its perturbed runs), the rounding floor of ``precision``, and whether they
-    could be compared (``judged``: False where the eager gradient itself is not finite)."""
+    could be compared (``judged``: False where the eager gradient itself is not finite).
+    ``zero_to_rounding``: the reference is no larger than the eager error, so in this precision
+    the gradient is all rounding (a bias BatchNorm cancels), and the floor is taken at the
+    scale of the model's gradients."""
 
     error: float
     eager_error: float
     floor: float
     precision: str
     judged: bool = True
+    zero_to_rounding: bool = False
 
     @property
     def allowed(self) -> float:
@@ -244,6 +248,7 @@ class TrainingPathResult:
                     "precision": p.precision,
                     "passed": p.passed,
                     "judged": p.judged,
+                    "zero_to_rounding": p.zero_to_rounding,
                 }
                 for n, p in self.parameters.items()
             },
@@ -256,9 +261,10 @@ class TrainingPathResult:
         ranked = sorted(self.parameters.items(), key=lambda kv: -_badness(kv[1]))
         for name, p in ranked[:10]:
             status = "pass" if p.passed else "fail" if p.judged else "not judged"
+            zero = ", zero to within rounding" if p.zero_to_rounding else ""
             out.append(
                 f"  {name}: error {p.error:.2e}, eager {p.precision} {p.eager_error:.2e}, "
-                f"floor {p.floor:.1e}, ratio {p.ratio:.2g} ({status})"
+                f"floor {p.floor:.1e}{zero}, ratio {p.ratio:.2g} ({status})"
             )
         return out
 

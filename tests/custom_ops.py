@@ -12,6 +12,15 @@ from torch import nn
 _LIBRARY = "gradwatch_tests"
 
 
+def _elementwise(op: Any) -> Any:
+    """The batching rule of an elementwise op: the op on the batched tensor, as it is."""
+
+    def rule(info: Any, in_dims: tuple[int | None], x: torch.Tensor) -> Any:
+        return op(x), in_dims[0]
+
+    return rule
+
+
 def _float32_cube(name: str, slope: float) -> Any:
     """x³ with a float32-only kernel; its backward says ``slope``·x² (3 is right)."""
 
@@ -33,6 +42,7 @@ def _float32_cube(name: str, slope: float) -> Any:
         return grad * slope * x * x
 
     cube.register_autograd(backward, setup_context=setup)
+    cube.register_vmap(_elementwise(cube))
     return cube
 
 
@@ -64,6 +74,7 @@ def _softsign_backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
 
 
 softsign.register_autograd(_softsign_backward, setup_context=_softsign_setup)
+softsign.register_vmap(_elementwise(softsign))
 
 
 class OpNet(nn.Module):
