@@ -16,6 +16,7 @@ from gradwatch.layout import Layout
 from gradwatch.module import check_module
 from gradwatch.partition import Partition, PartitionError
 from gradwatch.report import Component, GradCheckReport, Thresholds, Verdict
+from gradwatch.training_path import TrainingPath
 
 __all__ = [
     "Component",
@@ -24,6 +25,7 @@ __all__ = [
     "Partition",
     "PartitionError",
     "Thresholds",
+    "TrainingPath",
     "Verdict",
     "check_module",
     "gradient_check",

@@ -94,15 +94,20 @@ class EagerView:
             for step in reversed(undo):
                 step()
 
-    def note(self) -> str | None:
-        """What the report says about the compiled parts; None when nothing is compiled."""
+    def note(self, compared: bool = False) -> str | None:
+        """What the report says about the compiled parts (``compared``: the training path
+        compares the compiled gradient too); None when nothing is compiled."""
         if not self.compiled:
             return None
+        then = (
+            "; training_path compares the gradient the compiled code computes"
+            if compared
+            else ". Pass training_path=True to compare the gradient the compiled code computes"
+        )
         return (
             f"compiled: {_listing(self.compiled)}; checked through the eager code it wraps "
             "(torch.compile set aside during the check: nothing traced, recompiled or run "
-            "compiled), with the eager module's parameter names. Pass training_path=True to "
-            "compare the gradient the compiled module computes"
+            f"compiled), with the eager module's parameter names{then}"
         )
 
 

@@ -341,7 +341,7 @@ def check_module(
                 raise
             report = run(dtype=lower[0], epsilon="auto")
             report = replace(report, notes=(lower[1], *report.notes))
-    compiled = view.note()
+    compiled = view.note(compared=path is not None)
     if compiled is not None:
         report = replace(report, notes=(compiled, *report.notes))
     if path is None:

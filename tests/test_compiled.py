@@ -74,6 +74,9 @@ def test_a_compiled_module_is_checked_through_its_eager_module_and_names(
     assert report.difference == plain.difference  # the very same computations
     assert report.verdict is Verdict.PASS
     assert report.notes[0].startswith("compiled: the module (torch.compile); checked through")
+    assert report.notes[0].endswith(
+        ". Pass training_path=True to compare the gradient the compiled code computes"
+    )
     assert all(p.grad is None for p in eager.parameters())
 
 

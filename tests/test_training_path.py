@@ -246,6 +246,9 @@ def test_the_float64_check_of_the_same_model_passes_and_says_what_it_checked(
     assert faulty_report.thresholds.classify(faulty_report.difference) is Verdict.PASS
     assert "The float64 check: difference" in faulty_report.message
     assert faulty_report.notes[0].startswith("compiled: the module (torch.compile); checked")
+    assert faulty_report.notes[0].endswith(
+        "; training_path compares the gradient the compiled code computes"
+    )
     text = str(faulty_report)
     assert "  training path: FAIL, first." in text
     assert "    checked: compiled module, float32 against the float64 eager gradient" in text
