@@ -86,8 +86,8 @@ class GradientCheck(GradientCheckBase, Callback):
             ``"bf16-mixed"``), per parameter against the float64 gradient; a parameter off by
             more than twice the eager model's error in that precision (plus a rounding floor)
             fails the check. Logged as ``gradcheck/training_path/verdict`` and, per parameter,
-            ``gradcheck/training_path/{error,eager_error,ratio}/<parameter>``. Costs about eight
-            forward and backward passes in the training precision per check.
+            ``gradcheck/training_path/{error,eager_error,ratio}/<parameter>``. Costs seven forward
+            and backward passes in the training precision and one in float64 per check.
 
     Attributes:
         schedule: the validated schedule (``at_init``, sorted ``after_steps``, ``every_n_steps``).

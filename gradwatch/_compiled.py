@@ -14,16 +14,16 @@ check, and the compiled module's caches and guards see the very same objects aft
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["EagerView", "eager_names"]
+__all__ = ["EAGER_STANCE", "EagerView", "eager_names"]
 
 # The attribute torch.compile's wrappers keep the wrapped callable in.
 _ORIGINAL = "_torchdynamo_orig_callable"
@@ -88,7 +88,7 @@ class EagerView:
         found: list[str] = []
         try:
             _set_aside(self.module, "", undo, found, set())
-            with _force_eager():
+            with EAGER_STANCE.held():
                 yield found
         finally:
             for step in reversed(undo):
@@ -111,10 +111,46 @@ class EagerView:
         )
 
 
-def _force_eager() -> AbstractContextManager[Any]:
-    """Every compiled function runs its eager code (torch >= 2.6; before, none is set aside)."""
-    stance = getattr(torch.compiler, "set_stance", None)
-    return contextlib.nullcontext() if stance is None else stance("force_eager")
+class _EagerStance:
+    """``torch.compiler.set_stance("force_eager")`` for as long as any check needs it.
+
+    The stance is global to the process, and checks may run in threads at once (one per
+    simulated process of a partitioned check): nested context managers would restore each
+    other's stances out of order and leave ``force_eager`` behind. The first check to enter
+    sets it, the last to leave puts the stance from before back.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._entered: Any = None
+
+    @property
+    def active(self) -> bool:
+        """Whether some check runs eager code now (compiled code cannot run meanwhile)."""
+        return self._users > 0
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+        if stance is None:
+            yield
+            return
+        with self._lock:
+            if self._users == 0:
+                self._entered = stance("force_eager")  # applies now; remembers the stance before
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._entered.__exit__(None, None, None)
+                    self._entered = None
+
+
+EAGER_STANCE = _EagerStance()
 
 
 def _set_aside(

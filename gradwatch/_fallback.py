@@ -3,7 +3,8 @@ has a float32 kernel only), the highest precision it can be evaluated in."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,10 @@ from gradwatch._state import (
     dropout_disabled,
     preserved_rng,
 )
+from gradwatch.partition import PartitionError
+from gradwatch.report import GradCheckReport
 
-__all__ = ["Counted", "lower_precision", "raised_by_engine"]
+__all__ = ["Counted", "in_a_precision_j_runs", "lower_precision", "raised_by_engine"]
 
 _ENGINE = Path(__file__).resolve().parent
 
@@ -44,6 +47,31 @@ class Counted:
     def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
         self.calls += 1
         return self.loss_fn(model, batch)
+
+
+def in_a_precision_j_runs(
+    run: Callable[..., GradCheckReport],
+    loss_fn: Counted | Any,
+    dtype: torch.dtype,
+    epsilon: float | str,
+    lower: Callable[[], tuple[torch.dtype, str] | None],
+) -> GradCheckReport:
+    """``run(dtype=dtype, epsilon=epsilon)``, the check with every other argument bound
+    (``loss_fn`` among them, counting its calls). Where it raises after evaluating J and
+    ``lower()`` (:func:`lower_precision`) finds a precision J runs in, ``run`` in that one at
+    ``epsilon="auto"``, its report's first note saying so."""
+    try:
+        return run(dtype=dtype, epsilon=epsilon)
+    except PartitionError:
+        raise  # another process failed: its error is the one to see
+    except Exception as err:
+        if not isinstance(loss_fn, Counted) or not loss_fn.calls or raised_by_engine(err):
+            raise  # a bad argument, or a J the engine refuses: not a precision's fault
+        found = lower()
+        if found is None:
+            raise
+        report = run(dtype=found[0], epsilon="auto")
+        return replace(report, notes=(found[1], *report.notes))
 
 
 def lower_precision(

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from gradwatch._compiled import EagerView
+from gradwatch._compiled import EAGER_STANCE, EagerView
 from gradwatch._evaluate import LossFn, ModuleCost
 from gradwatch._state import (
     attention_fast_path_disabled,
@@ -56,7 +56,29 @@ def compare_training_path(
     reference_dtype: torch.dtype,
 ) -> TrainingPathResult:
     """Compares the gradient ``path`` computes with the eager gradient in ``reference_dtype``,
-    per parameter of ``names`` (named as in ``view.module``)."""
+    per parameter of ``names`` (named as in ``view.module``). A training path that raises (a
+    batch in another dtype than the model's, a compiler error) is not judged, and says why."""
+    try:
+        return _compare(view, loss_fn, batch, names, path, seed, reference_dtype)
+    except Exception as err:  # the float64 check stands; this part could not run
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        return TrainingPathResult(
+            path="compiled module" if view.compiled else "eager module (nothing compiled)",
+            compiled=bool(view.compiled),
+            reference=_name(reference_dtype),
+            reason=f"it raised {type(err).__name__}: {first}",
+        )
+
+
+def _compare(
+    view: EagerView,
+    loss_fn: LossFn,
+    batch: Any,
+    names: Sequence[str],
+    path: TrainingPath,
+    seed: int,
+    reference_dtype: torch.dtype,
+) -> TrainingPathResult:
     with (
         preserved_rng(),
         attention_fast_path_disabled(),
@@ -155,6 +177,11 @@ def _trained(
     seed: int,
 ) -> list[torch.Tensor]:
     """The gradient the model as given computes on its own parameters (no ``.grad`` written)."""
+    if EAGER_STANCE.active:  # a check in another thread runs eager code: so would this call
+        raise RuntimeError(
+            "another check in this process (a thread) runs the eager code now, and the compiled "
+            "code cannot run meanwhile; run the training path when no other check runs"
+        )
     reseed(seed)
     with _context(path):
         value = loss_fn(model, batch)

@@ -16,7 +16,7 @@ from torch import nn
 
 from gradwatch._compiled import EagerView, eager_names
 from gradwatch._evaluate import LossFn, ModuleCost
-from gradwatch._fallback import Counted, lower_precision, raised_by_engine
+from gradwatch._fallback import Counted, in_a_precision_j_runs, lower_precision
 from gradwatch._state import (
     attention_fast_path_disabled,
     cast_batch,
@@ -37,7 +37,7 @@ from gradwatch.analysis import ComponentAnalysis, analyse_components, determinis
 from gradwatch.directions import search_directions
 from gradwatch.layout import Layout
 from gradwatch.numeric import auto_steps, relative_difference
-from gradwatch.partition import Exchange, Partition, PartitionError, exchanging
+from gradwatch.partition import Exchange, Partition, exchanging
 from gradwatch.report import GradCheckReport, PrecisionDrift, Thresholds
 from gradwatch.sampling import sample_components
 from gradwatch.training_path import TrainingPath, check_training_path
@@ -297,7 +297,7 @@ def check_module(
             for the model as given (compiled, in its own dtype), or a
             :class:`gradwatch.TrainingPath` naming the autocast of mixed precision; the result
             is ``report.training_path`` (see :mod:`gradwatch.training_path`), and a parameter
-            that breaks its rule makes the report fail. Off by default: it costs about eight
+            that breaks its rule makes the report fail. Off by default: it costs seven
             forward and backward passes in the training precision and one in ``dtype``.
 
     Returns:
@@ -327,20 +327,13 @@ def check_module(
         partition=partition,
     )  # fmt: skip
     with view.applied():
-        try:
-            report = run(dtype=precision, epsilon=epsilon)
-        except PartitionError:
-            raise  # another process failed: its error is the one to see
-        except Exception as err:
-            if not isinstance(counted, Counted) or not counted.calls or raised_by_engine(err):
-                raise  # a bad argument, or a J the engine refuses: not a precision's fault
-            names = checked_parameters(view.module, include)
-            off = dropout == "off"
-            lower = lower_precision(view.module, loss_fn, batch, names, precision, seed, off)
-            if lower is None:
-                raise
-            report = run(dtype=lower[0], epsilon="auto")
-            report = replace(report, notes=(lower[1], *report.notes))
+        report = in_a_precision_j_runs(
+            run, counted, precision, epsilon,
+            lambda: lower_precision(
+                view.module, loss_fn, batch, checked_parameters(view.module, include), precision,
+                seed, dropout == "off",
+            ),
+        )  # fmt: skip
     compiled = view.note(compared=path is not None)
     if compiled is not None:
         report = replace(report, notes=(compiled, *report.notes))

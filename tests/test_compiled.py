@@ -3,6 +3,7 @@ traced, recompiled or run compiled during the check, every wrapper put back afte
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -178,6 +179,29 @@ def test_an_eager_module_has_no_compiled_note() -> None:
     assert view.compiled == [] and view.note() is None
     report = check_module(_mlp(), cross_entropy, batch())
     assert not any(n.startswith("compiled:") for n in report.notes)
+
+
+def test_checks_in_threads_at_once_leave_compiled_code_running_compiled() -> None:
+    # torch.compiler's stance is global: two checks in threads (as a partitioned check's
+    # simulated processes) must not leave "force_eager" behind for the training that follows.
+    barrier = threading.Barrier(2, timeout=30)
+    met = threading.local()
+
+    def loss(model: nn.Module, data: Any) -> torch.Tensor:
+        if not getattr(met, "done", False):  # both checks are inside at once
+            met.done = True
+            barrier.wait()
+        return cross_entropy(model, data)
+
+    threads = [threading.Thread(target=check_module, args=(_mlp(), loss, batch())) for _ in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counter = Counting()
+    compiled = torch.compile(torch.tanh, backend=counter)
+    compiled(torch.ones(2))
+    assert counter.counts == (1, 1)
 
 
 @pytest.mark.parametrize(

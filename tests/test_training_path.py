@@ -214,6 +214,18 @@ def test_a_j_that_draws_random_numbers_is_not_judged() -> None:
     assert found.reason.startswith("the eager gradient of layer.weight changes with the seed")
 
 
+def test_a_training_path_that_raises_is_not_judged_and_the_check_stands() -> None:
+    # A float64 batch: the float64 check casts it, training's path (a float32 model) cannot run.
+    x, y = batch()
+    report = check_module(_bn_model(), cross_entropy, (x.double(), y), training_path=True)
+    found = report.training_path
+    assert found is not None and found.parameters == {}
+    assert found.reason is not None and found.reason.startswith("it raised RuntimeError: ")
+    assert report.verdict is Verdict.WARN
+    assert report.message.startswith("training path not judged: it raised RuntimeError: ")
+    assert "The float64 check: difference" in report.message
+
+
 # --- compiled models (inductor on the CPU): one correct, one with a compiled-only fault ---------
 
 
