@@ -172,7 +172,7 @@ def _set_aside(
         undo.append(functools.partial(own.__setitem__, key, own[key]))
         own[key] = getattr(own[key], _ORIGINAL)
     if methods:
-        found.append(f"{where}.{'/'.join(methods)} (compiled methods)")
+        found.append(f"{where}'s compiled methods ({', '.join(methods)})")
     children = module._modules
     for key, child in list(children.items()):
         if child is None:

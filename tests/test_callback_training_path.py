@@ -176,3 +176,44 @@ def test_a_compiled_submodule_s_fault_fails_the_training_path_and_training_is_un
     assert "The float64 check: difference" in report.message
     ((_, metrics),) = runs["checked"]["logger"].checks()
     assert metrics["gradcheck/training_path/verdict"] == 2.0
+
+
+class PlainModule(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y, _ = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+@pytest.mark.slow
+def test_a_lightning_module_fit_compiled_is_checked_eagerly_and_compared_compiled(
+    tmp_path: Path,
+) -> None:
+    # Trainer.fit(torch.compile(module)): Lightning unwraps it and compiles its methods.
+    check = GradientCheck(at_init=True, after_steps=(), training_path=True)
+    runs: dict[str, Any] = {}
+    for name, callbacks in (("plain", []), ("checked", [check])):
+        pl.seed_everything(0, verbose=False)
+        module = PlainModule()
+        run = trainer(tmp_path / name, callbacks=callbacks, max_steps=3)
+        run.fit(torch.compile(module), loader())
+        runs[name] = {"module": module, "trainer": run, "rng": torch.get_rng_state()}
+    _identical(runs)
+    report = check.reports[0]
+    assert list(report.per_parameter) == [
+        "net.0.weight",
+        "net.0.bias",
+        "net.2.weight",
+        "net.2.bias",
+    ]
+    assert report.notes[0].startswith(
+        "compiled: the module's compiled methods (forward, training_step, validation_step, "
+    )
+    found = report.training_path
+    assert found is not None and found.compiled and found.verdict is Verdict.PASS

@@ -158,7 +158,7 @@ def test_compiled_methods_and_functions_run_eagerly_during_the_check() -> None:
     assert counter.counts == before
     assert model.forward is wrapper
     assert report.verdict is Verdict.PASS
-    assert "the module.forward (compiled methods)" in report.notes[0]
+    assert "the module's compiled methods (forward)" in report.notes[0]
 
 
 def test_compiled_parts_are_put_back_when_the_check_raises() -> None:
