@@ -95,6 +95,7 @@ class GradientCheck(GradientCheckBase, Callback):
             ``fit`` (each ``fit`` starts afresh).
         checked_steps: every step checked so far in the latest ``fit``, also those restored from
             a checkpoint (which are not checked again on resume).
+        training_path: whether each check also compares the gradient that trains (the option).
 
     Raises:
         TypeError, ValueError: at construction, for an argument outside its accepted values;
