@@ -224,8 +224,9 @@ class TrainingPathResult:
                 f"{name}: {what} gradient off by {p.error:.1e} where eager {p.precision} "
                 f"matches {self.reference} exactly; {cause}"
             )
+        times = f"{p.ratio:.0f}" if p.ratio < 1000 else f"{p.ratio:.1e}"
         return (
-            f"{name}: {what} gradient {p.ratio:.0f}x further from {self.reference} than eager "
+            f"{name}: {what} gradient {times}x further from {self.reference} than eager "
             f"{p.precision}; {cause}"
         )
 

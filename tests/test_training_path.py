@@ -84,6 +84,13 @@ def test_a_failed_parameter_is_named_with_how_much_further_it_is() -> None:
     assert result.to_dict()["parameters"]["w2"]["ratio"] == pytest.approx(40.0)
 
 
+def test_a_ratio_of_a_thousand_or_more_is_written_in_powers_of_ten() -> None:
+    result = _result(
+        w=ParameterPath(error=1.4e-2, eager_error=1e-8, floor=0.0, precision="float32")
+    )
+    assert result.message.startswith("w: compiled gradient 1.4e+06x further from float64 than")
+
+
 def test_a_parameter_the_eager_gradient_cannot_give_is_not_judged() -> None:
     result = _result(
         w=ParameterPath(
