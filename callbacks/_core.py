@@ -32,7 +32,7 @@ from gradwatch._validate import (
 )
 from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 
-from . import _card, _cli, _distributed, _faults, _files, _logs, _tensorboard
+from . import _card, _cli, _distributed, _faults, _files, _logs, _tensorboard, _training_path
 from . import _validate as v
 from ._objective import (
     ObjectiveError,
@@ -96,6 +96,7 @@ class GradientCheckBase:
         on_fail: v.OnFail = "warn",
         name: _cli.Name = _logs.DEFAULT_NAME,
         progress: bool = True,
+        training_path: bool = False,
     ) -> None:
         super().__init__()
         # The arguments check_module takes are checked by its own rules, told as the callback's.
@@ -116,6 +117,7 @@ class GradientCheckBase:
             self._on_fail = check_choice("on_fail", on_fail, v.ON_FAIL)
             self._name = v.check_name(name)
             self._progress = v.check_flag("progress", progress)
+            self.training_path = v.check_flag("training_path", training_path)
         self._label = _logs.label(self._name)
         self._reset()
         # Lightning reads `state_key` at every hook call: build it once, from every option that
@@ -135,6 +137,8 @@ class GradientCheckBase:
             "pass_max": self._thresholds.pass_max,
             "warn_max": self._thresholds.warn_max,
         }
+        if self.training_path:  # only when on: checkpoints of earlier versions keep their key
+            defining["training_path"] = True
         self._state_key = f"{type(self).__qualname__}{defining!r}"
 
     def _reset(self) -> None:
@@ -303,6 +307,7 @@ class GradientCheckBase:
                 seed=self._seed,
                 thresholds=self._thresholds,
                 progress=self._progress and trainer.is_global_zero,
+                training_path=self.training_path and _training_path.of_trainer(trainer),
             )
 
     def _log(
@@ -317,7 +322,7 @@ class GradientCheckBase:
         (rank zero) also get the card, the text, the histogram and the chart layout."""
         name, t = self._name, self._thresholds
         _files.write_report(trainer, name, step, logged_step, report)
-        metrics = _logs.scalars(report, name)
+        metrics = {**_logs.scalars(report, name), **_training_path.scalars(report, name)}
         for logger in trainer.loggers:
             writer = _tensorboard.writer_of(logger) if trainer.is_global_zero else None
             if writer is None:

@@ -90,6 +90,14 @@ class GradientCheck(GradientCheckBase, Callback):
         progress: show a bar with the evaluations of J done and the time left, on stderr (its
             own line, below Lightning's bar), for a check that runs more than a couple of
             seconds; ``False`` shows nothing.
+        training_path: also compare the gradient that trains with the checked one (see
+            :mod:`gradwatch.training_path`): the module as the Trainer runs it (compiled, in its
+            own dtype, under the precision plugin's ``train_step_context()``: autocast for
+            ``"bf16-mixed"``), per parameter against the float64 gradient; a parameter off by
+            more than twice the eager model's error in that precision (plus a rounding floor)
+            fails the check. Logged as ``gradcheck/training_path/verdict`` and, per parameter,
+            ``gradcheck/training_path/{error,eager_error,ratio}/<parameter>``. Costs seven forward
+            and backward passes in the training precision and one in float64 per check.
 
     Attributes:
         schedule: the validated schedule (``at_init``, sorted ``after_steps``, ``every_n_steps``).
@@ -97,6 +105,7 @@ class GradientCheck(GradientCheckBase, Callback):
             ``fit`` (each ``fit`` starts afresh).
         checked_steps: every step checked so far in the latest ``fit``, also those restored from
             a checkpoint (which are not checked again on resume).
+        training_path: whether each check also compares the gradient that trains (the option).
 
     Raises:
         TypeError, ValueError: at construction, for an argument outside its accepted values;

@@ -18,6 +18,7 @@ from gradwatch.noise import JNoise
 from gradwatch.partition import Partition, PartitionError
 from gradwatch.report import Component, GradCheckReport, PrecisionDrift
 from gradwatch.report_file import load_report, save_report
+from gradwatch.training_path import TrainingPath
 from gradwatch.verdict import ParameterResult, Thresholds, Verdict
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "PartitionError",
     "PrecisionDrift",
     "Thresholds",
+    "TrainingPath",
     "Verdict",
     "check_module",
     "gradient_check",

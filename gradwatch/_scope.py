@@ -1,8 +1,10 @@
-"""Which components a check looks at, and the notes about what it leaves out or cannot see:
-embedding padding rows (no gradient by design), gradient hooks (not run by the check)."""
+"""Which components a check looks at (θ: the trainable parameters an ``include`` selects), and the
+notes about what it leaves out or cannot see: embedding padding rows (no gradient by design),
+gradient hooks (not run by the check)."""
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,6 +12,52 @@ from torch import nn
 
 from gradwatch._text import listing
 from gradwatch.layout import Layout
+
+
+def checked_parameters(model: nn.Module, include: str | Sequence[str] | None = None) -> list[str]:
+    """Names of the parameters that make up θ: trainable ones, in ``named_parameters()`` order,
+    narrowed to those matching any glob in ``include``. Tied parameters appear once.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+        >>> checked_parameters(model, include="1.*")
+        ['1.weight', '1.bias']
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
+    patterns = [include] if isinstance(include, str) else include
+    if patterns is not None and not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"`include` must be a glob string or a list of them; got {include!r}")
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        total = len(list(model.parameters()))
+        raise ValueError(
+            "`model` has no trainable parameters: it needs at least one with requires_grad=True; "
+            f"got a {type(model).__name__} with {total} parameter tensors, none trainable. "
+            "There is no gradient to check; unfreeze the layers you want checked"
+        )
+    for name, p in model.named_parameters():  # a frozen one on meta breaks the forward too
+        if p.is_meta:
+            raise ValueError(
+                "`model` must have its parameters on a device that holds values (cpu, cuda, …); "
+                f"got parameter {name!r} on the meta device. Materialize the model (e.g. "
+                "model.to_empty(device='cpu') and initialize it) before checking"
+            )
+        if p.requires_grad and not p.is_floating_point():
+            raise TypeError(
+                "`model` must have real floating-point trainable parameters "
+                f"(float16/bfloat16/float32/float64); got parameter {name!r} with dtype {p.dtype}"
+            )
+    names = [n for n, _ in trainable]
+    if patterns is None:
+        return names
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+    if not chosen:
+        raise ValueError(
+            f"`include` {include!r} matches no trainable parameter; names are like "
+            f"{names[:5]}{' …' if len(names) > 5 else ''}"
+        )
+    return chosen
 
 
 def padding_rows(

@@ -105,13 +105,13 @@ def attention_fast_path_disabled() -> Iterator[None]:
         put(enabled)
 
 
-def cast_batch(batch: Any, dtype: torch.dtype, device: torch.device) -> Any:
-    """A copy of ``batch`` with floating tensors in ``dtype`` and every tensor on ``device``,
-    through nested dicts, lists, tuples, named tuples and dataclass instances (a shallow copy
-    with each field cast: ``__init__`` and ``__post_init__`` do not run again, frozen ones
-    included); anything else is passed as is."""
+def cast_batch(batch: Any, dtype: torch.dtype | None, device: torch.device) -> Any:
+    """A copy of ``batch`` with floating tensors in ``dtype`` (None: their own) and every tensor
+    on ``device``, through nested dicts, lists, tuples, named tuples and dataclass instances (a
+    shallow copy with each field cast: ``__init__`` and ``__post_init__`` do not run again,
+    frozen ones included); anything else is passed as is."""
     if isinstance(batch, torch.Tensor):
-        target = dtype if batch.is_floating_point() else batch.dtype
+        target = dtype if batch.is_floating_point() and dtype is not None else batch.dtype
         return batch.detach().to(device=device, dtype=target, copy=True)
     if isinstance(batch, Mapping):
         cast = {k: cast_batch(v, dtype, device) for k, v in batch.items()}

@@ -295,6 +295,8 @@ def summary(report: GradCheckReport) -> str:
             f"float64, difference {report.drift.difference:.1e}"
             + (f" ({report.drift.failure})" if report.drift.failure else "")
         )
+    if report.training_path is not None:
+        lines += [f"  {line}" for line in report.training_path.lines()]
     lines += [f"  note: {n}" for n in report.notes]
     lines += _unjudged_components(report)
     width = max([9] + [len(c.label) for c in worst] + [len(n) for n in report.parameters])
@@ -396,6 +398,7 @@ def as_dict(report: GradCheckReport) -> dict[str, Any]:
         "worst": [_component_dict(c) for c in report.worst(10)],
         "findings": [f.to_dict() for f in report.findings],
         "location": None if report.location is None else report.location.to_dict(),
+        "training_path": None if report.training_path is None else report.training_path.to_dict(),
         "drift": None
         if drift is None
         else {

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, NoReturn
 
 import numpy as np
+import torch
 
 from gradwatch.verdict import Thresholds
 
@@ -96,3 +97,10 @@ def check_non_negative(name: str, value: object) -> int:
 def check_seed(seed: object) -> int:
     """A non-negative int seed."""
     return check_non_negative("seed", seed)
+
+
+def check_torch_dtype(dtype: object, name: str = "dtype") -> torch.dtype:
+    """A real floating torch dtype (torch.float64 recommended)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
+        reject(name, "a real floating torch dtype (torch.float64 recommended)", dtype, TypeError)
+    return dtype

@@ -2,101 +2,30 @@
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
-from gradwatch._comparison import compare, drift
-from gradwatch._evaluate import LossFn, ModuleCost
-from gradwatch._progress import expected_evaluations, progress_bar
-from gradwatch._scope import hook_note, leave_out, padding_rows
-from gradwatch._state import (
-    attention_fast_path_disabled,
-    cast_batch,
-    dropout_disabled,
-    preserved_rng,
-)
-from gradwatch._validate import (
-    CHECK_MODES,
-    DROPOUT_MODES,
-    check_choice,
-    check_components,
-    check_epsilon,
-    check_flag,
-    check_seed,
-    check_thresholds,
-)
-from gradwatch.diagnosis import batch_size_of, diagnose, trace_backward
-from gradwatch.directions import search_directions
-from gradwatch.layout import Layout
-from gradwatch.partition import Partition, exchanging
+from gradwatch._compiled import EagerView, eager_names
+from gradwatch._evaluate import LossFn
+from gradwatch._fallback import Counted, in_a_precision_j_runs, lower_precision
+from gradwatch._module_check import check_eager
+from gradwatch._scope import checked_parameters
+from gradwatch._training_run import compare_training_path
+from gradwatch._validate import check_seed, check_torch_dtype
+from gradwatch.partition import Partition
 from gradwatch.report import GradCheckReport, Thresholds
-from gradwatch.sampling import sample_components
+from gradwatch.training_path import TrainingPath, check_training_path
 
 __all__ = ["check_module", "checked_parameters"]
 
 DropoutMode = Literal["off", "freeze"]
 CheckMode = Literal["components", "directions"]
-
-
-def checked_parameters(model: nn.Module, include: str | Sequence[str] | None = None) -> list[str]:
-    """Names of the parameters that make up θ: trainable ones, in ``named_parameters()`` order,
-    narrowed to those matching any glob in ``include``. Tied parameters appear once.
-
-    Example:
-        >>> model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
-        >>> checked_parameters(model, include="1.*")
-        ['1.weight', '1.bias']
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
-    patterns = [include] if isinstance(include, str) else include
-    if patterns is not None and not all(isinstance(p, str) for p in patterns):
-        raise TypeError(f"`include` must be a glob string or a list of them; got {include!r}")
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not trainable:
-        total = len(list(model.parameters()))
-        raise ValueError(
-            "`model` has no trainable parameters: it needs at least one with requires_grad=True; "
-            f"got a {type(model).__name__} with {total} parameter tensors, none trainable. "
-            "There is no gradient to check; unfreeze the layers you want checked"
-        )
-    for name, p in model.named_parameters():  # a frozen one on meta breaks the forward too
-        if p.is_meta:
-            raise ValueError(
-                "`model` must have its parameters on a device that holds values (cpu, cuda, …); "
-                f"got parameter {name!r} on the meta device. Materialize the model (e.g. "
-                "model.to_empty(device='cpu') and initialize it) before checking"
-            )
-        if p.requires_grad and not p.is_floating_point():
-            raise TypeError(
-                "`model` must have real floating-point trainable parameters "
-                f"(float16/bfloat16/float32/float64); got parameter {name!r} with dtype {p.dtype}"
-            )
-    names = [n for n, _ in trainable]
-    if patterns is None:
-        return names
-    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
-    if not chosen:
-        raise ValueError(
-            f"`include` {include!r} matches no trainable parameter; names are like "
-            f"{names[:5]}{' …' if len(names) > 5 else ''}"
-        )
-    return chosen
-
-
-def _check_dtype(dtype: object, name: str = "dtype") -> torch.dtype:
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
-        raise TypeError(
-            f"`{name}` must be a real floating torch dtype (torch.float64 recommended); "
-            f"got {dtype!r}"
-        )
-    return dtype
 
 
 def check_module(
@@ -115,6 +44,7 @@ def check_module(
     mode: CheckMode = "components",
     partition: Partition | None = None,
     progress: bool = True,
+    training_path: bool | TrainingPath = False,
 ) -> GradCheckReport:
     """Checks backprop of a whole module against the material's two-sided difference.
 
@@ -131,6 +61,13 @@ def check_module(
     An embedding's ``padding_idx`` row is left out of the checked components (PyTorch gives it
     no gradient by design), and the notes say so, as they do for parameters with gradient
     hooks, which the check's autograd gradient does not run.
+
+    A compiled model (``torch.compile(model)``, ``model.compile()``, compiled submodules) is
+    checked through the eager code it wraps, with the eager module's parameter names: nothing is
+    traced or run compiled (see :mod:`gradwatch._compiled`). Where J cannot be evaluated in
+    ``dtype`` (an operation with a float32 kernel only) but can in a lower precision, the check
+    runs in the highest such precision with ``epsilon="auto"``, judged against that precision's
+    measured noise; the notes say so.
 
     Args:
         model: the module; it stays on its device and the check runs there.
@@ -165,9 +102,16 @@ def check_module(
         progress: show a bar with the evaluations of J done and the time left, on stderr, for a
             check that runs more than a couple of seconds (with a partition: in process 0
             only); ``False`` shows nothing.
+        training_path: also compare the gradient that trains with the checked one: ``True``
+            for the model as given (compiled, in its own dtype), or a
+            :class:`gradwatch.TrainingPath` naming the autocast of mixed precision; the result
+            is ``report.training_path`` (see :mod:`gradwatch.training_path`), and a parameter
+            that breaks its rule makes the report fail. Off by default: it costs seven
+            forward and backward passes in the training precision and one in ``dtype``.
 
     Returns:
-        A :class:`GradCheckReport` whose parameter names are those of ``named_parameters()``.
+        A :class:`GradCheckReport` whose parameter names are those of ``named_parameters()``
+        (of the eager module, for a compiled one).
 
     Example:
         >>> import torch
@@ -179,109 +123,34 @@ def check_module(
         >>> report.verdict.value, report.components_checked
         ('pass', 67)
     """
-    step = check_epsilon(epsilon)
-    names = checked_parameters(model, include)
-    if not callable(loss_fn):
-        raise TypeError(f"`loss_fn` must be a callable (model, batch) -> J; got {loss_fn!r}")
-    sample = check_components(components)
-    drop = check_choice("dropout", dropout, DROPOUT_MODES)
-    check = check_choice("mode", mode, CHECK_MODES)
-    precision = _check_dtype(dtype)
-    if drift_dtype is not None:
-        _check_dtype(drift_dtype, "drift_dtype")
-    seed = check_seed(seed)
-    bands = check_thresholds(thresholds)
-    first = not isinstance(partition, Partition) or partition.rank == 0  # else checked below
-    show = check_flag("progress", progress) and first
-    params = dict(model.named_parameters())
-    layout = Layout(tuple(names), tuple(tuple(params[n].shape) for n in names))
-    notes: list[str] = []
-    if sample is not None and sample > layout.size:
-        notes.append(f"components={sample} exceeds the {layout.size} in θ: checked all of them")
-    left_out, padding = padding_rows(model, names, layout)
-    notes.extend(padding)
-    notes.extend(hook_note(model, names))
-
+    path = check_training_path(training_path)
+    precision, seed = check_torch_dtype(dtype), check_seed(seed)
+    if not isinstance(model, nn.Module):
+        checked_parameters(model)  # raises the TypeError that says what a model must be
+    view = EagerView(model)
+    include = eager_names(include)
+    counted = Counted(loss_fn) if callable(loss_fn) else loss_fn
+    run = functools.partial(
+        check_eager, view.module, counted, batch, include=include, components=components,
+        dropout=dropout, seed=seed, thresholds=thresholds, drift_dtype=drift_dtype, mode=mode,
+        partition=partition, progress=progress,
+    )  # fmt: skip
+    with view.applied():
+        report = in_a_precision_j_runs(
+            run, counted, precision, epsilon,
+            lambda: lower_precision(
+                view.module, loss_fn, batch, checked_parameters(view.module, include), precision,
+                seed, dropout == "off",
+            ),
+        )  # fmt: skip
+    compiled = view.note(compared=path is not None)
+    if compiled is not None:
+        report = replace(report, notes=(compiled, *report.notes))
+    if path is None:
+        return report
     start = time.perf_counter()
-    device = params[names[0]].device
-    with (
-        preserved_rng(),
-        attention_fast_path_disabled(),
-        dropout_disabled(model, disable=(drop == "off")),
-        exchanging(partition) as split,
-        progress_bar(show) as ticks,
-    ):
-        cost = ModuleCost(
-            model,
-            loss_fn,
-            cast_batch(batch, precision, device),
-            names,
-            precision,
-            seed,
-            progress=ticks,
-        )
-        if check == "directions":
-            search = search_directions(
-                cost, layout, step, bands, spot=sample, seed=seed, left_out=left_out
-            )
-            indices = search.indices
-            notes.append(search.note)
-        else:
-            indices = leave_out(sample_components(layout, sample, seed), left_out, layout, seed)
-        ticks.plan(cost.evaluations + _planned(indices, layout, partition, drift_dtype))
-        found, objective = compare(cost, layout, indices, step, split, seed, bands.pass_max)
-        evaluations = objective.evaluations
-        in_training = None
-        if drift_dtype is not None:
-            low = ModuleCost(
-                model,
-                loss_fn,
-                cast_batch(batch, drift_dtype, device),
-                names,
-                drift_dtype,
-                seed,
-                progress=ticks,
-            )
-            in_training, spent = drift(low, layout, indices, found, split, seed)
-            evaluations += spent
-        evaluations, seconds, shared = split.finish(
-            evaluations, time.perf_counter() - start, cost.describe()
-        )
-        notes.extend(shared)
-        evidence = found.evidence
-        report = GradCheckReport(
-            layout=layout,
-            indices=indices,
-            analytic=found.analytic,
-            numeric=found.numeric,
-            epsilon=step,
-            dtype=str(precision).removeprefix("torch."),
-            evaluations=evaluations,
-            seconds=seconds,
-            thresholds=bands,
-            notes=tuple(notes),
-            failure=found.failure,
-            mode=check,
-            noise=None if evidence is None else evidence.noise,
-            readings=None if evidence is None else evidence.reading,
-            reasons=None if evidence is None else evidence.reason,
-            rechecks=None if evidence is None else evidence.recheck,
-            kinks=None if evidence is None else evidence.kink,
-            plain_analytic=found.plain_analytic,
-            plain_numeric=None if evidence is None else evidence.first_numeric,
-            j_noise=found.noise,
-            drift=in_training,
-        )
-        if report.reading_counts["disagrees"]:  # what kind of bug, and where it enters
-            graph = trace_backward(model, loss_fn, batch, names, dtype=precision, seed=seed)
-            report = diagnose(report, found.gradients, batch_size_of(batch), graph)
-    return report
-
-
-def _planned(
-    indices: np.ndarray, layout: Layout, partition: Partition | None, drift: torch.dtype | None
-) -> int:
-    """The evaluations of J left once the components are chosen (progress's total)."""
-    pairs = indices.size if partition is None else partition.share(indices.size).size
-    tensors = np.unique(layout.tensor_of(indices)).size
-    return expected_evaluations(pairs, tensors) * (2 if drift is not None else 1)
+    found = compare_training_path(
+        view, loss_fn, batch, report.layout.names, path, seed, getattr(torch, report.dtype)
+    )
+    seconds = report.seconds + time.perf_counter() - start
+    return replace(report, training_path=found, seconds=seconds)

@@ -19,6 +19,7 @@ from gradwatch.evidence import AGREES, DISAGREES, NOT_JUDGED, READINGS, REASONS,
 from gradwatch.layout import Layout, format_label
 from gradwatch.noise import JNoise
 from gradwatch.numeric import component_errors, relative_difference
+from gradwatch.training_path import TrainingPathResult
 from gradwatch.verdict import (
     ParameterResult,
     Thresholds,
@@ -125,6 +126,7 @@ class GradCheckReport:
     drift: PrecisionDrift | None = None
     findings: tuple[Finding, ...] = ()
     location: Location | None = None
+    training_path: TrainingPathResult | None = None
     difference: float = field(init=False)
     plain_difference: float = field(init=False)
     noise_floor: float = field(init=False)
@@ -181,6 +183,12 @@ class GradCheckReport:
             put(self, "failure", _text.non_finite(self))
         put(self, "verdict", self._verdict())
         put(self, "message", _text.advice(self))
+        path = self.training_path  # the gradient that trains: it can only make the verdict worse
+        if path is not None and path.verdict is Verdict.FAIL:
+            put(self, "verdict", path.verdict)
+            put(self, "message", f"{path.message}. The {self.dtype} check: {self.message}")
+        elif path is not None and path.verdict is Verdict.NOT_JUDGED:
+            put(self, "message", f"{self.message} The {path.message[0].lower()}{path.message[1:]}.")
 
     # Typed views of the per-component arrays (always set by __post_init__).
     @property
