@@ -404,17 +404,19 @@ class GradientCheckBase:
         with tqdm.external_write_mode(file=sys.stderr):
             rank_zero_info(_logs.console_text(step, report, self._name))
         failed = report.verdict is Verdict.FAIL
-        if self._on_fail == "raise":
-            # Every rank stops if any rank's check failed: one rank raising alone would hang.
-            if trainer.strategy.reduce_boolean_decision(failed, all=False):
-                for logger in trainer.loggers:  # on disk before any process goes down
-                    logger.save()
-                trainer.strategy.barrier("GradientCheck")
-                raise GradientCheckError(step, report, self._name) from cause
-        elif failed and self._on_fail == "warn":
+        # Every rank stops if any rank's check failed: one rank raising alone would hang.
+        if self._on_fail == "raise" and trainer.strategy.reduce_boolean_decision(failed, all=False):
+            for logger in trainer.loggers:  # on disk before any process goes down
+                logger.save()
+            trainer.strategy.barrier("GradientCheck")
+            raise GradientCheckError(step, report, self._name) from cause
+        if self._on_fail != "ignore" and (
+            report.verdict is Verdict.NOT_JUDGED or (failed and self._on_fail == "warn")
+        ):
+            what = "failed" if failed else "could not judge the gradients"
             with tqdm.external_write_mode(file=sys.stderr):
                 rank_zero_warn(
-                    f"{self._label} at step {step}: the gradient check failed. {report.message}"
+                    f"{self._label} at step {step}: the gradient check {what}. {report.message}"
                 )
 
 

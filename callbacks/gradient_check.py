@@ -84,7 +84,8 @@ class GradientCheck(GradientCheckBase, Callback):
         seed: seed of the component sample and of random draws inside J.
         log_worst: rows of the worst-components table in TensorBoard (0: no table).
         on_fail: what a failed check does: ``"warn"`` (a warning), ``"raise"`` (stop ``fit`` with
-            :class:`GradientCheckError`, for CI) or ``"ignore"`` (log only).
+            :class:`GradientCheckError`, for CI) or ``"ignore"`` (log only). A check that could
+            judge nothing (verdict "not judged") warns unless ``"ignore"``; it never stops ``fit``.
         name: the prefix of every logged tag, also in console lines, e.g.
             ``"gradcheck/encoder"``: a non-empty str without spaces.
         progress: show a bar with the evaluations of J done and the time left, on stderr (its

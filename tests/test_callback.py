@@ -571,3 +571,20 @@ def test_with_two_optimizers_a_check_logs_at_the_step_of_its_batch(tmp_path: Pat
     assert firsts == [0, 16, 24]  # batches 0, 2 and 3
     curve = {s: m["train/first_sample"] for s, m in logger.training() if "train/first_sample" in m}
     assert [curve.get(step) for step, _ in logger.checks()] == [0.0, 16.0, 24.0]
+
+
+class _Flat(TinyModule):
+    """J = 1 + 1e-30 × the loss: its gradient is far inside J's rounding, nothing can be judged."""
+
+    def gradcheck_loss(self, batch: Any) -> torch.Tensor:
+        return 1.0 + 1e-30 * self.training_step(batch, 0)
+
+
+@pytest.mark.parametrize("on_fail", ["warn", "raise"])
+def test_a_check_that_judges_nothing_warns_and_never_stops_fit(
+    tmp_path: Path, on_fail: str
+) -> None:
+    check = GradientCheck(after_steps=(), on_fail=on_fail)  # type: ignore[arg-type]
+    with pytest.warns(UserWarning, match="the gradient check could not judge the gradients"):
+        _fit(tmp_path, _Flat(), [check], max_steps=2)
+    assert check.reports[0].verdict is Verdict.NOT_JUDGED

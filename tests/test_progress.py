@@ -11,7 +11,7 @@ import torch
 
 import gradwatch
 from gradwatch import _progress
-from gradwatch.module import _planned
+from gradwatch._module_check import _planned
 from tests import nets
 
 # tqdm's "elapsed<remaining": the time left, known once the total and the rate are.
