@@ -12,6 +12,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from gradwatch._lowrank import LowRankShift
+from gradwatch._precision import PrecisionGuard
 from gradwatch._state import reseed
 from gradwatch._vectorize import (
     Way,
@@ -107,6 +108,7 @@ class ModuleCost:
         dtype: torch.dtype,
         seed: int,
         vectorize: bool = True,
+        keep_precision: bool = False,
     ) -> None:
         self._model = model
         self._vectorize = vectorize
@@ -144,19 +146,32 @@ class ModuleCost:
         self.reasons: dict[str, str] = {}
         self._batched: set[str] = set()  # labels evaluated vectorized beyond the first pair
         self.largest_call = 0
+        # Entered around every evaluation of J (and of its gradient): see gradwatch._precision.
+        self._guard = PrecisionGuard(model, dtype, keep_precision, self._probe)
+
+    @property
+    def precision_notes(self) -> list[str]:
+        """Where the model's casts were kept in the check's dtype, and where precision leaks."""
+        return self._guard.notes
 
     def _call(
         self, theta: Sequence[torch.Tensor], then: Callable[[torch.Tensor], Any] | None = None
     ) -> Any:
         """J at ``theta``, or ``then(J)`` computed while ``theta`` is in the model."""
-        reseed(self._seed)
-        self.evaluations += 1
-        tensors = dict(self._fixed)
-        tensors.update(zip(self._names, theta, strict=True))
-        if then is None:
-            return _scalar(functional_call(self._module, tensors, (self._batch,)))
-        after = {"then": lambda value: then(_scalar(value))}
-        return functional_call(self._module, tensors, (self._batch,), after)
+        with self._guard.evaluating():
+            reseed(self._seed)
+            self.evaluations += 1
+            tensors = dict(self._fixed)
+            tensors.update(zip(self._names, theta, strict=True))
+            if then is None:
+                return _scalar(functional_call(self._module, tensors, (self._batch,)))
+            after = {"then": lambda value: then(_scalar(value))}
+            return functional_call(self._module, tensors, (self._batch,), after)
+
+    def _probe(self) -> torch.Tensor:
+        """One evaluation of J, for the precision guard's first look at the model."""
+        with torch.enable_grad():
+            return self._call(self.theta).detach()
 
     def flat_values(self, indices: np.ndarray) -> torch.Tensor:
         """θ's values at flat ``indices`` (in the check's dtype, on the first tensor's device)."""
@@ -394,8 +409,8 @@ class ModuleCost:
             with shift.active():
                 return _scalar(functional_call(self._module, tensors, (self._batch,)))
 
-        reseed(self._seed)
-        with torch.enable_grad():
+        with self._guard.evaluating(), torch.enable_grad():
+            reseed(self._seed)
             found = vmap(one, randomness="same")(tuple(batched.values()), written, *extra)
         self.evaluations += count
         return found.detach().to(torch.float64).cpu().numpy().reshape(count)

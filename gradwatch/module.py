@@ -28,6 +28,7 @@ from gradwatch._validate import (
     check_epsilon,
     check_seed,
     check_thresholds,
+    reject,
 )
 from gradwatch.analysis import ComponentAnalysis, analyse_components, determinism_note
 from gradwatch.directions import search_directions
@@ -234,6 +235,7 @@ def check_module(
     drift_dtype: torch.dtype | None = None,
     mode: CheckMode = "components",
     partition: Partition | None = None,
+    keep_precision: bool = True,
 ) -> GradCheckReport:
     """Checks backprop of a whole module against the material's two-sided difference.
 
@@ -281,6 +283,10 @@ def check_module(
             every process calls ``check_module`` with the same arguments, evaluates its share
             of the components, and returns the same report (or raises, when any process's
             part raised). The directional search (``mode="directions"``) runs in every process.
+        keep_precision: ``True`` (default): while J and its gradient are evaluated, casts in
+            the model's own code to a less precise dtype (``.float()``, ``.to(torch.float32)``,
+            ``dtype=`` of factories and ops) keep ``dtype``, and the notes name where (see
+            :mod:`gradwatch._precision`); ``False`` runs the model as written.
 
     Returns:
         A :class:`GradCheckReport` whose parameter names are those of ``named_parameters()``.
@@ -307,6 +313,8 @@ def check_module(
         _check_dtype(drift_dtype, "drift_dtype")
     seed = check_seed(seed)
     bands = check_thresholds(thresholds)
+    if not isinstance(keep_precision, bool):
+        reject("keep_precision", "True or False", keep_precision, TypeError)
     params = dict(model.named_parameters())
     layout = Layout(tuple(names), tuple(tuple(params[n].shape) for n in names))
     notes: list[str] = []
@@ -325,7 +333,13 @@ def check_module(
         exchanging(partition) as split,
     ):
         cost = ModuleCost(
-            model, loss_fn, cast_batch(batch, precision, device), names, precision, seed
+            model,
+            loss_fn,
+            cast_batch(batch, precision, device),
+            names,
+            precision,
+            seed,
+            keep_precision=keep_precision,
         )
         if check == "directions":
             search = search_directions(
@@ -336,6 +350,7 @@ def check_module(
         else:
             indices = _leave_out(sample_components(layout, sample, seed), left_out, layout, seed)
         found = _compare(cost, layout, indices, step, split)
+        notes.extend(cost.precision_notes)
         if step != "auto":
             notes.extend(filter(None, [_lost_steps(cost, layout, indices, float(step))]))
         drift, drift_evaluations = None, 0
