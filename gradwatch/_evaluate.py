@@ -158,7 +158,8 @@ class ModuleCost:
         self, theta: Sequence[torch.Tensor], then: Callable[[torch.Tensor], Any] | None = None
     ) -> Any:
         """J at ``theta``, or ``then(J)`` computed while ``theta`` is in the model."""
-        with self._guard.evaluating():
+
+        def evaluate() -> Any:
             reseed(self._seed)
             self.evaluations += 1
             tensors = dict(self._fixed)
@@ -168,10 +169,12 @@ class ModuleCost:
             after = {"then": lambda value: then(_scalar(value))}
             return functional_call(self._module, tensors, (self._batch,), after)
 
-    def _probe(self) -> torch.Tensor:
-        """One evaluation of J, for the precision guard's first look at the model."""
+        return self._guard.run(evaluate)
+
+    def _probe(self) -> None:
+        """One evaluation of J: the precision guard decides on the first one."""
         with torch.enable_grad():
-            return self._call(self.theta).detach()
+            self._call(self.theta)
 
     def flat_values(self, indices: np.ndarray) -> torch.Tensor:
         """θ's values at flat ``indices`` (in the check's dtype, on the first tensor's device)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 _BASE = torch._C.TensorBase
+_T = TypeVar("_T")
 # Methods whose target dtype is in their name.
 _NAMED_CASTS: dict[Any, torch.dtype] = {
     _BASE.float: torch.float32,
@@ -264,6 +265,10 @@ class _Sites:
         else:
             self.others += 1
 
+    def changed(self) -> bool:
+        """Whether the guard changed anything (a cast kept, a tensor made in its dtype)."""
+        return bool(self.casts or self.others or self.defaults)
+
     def leak(self, what: str) -> None:
         self.leaks.setdefault(what, {})[self.where()] = None
 
@@ -319,31 +324,39 @@ class _Probe(_Keep):
 class PrecisionGuard:
     """Keeps the check's ``dtype`` through the model's own casts while J is evaluated.
 
-    ``evaluating()`` is entered around every evaluation of J and of its gradient. Its first
-    entry decides, from one probing evaluation (``probe``, which evaluates J once), whether the
-    model runs with the guard: ``keep=False`` (the user's choice) or a probe that raises with
-    the guard (an op that exists only in float32) leave the model as written; a model without
-    lowering casts runs without it (nothing to keep, and no cost). ``notes`` says where casts
-    were kept and where precision still leaks.
+    Every evaluation of J (and of its gradient) runs inside ``run(evaluate)`` or
+    ``evaluating()``. The first evaluation decides, and counts like any other: it runs under
+    the guard while the guard records what it changed (casts kept, tensors created in the
+    default dtype) and where precision still leaks. If it changed nothing, the guard stays off
+    (the same computation, without the cost of a ``TorchFunctionMode`` on every torch call).
+    If the model fails with the guard but not as written (an op that exists only in float32),
+    that evaluation is repeated as written, and so is every later one. ``keep=False`` runs the
+    model as written and only names its casts. ``notes`` says all of this.
     """
 
     def __init__(
-        self, model: nn.Module, dtype: torch.dtype, keep: bool, probe: Callable[[], torch.Tensor]
+        self, model: nn.Module, dtype: torch.dtype, keep: bool, probe: Callable[[], object]
     ) -> None:
         self.dtype = dtype
         self.notes: list[str] = []
         self._model = model
         self._keep = keep
-        self._probe = probe
-        self._on: bool | None = None  # decided on the first entry
+        self._probe = probe  # one evaluation of J through ``run``, for ``evaluating()``
+        self._on: bool | None = None  # decided by the first evaluation
         self._inside = False
+
+    def run(self, evaluate: Callable[[], _T]) -> _T:
+        """``evaluate()`` (an evaluation of J, or of J and its gradient) under the guard."""
+        if self._on is None:
+            return self._first(evaluate)
+        with self.evaluating():
+            return evaluate()
 
     @contextmanager
     def evaluating(self) -> Iterator[None]:
-        """The guard for the body (an evaluation of J, or of J and its gradient)."""
+        """The guard for the body (many evaluations of J at once, under vmap)."""
         if self._on is None:
-            self._on = False  # the probe's own evaluations run plainly
-            self._on = self._decide()
+            self._probe()
         if not self._on or self._inside:
             yield
             return
@@ -354,49 +367,58 @@ class PrecisionGuard:
         finally:
             self._inside = False
 
-    def _decide(self) -> bool:
+    def _first(self, evaluate: Callable[[], _T]) -> _T:
+        self._on = False  # until decided, evaluations inside this one run plainly
         if not any(lowers(d, self.dtype) for d in (torch.float32, torch.bfloat16)):
-            return False  # nothing is less precise than the check (a bfloat16 check)
+            return evaluate()  # nothing is less precise than the check (a bfloat16 check)
+        sites = _Sites(self._model)
         if not self._keep:
-            try:
-                sites = self._run(rewrite=False)
-            except Exception:  # the evaluation that follows raises it again, where it belongs
-                return False
+            result = self._recorded(evaluate, sites, rewrite=False)
             self.notes = sites.lines(sites.casts, "as written (keep_precision=False)")
             self.notes += sites.lines(sites.leaks, _LEAKED)
-            return False
+            return result
         try:
-            sites = self._run(rewrite=True)
+            result = self._recorded(evaluate, sites, rewrite=True)
         except Exception as err:
-            self.notes = self._as_written(err)
-            return False
+            if not sites.changed() or _ours(err):
+                raise  # the guard changed nothing, or gradwatch rejected J: not the guard's doing
+            result = evaluate()  # as written (when that raises too, its error is the one)
+            self.notes = [_failed(err, self.dtype), *sites.lines(sites.casts, "as written")]
+            return result
         kept = f"kept in {_short(self.dtype)}"
         self.notes = sites.lines(sites.casts, kept) + sites.lines(sites.leaks, _LEAKED)
-        # Nothing lowered, nothing made in the default dtype: the guard would change nothing,
-        # and costs ~2 µs per torch call (a TorchFunctionMode), so it stays off.
-        return bool(sites.casts or sites.others or sites.defaults)
+        self._on = sites.changed()
+        return result
 
-    def _as_written(self, err: Exception) -> list[str]:
-        try:
-            sites = self._run(rewrite=False)
-        except Exception:  # the model fails as written too: the evaluation will say why
-            return []
-        why = (str(err).strip().splitlines() or [""])[0][:160]
-        head = (
-            f"keeping {_short(self.dtype)} through the model's casts made J fail "
-            f"({type(err).__name__}: {why}); the model was run as written, so J carries the "
-            "rounding of these casts:"
-        )
-        return [head, *sites.lines(sites.casts, "as written")]
-
-    def _run(self, rewrite: bool) -> _Sites:
-        sites = _Sites(self._model)
+    def _recorded(self, evaluate: Callable[[], _T], sites: _Sites, rewrite: bool) -> _T:
         default = _default_dtype(self.dtype) if rewrite else nullcontext()
         with sites.watching(), default, _Probe(self.dtype, rewrite, sites):
-            cost = self._probe()
-        if isinstance(cost, torch.Tensor) and lowers(cost.dtype, self.dtype):
+            result = evaluate()
+        cost = next((t for t in tree_leaves(result) if isinstance(t, torch.Tensor)), None)
+        if cost is not None and lowers(cost.dtype, self.dtype):
             sites.leaks.setdefault(f"J is {_short(cost.dtype)}", {})["loss_fn"] = None
-        return sites
+        return result
+
+
+def _ours(err: BaseException) -> bool:
+    """Whether gradwatch itself raised ``err`` (its checks of what ``loss_fn`` returned): the
+    innermost frame of the traceback outside this module is gradwatch's."""
+    frames = []
+    tb = err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_globals.get("__name__", ""))
+        tb = tb.tb_next
+    outside = [name for name in frames if name != __name__]
+    return bool(outside) and outside[-1].startswith("gradwatch.")
+
+
+def _failed(err: Exception, dtype: torch.dtype) -> str:
+    why = (str(err).strip().splitlines() or [""])[0][:160]
+    return (
+        f"keeping {_short(dtype)} through the model's casts made J fail "
+        f"({type(err).__name__}: {why}); the model was run as written, so J carries the "
+        "rounding of these casts:"
+    )
 
 
 # How a leak reads in the notes: the guard could not keep the precision there.

@@ -66,11 +66,12 @@ def test_every_lowering_cast_keeps_float64(cast: Cast, reference: Cast | None) -
     x = X64 / 3  # not exact in float32
     # as written, precision is lost
     assert not torch.equal(cast(x).to(x.dtype), (reference or (lambda t: t))(x))
-    guard = PrecisionGuard(nn.Identity(), torch.float64, True, lambda: cast(x).sum())
+    guard = PrecisionGuard(nn.Identity(), torch.float64, True, lambda: None)
+    first = guard.run(lambda: cast(x))  # decides, recording what it keeps
     with guard.evaluating():
         kept = cast(x)
-    assert kept.dtype in (torch.float64, torch.complex128)
-    assert torch.equal(kept, (reference or (lambda t: t))(x))
+    assert first.dtype == kept.dtype and kept.dtype in (torch.float64, torch.complex128)
+    assert torch.equal(first, kept) and torch.equal(kept, (reference or (lambda t: t))(x))
     assert torch.get_default_dtype() == torch.float32  # put back after the evaluation
 
 
@@ -285,6 +286,7 @@ def test_a_float32_j_is_named() -> None:
 
 def test_the_default_dtype_is_put_back_when_the_check_raises() -> None:
     def loss(m: nn.Module, b: torch.Tensor) -> torch.Tensor:
+        m(b).float()  # a cast the guard keeps: the guard is on when this raises
         if torch.get_default_dtype() == torch.float64:
             raise ValueError("inside the guard")
         raise TypeError("as written")
