@@ -14,12 +14,12 @@ Autocast needs nothing: it never casts a float64 tensor (``is_eligible`` in
 ATen/autocast_mode.h excludes ``kDouble`` on every device type), so inside an autocast region a
 float64 check stays float64; ``test_precision.py`` shows it on CPU.
 
-The guard decides once, on a probing evaluation before the first one that counts, whether it
-is needed (the model casts, or creates tensors in a lower default dtype) and whether the model
-runs with it (an op that exists only in float32 raises in float64: then the model runs as
-written, and a note says so). The probe also names where each cast happened, grouped by module,
-and where precision still leaks past the guard (an op that returns float32 from float64 inputs,
-float32 arrays from numpy, J itself in float32).
+The first evaluation of J decides, and counts like any other: it runs under the guard, which
+records what it changed, where (grouped by module) and where precision still leaks past it (an
+op that returns float32 from float64 inputs, float32 arrays from numpy, J itself in float32).
+A guard that changed nothing stays off afterwards (no cost); a model that fails under it but
+not as written (an op that exists only in float32) runs as written from then on, and a note
+says so. Every evaluation of one check runs in the same regime.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
+
+from gradwatch._sites import Sites
 
 _BASE = torch._C.TensorBase
 _T = TypeVar("_T")
@@ -186,111 +188,13 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(before)
 
 
-def group_names(names: list[str]) -> list[str]:
-    """Module names with their numbered parts merged where that describes them exactly.
-
-    Example:
-        >>> group_names(["model.layers.0.norm", "model.layers.1.norm", "model.norm"])
-        ['model.layers.{0,1}.norm', 'model.norm']
-    """
-    items: list[tuple[Any, ...]] = [
-        tuple(frozenset({int(p)}) if p.isdigit() else p for p in n.split("."))
-        for n in dict.fromkeys(names)
-    ]
-    for k in range(max((len(i) for i in items), default=0)):
-        merged: dict[tuple[Any, ...], frozenset[int] | None] = {}
-        for item in items:
-            if k < len(item) and isinstance(item[k], frozenset):
-                key = (*item[:k], None, *item[k + 1 :])
-                merged[key] = (merged.get(key) or frozenset()) | item[k]
-            else:
-                merged[item] = None
-        items = [key if v is None else (*key[:k], v, *key[k + 1 :]) for key, v in merged.items()]
-    return [".".join(_part(p) for p in item) for item in items]
-
-
-def _part(part: str | frozenset[int]) -> str:
-    if isinstance(part, str):
-        return part
-    numbers = sorted(part)
-    if len(numbers) == 1:
-        return str(numbers[0])
-    if len(numbers) > 2 and numbers[-1] - numbers[0] == len(numbers) - 1:
-        return f"{{{numbers[0]}..{numbers[-1]}}}"
-    return "{" + ",".join(map(str, numbers)) + "}"
-
-
-class _Sites:
-    """Where, by module of ``model``, the casts and leaks of one probing evaluation happened."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self._names = {id(m): n for n, m in model.named_modules()}
-        self._root = f"the model ({type(model).__name__})"
-        self._stack: list[str | None] = []
-        self.casts: dict[str, dict[str, None]] = {}  # what → where (ordered, unique)
-        self.leaks: dict[str, dict[str, None]] = {}
-        self.others = 0  # lowering casts of non-floating tensors (a mask's .float())
-        self.defaults = 0  # floating tensors created without a dtype (the default dtype)
-
-    @contextmanager
-    def watching(self) -> Iterator[None]:
-        """Follows which module of the model is running (global forward hooks, for the body)."""
-
-        def enter(module: nn.Module, args: Any) -> None:
-            name = self._names.get(id(module))
-            self._stack.append(name if name is not None or not self._stack else self._stack[-1])
-
-        def leave(module: nn.Module, args: Any, out: Any) -> None:
-            if self._stack:
-                self._stack.pop()
-
-        hooks = (
-            nn.modules.module.register_module_forward_pre_hook(enter),
-            nn.modules.module.register_module_forward_hook(leave),
-        )
-        try:
-            yield
-        finally:
-            for hook in hooks:
-                hook.remove()
-            self._stack.clear()
-
-    def where(self) -> str:
-        name = self._stack[-1] if self._stack else None
-        return "loss_fn" if name is None else (name or self._root)
-
-    def cast(self, what: str, floating: bool) -> None:
-        if floating:
-            self.casts.setdefault(what, {})[self.where()] = None
-        else:
-            self.others += 1
-
-    def changed(self) -> bool:
-        """Whether the guard changed anything (a cast kept, a tensor made in its dtype)."""
-        return bool(self.casts or self.others or self.defaults)
-
-    def leak(self, what: str) -> None:
-        self.leaks.setdefault(what, {})[self.where()] = None
-
-    def lines(self, table: dict[str, dict[str, None]], verb: str, most: int = 6) -> list[str]:
-        """One line per group of modules: ``"model.layers.{0,1}.norm: a cast to float32 kept in
-        float64"``, at most ``most`` of them."""
-        by_place: dict[str, list[str]] = {}
-        for what, places in table.items():
-            for place in group_names(list(places)):
-                by_place.setdefault(place, []).append(what)
-        found = [f"{place}: {', '.join(whats)} {verb}" for place, whats in by_place.items()]
-        extra = len(found) - most
-        return found[:most] + ([f"… and {extra} more places"] if extra > 0 else [])
-
-
 class _Probe(_Keep):
     """``_Keep`` that also tells ``sites`` where precision still leaks (a floating result less
     precise than ``dtype`` from inputs in ``dtype``: an in-place op into a float32 tensor, a
     kernel that returns float32; float32 arrays from numpy) and counts tensors created in the
     default dtype (which the guard raises to ``dtype``)."""
 
-    def __init__(self, dtype: torch.dtype, rewrite: bool, sites: _Sites) -> None:
+    def __init__(self, dtype: torch.dtype, rewrite: bool, sites: Sites) -> None:
         super().__init__(dtype, rewrite, sites.cast)
         self.sites = sites
 
@@ -371,7 +275,7 @@ class PrecisionGuard:
         self._on = False  # until decided, evaluations inside this one run plainly
         if not any(lowers(d, self.dtype) for d in (torch.float32, torch.bfloat16)):
             return evaluate()  # nothing is less precise than the check (a bfloat16 check)
-        sites = _Sites(self._model)
+        sites = Sites(self._model)
         if not self._keep:
             result = self._recorded(evaluate, sites, rewrite=False)
             self.notes = sites.lines(sites.casts, "as written (keep_precision=False)")
@@ -390,7 +294,7 @@ class PrecisionGuard:
         self._on = sites.changed()
         return result
 
-    def _recorded(self, evaluate: Callable[[], _T], sites: _Sites, rewrite: bool) -> _T:
+    def _recorded(self, evaluate: Callable[[], _T], sites: Sites, rewrite: bool) -> _T:
         default = _default_dtype(self.dtype) if rewrite else nullcontext()
         with sites.watching(), default, _Probe(self.dtype, rewrite, sites):
             result = evaluate()

@@ -13,7 +13,7 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 import gradwatch
-from gradwatch._precision import PrecisionGuard, _Keep, group_names, lowers
+from gradwatch._precision import PrecisionGuard, _Keep, lowers
 
 X64 = torch.linspace(-1, 1, 6, dtype=torch.float64)
 LOW32 = torch.zeros(2, dtype=torch.float32)
@@ -133,13 +133,6 @@ def test_autocast_never_touches_float64(device_type: str) -> None:
         low = torch.randn(4, 4) @ torch.randn(4, 4)
     assert all(o.dtype == torch.float64 for o in outs)
     assert low.dtype == torch.bfloat16  # autocast is on: it lowers float32
-
-
-def test_group_names_merges_numbered_parts_exactly() -> None:
-    names = [f"enc.block.{b}.layer.{k}.norm" for b in range(2) for k in range(2)]
-    assert group_names([*names, "enc.final"]) == ["enc.block.{0,1}.layer.{0,1}.norm", "enc.final"]
-    assert group_names([f"h.{i}.ln" for i in range(12)]) == ["h.{0..11}.ln"]
-    assert group_names(["a.0.b.0", "a.1.b.1"]) == ["a.0.b.0", "a.1.b.1"]  # not a product
 
 
 class RMSNorm(nn.Module):
