@@ -157,19 +157,21 @@ class ModuleCost:
     def _call(
         self, theta: Sequence[torch.Tensor], then: Callable[[torch.Tensor], Any] | None = None
     ) -> Any:
+        """J at ``theta``, or ``then(J)``, under the precision guard (gradwatch._precision)."""
+        return self._guard.run(lambda: self._evaluate_at(theta, then))
+
+    def _evaluate_at(
+        self, theta: Sequence[torch.Tensor], then: Callable[[torch.Tensor], Any] | None = None
+    ) -> Any:
         """J at ``theta``, or ``then(J)`` computed while ``theta`` is in the model."""
-
-        def evaluate() -> Any:
-            reseed(self._seed)
-            self.evaluations += 1
-            tensors = dict(self._fixed)
-            tensors.update(zip(self._names, theta, strict=True))
-            if then is None:
-                return _scalar(functional_call(self._module, tensors, (self._batch,)))
-            after = {"then": lambda value: then(_scalar(value))}
-            return functional_call(self._module, tensors, (self._batch,), after)
-
-        return self._guard.run(evaluate)
+        reseed(self._seed)
+        self.evaluations += 1
+        tensors = dict(self._fixed)
+        tensors.update(zip(self._names, theta, strict=True))
+        if then is None:
+            return _scalar(functional_call(self._module, tensors, (self._batch,)))
+        after = {"then": lambda value: then(_scalar(value))}
+        return functional_call(self._module, tensors, (self._batch,), after)
 
     def _probe(self) -> None:
         """One evaluation of J: the precision guard decides on the first one."""
