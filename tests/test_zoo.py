@@ -122,3 +122,18 @@ def test_planting_rejects_a_bug_that_does_not_fit() -> None:
         planted_copy(model, "blocks.0.attn.qkv.weight", "transposed")
     with pytest.raises(AttributeError):
         planted_copy(model, "blocks.7", "sign")
+
+
+@pytest.mark.slow
+def test_directions_find_nine_in_ten_corrupted_tensors_across_the_zoo() -> None:
+    found = reached = 0
+    for case in CASES:
+        for kind, site in case.bugs.items():
+            model, loss, batch = case.build(0)
+            bad = planted_copy(model, site, kind)
+            reach = corrupted(model, bad, loss, batch)
+            report = gradwatch.check_module(bad, loss, batch, mode="directions")
+            assert report.verdict.value == "fail", (case.name, kind)
+            failing = {n for n, v in parameter_verdicts(report).items() if v == "fail"}
+            found, reached = found + len(reach & failing), reached + len(reach)
+    assert found >= 0.9 * reached, f"{found} of {reached}"
