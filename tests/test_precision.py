@@ -123,16 +123,24 @@ def test_the_guard_works_under_vmap_and_functional_call() -> None:
     assert (vmap(one)(weights) - exact).abs().max() > 1e-9  # as written: float32 rounding
 
 
-@pytest.mark.parametrize("device_type", ["cpu"])
-def test_autocast_never_touches_float64(device_type: str) -> None:
-    # ATen's autocast skips kDouble on every device type (is_eligible in autocast_mode.h); CUDA
-    # follows the same rule but is not exercised here (no GPU in the test machines).
-    a = torch.randn(4, 4, dtype=torch.float64)
-    with torch.autocast(device_type, dtype=torch.bfloat16):
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+        ),
+    ],
+)
+def test_autocast_never_touches_float64(device: str) -> None:
+    # ATen's autocast skips kDouble on every device type (is_eligible in autocast_mode.h).
+    low = torch.bfloat16 if device == "cpu" else torch.float16
+    a = torch.randn(4, 4, dtype=torch.float64, device=device)
+    with torch.autocast(device, dtype=low):
         outs = [a @ a, F.linear(a, a), F.conv1d(a[None], a[:, :, None]), torch.cat([a, a])]
-        low = torch.randn(4, 4) @ torch.randn(4, 4)
+        lowered = torch.randn(4, 4, device=device) @ torch.randn(4, 4, device=device)
     assert all(o.dtype == torch.float64 for o in outs)
-    assert low.dtype == torch.bfloat16  # autocast is on: it lowers float32
+    assert lowered.dtype == low  # autocast is on: it lowers float32
 
 
 class RMSNorm(nn.Module):
