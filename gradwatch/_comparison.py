@@ -5,7 +5,7 @@ processes when the check is partitioned."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from gradwatch.noise import PROBE_WIDTH, JNoise, measure_noise, rounding_floor
 from gradwatch.numeric import auto_steps, relative_difference
 from gradwatch.partition import Exchange
 from gradwatch.report import PrecisionDrift
+from gradwatch.sampling import sample_components
 
 # The probes' copies of θ's tensors are built this many bytes at a time.
 _PROBE_BYTES = 64 * 2**20
@@ -96,6 +97,20 @@ class ModuleObjective:
         return Moved(other, flat[self._indices], cost.value())
 
 
+def noise_before(
+    cost: ModuleCost, layout: Layout, epsilon: float | str, split: Exchange, seed: int
+) -> JNoise:
+    """J's noise measured before any component is chosen (for the directional search): along
+    directions over a sample of θ's first tensors."""
+    indices = sample_components(layout, 4 * PROBE_WIDTH, seed)
+    objective = ModuleObjective(cost, layout, indices, split, epsilon, seed)
+    steps = steps_of(cost.flat_values(indices), epsilon).double().cpu().numpy()
+    center = cost.value()
+    support = probe_support(objective, np.ones(indices.size, dtype=bool))
+    floor = rounding_floor(center, torch.finfo(cost.theta[0].dtype).eps)
+    return measure_noise(objective.line, center, (), support, steps[support], seed, floor)
+
+
 def probe_support(objective: ModuleObjective, moving: np.ndarray) -> np.ndarray:
     """Positions the noise probes move: components where J moved, from θ's first tensors (the
     earliest layers, whose perturbations pass through every later operation and so carry the
@@ -133,8 +148,10 @@ def compare(
     split: Exchange,
     seed: int,
     pass_max: float,
+    measured: JNoise | None = None,
 ) -> tuple[Comparison, ModuleObjective]:
-    """Backprop's gradient, the two-sided estimates, J's measured noise and the readings.
+    """Backprop's gradient, the two-sided estimates, J's measured noise (``measured`` where it
+    was measured already) and the readings.
 
     With a partition, each process evaluates its share of the pairs (and of the re-checks), and
     every process goes on with process 0's gradient and J values: the same report everywhere.
@@ -153,9 +170,14 @@ def compare(
     if not math.isfinite(center):
         failure = f"the loss J(θ) is {center}: fix the forward pass before checking gradients"
         return Comparison(None, analytic, numeric, analytic, {}, None, center, failure), objective
-    support = probe_support(objective, (plus != center) | (minus != center))
-    floor = rounding_floor(center, torch.finfo(cost.theta[0].dtype).eps)
-    noise = measure_noise(objective.line, center, (again,), support, steps[support], seed, floor)
+    if measured is None:
+        support = probe_support(objective, (plus != center) | (minus != center))
+        floor = rounding_floor(center, torch.finfo(cost.theta[0].dtype).eps)
+        noise = measure_noise(
+            objective.line, center, (again,), support, steps[support], seed, floor
+        )
+    else:
+        noise = replace(measured, spread=max(measured.spread, abs(again - center)))
     found = gather_evidence(
         objective, analytic, (plus, minus), center, steps, noise.effective, pass_max
     )

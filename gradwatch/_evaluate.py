@@ -15,6 +15,7 @@ from torch.func import functional_call, vmap
 
 from gradwatch._blame import users_code
 from gradwatch._lowrank import LowRankShift
+from gradwatch._precision import PrecisionGuard
 from gradwatch._state import reseed
 from gradwatch._vectorize import (
     Way,
@@ -123,6 +124,7 @@ class ModuleCost:
         seed: int,
         vectorize: bool = True,
         progress: Callable[[int], None] | None = None,
+        keep_precision: bool = False,
     ) -> None:
         self._model = model
         self._progress = progress
@@ -161,8 +163,21 @@ class ModuleCost:
         self.reasons: dict[str, str] = {}
         self._batched: set[str] = set()  # labels evaluated vectorized beyond the first pair
         self.largest_call = 0
+        # Entered around every evaluation of J (and of its gradient): see gradwatch._precision.
+        self._guard = PrecisionGuard(model, dtype, keep_precision, self._probe)
+
+    @property
+    def precision_notes(self) -> list[str]:
+        """Where the model's casts were kept in the check's dtype, and where precision leaks."""
+        return self._guard.notes
 
     def _call(
+        self, theta: Sequence[torch.Tensor], then: Callable[[torch.Tensor], Any] | None = None
+    ) -> Any:
+        """J at ``theta``, or ``then(J)``, under the precision guard (gradwatch._precision)."""
+        return self._guard.run(lambda: self._evaluate_at(theta, then))
+
+    def _evaluate_at(
         self, theta: Sequence[torch.Tensor], then: Callable[[torch.Tensor], Any] | None = None
     ) -> Any:
         """J at ``theta``, or ``then(J)`` computed while ``theta`` is in the model."""
@@ -188,6 +203,11 @@ class ModuleCost:
         self.evaluations += count
         if self._progress is not None:
             self._progress(count)
+
+    def _probe(self) -> None:
+        """One evaluation of J: the precision guard decides on the first one."""
+        with torch.enable_grad():
+            self._call(self.theta)
 
     def flat_values(self, indices: np.ndarray) -> torch.Tensor:
         """θ's values at flat ``indices`` (in the check's dtype, on the first tensor's device)."""
@@ -427,8 +447,8 @@ class ModuleCost:
             with shift.active():
                 return _scalar(functional_call(self._module, tensors, (self._batch,)))
 
-        reseed(self._seed)
-        with torch.enable_grad():
+        with self._guard.evaluating(), torch.enable_grad():
+            reseed(self._seed)
             found = vmap(one, randomness="same")(tuple(batched.values()), written, *extra)
         self._count(count)
         return found.detach().to(torch.float64).cpu().numpy().reshape(count)

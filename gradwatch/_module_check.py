@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradwatch._comparison import compare, drift
+from gradwatch._comparison import compare, drift, noise_before
 from gradwatch._evaluate import LossFn, ModuleCost
 from gradwatch._progress import expected_evaluations, progress_bar
 from gradwatch._scope import checked_parameters, hook_note, leave_out, padding_rows
@@ -58,6 +58,7 @@ def check_eager(
     mode: str,
     partition: Partition | None,
     progress: bool,
+    keep_precision: bool,
 ) -> GradCheckReport:
     """:func:`gradwatch.check_module` on an eager module in one ``dtype``."""
     step = check_epsilon(epsilon)
@@ -74,6 +75,7 @@ def check_eager(
     bands = check_thresholds(thresholds)
     first = not isinstance(partition, Partition) or partition.rank == 0  # else checked below
     show = check_flag("progress", progress) and first
+    keep = check_flag("keep_precision", keep_precision)
     params = dict(model.named_parameters())
     layout = Layout(tuple(names), tuple(tuple(params[n].shape) for n in names))
     notes: list[str] = []
@@ -100,17 +102,24 @@ def check_eager(
             precision,
             seed,
             progress=ticks,
+            keep_precision=keep,
         )
+        measured = None
         if check == "directions":
+            measured = noise_before(cost, layout, step, split, seed)
             search = search_directions(
-                cost, layout, step, bands, spot=sample, seed=seed, left_out=left_out
-            )
+                cost, layout, step, bands, spot=sample, seed=seed, left_out=left_out,
+                sigma=measured.effective,
+            )  # fmt: skip
             indices = search.indices
             notes.append(search.note)
         else:
             indices = leave_out(sample_components(layout, sample, seed), left_out, layout, seed)
         ticks.plan(cost.evaluations + _planned(indices, layout, partition, drift_dtype))
-        found, objective = compare(cost, layout, indices, step, split, seed, bands.pass_max)
+        found, objective = compare(
+            cost, layout, indices, step, split, seed, bands.pass_max, measured
+        )
+        notes.extend(cost.precision_notes)
         evaluations = objective.evaluations
         in_training = None
         if drift_dtype is not None:

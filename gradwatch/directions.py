@@ -19,7 +19,10 @@ import numpy as np
 import torch
 
 from gradwatch._evaluate import ModuleCost
+from gradwatch._text import listing
+from gradwatch.evidence import DISAGREES, read
 from gradwatch.layout import Layout
+from gradwatch.noise import NOISE_MULTIPLE
 from gradwatch.numeric import relative_difference
 from gradwatch.report import Thresholds, Verdict
 from gradwatch.sampling import sample_components
@@ -82,6 +85,7 @@ def search_directions(
     spot: int | None = None,
     seed: int = 0,
     left_out: np.ndarray | None = None,
+    sigma: float | None = None,
 ) -> DirectionalSearch:
     """Random ±1 directions over θ and per tensor, then bisection inside the failing tensors.
 
@@ -96,6 +100,11 @@ def search_directions(
         left_out: flat indices of components that are not checked (an embedding's padding
             row, which PyTorch gives no gradient by design): no direction moves them and they
             are not among the returned ``indices``.
+        sigma: J's measured noise (:mod:`gradwatch.noise`): a tensor is localized when one of
+            its directions disagrees beyond that noise (the evidence model's reading), worst
+            first; without it, when its directional difference does not pass. A tensor whose
+            gradient is zero to within the noise (a bias a following BatchNorm cancels) then
+            has a directional difference of about 1 and nothing to localize.
 
     Returns:
         A :class:`DirectionalSearch`; ``check_module(..., mode="directions")`` checks its
@@ -117,19 +126,24 @@ def search_directions(
     generator = torch.Generator(device=cost.theta[0].device).manual_seed(seed)
     left_out = np.zeros(0, dtype=np.int64) if left_out is None else np.asarray(left_out)
     moved = _movable(cost, layout, left_out)
-    differences = {}
+    differences, beyond = {}, {}
     for t, name in enumerate(layout.names):
         signs = {t: _signs((DIRECTIONS, *cost.theta[t].shape), cost.theta[t], generator)}
-        differences[name] = relative_difference(*_project(cost, signs, grad, step, moved))
+        numeric, analytic = _project(cost, signs, grad, step, moved)
+        differences[name] = relative_difference(numeric, analytic)
+        beyond[name] = _beyond_noise(numeric, analytic, sigma, step, thresholds.pass_max)
     every = {
         t: _signs((DIRECTIONS, *theta.shape), theta, generator)
         for t, theta in enumerate(cost.theta)
     }
     overall = relative_difference(*_project(cost, every, grad, step, moved))
-    failing = sorted(
-        (n for n, d in differences.items() if thresholds.classify(d) is not Verdict.PASS),
-        key=lambda n: -np.nan_to_num(differences[n], nan=np.inf),
-    )
+    if sigma is None:
+        failing = sorted(
+            (n for n, d in differences.items() if thresholds.classify(d) is not Verdict.PASS),
+            key=lambda n: -np.nan_to_num(differences[n], nan=np.inf),
+        )
+    else:
+        failing = sorted((n for n, z in beyond.items() if z > 0), key=lambda n: -beyond[n])
     # Each tensor's largest gradient component is checked one by one too: every tensor shows in
     # the report, and a wrong scale shows there first, above the rounding noise.
     largest = [layout.offsets[t] + int(g.abs().argmax()) for t, g in enumerate(grad) if g.numel()]
@@ -140,7 +154,7 @@ def search_directions(
     for name in failing[:LOCALIZED]:
         t = layout.names.index(name)
         found.append(layout.offsets[t] + _localize(cost, t, grad, step, generator, moved))
-    note = _note(differences, overall, failing, thresholds, cost.evaluations - before)
+    note = _note(differences, overall, failing, cost.evaluations - before, sigma is not None)
     return DirectionalSearch(
         indices=np.setdiff1d(np.concatenate(found), left_out).astype(np.int64),
         differences=differences,
@@ -148,6 +162,23 @@ def search_directions(
         localized=tuple(failing[:LOCALIZED]),
         note=note,
     )
+
+
+def _beyond_noise(
+    numeric: np.ndarray, analytic: np.ndarray, sigma: float | None, step: float, pass_max: float
+) -> float:
+    """How far the directions that disagree (the evidence model's reading, with the noise of a
+    two-sided estimate at ``step``) stand beyond their tolerance, in units of it; 0 when none
+    disagrees, infinite for a non-finite one."""
+    if sigma is None:
+        return 0.0
+    noise = np.full(numeric.shape, sigma / (np.sqrt(2) * step))
+    reading, _ = read(analytic, numeric, noise, pass_max)
+    if not (reading == DISAGREES).any():
+        return 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.abs(numeric - analytic) / (NOISE_MULTIPLE * noise)
+    return float(np.max(np.nan_to_num(z[reading == DISAGREES], nan=np.inf)))
 
 
 def _signs(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -238,22 +269,20 @@ def _note(
     differences: dict[str, float],
     overall: float,
     failing: list[str],
-    thresholds: Thresholds,
     spent: int,
+    measured: bool,
 ) -> str:
-    passing = [d for n, d in differences.items() if n not in failing]
     text = (
         f"mode directions: {DIRECTIONS} random ±1 directions per tensor and over all of θ; "
         f"difference over θ {overall:.1e}"
     )
+    screen = "beyond J's measured noise" if measured else "not within the pass band"
     if failing:
-        listed = ", ".join(
-            f"{n} {differences[n]:.1e} ({thresholds.classify(differences[n]).value})"
-            for n in failing[:6]
-        )
-        text += f"; not passing: {listed}{' …' if len(failing) > 6 else ''}"
-        shown = ", ".join(failing[:LOCALIZED])
-        text += f"; localized {shown} by bisection ({spent} evaluations)"
-    if passing:
-        text += f"; {len(passing)} tensor(s) pass, each <= {max(passing):.1e}"
+        listed = ", ".join(f"{n} (difference {differences[n]:.1e})" for n in failing[:6])
+        text += f"; {screen}: {listed}{' …' if len(failing) > 6 else ''}"
+        localized = listing(failing[:LOCALIZED], LOCALIZED)
+        text += f"; localized {localized} by bisection ({spent} evaluations)"
+    others = len(differences) - len(failing)
+    if others:
+        text += f"; the other {others} tensor(s): no direction {screen}"
     return text + "; the components listed were then checked one by one"

@@ -45,6 +45,7 @@ def check_module(
     partition: Partition | None = None,
     progress: bool = True,
     training_path: bool | TrainingPath = False,
+    keep_precision: bool = True,
 ) -> GradCheckReport:
     """Checks backprop of a whole module against the material's two-sided difference.
 
@@ -108,6 +109,10 @@ def check_module(
             is ``report.training_path`` (see :mod:`gradwatch.training_path`), and a parameter
             that breaks its rule makes the report fail. Off by default: it costs seven
             forward and backward passes in the training precision and one in ``dtype``.
+        keep_precision: ``True`` (default): while J and its gradient are evaluated, casts in
+            the model's own code to a less precise dtype (``.float()``, ``.to(torch.float32)``,
+            ``dtype=`` of factories and ops) keep ``dtype``, and the notes name where (see
+            :mod:`gradwatch._precision`); ``False`` runs the model as written.
 
     Returns:
         A :class:`GradCheckReport` whose parameter names are those of ``named_parameters()``
@@ -133,7 +138,7 @@ def check_module(
     run = functools.partial(
         check_eager, view.module, counted, batch, include=include, components=components,
         dropout=dropout, seed=seed, thresholds=thresholds, drift_dtype=drift_dtype, mode=mode,
-        partition=partition, progress=progress,
+        partition=partition, progress=progress, keep_precision=keep_precision,
     )  # fmt: skip
     with view.applied():
         report = in_a_precision_j_runs(
