@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -82,10 +83,17 @@ def dropout_disabled(model: nn.Module, disable: bool) -> Iterator[None]:
             m.training = training
 
 
+# Checks running at once (threads of one process) share one switch: the first to start turns the
+# fast path off and remembers the user's setting, the last to end puts it back.
+_FAST_PATH_LOCK = threading.Lock()
+_FAST_PATH_USERS: list[bool] = []  # the user's setting, once per check under way
+
+
 @contextmanager
 def attention_fast_path_disabled() -> Iterator[None]:
     """Turns off PyTorch's fast path of ``nn.MultiheadAttention`` and ``nn.TransformerEncoder``
-    for the body, restoring the user's setting after, also when the body raises.
+    for the body, restoring the user's setting after, also when the body raises and when
+    several checks run at once in threads.
 
     PyTorch takes that path only where no tensor needs a gradient (eval mode, grad off or
     nothing requiring grad), and it is another function: with a key padding mask it fills
@@ -97,12 +105,16 @@ def attention_fast_path_disabled() -> Iterator[None]:
     if get is None or put is None:  # torch < 2.2: no switch (and no other function to match)
         yield
         return
-    enabled = bool(get())
-    try:
+    with _FAST_PATH_LOCK:
+        _FAST_PATH_USERS.append(bool(get()) if not _FAST_PATH_USERS else _FAST_PATH_USERS[0])
         put(False)
+    try:
         yield
     finally:
-        put(enabled)
+        with _FAST_PATH_LOCK:
+            enabled = _FAST_PATH_USERS.pop()
+            if not _FAST_PATH_USERS:
+                put(enabled)
 
 
 def cast_batch(batch: Any, dtype: torch.dtype | None, device: torch.device) -> Any:
