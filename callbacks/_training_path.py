@@ -28,7 +28,7 @@ def of_trainer(trainer: Any) -> TrainingPath:
 
 
 def scalars(report: GradCheckReport, name: str) -> dict[str, float]:
-    """``name/training_path/verdict`` (0 pass, 1 warn, 2 fail) and, per parameter, its error
+    """``name/training_path/verdict`` (−1 not judged, 0 pass, 2 fail) and, per parameter, its error
     against the reference, the eager error in the same precision and their ratio (the rule
     allows 2, plus the rounding floor); nothing when the check ran no training path."""
     found = report.training_path
