@@ -11,16 +11,14 @@ the check, the helpers of :mod:`._logs` say what was found. Of the trainer's sta
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, cast
 
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
-from tqdm.auto import tqdm
 
-from gradwatch import GradCheckReport, PartitionError, Thresholds, Verdict, check_module
+from gradwatch import GradCheckReport, PartitionError, Thresholds, check_module
 from gradwatch._validate import (
     CHECK_MODES,
     DROPOUT_MODES,
@@ -32,7 +30,7 @@ from gradwatch._validate import (
 )
 from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 
-from . import _card, _cli, _distributed, _faults, _files, _logs, _tensorboard, _training_path
+from . import _cli, _distributed, _faults, _logs, _training_path
 from . import _validate as v
 from ._objective import (
     ObjectiveError,
@@ -41,41 +39,14 @@ from ._objective import (
     objective,
     require_objective,
 )
+from ._outcome import Outcome, logged_step
 from ._schedule import Schedule
 
 # LightningCLI configs check these arguments' ranges when they are parsed (see _cli).
 _cli.register()
 
 
-class GradientCheckError(RuntimeError):
-    """Raised by ``GradientCheck(on_fail="raise")`` when a scheduled check fails; stops ``fit``.
-
-    Attributes:
-        step: the ``trainer.global_step`` of the check.
-        report: the :class:`gradwatch.GradCheckReport`; its summary is the message.
-        name: the ``name`` of the callback that raised it.
-
-    Example:
-        >>> issubclass(GradientCheckError, RuntimeError)
-        True
-    """
-
-    def __init__(self, step: int, report: GradCheckReport, name: str = _logs.DEFAULT_NAME) -> None:
-        where = "" if report.verdict is Verdict.FAIL else " in another process (this one's follows)"
-        super().__init__(
-            f"{_logs.label(name)} at step {step}: the gradient check failed{where} "
-            f"(on_fail='raise').\n{report}"
-        )
-        self.step = step
-        self.report = report
-        self.name = name
-
-    def __reduce__(self) -> tuple[type[GradientCheckError], tuple[int, GradCheckReport, str]]:
-        # Spawned workers send exceptions back pickled; rebuild from (step, report, name).
-        return type(self), (self.step, self.report, self.name)
-
-
-class GradientCheckBase:
+class GradientCheckBase(Outcome):
     """Everything of ``GradientCheck`` but the Lightning base class (see ``gradient_check.py``)."""
 
     def __init__(
@@ -106,36 +77,36 @@ class GradientCheckBase:
                 after_steps=v.check_steps(after_steps),
                 every_n_steps=_cli.check_every_n_steps(every_n_steps),
             )
-            self._epsilon = check_epsilon(epsilon)
-            self._components = check_components(components)
-            self._include = v.check_include(include)
-            self._dropout = cast(DropoutMode, check_choice("dropout", dropout, DROPOUT_MODES))
-            self._mode = cast(CheckMode, check_choice("mode", mode, CHECK_MODES))
-            self._thresholds = Thresholds(pass_max=pass_max, warn_max=warn_max)
-            self._seed = check_seed(seed)
-            self._log_worst = check_non_negative("log_worst", log_worst)
-            self._on_fail = check_choice("on_fail", on_fail, v.ON_FAIL)
-            self._name = v.check_name(name)
-            self._progress = v.check_flag("progress", progress)
+            self.epsilon = check_epsilon(epsilon)
+            self.sample = check_components(components)
+            self.include = v.check_include(include)
+            self.dropout = cast(DropoutMode, check_choice("dropout", dropout, DROPOUT_MODES))
+            self.mode = cast(CheckMode, check_choice("mode", mode, CHECK_MODES))
+            self.thresholds = Thresholds(pass_max=pass_max, warn_max=warn_max)
+            self.seed = check_seed(seed)
+            self.log_worst = check_non_negative("log_worst", log_worst)
+            self.on_fail = check_choice("on_fail", on_fail, v.ON_FAIL)
+            self.name = v.check_name(name)
+            self.progress = v.check_flag("progress", progress)
             self.training_path = v.check_flag("training_path", training_path)
-        self._label = _logs.label(self._name)
+        self._label = _logs.label(self.name)
         self._reset()
         # Lightning reads `state_key` at every hook call: build it once, from every option that
         # says what is checked and when (not from those that only say how it is reported).
         s = self.schedule
         defining = {
-            "name": self._name,
+            "name": self.name,
             "at_init": s.at_init,
             "after_steps": s.after_steps,
             "every_n": s.every_n_steps,
-            "include": self._include,
-            "mode": self._mode,
-            "components": self._components,
-            "epsilon": self._epsilon,
-            "dropout": self._dropout,
-            "seed": self._seed,
-            "pass_max": self._thresholds.pass_max,
-            "warn_max": self._thresholds.warn_max,
+            "include": self.include,
+            "mode": self.mode,
+            "components": self.sample,
+            "epsilon": self.epsilon,
+            "dropout": self.dropout,
+            "seed": self.seed,
+            "pass_max": self.thresholds.pass_max,
+            "warn_max": self.thresholds.warn_max,
         }
         if self.training_path:  # only when on: checkpoints of earlier versions keep their key
             defining["training_path"] = True
@@ -172,11 +143,11 @@ class GradientCheckBase:
 
     def _warn_if_named_alike(self, trainer: Any) -> None:
         checks = [c for c in getattr(trainer, "callbacks", []) if isinstance(c, GradientCheckBase)]
-        alike = [c for c in checks if c._name == self._name]
+        alike = [c for c in checks if c.name == self.name]
         if len(alike) > 1 and alike[0] is self:  # said once, by the first of them
             rank_zero_warn(
                 f"GradientCheck: {len(alike)} GradientCheck callbacks log under the name "
-                f"{self._name!r}, so their tags and console lines mix; give each its own "
+                f"{self.name!r}, so their tags and console lines mix; give each its own "
                 "`name`, e.g. name='gradcheck/encoder'"
             )
 
@@ -225,7 +196,7 @@ class GradientCheckBase:
     def _require_theta(self, pl_module: nn.Module) -> None:
         # The engine's own rules for θ (no trainable parameters, meta device, integer ones, an
         # `include` matching nothing), raised at setup rather than at the first check.
-        include = None if self._include is None else list(self._include)
+        include = None if self.include is None else list(self.include)
         with v.prefixed():
             checked_parameters(pl_module, include)
 
@@ -269,18 +240,11 @@ class GradientCheckBase:
         )
         self._next_due = self.schedule.first_due(step + 1)
         try:
-            self._log(trainer, step, _logged_step(trainer), report, history)
+            self._log(trainer, step, logged_step(trainer), report, history)
         except Exception as err:  # writing the logs is ours: training goes on
             why = _faults.internal_error(err, " while writing the logs")
             self._report_ours(trainer, step, err, why, "the check's logs may be incomplete")
         self._act(trainer, step, report, cause)
-
-    def _history(self) -> list[_card.Point]:
-        """The checks of this run so far (restored ones too), for the card's chart."""
-        return [
-            _card.Point(int(c["step"]), float(c.get("difference", math.nan)), str(c["verdict"]))
-            for c in self._checks
-        ]
 
     def _postpone(self, step: int) -> None:
         """``training_step`` skipped this batch (returned None): the check stays due and runs on
@@ -299,56 +263,16 @@ class GradientCheckBase:
                 objective(pl_module, batch_idx),
                 batch,
                 partition=_distributed.partition(trainer),
-                epsilon=self._epsilon,
-                include=self._include,
-                components=self._components,
-                dropout=self._dropout,
-                mode=self._mode,
-                seed=self._seed,
-                thresholds=self._thresholds,
-                progress=self._progress and trainer.is_global_zero,
+                epsilon=self.epsilon,
+                include=self.include,
+                components=self.sample,
+                dropout=self.dropout,
+                mode=self.mode,
+                seed=self.seed,
+                thresholds=self.thresholds,
+                progress=self.progress and trainer.is_global_zero,
                 training_path=self.training_path and _training_path.of_trainer(trainer),
             )
-
-    def _log(
-        self,
-        trainer: Any,
-        step: int,
-        logged_step: int,
-        report: GradCheckReport,
-        history: list[_card.Point],
-    ) -> None:
-        """The report as JSON next to the logs; scalars to every logger; TensorBoard's writers
-        (rank zero) also get the card, the text, the histogram and the chart layout."""
-        name, t = self._name, self._thresholds
-        _files.write_report(trainer, name, step, logged_step, report)
-        metrics = {**_logs.scalars(report, name), **_training_path.scalars(report, name)}
-        for logger in trainer.loggers:
-            writer = _tensorboard.writer_of(logger) if trainer.is_global_zero else None
-            if writer is None:
-                self._tell_scalars_only(trainer, logger)
-                logger.log_metrics(metrics, step=logged_step)
-                continue
-            bands = _tensorboard.band_scalars(report, t.pass_max, t.warn_max, name)
-            logger.log_metrics({**metrics, **bands}, step=logged_step)
-            _tensorboard.add_layout(writer, self._layouts(trainer))
-            _tensorboard.write(writer, step, report, history, self._log_worst, name, logged_step)
-
-    def _tell_scalars_only(self, trainer: Any, logger: Any) -> None:
-        """A TensorBoard logger whose writer cannot take the card, text, histogram and layout is
-        told so, once, rather than silently given the scalars alone."""
-        notice = _tensorboard.scalars_only(logger, self._label)
-        if notice and trainer.is_global_zero and id(logger) not in self._told:
-            self._told.add(id(logger))
-            rank_zero_warn(notice)
-
-    def _layouts(self, trainer: Any) -> list[tuple[str, float, float]]:
-        """Every GradientCheck of the trainer as ``(name, pass_max, warn_max)``: TensorBoard
-        shows one Custom Scalars layout per run, so the first to log writes all of them."""
-        checks = [c for c in getattr(trainer, "callbacks", []) if isinstance(c, GradientCheckBase)]
-        if self not in checks:
-            checks.append(self)
-        return [(c._name, c._thresholds.pass_max, c._thresholds.warn_max) for c in checks]
 
     def _fault(
         self, trainer: Any, pl_module: Any, batch: Any, err: Exception
@@ -380,51 +304,5 @@ class GradientCheckBase:
             raise err
         if outcome == "fatal":
             raise ObjectiveError(why) from err
-        report = _faults.failed_report(
-            pl_module, self._include, why, self._epsilon, self._thresholds
-        )
+        report = _faults.failed_report(pl_module, self.include, why, self.epsilon, self.thresholds)
         return outcome, report
-
-    def _report_ours(
-        self, trainer: Any, step: int, err: Exception, why: str, consequence: str
-    ) -> None:
-        """An error inside gradwatch: a warning that says so and what to attach to a bug report
-        (the traceback, saved next to the logs where there are logs). Training goes on."""
-        own = _faults.is_ours(err)  # this process raised it (the others heard of it)
-        text = _faults.error_text(err, step, self._name)
-        saved = _files.write_error(trainer, self._name, step, text) if own else None
-        where = f"{self._label} at step {step}"
-        rank_zero_warn(_faults.ours_warning(where, why, consequence, text, saved, own))
-
-    def _act(
-        self, trainer: Any, step: int, report: GradCheckReport, cause: Exception | None = None
-    ) -> None:
-        # Progress bars (Lightning's, on stdout) are cleared around the line and drawn again
-        # below it: on a terminal the line would otherwise continue the bar's line.
-        with tqdm.external_write_mode(file=sys.stderr):
-            rank_zero_info(_logs.console_text(step, report, self._name))
-        failed = report.verdict is Verdict.FAIL
-        # Every rank stops if any rank's check failed: one rank raising alone would hang.
-        if self._on_fail == "raise" and trainer.strategy.reduce_boolean_decision(failed, all=False):
-            for logger in trainer.loggers:  # on disk before any process goes down
-                logger.save()
-            trainer.strategy.barrier("GradientCheck")
-            raise GradientCheckError(step, report, self._name) from cause
-        if self._on_fail != "ignore" and (
-            report.verdict is Verdict.NOT_JUDGED or (failed and self._on_fail == "warn")
-        ):
-            what = "failed" if failed else "could not judge the gradients"
-            with tqdm.external_write_mode(file=sys.stderr):
-                rank_zero_warn(
-                    f"{self._label} at step {step}: the gradient check {what}. {report.message}"
-                )
-
-
-def _logged_step(trainer: Any) -> int:
-    """The step at which Lightning logs the ``self.log`` values of the batch now starting: the
-    batches that stepped the optimizers so far. It is ``global_step`` with one optimizer;
-    ``global_step`` counts every optimizer's steps, so manual optimization with two optimizers
-    advances it by 2 per batch while the training curves advance by 1. Lightning keeps it in a
-    private counter; without one (another trainer), ``global_step``."""
-    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-    return int(getattr(loop, "_batches_that_stepped", trainer.global_step))

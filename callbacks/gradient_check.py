@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pytorch_lightning import Callback
 
-from ._core import GradientCheckBase, GradientCheckError
+from ._core import GradientCheckBase
+from ._outcome import GradientCheckError
 
 __all__ = ["GradientCheck", "GradientCheckError"]
 

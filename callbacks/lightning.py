@@ -21,7 +21,8 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "with `pytorch_lightning` use gradwatch.callbacks.GradientCheck"
     ) from error
 
-from ._core import GradientCheckBase, GradientCheckError
+from ._core import GradientCheckBase
+from ._outcome import GradientCheckError
 
 __all__ = ["GradientCheck", "GradientCheckError"]
 

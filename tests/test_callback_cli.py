@@ -38,7 +38,7 @@ def test_the_example_config_sets_the_schedule_and_fit_runs_it(tmp_path: Path) ->
     )
     (check,) = [c for c in cli.trainer.callbacks if isinstance(c, GradientCheck)]
     assert check.schedule.at_init and check.schedule.after_steps == (100,)
-    assert check._on_fail == "raise"
+    assert check.on_fail == "raise"
     assert list(check.reports) == [0, 100]
     events = EventAccumulator(cli.trainer.logger.log_dir, size_guidance={"scalars": 0}).Reload()
     assert [e.step for e in events.Scalars("gradcheck/difference")] == [0, 100]

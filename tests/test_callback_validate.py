@@ -211,7 +211,7 @@ def test_after_steps_takes_a_step_or_a_list(after_steps: Any, expected: tuple[in
 
 
 def test_epsilon_may_be_auto() -> None:
-    assert GradientCheck(epsilon="auto")._epsilon == "auto"
+    assert GradientCheck(epsilon="auto").epsilon == "auto"
 
 
 def test_defaults_are_the_materials() -> None:
