@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gradwatch import _text
+from gradwatch import _advice, _text, report_file
 from gradwatch._location import Location
 from gradwatch._patterns import Finding
 from gradwatch.evidence import AGREES, DISAGREES, NOT_JUDGED, READINGS, REASONS, RECHECKS, read
@@ -180,9 +180,9 @@ class GradCheckReport:
             },
         )
         if self.failure is None:
-            put(self, "failure", _text.non_finite(self))
+            put(self, "failure", _advice.non_finite(self))
         put(self, "verdict", self._verdict())
-        put(self, "message", _text.advice(self))
+        put(self, "message", _advice.advice(self))
         path = self.training_path  # the gradient that trains: it can only make the verdict worse
         if path is not None and path.verdict is Verdict.FAIL:
             put(self, "verdict", path.verdict)
@@ -301,7 +301,7 @@ class GradCheckReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe summary (NaN and infinities become the strings ``'nan'``, ``'inf'``)."""
-        return _text.as_dict(self)
+        return report_file.as_dict(self)
 
     # -- spellings of an earlier release --------------------------------------------------------
 

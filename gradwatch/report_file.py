@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gradwatch.report import GradCheckReport
+    from gradwatch.report import Component, GradCheckReport
+    from gradwatch.verdict import ParameterResult
 
-__all__ = ["load_report", "save_report"]
+__all__ = ["as_dict", "load_report", "save_report"]
 
 # The key that says which gradwatch wrote a file (its fields may grow between versions).
 VERSION_KEY = "gradwatch_version"
@@ -72,3 +74,87 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"which has no {VERSION_KEY!r} entry"
         )
     return data
+
+
+def _num(x: float) -> float | str:
+    # JSON has no NaN or Infinity: keep them readable rather than silently dropping them.
+    return float(x) if math.isfinite(x) else str(float(x))
+
+
+def _component_dict(c: Component) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "index": list(c.index),
+        "flat_index": c.flat_index,
+        "analytic": _num(c.analytic),
+        "numeric": _num(c.numeric),
+        "abs_error": _num(c.abs_error),
+        "rel_error": _num(c.rel_error),
+        "reading": c.reading,
+        "reason": c.reason,
+        "recheck": c.recheck,
+        "noise": _num(c.noise),
+        "kink": c.kink,
+    }
+
+
+def _parameter_dict(r: ParameterResult) -> dict[str, Any]:
+    return {
+        "verdict": r.verdict.value,
+        "difference": _num(r.difference),
+        "noise_floor": _num(r.noise_floor),
+        "agrees": r.agrees,
+        "disagrees": r.disagrees,
+        "not_judged": r.not_judged,
+        "reason": r.reason,
+    }
+
+
+def as_dict(report: GradCheckReport) -> dict[str, Any]:
+    """``report.to_dict()``."""
+    drift, noise = report.drift, report.j_noise
+    return {
+        "verdict": report.verdict.value,
+        "difference": _num(report.difference),
+        "plain_difference": _num(report.plain_difference),
+        "noise_floor": _num(report.noise_floor),
+        "message": report.message,
+        "mode": report.mode,
+        "epsilon": report.epsilon if isinstance(report.epsilon, str) else _num(report.epsilon),
+        "dtype": report.dtype,
+        "components_checked": report.components_checked,
+        "components_total": report.components_total,
+        "readings": report.reading_counts,
+        "kinks": report.kink_count,
+        "j_noise": None
+        if noise is None
+        else {
+            "sigma": _num(noise.sigma),
+            "spread": _num(noise.spread),
+            "floor": _num(noise.floor),
+            "effective": _num(noise.effective),
+            "deterministic": bool(noise.deterministic),
+            "directions": noise.directions,
+        },
+        "evaluations": report.evaluations,
+        "seconds": round(report.seconds, 6),
+        "thresholds": {
+            "pass_max": report.thresholds.pass_max,
+            "warn_max": report.thresholds.warn_max,
+        },
+        "notes": list(report.notes),
+        "parameters": {k: _parameter_dict(r) for k, r in report.parameters.items()},
+        "per_parameter": {k: _num(v) for k, v in report.per_parameter.items()},
+        "worst": [_component_dict(c) for c in report.worst(10)],
+        "findings": [f.to_dict() for f in report.findings],
+        "location": None if report.location is None else report.location.to_dict(),
+        "training_path": None if report.training_path is None else report.training_path.to_dict(),
+        "drift": None
+        if drift is None
+        else {
+            "dtype": drift.dtype,
+            "gradient_drift": _num(drift.gradient_drift),
+            "difference": _num(drift.difference),
+            "failure": drift.failure,
+        },
+    }
