@@ -12,7 +12,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal, get_args
 
-from gradwatch._validate import check_flag as check_flag  # the engine's rule, re-exported
+from gradwatch._validate import check_flag as check_flag  # the engine's rules, re-exported
+from gradwatch._validate import check_include as check_include
 from gradwatch._validate import is_int, reject
 
 OnFail = Literal["warn", "raise", "ignore"]
@@ -42,19 +43,6 @@ def check_steps(value: object) -> tuple[int, ...]:
         if step < 0:
             reject("after_steps", accepted, value)
     return tuple(sorted({int(s) for s in steps}))
-
-
-def check_include(value: object) -> tuple[str, ...] | None:
-    """``None`` (every trainable parameter) or glob pattern(s) of parameter names."""
-    accepted = "None or a glob of parameter names or a list of them, e.g. ['encoder.*']"
-    if value is None:
-        return None
-    patterns = [value] if isinstance(value, str) else value
-    if not isinstance(patterns, Sequence) or not patterns:
-        reject("include", accepted, value, TypeError)
-    if not all(isinstance(p, str) and p for p in patterns):
-        reject("include", accepted, value, TypeError)
-    return tuple(patterns)
 
 
 def check_name(value: object) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 from torch import nn
 
 from gradwatch._text import listing
+from gradwatch._validate import check_include
 from gradwatch.layout import Layout
 
 
@@ -25,9 +26,7 @@ def checked_parameters(model: nn.Module, include: str | Sequence[str] | None = N
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}")
-    patterns = [include] if isinstance(include, str) else include
-    if patterns is not None and not all(isinstance(p, str) for p in patterns):
-        raise TypeError(f"`include` must be a glob string or a list of them; got {include!r}")
+    patterns = check_include(include)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         total = len(list(model.parameters()))

@@ -4,7 +4,7 @@ naming the argument, the accepted values and the value received."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NoReturn
 
 import numpy as np
@@ -104,3 +104,19 @@ def check_torch_dtype(dtype: object, name: str = "dtype") -> torch.dtype:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
         reject(name, "a real floating torch dtype (torch.float64 recommended)", dtype, TypeError)
     return dtype
+
+
+def check_include(value: object) -> tuple[str, ...] | None:
+    """``None`` (every trainable parameter) or glob pattern(s) of parameter names: a str or a
+    non-empty list of non-empty strs (an empty list selects nothing to check)."""
+    accepted = "None, a glob of parameter names or a non-empty list of them, e.g. ['encoder.*']"
+    if value is None:
+        return None
+    patterns = [value] if isinstance(value, str) else value
+    if not isinstance(patterns, Sequence) or isinstance(patterns, bytes):
+        reject("include", accepted, value, TypeError)
+    if not all(isinstance(p, str) for p in patterns):
+        reject("include", accepted, value, TypeError)
+    if not patterns or not all(patterns):
+        reject("include", accepted, value)
+    return tuple(patterns)

@@ -23,7 +23,8 @@ NAME = (
     "'gradcheck/encoder'; got "
 )
 INCLUDE = (
-    "`include` must be None or a glob of parameter names or a list of them, e.g. ['encoder.*']"
+    "`include` must be None, a glob of parameter names or a non-empty list of them, e.g. "
+    "['encoder.*']"
 )
 
 
@@ -136,7 +137,7 @@ INCLUDE = (
         ),
         (
             {"include": []},
-            TypeError,
+            ValueError,
             INCLUDE + "; got []",
         ),
         (
