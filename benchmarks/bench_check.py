@@ -243,7 +243,7 @@ def bench_cnn() -> None:
     print("    backward divides its weight gradient by the batch size (the planted bug)")
     rows = {}
     for label, options in (
-        ("sampled, components=512", {"components": 512}),
+        ("sampled, sample=512", {"sample": 512}),
         ("directional, mode='directions'", {"mode": "directions"}),
     ):
         report, seconds, extra = measured(

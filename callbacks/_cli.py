@@ -13,28 +13,31 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
 from gradwatch._validate import (
-    check_components,
     check_epsilon,
     check_non_negative,
     check_optional_count,
+    check_sample,
     check_seed,
+    check_thresholds,
     reject,
 )
+from gradwatch.verdict import Thresholds
 
 from . import _validate as v
 
 __all__ = [
     "AfterSteps",
-    "Components",
+    "Bands",
     "Epsilon",
     "EveryNSteps",
     "LogWorst",
     "Name",
     "PassMax",
+    "Sample",
     "Seed",
     "WarnMax",
 ]
@@ -62,9 +65,10 @@ if TYPE_CHECKING:
     AfterSteps: TypeAlias = int | Sequence[int]
     EveryNSteps: TypeAlias = int | None
     Epsilon: TypeAlias = float | Literal["auto"]
-    Components: TypeAlias = int | None
-    PassMax: TypeAlias = float
-    WarnMax: TypeAlias = float
+    Sample: TypeAlias = int | None
+    Bands: TypeAlias = Thresholds | Mapping[str, float] | None
+    PassMax: TypeAlias = float | None
+    WarnMax: TypeAlias = float | None
     Seed: TypeAlias = int
     LogWorst: TypeAlias = int
     Name: TypeAlias = str
@@ -81,16 +85,19 @@ else:
     AfterSteps = _type("AfterSteps", v.check_steps, "A non-negative int or a list of them.")
     EveryNSteps = _type("EveryNSteps", check_every_n_steps, "None or a positive int.")
     Epsilon = _type("Epsilon", check_epsilon, "'auto' or a float in (0, 1).")
-    Components = _type("Components", check_components, "None or a positive int.")
-    PassMax = _type("PassMax", lambda x: check_band("pass_max", x), "A positive float.")
-    WarnMax = _type("WarnMax", lambda x: check_band("warn_max", x), "A positive float.")
+    Sample = _type("Sample", check_sample, "None or a positive int.")
+    Bands = _type("Bands", check_thresholds, "None or {pass_max: ..., warn_max: ...}.")
+    PassMax = _type("PassMax", lambda x: x is None or check_band("pass_max", x), "Deprecated.")
+    WarnMax = _type("WarnMax", lambda x: x is None or check_band("warn_max", x), "Deprecated.")
     Seed = _type("Seed", check_seed, "A non-negative int.")
     LogWorst = _type("LogWorst", lambda x: check_non_negative("log_worst", x), "An int >= 0.")
     Name = _type("Name", v.check_name, "A non-empty str without spaces.")
 
 
 def _plain(value: Any) -> Any:
-    """How a value is written back into a config: a tuple as a list."""
+    """How a value is written back into a config: a tuple as a list, bands as a mapping."""
+    if isinstance(value, Thresholds):
+        return {"pass_max": value.pass_max, "warn_max": value.warn_max}
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -109,7 +116,18 @@ def register() -> bool:
         return False
     from jsonargparse.typing import register_type
 
-    kinds = (AfterSteps, EveryNSteps, Epsilon, Components, PassMax, WarnMax, Seed, LogWorst, Name)
+    kinds = (
+        AfterSteps,
+        EveryNSteps,
+        Epsilon,
+        Sample,
+        Bands,
+        PassMax,
+        WarnMax,
+        Seed,
+        LogWorst,
+        Name,
+    )
     for kind in kinds:
         register_type(
             kind,

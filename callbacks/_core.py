@@ -11,6 +11,7 @@ the check, the helpers of :mod:`._logs` say what was found. Of the trainer's sta
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, cast
@@ -23,10 +24,12 @@ from gradwatch._validate import (
     CHECK_MODES,
     DROPOUT_MODES,
     check_choice,
-    check_components,
     check_epsilon,
     check_non_negative,
+    check_sample,
     check_seed,
+    check_thresholds,
+    renamed,
 )
 from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 
@@ -56,18 +59,20 @@ class GradientCheckBase(Outcome):
         after_steps: _cli.AfterSteps = (100,),
         every_n_steps: _cli.EveryNSteps = None,
         epsilon: _cli.Epsilon = 1e-7,
-        components: _cli.Components = None,
+        sample: _cli.Sample = None,
         include: str | Sequence[str] | None = None,
         dropout: DropoutMode = "off",
         mode: CheckMode = "components",
-        pass_max: _cli.PassMax = 1e-7,
-        warn_max: _cli.WarnMax = 1e-3,
+        thresholds: _cli.Bands = None,
         seed: _cli.Seed = 0,
         log_worst: _cli.LogWorst = 10,
         on_fail: v.OnFail = "warn",
         name: _cli.Name = _logs.DEFAULT_NAME,
         progress: bool = True,
         training_path: bool = False,
+        components: _cli.Sample = None,
+        pass_max: _cli.PassMax = None,
+        warn_max: _cli.WarnMax = None,
     ) -> None:
         super().__init__()
         # The arguments check_module takes are checked by its own rules, told as the callback's.
@@ -78,11 +83,11 @@ class GradientCheckBase(Outcome):
                 every_n_steps=_cli.check_every_n_steps(every_n_steps),
             )
             self.epsilon = check_epsilon(epsilon)
-            self.sample = check_components(components)
+            self.sample = check_sample(renamed("components", "sample", components, sample))
             self.include = v.check_include(include)
             self.dropout = cast(DropoutMode, check_choice("dropout", dropout, DROPOUT_MODES))
             self.mode = cast(CheckMode, check_choice("mode", mode, CHECK_MODES))
-            self.thresholds = Thresholds(pass_max=pass_max, warn_max=warn_max)
+            self.thresholds = _bands(thresholds, pass_max, warn_max)
             self.seed = check_seed(seed)
             self.log_worst = check_non_negative("log_worst", log_worst)
             self.on_fail = check_choice("on_fail", on_fail, v.ON_FAIL)
@@ -101,7 +106,7 @@ class GradientCheckBase(Outcome):
             "every_n": s.every_n_steps,
             "include": self.include,
             "mode": self.mode,
-            "components": self.sample,
+            "components": self.sample,  # the key's old spelling: checkpoints keep their key
             "epsilon": self.epsilon,
             "dropout": self.dropout,
             "seed": self.seed,
@@ -306,3 +311,23 @@ class GradientCheckBase(Outcome):
             raise ObjectiveError(why) from err
         report = _faults.failed_report(pl_module, self.include, why, self.epsilon, self.thresholds)
         return outcome, report
+
+
+def _bands(thresholds: object, pass_max: float | None, warn_max: float | None) -> Thresholds:
+    """``thresholds``, as the engine takes them; ``pass_max``/``warn_max``, their spelling of an
+    earlier release, still work for one with a DeprecationWarning."""
+    if pass_max is None and warn_max is None:
+        return check_thresholds(thresholds)
+    if thresholds is not None:
+        raise TypeError("pass `thresholds` alone: `pass_max` and `warn_max` are its old spelling")
+    warnings.warn(
+        "`pass_max` and `warn_max` are deprecated and will be removed in the next release; use "
+        "thresholds={'pass_max': ..., 'warn_max': ...} (or gradwatch.Thresholds)",
+        DeprecationWarning,
+        stacklevel=4,
+    )
+    old = Thresholds()
+    return Thresholds(
+        pass_max=old.pass_max if pass_max is None else pass_max,
+        warn_max=old.warn_max if warn_max is None else warn_max,
+    )

@@ -15,8 +15,9 @@ class GradientCheck(GradientCheckBase, Callback):
 
     The course material's check, run by the Trainer: J is the module's own loss, θ every trainable
     parameter; each component of ∇J is estimated as (J(θ+ε·e_i) − J(θ−ε·e_i)) / 2ε and compared
-    with backprop through ‖numeric − grad‖ / (‖numeric‖ + ‖grad‖): at most ``pass_max`` (1e-7)
-    passes, above ``warn_max`` (1e-3) fails, in between deserves a careful look.
+    with backprop, each component read against J's measured noise (agrees, disagrees, not
+    judged), and each parameter's verdict follows from its readings and the bands
+    ``thresholds`` (the material's: 1e-7 and 1e-3; see :mod:`gradwatch.verdict`).
 
     A check runs once per scheduled step, between optimizer steps, on that step's training batch
     before ``training_step`` sees it (with gradient accumulation: on the first micro-batch of the
@@ -64,6 +65,9 @@ class GradientCheck(GradientCheckBase, Callback):
     is a warning that says so (with what to attach to a bug report), no verdict is logged, and
     training goes on.
 
+    ``components``, ``pass_max`` and ``warn_max``, the spellings of an earlier release of
+    ``sample`` and ``thresholds``, still work for one release with a DeprecationWarning.
+
     Args:
         at_init: check on the first batch, before the first optimizer step (random init).
         after_steps: check when ``trainer.global_step`` reaches each of these steps. The schedule
@@ -72,7 +76,7 @@ class GradientCheck(GradientCheckBase, Callback):
         every_n_steps: also check at n, 2n, 3n, ... optimizer steps; ``None`` for no such checks.
         epsilon: the step ε of the two-sided difference (the material's 1e-7), or ``"auto"`` for
             a step per component fitted to the check's precision.
-        components: ``None`` checks every component of θ; an int, a seeded sample of that many
+        sample: ``None`` checks every component of θ; an int, a seeded sample of that many
             spread over every parameter tensor (for large models).
         include: glob(s) of parameter names that make up θ, e.g. ``"decoder.*"``; ``None`` for all.
         dropout: ``"off"`` makes dropout layers the identity during the check; ``"freeze"`` draws
@@ -80,8 +84,9 @@ class GradientCheck(GradientCheckBase, Callback):
         mode: ``"components"`` compares every (or every sampled) component; ``"directions"``
             compares random directions per tensor and narrows failing tensors down by bisection
             (for models of millions of parameters).
-        pass_max: the largest difference that passes.
-        warn_max: the largest difference that warns; above it the check fails.
+        thresholds: the bands, as the engine takes them: ``None`` for the material's (1e-7,
+            1e-3), a :class:`gradwatch.Thresholds` or a mapping
+            ``{"pass_max": ..., "warn_max": ...}`` (in a config: ``thresholds: {pass_max: 1e-6}``).
         seed: seed of the component sample and of random draws inside J.
         log_worst: rows of the worst-components table in TensorBoard (0: no table).
         on_fail: what a failed check does: ``"warn"`` (a warning), ``"raise"`` (stop ``fit`` with

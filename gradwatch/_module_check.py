@@ -25,9 +25,9 @@ from gradwatch._validate import (
     CHECK_MODES,
     DROPOUT_MODES,
     check_choice,
-    check_components,
     check_epsilon,
     check_flag,
+    check_sample,
     check_seed,
     check_thresholds,
     check_torch_dtype,
@@ -49,7 +49,7 @@ def check_eager(
     *,
     epsilon: float | Literal["auto"],
     include: str | Sequence[str] | None,
-    components: int | None,
+    sample: int | None,
     dropout: str,
     dtype: torch.dtype,
     seed: int,
@@ -65,7 +65,7 @@ def check_eager(
     names = checked_parameters(model, include)
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be a callable (model, batch) -> J; got {loss_fn!r}")
-    sample = check_components(components)
+    sample = check_sample(sample)
     drop = check_choice("dropout", dropout, DROPOUT_MODES)
     check = check_choice("mode", mode, CHECK_MODES)
     precision = check_torch_dtype(dtype)
@@ -80,7 +80,7 @@ def check_eager(
     layout = Layout(tuple(names), tuple(tuple(params[n].shape) for n in names))
     notes: list[str] = []
     if sample is not None and sample > layout.size:
-        notes.append(f"components={sample} exceeds the {layout.size} in θ: checked all of them")
+        notes.append(f"sample={sample} exceeds the {layout.size} components of θ: checked them all")
     left_out, padding = padding_rows(model, names, layout)
     notes.extend(padding)
     notes.extend(hook_note(model, names))

@@ -4,6 +4,7 @@ naming the argument, the accepted values and the value received."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NoReturn
 
@@ -73,9 +74,24 @@ def check_optional_count(name: str, value: object, accepted: str) -> int | None:
     return int(value)  # type: ignore[call-overload]
 
 
-def check_components(components: object) -> int | None:
+def check_sample(sample: object) -> int | None:
     """``None`` (every component) or a positive int (a seeded sample of that many)."""
-    return check_optional_count("components", components, "None (all) or a positive int, e.g. 2000")
+    return check_optional_count("sample", sample, "None (all) or a positive int, e.g. 2000")
+
+
+def renamed(old: str, new: str, old_value: Any, new_value: Any) -> Any:
+    """The value of an option renamed from ``old`` to ``new`` (whose default is None): ``old``
+    still works for one release, with a DeprecationWarning; both at once is an error."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise TypeError(f"`{old}` is the old name of `{new}`: pass `{new}` alone; got both")
+    warnings.warn(
+        f"`{old}` is deprecated and will be removed in the next release; use `{new}`",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return old_value
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:

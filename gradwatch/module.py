@@ -17,7 +17,7 @@ from gradwatch._fallback import Counted, in_a_precision_j_runs, lower_precision
 from gradwatch._module_check import check_eager
 from gradwatch._scope import checked_parameters
 from gradwatch._training_run import compare_training_path
-from gradwatch._validate import check_seed, check_torch_dtype
+from gradwatch._validate import check_seed, check_torch_dtype, renamed
 from gradwatch.partition import Partition
 from gradwatch.report import GradCheckReport, Thresholds
 from gradwatch.training_path import TrainingPath, check_training_path
@@ -35,7 +35,7 @@ def check_module(
     *,
     epsilon: float | Literal["auto"] = 1e-7,
     include: str | Sequence[str] | None = None,
-    components: int | None = None,
+    sample: int | None = None,
     dropout: DropoutMode = "off",
     dtype: torch.dtype = torch.float64,
     seed: int = 0,
@@ -46,6 +46,7 @@ def check_module(
     progress: bool = True,
     training_path: bool | TrainingPath = False,
     keep_precision: bool = True,
+    components: int | None = None,
 ) -> GradCheckReport:
     """Checks backprop of a whole module against the material's two-sided difference.
 
@@ -80,7 +81,7 @@ def check_module(
             component that fits ``dtype``, ε_mach^(1/3)·max(1, |θ_i|) (about 6e-6 in float64),
             which takes the rounding noise of the fixed step away.
         include: glob pattern(s) narrowing θ, e.g. ``"decoder.*"``; other parameters stay fixed.
-        components: ``None`` checks every component; an int k a reproducible sample of k
+        sample: ``None`` checks every component; an int k a reproducible sample of k
             components spread over every parameter tensor (seeded by ``seed``).
         dropout: ``"off"``: dropout layers are the identity during the check; ``"freeze"``: one
             mask is drawn and reused for every evaluation.
@@ -90,10 +91,10 @@ def check_module(
         drift_dtype: optionally repeat the check in a training precision (torch.float32,
             torch.bfloat16) and report in ``report.drift`` how far its gradient drifts from the
             float64 one: whether a custom backward is numerically fragile.
-        mode: ``"components"`` checks components one by one (all, or ``components`` of them);
+        mode: ``"components"`` checks components one by one (all, or ``sample`` of them);
             ``"directions"`` (large models) compares random ±1 directions per tensor first,
             localizes the components of failing tensors by bisection and checks those one by
-            one, plus each tensor's largest-gradient component and ``components`` spread over
+            one, plus each tensor's largest-gradient component and ``sample`` spread over
             every tensor (default none); see :mod:`gradwatch.directions`. ``report.mode`` says
             which ran, the notes what the directions found.
         partition: in data-parallel training, this process's :class:`gradwatch.Partition`:
@@ -109,6 +110,7 @@ def check_module(
             is ``report.training_path`` (see :mod:`gradwatch.training_path`), and a parameter
             that breaks its rule makes the report fail. Off by default: it costs seven
             forward and backward passes in the training precision and one in ``dtype``.
+        components: the old name of ``sample`` (deprecated).
         keep_precision: ``True`` (default): while J and its gradient are evaluated, casts in
             the model's own code to a less precise dtype (``.float()``, ``.to(torch.float32)``,
             ``dtype=`` of factories and ops) keep ``dtype``, and the notes name where (see
@@ -136,7 +138,8 @@ def check_module(
     include = eager_names(include)
     counted = Counted(loss_fn) if callable(loss_fn) else loss_fn
     run = functools.partial(
-        check_eager, view.module, counted, batch, include=include, components=components,
+        check_eager, view.module, counted, batch, include=include,
+        sample=renamed("components", "sample", components, sample),
         dropout=dropout, seed=seed, thresholds=thresholds, drift_dtype=drift_dtype, mode=mode,
         partition=partition, progress=progress, keep_precision=keep_precision,
     )  # fmt: skip

@@ -117,34 +117,34 @@ def test_accepted_epsilon(epsilon: object) -> None:
     assert report.epsilon == epsilon  # accepted as given (0.5 measures a secant: that is allowed)
 
 
-# --- components: None or a positive int; more than θ has is clamped with a note ------------------
+# --- sample: None or a positive int; more than θ has is clamped with a note ----------------------
 
 
 @pytest.mark.parametrize(
-    ("components", "error"),
+    ("sample", "error"),
     [(0, ValueError), (-1, ValueError), (-(10**12), ValueError), (2.5, TypeError),
      (3.0, TypeError), ("3", TypeError), (True, TypeError), (np.float64(4), TypeError)],
     ids=lambda v: v.__name__ if isinstance(v, type) else repr(v),
 )  # fmt: skip
-def test_bad_components(components: object, error: type[Exception]) -> None:
-    message = f"`components` must be None (all) or a positive int, e.g. 2000; got {components!r}"
-    rejected(error, message, components=components)
+def test_bad_sample(sample: object, error: type[Exception]) -> None:
+    message = f"`sample` must be None (all) or a positive int, e.g. 2000; got {sample!r}"
+    rejected(error, message, sample=sample)
 
 
 @pytest.mark.parametrize("extra", [1, 1000, 10**12])
-def test_components_beyond_theta_are_clamped_with_a_note(extra: int) -> None:
+def test_a_sample_beyond_theta_is_clamped_with_a_note(extra: int) -> None:
     model, batch = used_model()
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
     k = total + extra
-    report = check_module(model, cross_entropy, batch, components=np.int64(k))
+    report = check_module(model, cross_entropy, batch, sample=np.int64(k))
     assert report.components_checked == report.components_total == total
-    assert f"components={k} exceeds the {total} in θ: checked all of them" in report.notes
+    assert f"sample={k} exceeds the {total} components of θ: checked them all" in report.notes
 
 
-def test_components_equal_to_theta_need_no_note() -> None:
+def test_a_sample_of_all_of_theta_needs_no_note() -> None:
     model, batch = used_model()
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    report = check_module(model, cross_entropy, batch, components=total)
+    report = check_module(model, cross_entropy, batch, sample=total)
     assert report.components_checked == total
     assert not any("exceeds" in note for note in report.notes)
 
@@ -438,3 +438,10 @@ def test_an_epsilon_below_the_spacing_of_theta_leaves_those_components_not_judge
     assert "w: θ_i ± epsilon rounds back to θ_i in the check's precision; use epsilon='auto'" in (
         report.message
     )
+
+
+def test_the_old_name_of_sample_still_works_with_a_warning() -> None:
+    model, batch = used_model()
+    with pytest.warns(DeprecationWarning, match="`components` is deprecated.*use `sample`"):
+        report = check_module(model, cross_entropy, batch, components=5)
+    assert report.components_checked == 5

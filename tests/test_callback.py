@@ -329,7 +329,7 @@ def test_include_narrows_theta(tmp_path: Path) -> None:
 
 def _broken(on_fail: Literal["warn", "raise", "ignore"]) -> tuple[Any, GradientCheck]:
     module = example("wrong_backward").DigitsWithHandWrittenLayer()
-    return module, GradientCheck(after_steps=(), on_fail=on_fail, components=200)
+    return module, GradientCheck(after_steps=(), on_fail=on_fail, sample=200)
 
 
 def _digit_batches() -> Any:
@@ -497,7 +497,7 @@ def test_state_dict_round_trip_and_old_checkpoints() -> None:
         {"every_n_steps": 10},
         {"include": "net.0.*"},
         {"mode": "directions"},
-        {"components": 20},
+        {"sample": 20},
         {"epsilon": "auto"},
         {"dropout": "freeze"},
         {"seed": 1},

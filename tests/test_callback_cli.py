@@ -83,7 +83,7 @@ def test_a_value_outside_a_literal_is_rejected_by_the_parser(
             "every_n_steps",
             "`every_n_steps` must be None or a positive int, e.g. 1000; got 0",
         ),
-        ("components: -3", "components", "`components` must be None (all) or a positive int"),
+        ("sample: -3", "sample", "`sample` must be None (all) or a positive int"),
         ("pass_max: .inf", "pass_max", "`pass_max` must be a positive finite float, e.g. 1e-7"),
         ("warn_max: 0", "warn_max", "`warn_max` must be a positive finite float, e.g. 1e-7"),
         ("seed: -1", "seed", "`seed` must be a non-negative int; got -1"),

@@ -188,7 +188,7 @@ def test_ctrl_c_in_one_process_mid_check_stops_every_process(tmp_path: Path) -> 
 
 def test_a_failing_verdict_with_on_fail_raise_stops_every_process(tmp_path: Path) -> None:
     module = example("wrong_backward").DigitsWithHandWrittenLayer()
-    check = _StoppingCheck(tmp_path, after_steps=(), on_fail="raise", components=100)
+    check = _StoppingCheck(tmp_path, after_steps=(), on_fail="raise", sample=100)
     with pytest.raises(Exception, match="GradientCheckError"):  # re-raised from the workers
         _ddp(tmp_path, [check, _Record(tmp_path, check)], max_steps=3).fit(
             module, example("digits").DigitsData(batch_size=64)

@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from gradwatch import check_module
+from gradwatch import Thresholds, check_module
 from gradwatch.callbacks import GradientCheck
 
 STEPS = "`after_steps` must be a non-negative int or a list of them, e.g. [100, 1000]; got "
 # The engine's messages (gradwatch.check_module takes these arguments too).
 EPSILON = "`epsilon` must be 'auto' or a finite float in (0, 1), e.g. 1e-7; got "
 EPSILON_TYPE = "`epsilon` must be 'auto' or a float in (0, 1), e.g. 1e-7; got "
-COMPONENTS = "`components` must be None (all) or a positive int, e.g. 2000; got "
+SAMPLE = "`sample` must be None (all) or a positive int, e.g. 2000; got "
 NAME = (
     "`name` must be a non-empty str without spaces, the prefix of the logged tags, e.g. "
     "'gradcheck/encoder'; got "
@@ -111,19 +111,19 @@ INCLUDE = (
             EPSILON + "1000.0",
         ),
         (
-            {"components": 0},
+            {"sample": 0},
             ValueError,
-            COMPONENTS + "0",
+            SAMPLE + "0",
         ),
         (
-            {"components": -5},
+            {"sample": -5},
             ValueError,
-            COMPONENTS + "-5",
+            SAMPLE + "-5",
         ),
         (
-            {"components": 2.5},
+            {"sample": 2.5},
             TypeError,
-            COMPONENTS + "2.5",
+            SAMPLE + "2.5",
         ),
         (
             {"every_n_steps": -3},
@@ -141,17 +141,23 @@ INCLUDE = (
             INCLUDE + "; got []",
         ),
         (
-            {"pass_max": 0.0},
+            {"thresholds": {"pass_max": 0.0}},
             ValueError,
             "`pass_max` must be a positive finite float, e.g. 1e-7; got 0.0",
         ),
         (
-            {"warn_max": math.inf},
+            {"thresholds": {"warn_max": math.inf}},
             ValueError,
             "`warn_max` must be a positive finite float, e.g. 1e-3; got inf",
         ),
         (
-            {"pass_max": 1e-2, "warn_max": 1e-3},
+            {"thresholds": 1e-7},
+            TypeError,
+            "`thresholds` must be None, a gradwatch.Thresholds or a mapping "
+            "{'pass_max': ..., 'warn_max': ...}; got 1e-07",
+        ),
+        (
+            {"thresholds": {"pass_max": 1e-2, "warn_max": 1e-3}},
             ValueError,
             "`pass_max` must not exceed `warn_max` (pass <= pass_max < warn <= warn_max < fail); "
             "got pass_max=0.01, warn_max=0.001",
@@ -180,8 +186,8 @@ def test_bad_arguments_fail_at_construction(
     [
         {"epsilon": 0},
         {"epsilon": "1e-7"},
-        {"components": 0},
-        {"components": 2.5},
+        {"sample": 0},
+        {"sample": 2.5},
         {"dropout": "on"},
         {"mode": "random"},
         {"seed": -1},
@@ -220,3 +226,14 @@ def test_defaults_are_the_materials() -> None:
     assert check.schedule.at_init and check.schedule.after_steps == (100,)
     assert check.schedule.every_n_steps is None
     assert check.state_dict() == {"checks": []}
+
+
+def test_the_old_spellings_of_sample_and_the_bands_still_work_with_a_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="`components` is deprecated.*use `sample`"):
+        check = GradientCheck(components=50)
+    assert check.sample == 50
+    with pytest.warns(DeprecationWarning, match="`pass_max` and `warn_max` are deprecated"):
+        check = GradientCheck(pass_max=1e-6)
+    assert check.thresholds == Thresholds(pass_max=1e-6, warn_max=1e-3)
+    with pytest.raises(TypeError, match="pass `sample` alone"):
+        GradientCheck(components=50, sample=60)

@@ -98,7 +98,7 @@ def test_swapped_gradients_of_two_tensors_are_named_as_each_others() -> None:
 
 def test_a_sampled_check_names_a_transposed_gradient_from_the_full_analytic_one() -> None:
     model = planted.linear_net("transpose")
-    report = gradwatch.check_module(model, nets.cross_entropy, _batch(), components=40)
+    report = gradwatch.check_module(model, nets.cross_entropy, _batch(), sample=40)
     full = _backprop_gradient(model, _batch())
     evidence = observations(report, gradients={"2.weight": full})
     assert [(f.parameter, f.kind) for f in find_patterns(evidence)] == [("2.weight", "transpose")]

@@ -139,7 +139,7 @@ def test_a_parameter_j_does_not_use_is_unreached_and_failing_there_is_not_locate
 
 
 def _locate_planted(model: nn.Module, loss: object, batch: object, components: int) -> object:
-    report = gradwatch.check_module(model, loss, batch, components=components)  # type: ignore[arg-type]
+    report = gradwatch.check_module(model, loss, batch, sample=components)  # type: ignore[arg-type]
     verdicts = parameter_verdicts(report)
     return report, locate(trace_backward(model, loss, batch), verdicts)
 

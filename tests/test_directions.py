@@ -93,7 +93,7 @@ def test_correct_models_pass(model: nn.Module) -> None:
 
 def test_components_adds_a_spot_sample() -> None:
     batch = classification_batch((16,), classes=4, examples=12)
-    report = check_module(Net(), cross_entropy, batch, mode="directions", components=40)
+    report = check_module(Net(), cross_entropy, batch, mode="directions", sample=40)
     assert 40 <= report.components_checked <= 40 + 6 + 16  # + largest-gradient ones, localized
     assert set(report.per_parameter) == {n for n, _ in Net().named_parameters()}
 

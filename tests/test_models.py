@@ -63,7 +63,7 @@ def test_transformer_encoder_in_eval_mode_with_a_padding_mask_passes() -> None:
     does not. J must be one function at every θ."""
     model = Encoder().eval()
     before = snapshot(model)
-    report = check_module(model, encoder_loss, encoder_batch(), components=24)
+    report = check_module(model, encoder_loss, encoder_batch(), sample=24)
     assert report.failure is None, report.message
     assert report.verdict is Verdict.PASS, str(report)
     assert changes(before, model) == []
@@ -80,7 +80,7 @@ def test_the_fast_path_setting_is_restored_when_the_check_raises() -> None:
     assert _fastpath()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        check_module(Encoder().eval(), encoder_loss, encoder_batch(), components=3)
+        check_module(Encoder().eval(), encoder_loss, encoder_batch(), sample=3)
         assert not _fastpath()  # a user who turned it off keeps it off
     finally:
         torch.backends.mha.set_fastpath_enabled(True)
@@ -186,7 +186,7 @@ PADDING_NOTE = "e.weight[0, :] (padding_idx) left out: PyTorch gives it no gradi
     "options",
     [
         pytest.param({}, id="all"),
-        pytest.param({"components": 20}, id="sample"),
+        pytest.param({"sample": 20}, id="sample"),
         pytest.param({"mode": "directions"}, id="directions"),
         pytest.param({"sparse": True}, id="sparse"),
     ],
@@ -199,8 +199,8 @@ def test_the_padding_row_of_an_embedding_is_left_out_and_said(options: dict[str,
     assert not padding & set(report.indices.tolist())
     assert report.components_total == 10 * 4 + 4 * 3 + 3
     assert any(note.startswith(PADDING_NOTE) for note in report.notes), report.notes
-    if "components" in options:
-        assert report.components_checked == options["components"]
+    if "sample" in options:
+        assert report.components_checked == options["sample"]
     elif "mode" not in options:
         assert report.components_checked == report.components_total - 4
 
@@ -245,14 +245,14 @@ def test_a_parameter_hook_is_named_in_the_notes() -> None:
 def test_a_tiny_sample_is_not_called_vectorized() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
-    report = check_module(model, cross_entropy, classification_batch((4,)), components=4)
+    report = check_module(model, cross_entropy, classification_batch((4,)), sample=4)
     (note,) = [n for n in report.notes if n.startswith("evaluation")]
     assert note == (
         "evaluation: plain loop for 0.weight, 0.bias, 2.weight, 2.bias (too few evaluations "
         "to batch)"
     )
     # One more component: 0.weight has two, so two of its evaluations are batched.
-    report = check_module(model, cross_entropy, classification_batch((4,)), components=5)
+    report = check_module(model, cross_entropy, classification_batch((4,)), sample=5)
     (note,) = [n for n in report.notes if n.startswith("evaluation")]
     assert note == (
         "evaluation: vectorized (torch.func.vmap, up to 2 copies per call; low-rank nn.Linear "

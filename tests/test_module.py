@@ -252,7 +252,7 @@ def test_float32_check_at_default_epsilon_says_rounding_noise_dominates() -> Non
     assert auto.verdict is Verdict.PASS, str(auto)
 
 
-# --- which components: include and components=k ----------------------------------------------
+# --- which components: include and sample=k ----------------------------------------------
 
 
 def test_theta_is_every_trainable_parameter_in_order() -> None:
@@ -295,15 +295,15 @@ def test_include_narrows_theta(
 def test_sample_of_k_components() -> None:
     model, batch = model_and_batch("cnn")
     total = sum(p.numel() for p in model.parameters())
-    report = check_module(model, cross_entropy, batch, components=12, seed=5)
+    report = check_module(model, cross_entropy, batch, sample=12, seed=5)
     assert (report.components_checked, report.components_total) == (12, total)
     assert f"12 of {total} components" in str(report)
     checked = {report.layout.names[t] for t in report.layout.tensor_of(report.indices)}
     assert checked == {n for n, _ in model.named_parameters()}
     assert report.evaluations >= 2 * 12
     assert report.evaluations < 2 * total
-    again = check_module(model, cross_entropy, batch, components=12, seed=5)
-    other = check_module(model, cross_entropy, batch, components=12, seed=6)
+    again = check_module(model, cross_entropy, batch, sample=12, seed=5)
+    other = check_module(model, cross_entropy, batch, sample=12, seed=6)
     np.testing.assert_array_equal(report.indices, again.indices)
     assert not np.array_equal(report.indices, other.indices)
     assert report.verdict is Verdict.PASS
@@ -311,7 +311,7 @@ def test_sample_of_k_components() -> None:
 
 def test_sample_still_finds_the_bug() -> None:
     torch.manual_seed(0)
-    report = check_module(GatedNet("weight_sign"), cross_entropy, gated_batch(), components=6)
+    report = check_module(GatedNet("weight_sign"), cross_entropy, gated_batch(), sample=6)
     assert report.components_checked == 6
     assert report.verdict is Verdict.FAIL
     assert report.worst(1)[0].name == "gate.weight"
@@ -319,7 +319,7 @@ def test_sample_still_finds_the_bug() -> None:
 
 def test_sample_larger_than_theta_checks_everything_and_says_so() -> None:
     model, batch = model_and_batch("mlp")
-    report = check_module(model, cross_entropy, batch, components=10_000)
+    report = check_module(model, cross_entropy, batch, sample=10_000)
     assert report.components_checked == report.components_total
     assert any("10000" in note for note in report.notes)
 
@@ -349,10 +349,10 @@ class Frozen(nn.Module):
             r"`dropout` must be one of 'off', 'freeze'; got 'on'",
             id="dropout",
         ),
-        pytest.param({"components": 0}, ValueError, r"`components`.*got 0", id="k-zero"),
-        pytest.param({"components": -3}, ValueError, r"`components`.*got -3", id="k-negative"),
-        pytest.param({"components": 2.5}, TypeError, r"`components`.*got 2\.5", id="k-float"),
-        pytest.param({"components": True}, TypeError, r"`components`.*got True", id="k-bool"),
+        pytest.param({"sample": 0}, ValueError, r"`sample`.*got 0", id="k-zero"),
+        pytest.param({"sample": -3}, ValueError, r"`sample`.*got -3", id="k-negative"),
+        pytest.param({"sample": 2.5}, TypeError, r"`sample`.*got 2\.5", id="k-float"),
+        pytest.param({"sample": True}, TypeError, r"`sample`.*got True", id="k-bool"),
         pytest.param({"include": "decoder.*"}, ValueError, r"`include` 'decoder\.\*'", id="inc"),
         pytest.param({"include": [3]}, TypeError, r"`include` must be None, a glob", id="inc-type"),
         pytest.param({"dtype": torch.int64}, TypeError, r"`dtype`.*torch.int64", id="dtype"),
@@ -539,7 +539,7 @@ def test_snapshot_sees_a_training_forward() -> None:
         pytest.param({}, id="off"),
         pytest.param({"dropout": "freeze"}, id="freeze"),
         pytest.param({"include": "4.*"}, id="include"),
-        pytest.param({"components": 7}, id="components"),
+        pytest.param({"sample": 7}, id="components"),
         pytest.param({"dtype": torch.float32}, id="float32"),
         pytest.param({"epsilon": "auto"}, id="auto"),
         pytest.param({"mode": "directions"}, id="directions"),

@@ -59,7 +59,7 @@ def test_a_short_check_prints_nothing(capsys: pytest.CaptureFixture[str]) -> Non
     [
         (nets.mlp, (4,), {}),
         (nets.cnn, (1, 6, 6), {}),
-        (nets.cnn, (1, 6, 6), {"components": 30}),
+        (nets.cnn, (1, 6, 6), {"sample": 30}),
     ],
 )
 def test_the_planned_total_is_the_number_of_evaluations_the_check_makes(

@@ -298,6 +298,6 @@ def test_a_gather_of_the_wrong_shape_is_named() -> None:
 
 def test_more_processes_than_components() -> None:
     model, loss, batch = CASES["mlp-batchnorm"]()
-    alone = check_module(copy.deepcopy(model), loss, batch, components=2)
-    for report in _reports(split_check(3, model, _same_loss(loss), [batch] * 3, components=2)):
+    alone = check_module(copy.deepcopy(model), loss, batch, sample=2)
+    for report in _reports(split_check(3, model, _same_loss(loss), [batch] * 3, sample=2)):
         assert np.array_equal(report.numeric, alone.numeric)  # process 2 had nothing to do

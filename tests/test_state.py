@@ -184,7 +184,7 @@ def test_a_dataclass_batch_is_checked() -> None:
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
     batch = Example(torch.randn(8, 4), torch.randint(0, 3, (8,)))
     report = check_module(
-        model, lambda m, b: nn.functional.cross_entropy(m(b.x), b.y), batch, components=10
+        model, lambda m, b: nn.functional.cross_entropy(m(b.x), b.y), batch, sample=10
     )
     assert report.verdict.value == "pass", str(report)
     assert batch.x.dtype == torch.float32
@@ -216,7 +216,7 @@ def test_a_loss_that_writes_into_its_batch_leaves_the_users_batch_alone() -> Non
         labels.clamp_(max=0)
         return nn.functional.cross_entropy(m(inputs), labels)
 
-    report = check_module(model, loss, (x, y), components=4)
+    report = check_module(model, loss, (x, y), sample=4)
     assert torch.equal(x, before[0]) and torch.equal(y, before[1])
     # The loss changes its (copied) batch on every call, so J moves at a fixed θ: said plainly,
     # and nothing is judged from the meaningless numbers.

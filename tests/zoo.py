@@ -350,11 +350,11 @@ CASES: list[Case] = [
         {"missing_term": "blocks.0.mlp.1", "factor": "blocks.1.attn",
          "transposed": "blocks.0.attn.out.weight", "sign": "blocks.1.norm2.weight",
          "zeroed": "blocks.0.mlp"},
-        {"components": 600}, slow=True,
+        {"sample": 600}, slow=True,
     ),
     Case(
         "nn.Transformer, J = sum (init)", transformer,
-        {"factor": "decoder.norm", "sign": "decoder.norm.bias"}, {"components": 600},
+        {"factor": "decoder.norm", "sign": "decoder.norm.bias"}, {"sample": 600},
         unjudged=("encoder.*", "decoder.layers.*"),  # behind the final LayerNorm's unit scale
         slow=True,
     ),
@@ -363,7 +363,7 @@ CASES: list[Case] = [
         {"missing_term": "encoder.layers.0.activation", "factor": "decoder.layers.0.multihead_attn",
          "transposed": "encoder.layers.0.self_attn.out_proj.weight",
          "sign": "decoder.layers.0.linear2", "zeroed": "encoder.layers.0.linear1"},
-        {"components": 600}, slow=True,
+        {"sample": 600}, slow=True,
     ),
     *[
         Case(

@@ -81,7 +81,7 @@ def _keywords_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
 
 # Sampled: a full check of ~6-11k components takes tens of seconds; 300 components spread over
 # every tensor reach every planted bug.
-_SAMPLE = {"components": 300}
+_SAMPLE = {"sample": 300}
 
 HF_CASES: list[Case] = [
     Case(
