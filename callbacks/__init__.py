@@ -9,6 +9,6 @@ Example:
     (100,)
 """
 
-from .gradient_check import GradientCheck, GradientCheckError
+from .check_function import GradientCheck, GradientCheckError
 
 __all__ = ["GradientCheck", "GradientCheckError"]

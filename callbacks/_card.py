@@ -72,7 +72,7 @@ def card_content(step: int, report: GradCheckReport, history: Sequence[Point]) -
 
     Example:
         >>> import numpy as np, gradwatch
-        >>> report = gradwatch.gradient_check(
+        >>> report = gradwatch.check_function(
         ...     lambda t: float(t @ t), np.ones(2), np.array([2.0, 4.0]), layout={"w": 1, "b": 1})
         >>> content = card_content(5, report, [])
         >>> content.title, content.rows[0][:2]

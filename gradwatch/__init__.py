@@ -7,11 +7,11 @@ of ∇J with a two-sided difference, and compare with backprop through the relat
 Example:
     >>> import numpy as np, gradwatch
     >>> theta = np.array([1.0, 2.0])
-    >>> gradwatch.gradient_check(lambda t: float(np.sum(t**2)), theta, 2 * theta).verdict.value
+    >>> gradwatch.check_function(lambda t: float(np.sum(t**2)), theta, 2 * theta).verdict.value
     'pass'
 """
 
-from gradwatch.check import gradient_check
+from gradwatch.function import check_function
 from gradwatch.layout import Layout
 from gradwatch.module import check_module
 from gradwatch.noise import JNoise
@@ -33,10 +33,25 @@ __all__ = [
     "Thresholds",
     "TrainingPath",
     "Verdict",
+    "check_function",
     "check_module",
-    "gradient_check",
     "load_report",
     "save_report",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+def __getattr__(name: str) -> object:
+    """The names of an earlier release, for one more (with a DeprecationWarning)."""
+    if name == "gradient_check":
+        import warnings
+
+        warnings.warn(
+            "gradwatch.gradient_check is deprecated and will be removed in the next release; use "
+            "gradwatch.check_function (the check of a function of θ, beside check_module)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return check_function
+    raise AttributeError(f"module 'gradwatch' has no attribute {name!r}")

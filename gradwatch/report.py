@@ -87,7 +87,7 @@ def _codes(value: np.ndarray | None, size: int, dtype: Any = np.int8) -> np.ndar
 class GradCheckReport:
     """The result of a gradient check.
 
-    Build one with :func:`gradwatch.gradient_check` or :func:`gradwatch.check_module`; read
+    Build one with :func:`gradwatch.check_function` or :func:`gradwatch.check_module`; read
     ``verdict`` and ``message`` first, then ``parameters`` and ``worst()`` to find the bug.
     ``difference`` is the material's formula over the judged components (the values each reading
     compared); ``plain_difference`` is the same formula over every checked component with the
@@ -95,7 +95,7 @@ class GradCheckReport:
 
     Example:
         >>> import numpy as np, gradwatch
-        >>> report = gradwatch.gradient_check(
+        >>> report = gradwatch.check_function(
         ...     lambda t: float(np.sum(t**2)), np.array([1.0, 2.0]), np.array([2.0, 4.0]))
         >>> report.verdict
         <Verdict.PASS: 'pass'>

@@ -35,13 +35,13 @@ def save_report(report: GradCheckReport, path: str | os.PathLike[str], **context
     ``"nan"``, ``"inf"``, as in ``to_dict()``), creating the folder; returns the path.
 
     Args:
-        report: the result of :func:`gradwatch.check_module` or :func:`gradwatch.gradient_check`.
+        report: the result of :func:`gradwatch.check_module` or :func:`gradwatch.check_function`.
         path: the file to write, e.g. ``"checks/step_0.json"``.
         **context: JSON-safe values stored next to the report's own, e.g. ``step=100``.
 
     Example:
         >>> import json, tempfile, numpy as np, gradwatch
-        >>> report = gradwatch.gradient_check(lambda t: float(t @ t), np.ones(2), 2 * np.ones(2))
+        >>> report = gradwatch.check_function(lambda t: float(t @ t), np.ones(2), 2 * np.ones(2))
         >>> path = gradwatch.save_report(report, f"{tempfile.mkdtemp()}/check.json", step=0)
         >>> data = gradwatch.load_report(path)
         >>> data["verdict"], data["step"]
@@ -62,7 +62,7 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Example:
         >>> import tempfile, numpy as np, gradwatch
-        >>> report = gradwatch.gradient_check(lambda t: float(t @ t), np.ones(2), np.ones(2))
+        >>> report = gradwatch.check_function(lambda t: float(t @ t), np.ones(2), np.ones(2))
         >>> gradwatch.load_report(gradwatch.save_report(report, f"{tempfile.mkdtemp()}/r.json"))[
         ...     "verdict"]
         'fail'

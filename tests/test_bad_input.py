@@ -99,7 +99,7 @@ def test_epsilon_outside_zero_one(epsilon: float) -> None:
     message = f"`epsilon` must be 'auto' or a finite float in (0, 1), e.g. 1e-7; got {epsilon!r}"
     rejected(ValueError, message, epsilon=epsilon)
     with pytest.raises(ValueError, match=exactly(message)):
-        gradwatch.gradient_check(np.sum, np.ones(2), np.ones(2), epsilon=epsilon)
+        gradwatch.check_function(np.sum, np.ones(2), np.ones(2), epsilon=epsilon)
 
 
 @pytest.mark.parametrize("epsilon", BAD_EPSILON_TYPE, ids=repr)
@@ -423,10 +423,10 @@ def test_loss_non_finite_near_theta_fails_and_names_the_component() -> None:
 
 
 def test_an_epsilon_below_the_spacing_of_theta_leaves_those_components_not_judged() -> None:
-    # One rule for gradient_check and check_module: θ_i ± ε == θ_i means the step is lost, and
+    # One rule for check_function and check_module: θ_i ± ε == θ_i means the step is lost, and
     # the component is not judged (never a numeric 0 read as evidence), with what to do.
     theta = np.array([1.0, 2.0, 1e-30])
-    report = gradwatch.gradient_check(
+    report = gradwatch.check_function(
         lambda t: float(np.sum(t**2)), theta, 2 * theta, epsilon=1e-17, layout={"w": (3,)}
     )
     assert [report.component(p).reason for p in range(3)] == [

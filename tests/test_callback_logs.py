@@ -278,7 +278,7 @@ def test_no_logger_prints_to_the_console_only(tmp_path: Path) -> None:
 
 def test_a_parameter_not_judged_is_never_zero_or_pass() -> None:
     # J = w²: w's gradient 2w = 2 is reported as 3 (a bug); b does not enter J (not judged).
-    report = gradwatch.gradient_check(
+    report = gradwatch.check_function(
         lambda t: float(t[0] ** 2), np.ones(2), np.array([3.0, 0.0]), layout={"w": 1, "b": 1}
     )
     rows = _logs.parameter_rows(report)
@@ -299,7 +299,7 @@ def test_a_parameter_not_judged_is_never_zero_or_pass() -> None:
 
 
 def test_a_check_that_judged_nothing_logs_not_judged() -> None:
-    report = gradwatch.gradient_check(lambda t: 1.0, np.ones(2), np.zeros(2))
+    report = gradwatch.check_function(lambda t: 1.0, np.ones(2), np.zeros(2))
     assert _logs.scalars(report)["gradcheck/verdict"] == -1.0
     assert _card.card_content(0, report, []).title == "NOT JUDGED at step 0"
 

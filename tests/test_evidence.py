@@ -132,7 +132,7 @@ def test_a_kink_with_no_backprop_to_run_again_is_not_judged() -> None:
 
 def test_a_lost_step_is_not_judged() -> None:
     # J = θ₀ + 1e-10·θ₁ at θ₁ = 1e10: 1e10 ± 1e-7 == 1e10 in float64.
-    report = gradwatch.gradient_check(
+    report = gradwatch.check_function(
         lambda t: float(t[0] + 1e-10 * t[1]), np.array([0.5, 1e10]), np.array([1.0, 1e-10])
     )
     assert report.component(1).reading == "not judged"
@@ -142,12 +142,12 @@ def test_a_lost_step_is_not_judged() -> None:
 
 def test_a_material_example_at_a_large_step_is_truncation_not_a_bug() -> None:
     # J = θ³ at θ = 1, ε = 0.01: the two-sided estimate 3.0001 is off by ε²·J‴/6 = 1e-4.
-    report = gradwatch.gradient_check(
+    report = gradwatch.check_function(
         lambda t: float(t[0] ** 3), np.array([1.0]), [3.0], epsilon=0.01
     )
     assert report.verdict is Verdict.PASS
     assert report.component(0).recheck == "half step"
-    wrong = gradwatch.gradient_check(
+    wrong = gradwatch.check_function(
         lambda t: float(t[0] ** 3), np.array([1.0]), [3.001], epsilon=0.01
     )
     assert wrong.verdict is Verdict.WARN  # 3.001 vs 3: 1.7e-4, beyond noise, within warn_max
@@ -155,14 +155,14 @@ def test_a_material_example_at_a_large_step_is_truncation_not_a_bug() -> None:
 
 def test_gradient_check_re_checks_kinks_when_grad_is_a_function() -> None:
     j = _Relu(np.array([0.0, 1.0, 0.5]))
-    as_array = gradwatch.gradient_check(j.cost, j.theta, j.grad(j.theta))
+    as_array = gradwatch.check_function(j.cost, j.theta, j.grad(j.theta))
     assert (
         as_array.component(0).reading == "not judged"
         and as_array.component(0).reason == "on a kink"
     )
     assert as_array.verdict is Verdict.PASS and as_array.parameters["theta"].not_judged == 1
-    as_function = gradwatch.gradient_check(j.cost, j.theta, j.grad)
+    as_function = gradwatch.check_function(j.cost, j.theta, j.grad)
     assert as_function.component(0).recheck == "off kink"
     assert as_function.reading_counts == {"agrees": 3, "disagrees": 0, "not judged": 0}
-    wrong = gradwatch.gradient_check(j.cost, j.theta, _Relu(j.theta, slope=3.0).grad)
+    wrong = gradwatch.check_function(j.cost, j.theta, _Relu(j.theta, slope=3.0).grad)
     assert wrong.verdict is Verdict.FAIL and wrong.worst(1)[0].label == "theta[0]"

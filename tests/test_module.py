@@ -148,7 +148,7 @@ def test_masks_redrawn_per_evaluation_fail(name: str) -> None:
             vector_to_parameters(torch.from_numpy(t), params)
             return float(cross_entropy(work, batch))
 
-    report = gradwatch.gradient_check(cost, theta, flat_grad)
+    report = gradwatch.check_function(cost, theta, flat_grad)
     assert report.verdict is Verdict.NOT_JUDGED
     assert report.plain_difference > 1e-2  # what the material's loop alone would call a bug
     assert report.j_noise is not None and not report.j_noise.deterministic

@@ -7,7 +7,7 @@ head; widths 1–8, activations with kinks (ReLU, LeakyReLU, Hardtanh) and witho
 softplus), a float64 batch of 4–16 random examples, cross-entropy or MSE.
 
 The corruption properties build J(θ) on the flat θ themselves (``functional_call`` in float64,
-the analytic gradient from autograd) and plant the bug with :func:`gradwatch.gradient_check`.
+the analytic gradient from autograd) and plant the bug with :func:`gradwatch.check_function`.
 Dropout is off there (a fresh mask per evaluation is not one function of θ). Examples the property
 says nothing about are left out with ``assume``:
 
@@ -56,7 +56,7 @@ DEAD_GRADIENT = 1e-6
 # A component's 1% error must stand this many units of J's measured noise above it to be resolved
 # for sure: the tolerance NOISE_MULTIPLE (8) times the noise of Richardson's re-check (2.7×).
 RESOLVABLE = 3 * NOISE_MULTIPLE
-STEP = 1e-7  # gradient_check's default ε
+STEP = 1e-7  # check_function's default ε
 EPS64 = float(np.finfo(np.float64).eps)
 # max_examples below: sized so this file runs in ~15 s on a loaded 2-core machine (< 60 s).
 
@@ -195,7 +195,7 @@ def test_corrupted_component_is_named_worst(net: Net, data: st.DataObject) -> No
     sign = data.draw(st.sampled_from([-1.0, 1.0]), label="sign")
     grad = problem.grad.copy()
     grad[position] += sign * size * norm
-    report = gradwatch.gradient_check(problem.cost, problem.theta, grad, layout=problem.layout)
+    report = gradwatch.check_function(problem.cost, problem.theta, grad, layout=problem.layout)
     worst = report.worst(1)[0]
     assert worst.flat_index == position, f"{net}\nplanted at {position}, {worst}\n{report}"
 
@@ -221,7 +221,7 @@ def test_tensor_scaled_by_one_percent_never_passes(net: Net, data: st.DataObject
     assume(np.linalg.norm(problem.grad[span]) > 0)
     grad = problem.grad.copy()
     grad[span] *= 1.01
-    report = gradwatch.gradient_check(problem.cost, problem.theta, grad, layout=problem.layout)
+    report = gradwatch.check_function(problem.cost, problem.theta, grad, layout=problem.layout)
     name = report.layout.locate(span.start)[0]
     assert report.parameters[name].verdict is not Verdict.PASS, f"{net}\nscaled {name}\n{report}"
     assert report.j_noise is not None

@@ -1,5 +1,5 @@
 """GradCheckReport, Thresholds and Verdict: the numbers, the verdict bands, and the text that
-points at the bug. Reports are built through gradient_check on quadratics, whose two-sided
+points at the bug. Reports are built through check_function on quadratics, whose two-sided
 estimate is exact up to rounding, so every expected number is known in closed form."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def half_square(theta: np.ndarray) -> float:
 
 def report_for(grad: np.ndarray, **kwargs: object) -> gradwatch.GradCheckReport:
     # ε = 1e-3: the quadratic has no truncation error, and rounding stays below 1e-11.
-    return gradwatch.gradient_check(half_square, THETA, grad, epsilon=1e-3, layout=LAYOUT, **kwargs)  # type: ignore[arg-type]
+    return gradwatch.check_function(half_square, THETA, grad, epsilon=1e-3, layout=LAYOUT, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_worst_returns_at_most_k(buggy: gradwatch.GradCheckReport, k: int, expec
 
 def test_worst_defaults_to_ten() -> None:
     theta = np.arange(12.0)
-    report = gradwatch.gradient_check(half_square, theta, theta + np.arange(12.0), epsilon=1e-3)
+    report = gradwatch.check_function(half_square, theta, theta + np.arange(12.0), epsilon=1e-3)
     assert [c.flat_index for c in report.worst()] == list(range(11, 1, -1))
 
 
@@ -118,7 +118,7 @@ def test_report_counts(buggy: gradwatch.GradCheckReport) -> None:
 
 
 def test_both_vectors_zero_is_nothing_judged_never_a_pass() -> None:
-    report = gradwatch.gradient_check(lambda t: 1.0, np.ones(3), np.zeros(3))
+    report = gradwatch.check_function(lambda t: 1.0, np.ones(3), np.zeros(3))
     assert report.verdict is Verdict.NOT_JUDGED
     assert math.isnan(report.difference) and math.isnan(report.per_parameter["theta"])
     assert report.parameters["theta"].reason == "within noise"
@@ -141,7 +141,7 @@ def linear(theta: np.ndarray) -> float:
 def scaled(difference: float, **kwargs: object) -> gradwatch.GradCheckReport:
     # grad·(1 + δ) gives the difference δ / (2 + δ) exactly: solve for δ.
     delta = 2 * difference / (1 - difference)
-    return gradwatch.gradient_check(linear, SMALL_THETA, G * (1 + delta), layout=LAYOUT, **kwargs)  # type: ignore[arg-type]
+    return gradwatch.check_function(linear, SMALL_THETA, G * (1 + delta), layout=LAYOUT, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -157,7 +157,7 @@ def test_default_bands_are_the_materials(difference: float, verdict: Verdict) ->
 def test_correct_gradient_passes_the_default_band() -> None:
     # Pass needs a difference at the rounding level: a correct gradient of a curved cost.
     theta = np.array([0.3, -1.2, 0.8, 2.0, -0.4])
-    report = gradwatch.gradient_check(lambda t: float(np.sum(np.sin(t))), theta, np.cos(theta))
+    report = gradwatch.check_function(lambda t: float(np.sum(np.sin(t))), theta, np.cos(theta))
     assert report.difference < 1e-8
     assert report.verdict is Verdict.PASS
 
@@ -166,7 +166,7 @@ def test_difference_is_the_formula_at_a_large_epsilon() -> None:
     # J = ½‖θ‖² at ε = 1e-3: the two-sided estimate is exact (no third derivative); the one-sided
     # slopes differ by ε·J″ = 2e-3 from plain curvature, which is no kink. A uniform relative
     # error of 2e-5 in grad is a difference of 1e-5: warn, as the material says.
-    report = gradwatch.gradient_check(half_square, THETA, THETA * (1 + 2e-5), epsilon=1e-3)
+    report = gradwatch.check_function(half_square, THETA, THETA * (1 + 2e-5), epsilon=1e-3)
     assert report.difference == pytest.approx(1e-5, rel=1e-3)
     assert report.verdict is Verdict.WARN
 

@@ -246,10 +246,10 @@ def test_a_j_whose_rounding_swamps_the_step_is_not_judged_and_a_bug_fails_at_a_l
 ):
     """J = 1e8 + Σθ²: an ulp of J is 1.5e-8, so at ε = 1e-7 the estimates carry errors of ~0.1."""
     theta = np.array([0.3, -1.2, 0.7])
-    report = gradwatch.gradient_check(lambda t: float(1e8 + np.sum(t**2)), theta, 2 * theta)
+    report = gradwatch.check_function(lambda t: float(1e8 + np.sum(t**2)), theta, 2 * theta)
     assert report.verdict is Verdict.NOT_JUDGED
     assert report.parameters["theta"].reason == "too close to J's noise"
-    wrong = gradwatch.gradient_check(
+    wrong = gradwatch.check_function(
         lambda t: float(1e8 + np.sum(t**2)), theta, 3 * theta, epsilon=1e-3
     )
     assert wrong.verdict is Verdict.FAIL
@@ -318,7 +318,7 @@ def test_one_wrong_component_disagrees_and_is_listed_first(big_net, which) -> No
         np.argmax(np.abs(grad)) if which == "largest" else np.argmin(np.abs(np.abs(grad) - 1e-4))
     )
     grad[target] *= 1 + 1e-3
-    report = gradwatch.gradient_check(big_net.cost, big_net.theta, grad, epsilon="auto")
+    report = gradwatch.check_function(big_net.cost, big_net.theta, grad, epsilon="auto")
     assert report.reading_counts["disagrees"] == 1
     first = report.worst(1)[0]
     assert (first.flat_index, first.reading) == (target, "disagrees")
@@ -329,7 +329,7 @@ def test_one_wrong_component_disagrees_and_is_listed_first(big_net, which) -> No
 
 
 def test_a_correct_big_net_has_no_disagreement(big_net) -> None:
-    report = gradwatch.gradient_check(big_net.cost, big_net.theta, big_net.grad(big_net.theta))
+    report = gradwatch.check_function(big_net.cost, big_net.theta, big_net.grad(big_net.theta))
     assert report.reading_counts["disagrees"] == 0 and report.verdict is Verdict.PASS
 
 
@@ -337,7 +337,7 @@ def test_a_disagreement_within_the_users_pass_band_is_not_one(big_net) -> None:
     grad = big_net.grad(big_net.theta)
     grad[int(np.argmax(np.abs(grad)))] *= 1 + 1e-3  # that component's own difference: 5e-4
     loose = gradwatch.Thresholds(pass_max=1e-3, warn_max=1e-2)
-    report = gradwatch.gradient_check(
+    report = gradwatch.check_function(
         big_net.cost, big_net.theta, grad, epsilon="auto", thresholds=loose
     )
     assert report.reading_counts["disagrees"] == 0 and report.verdict is Verdict.PASS
@@ -346,7 +346,7 @@ def test_a_disagreement_within_the_users_pass_band_is_not_one(big_net) -> None:
 @pytest.mark.parametrize("epsilon", [1e-2, 1e-3])
 def test_curvature_at_a_large_step_is_no_kink_and_a_small_bug_still_shows(epsilon) -> None:
     theta = np.linspace(-1, 1, 5)
-    report = gradwatch.gradient_check(
+    report = gradwatch.check_function(
         lambda t: float(np.sum(t**3)), theta, 3 * theta**2 + 2e-5, epsilon=epsilon
     )
     assert report.kink_count == 0

@@ -17,7 +17,7 @@ from gradwatch.noise import measure_noise
 from gradwatch.numeric import auto_steps, represented_steps, two_sided_costs
 from gradwatch.report import GradCheckReport, Thresholds
 
-__all__ = ["gradient_check"]
+__all__ = ["check_function"]
 
 Cost = Callable[[np.ndarray], float]
 Grad = np.ndarray | Callable[[np.ndarray], np.ndarray]
@@ -108,7 +108,7 @@ class _FunctionObjective:
         return Moved(other, analytic, other.value())
 
 
-def gradient_check(
+def check_function(
     cost: Cost,
     theta: np.ndarray,
     grad: Grad,
@@ -144,11 +144,11 @@ def gradient_check(
     Example:
         >>> import numpy as np
         >>> theta = np.array([1.0, -2.0, 0.5])
-        >>> report = gradient_check(lambda t: float(np.sum(t**3)), theta, 3 * theta**2,
+        >>> report = check_function(lambda t: float(np.sum(t**3)), theta, 3 * theta**2,
         ...                         layout={"W": (1, 2), "b": (1,)})
         >>> report.verdict.value
         'pass'
-        >>> wrong = gradient_check(lambda t: float(np.sum(t**3)), theta, 3 * theta**2 * [1, 1, 2],
+        >>> wrong = check_function(lambda t: float(np.sum(t**3)), theta, 3 * theta**2 * [1, 1, 2],
         ...                        layout={"W": (1, 2), "b": (1,)})
         >>> wrong.verdict.value, wrong.worst(1)[0].label
         ('fail', 'b[0]')

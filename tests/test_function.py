@@ -1,4 +1,4 @@
-"""gradient_check on numpy: the material's loop on a hand-written network, planted bugs, bad
+"""check_function on numpy: the material's loop on a hand-written network, planted bugs, bad
 input and non-finite values."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def net() -> NumpyNet:
 
 
 def check(net: NumpyNet, bugs: dict[str, float] | None = None) -> gradwatch.GradCheckReport:
-    return gradwatch.gradient_check(
+    return gradwatch.check_function(
         net.cost, net.theta, net.backward(net.theta, bugs), layout=LAYOUT
     )
 
@@ -31,7 +31,7 @@ def check(net: NumpyNet, bugs: dict[str, float] | None = None) -> gradwatch.Grad
 
 
 def test_material_example_through_gradient_check() -> None:
-    report = gradwatch.gradient_check(
+    report = gradwatch.check_function(
         lambda t: float(t[0] ** 3), np.array([1.0]), np.array([3.0]), epsilon=0.01
     )
     assert report.plain_numeric[0] == pytest.approx(3.0001, abs=1e-12)
@@ -81,9 +81,9 @@ def test_two_bugs_in_two_tensors_both_show_in_per_parameter(net: NumpyNet) -> No
 def test_components_are_named_by_the_layout(net: NumpyNet) -> None:
     report = check(net, {"W2": 2.0})
     assert report.worst(1)[0].label.startswith("W2[")
-    plain = gradwatch.gradient_check(net.cost, net.theta, net.backward(net.theta, {"W2": 2.0}))
+    plain = gradwatch.check_function(net.cost, net.theta, net.backward(net.theta, {"W2": 2.0}))
     assert plain.worst(1)[0].label == f"theta[{report.worst(1)[0].flat_index}]"
-    as_layout = gradwatch.gradient_check(
+    as_layout = gradwatch.check_function(
         net.cost, net.theta, net.backward(net.theta), layout=Layout.from_mapping(LAYOUT)
     )
     assert list(as_layout.per_parameter) == list(LAYOUT)
@@ -92,7 +92,7 @@ def test_components_are_named_by_the_layout(net: NumpyNet) -> None:
 def test_theta_and_grad_are_left_alone(net: NumpyNet) -> None:
     theta, grad = net.theta.copy(), net.backward(net.theta)
     grad_before = grad.copy()
-    gradwatch.gradient_check(net.cost, theta, grad, layout=LAYOUT)
+    gradwatch.check_function(net.cost, theta, grad, layout=LAYOUT)
     np.testing.assert_array_equal(theta, net.theta)
     np.testing.assert_array_equal(grad, grad_before)
 
@@ -105,7 +105,7 @@ def test_each_evaluation_nudges_one_component() -> None:
         seen.append(t.copy())
         return float(np.sum(t**2))
 
-    report = gradwatch.gradient_check(cost, theta, 2 * theta, epsilon=1e-3)
+    report = gradwatch.check_function(cost, theta, 2 * theta, epsilon=1e-3)
     assert report.evaluations == len(seen)
     moved = [np.flatnonzero(t != theta) for t in seen]
     # The noise probes move θ along ±1 directions by whole numbers of steps; every other
@@ -172,7 +172,7 @@ def test_bad_input_names_the_argument(
 
     kwargs = {**GOOD, "cost": counting, **change}
     with pytest.raises(error, match=match):
-        gradwatch.gradient_check(**kwargs)  # type: ignore[arg-type]
+        gradwatch.check_function(**kwargs)  # type: ignore[arg-type]
     assert calls == []  # raised before any work
 
 
@@ -187,12 +187,12 @@ def test_cost_that_returns_no_scalar_is_rejected(
     value: object, error: type[Exception], match: str
 ) -> None:
     with pytest.raises(error, match=match):
-        gradwatch.gradient_check(lambda t: value, np.ones(3), np.ones(3))  # type: ignore[arg-type,return-value]
+        gradwatch.check_function(lambda t: value, np.ones(3), np.ones(3))  # type: ignore[arg-type,return-value]
 
 
 def test_empty_theta_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"`theta` must have at least one component"):
-        gradwatch.gradient_check(quadratic, np.array([]), np.array([]))
+        gradwatch.check_function(quadratic, np.array([]), np.array([]))
 
 
 # --- non-finite values: a finding, not an exception -----------------------------------------
@@ -201,7 +201,7 @@ def test_empty_theta_is_rejected() -> None:
 def test_non_finite_grad_fails_and_says_where() -> None:
     grad = 2 * np.ones(4)
     grad[2] = math.nan
-    report = gradwatch.gradient_check(quadratic, np.ones(4), grad, layout={"W": (2, 2)})
+    report = gradwatch.check_function(quadratic, np.ones(4), grad, layout={"W": (2, 2)})
     assert report.verdict is Verdict.FAIL
     assert "analytic" in report.message and "W[1, 0]" in report.message
     assert "NaN" in report.message or "nan" in report.message
@@ -212,13 +212,19 @@ def test_cost_that_overflows_near_one_component_fails_and_says_where() -> None:
         # Infinite beyond b[0] = 1: only the step θ + ε·e_3 reaches it.
         return math.inf if theta[3] > 1.0 else quadratic(theta)
 
-    report = gradwatch.gradient_check(cost, np.ones(4), 2 * np.ones(4), layout={"W": 3, "b": 1})
+    report = gradwatch.check_function(cost, np.ones(4), 2 * np.ones(4), layout={"W": 3, "b": 1})
     assert report.verdict is Verdict.FAIL
     assert "numeric" in report.message and "b[0]" in report.message
     assert not any(f"W[{i}]" in report.message for i in range(3))
 
 
 def test_nan_cost_everywhere_fails() -> None:
-    report = gradwatch.gradient_check(lambda t: math.nan, np.ones(3), np.ones(3))
+    report = gradwatch.check_function(lambda t: math.nan, np.ones(3), np.ones(3))
     assert report.verdict is Verdict.FAIL
     assert "theta[0]" in report.message
+
+
+def test_the_old_name_still_works_with_a_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="gradient_check is deprecated.*check_function"):
+        old = gradwatch.gradient_check
+    assert old is gradwatch.check_function
