@@ -9,6 +9,6 @@ Example:
     (100,)
 """
 
-from .check_function import GradientCheck, GradientCheckError
+from .gradient_check import GradientCheck, GradientCheckError
 
 __all__ = ["GradientCheck", "GradientCheckError"]

@@ -50,7 +50,7 @@ _cli.register()
 
 
 class GradientCheckBase(Outcome):
-    """Everything of ``GradientCheck`` but the Lightning base class (see ``check_function.py``)."""
+    """Everything of ``GradientCheck`` but the Lightning base class (see ``gradient_check.py``)."""
 
     def __init__(
         self,
