@@ -133,7 +133,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 
 # Keywords for check_module per model: the transformer (2.4k parameters, each evaluation a full
 # attention over 32 sequences) is checked on a sample spread over every tensor.
-OPTIONS: dict[str, dict[str, Any]] = {"correct: transformer": {"components": 600}}
+OPTIONS: dict[str, dict[str, Any]] = {"correct: transformer": {"sample": 600}}
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:

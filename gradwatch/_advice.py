@@ -178,4 +178,4 @@ def advice(report: GradCheckReport) -> str:
 def _findings(report: GradCheckReport) -> str:
     """The kind of each wrong tensor's bug, one sentence each."""
     sentences = [f.text if f.text.endswith(("?", ".")) else f.text + "." for f in report.findings]
-    return "".join(f" {s[0].upper()}{s[1:]}" if s[0].islower() else f" {s}" for s in sentences)
+    return "".join(f" {s}" for s in sentences)  # each begins with the parameter's own name

@@ -136,7 +136,8 @@ def test_processes_share_one_check_equal_to_a_single_process_check(tmp_path: Pat
     (note,) = [n for n in two.notes if n.startswith("split over 2 processes")]
     counts = [int(c) for c in note.split("evaluations per process: ")[1].split(", ")]
     assert sum(counts) == two.evaluations
-    assert all(count < 0.6 * one.evaluations for count in counts)
+    probes = 32 * 4  # J's noise is measured in every process
+    assert all(count - probes < 0.6 * (one.evaluations - probes) for count in counts)
 
 
 def _faulty_run(

@@ -99,5 +99,5 @@ def test_the_report_text_names_the_verdict_and_each_parameter(board: dict[str, A
     )
     assert re.search(r"PASS at step 10: difference \d\.\de-0\d", text)
     assert re.search(r"hidden\.bias 9\.\d\de-01 fail", text)
-    assert "very likely a bug in backprop. Look at hidden.bias" in text
+    assert "very likely a bug in backprop. The first wrong gradient enters" in text
     assert "evaluation:" not in text
