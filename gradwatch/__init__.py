@@ -11,10 +11,10 @@ Example:
     'pass'
 """
 
+from gradwatch._noise import JNoise
 from gradwatch.function import check_function
 from gradwatch.layout import Layout
 from gradwatch.module import check_module
-from gradwatch.noise import JNoise
 from gradwatch.partition import Partition, PartitionError
 from gradwatch.report import Component, GradCheckReport, PrecisionDrift
 from gradwatch.report_file import load_report, save_report

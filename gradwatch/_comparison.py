@@ -11,13 +11,13 @@ import numpy as np
 import torch
 
 from gradwatch._evaluate import PROBES, ModuleCost
-from gradwatch.evidence import JITTER_STEPS, Evidence, Moved, gather_evidence
+from gradwatch._evidence import JITTER_STEPS, Evidence, Moved, gather_evidence
+from gradwatch._noise import PROBE_WIDTH, JNoise, measure_noise, rounding_floor
+from gradwatch._numeric import auto_steps, relative_difference
+from gradwatch._sampling import sample_components
 from gradwatch.layout import Layout
-from gradwatch.noise import PROBE_WIDTH, JNoise, measure_noise, rounding_floor
-from gradwatch.numeric import auto_steps, relative_difference
 from gradwatch.partition import Exchange
 from gradwatch.report import PrecisionDrift
-from gradwatch.sampling import sample_components
 
 # The probes' copies of θ's tensors are built this many bytes at a time.
 _PROBE_BYTES = 64 * 2**20

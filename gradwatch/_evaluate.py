@@ -27,7 +27,7 @@ from gradwatch._vectorize import (
 )
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
-# The label of the evaluations that measure J's noise (gradwatch.noise), which describe() leaves
+# The label of the evaluations that measure J's noise (gradwatch._noise), which describe() leaves
 # out: they move no one tensor's components.
 PROBES = "noise probes"
 

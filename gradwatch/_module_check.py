@@ -1,5 +1,5 @@
 """The check of one eager module in one precision: the material's algorithm, with the evidence
-model's readings (:mod:`gradwatch.evidence`) and, where something disagrees, the diagnosis."""
+model's readings (:mod:`gradwatch._evidence`) and, where something disagrees, the diagnosis."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from gradwatch._comparison import compare, drift, noise_before
+from gradwatch._directions import search_directions
 from gradwatch._evaluate import LossFn, ModuleCost
 from gradwatch._progress import expected_evaluations, progress_bar
+from gradwatch._sampling import sample_components
 from gradwatch._scope import checked_parameters, hook_note, leave_out, padding_rows
 from gradwatch._state import (
     attention_fast_path_disabled,
@@ -33,11 +35,9 @@ from gradwatch._validate import (
     check_torch_dtype,
 )
 from gradwatch.diagnosis import batch_size_of, diagnose, trace_backward
-from gradwatch.directions import search_directions
 from gradwatch.layout import Layout
 from gradwatch.partition import Partition, exchanging
 from gradwatch.report import GradCheckReport, Thresholds
-from gradwatch.sampling import sample_components
 
 __all__ = ["check_eager"]
 

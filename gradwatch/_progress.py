@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from tqdm.auto import tqdm
 
-from gradwatch.noise import PROBE_DIRECTIONS
+from gradwatch._noise import PROBE_DIRECTIONS
 
 # A check shorter than this shows no bar at all (tqdm's `delay`): most checks of small models
 # end well within it, and their report says how long they took.

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gradwatch.evidence import NOT_JUDGED, REASONS
+from gradwatch._evidence import NOT_JUDGED, REASONS
 from gradwatch.verdict import Verdict
 
 if TYPE_CHECKING:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gradwatch._backward import BackwardGraph, backward_graph, module_spans, trace_backward
+from gradwatch._evidence import DISAGREES
 from gradwatch._location import Location, locate
 from gradwatch._patterns import (
     FIT_NOISE,
@@ -40,7 +41,6 @@ from gradwatch._patterns import (
     transpose_fit,
     zero_fit,
 )
-from gradwatch.evidence import DISAGREES
 from gradwatch.layout import Layout
 
 if TYPE_CHECKING:

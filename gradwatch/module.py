@@ -95,7 +95,7 @@ def check_module(
             ``"directions"`` (large models) compares random ±1 directions per tensor first,
             localizes the components of failing tensors by bisection and checks those one by
             one, plus each tensor's largest-gradient component and ``sample`` spread over
-            every tensor (default none); see :mod:`gradwatch.directions`. ``report.mode`` says
+            every tensor (default none); see :mod:`gradwatch._directions`. ``report.mode`` says
             which ran, the notes what the directions found.
         partition: in data-parallel training, this process's :class:`gradwatch.Partition`:
             every process calls ``check_module`` with the same arguments, evaluates its share

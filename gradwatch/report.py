@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 
 from gradwatch import _advice, _text, report_file
+from gradwatch._evidence import AGREES, DISAGREES, NOT_JUDGED, READINGS, REASONS, RECHECKS, read
 from gradwatch._location import Location
+from gradwatch._noise import JNoise
+from gradwatch._numeric import component_errors, relative_difference
 from gradwatch._patterns import Finding
-from gradwatch.evidence import AGREES, DISAGREES, NOT_JUDGED, READINGS, REASONS, RECHECKS, read
 from gradwatch.layout import Layout, format_label
-from gradwatch.noise import JNoise
-from gradwatch.numeric import component_errors, relative_difference
 from gradwatch.training_path import TrainingPathResult
 from gradwatch.verdict import (
     ParameterResult,

@@ -1,5 +1,5 @@
 """Verdicts: how a parameter's verdict and the check's follow from the components' readings
-(:mod:`gradwatch.evidence`), and the material's bands they use.
+(:mod:`gradwatch._evidence`), and the material's bands they use.
 
 With D the material's formula over a parameter's judged components (those that agree or
 disagree):
@@ -27,8 +27,8 @@ from enum import Enum
 
 import numpy as np
 
-from gradwatch.evidence import AGREES, DISAGREES, NOT_JUDGED, REASONS
-from gradwatch.numeric import relative_difference
+from gradwatch._evidence import AGREES, DISAGREES, NOT_JUDGED, REASONS
+from gradwatch._numeric import relative_difference
 
 __all__ = ["ParameterResult", "Thresholds", "Verdict", "parameter_verdict", "worst_verdict"]
 
@@ -156,7 +156,7 @@ def parameter_verdict(
     warn_max: float,
 ) -> ParameterResult:
     """One parameter's result from its components' values, noise, readings and reasons (codes of
-    :mod:`gradwatch.evidence`), by the table above."""
+    :mod:`gradwatch._evidence`), by the table above."""
     agrees, disagrees, skipped = (
         int(np.sum(reading == r)) for r in (AGREES, DISAGREES, NOT_JUDGED)
     )

@@ -8,7 +8,7 @@ import pytest
 
 import gradwatch
 from gradwatch import Verdict
-from gradwatch.evidence import (
+from gradwatch._evidence import (
     AGREES,
     DISAGREES,
     NOT_JUDGED,
@@ -22,7 +22,7 @@ from gradwatch.evidence import (
     gather_evidence,
     read,
 )
-from gradwatch.noise import NOISE_MULTIPLE
+from gradwatch._noise import NOISE_MULTIPLE
 
 NOISE = 1e-9  # the noise of each numeric value below
 TOLERANCE = NOISE_MULTIPLE * NOISE
@@ -100,7 +100,7 @@ class _Relu:
         return Moved(moved, moved.grad(moved.theta), moved.cost(moved.theta))
 
 
-def _gather(j: _Relu, analytic: np.ndarray, h: float = 1e-7) -> gradwatch.evidence.Evidence:
+def _gather(j: _Relu, analytic: np.ndarray, h: float = 1e-7) -> gradwatch._evidence.Evidence:
     steps = np.full(3, h)
     return gather_evidence(
         j, analytic, j.pairs(np.arange(3), steps), j.cost(j.theta), steps, 1e-16, 1e-7

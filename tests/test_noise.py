@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gradwatch.noise import (
+from gradwatch._noise import (
     PROBE_DIRECTIONS,
     JNoise,
     fourth_differences,

@@ -30,7 +30,7 @@ import numpy as np
 
 __all__ = ["JNoise", "fourth_differences", "measure_noise", "probe_rows", "rounding_floor"]
 
-# The one tolerance of every reading (gradwatch.evidence), in units of the measured noise. A
+# The one tolerance of every reading (gradwatch._evidence), in units of the measured noise. A
 # Gaussian error passes 8σ with probability 1e-15, so even with σ_J underestimated by 1.5× (see
 # PROBE_DIRECTIONS) a check of 1e5 components sees a false disagreement with odds of 1 in 100
 # (5.3σ: 1e-7 each). Rounding errors are bounded tighter than a Gaussian's, and the probes move

@@ -1,7 +1,7 @@
 """The evidence model: what each checked component's two numbers show, from measurements alone.
 
 Component i has backprop's value a_i and the two-sided estimate n_i = (J(θ+h·e_i) − J(θ−h·e_i))/2h.
-Its noise σ_i = σ_J / (√2·h) comes from J's measured noise σ_J (:mod:`gradwatch.noise`): each of
+Its noise σ_i = σ_J / (√2·h) comes from J's measured noise σ_J (:mod:`gradwatch._noise`): each of
 the two evaluations carries σ_J, their difference is divided by 2h. Each component gets one
 reading (``K`` = ``NOISE_MULTIPLE``):
 
@@ -30,7 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
-from gradwatch.noise import NOISE_MULTIPLE
+from gradwatch._noise import NOISE_MULTIPLE
 
 __all__ = [
     "AGREES",
