@@ -9,7 +9,7 @@ from gradwatch._numeric import *  # noqa: F403
 from gradwatch._numeric import __all__  # noqa: F401
 
 warnings.warn(
-    f"gradwatch.numeric is deprecated and will be removed in the next release: "
+    "gradwatch.numeric is deprecated and will be removed in the next release: "
     "import what you need from gradwatch",
     DeprecationWarning,
     stacklevel=2,

@@ -9,7 +9,7 @@ from gradwatch._sampling import *  # noqa: F403
 from gradwatch._sampling import __all__  # noqa: F401
 
 warnings.warn(
-    f"gradwatch.sampling is deprecated and will be removed in the next release: "
+    "gradwatch.sampling is deprecated and will be removed in the next release: "
     "import what you need from gradwatch",
     DeprecationWarning,
     stacklevel=2,
