@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from gradwatch._comparison import compare, drift, noise_before
+from gradwatch._comparison import Comparison, compare, drift, noise_before
 from gradwatch._directions import search_directions
 from gradwatch._evaluate import LossFn, ModuleCost
+from gradwatch._noise import JNoise
 from gradwatch._progress import expected_evaluations, progress_bar
 from gradwatch._sampling import sample_components
 from gradwatch._scope import checked_parameters, hook_note, leave_out, padding_rows
@@ -36,10 +38,43 @@ from gradwatch._validate import (
 )
 from gradwatch.diagnosis import batch_size_of, diagnose, trace_backward
 from gradwatch.layout import Layout
-from gradwatch.partition import Partition, exchanging
-from gradwatch.report import GradCheckReport, Thresholds
+from gradwatch.partition import Exchange, Partition, exchanging
+from gradwatch.report import GradCheckReport, PrecisionDrift, Thresholds
 
 __all__ = ["check_eager"]
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The arguments of one check, validated (each by the engine's rule for it)."""
+
+    step: float | Literal["auto"]
+    sample: int | None
+    dropout: str
+    mode: str
+    dtype: torch.dtype
+    drift_dtype: torch.dtype | None
+    seed: int
+    bands: Thresholds
+    progress: bool
+    keep_precision: bool
+
+
+def _options(options: dict[str, Any], partition: Partition | None) -> _Options:
+    drift_dtype = options["drift_dtype"]
+    first = not isinstance(partition, Partition) or partition.rank == 0  # else checked below
+    return _Options(
+        step=check_epsilon(options["epsilon"]),
+        sample=check_sample(options["sample"]),
+        dropout=check_choice("dropout", options["dropout"], DROPOUT_MODES),
+        mode=check_choice("mode", options["mode"], CHECK_MODES),
+        dtype=check_torch_dtype(options["dtype"]),
+        drift_dtype=None if drift_dtype is None else check_torch_dtype(drift_dtype, "drift_dtype"),
+        seed=check_seed(options["seed"]),
+        bands=check_thresholds(options["thresholds"]),
+        progress=check_flag("progress", options["progress"]) and first,
+        keep_precision=check_flag("keep_precision", options["keep_precision"]),
+    )
 
 
 def check_eager(
@@ -47,125 +82,130 @@ def check_eager(
     loss_fn: LossFn,
     batch: Any,
     *,
-    epsilon: float | Literal["auto"],
     include: str | Sequence[str] | None,
-    sample: int | None,
-    dropout: str,
-    dtype: torch.dtype,
-    seed: int,
-    thresholds: Thresholds | None,
-    drift_dtype: torch.dtype | None,
-    mode: str,
     partition: Partition | None,
-    progress: bool,
-    keep_precision: bool,
+    **options: Any,
 ) -> GradCheckReport:
-    """:func:`gradwatch.check_module` on an eager module in one ``dtype``."""
-    step = check_epsilon(epsilon)
+    """:func:`gradwatch.check_module` on an eager module in one ``dtype`` (``options``: its
+    keyword arguments, each validated here): the material's algorithm, then the diagnosis."""
     names = checked_parameters(model, include)
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be a callable (model, batch) -> J; got {loss_fn!r}")
-    sample = check_sample(sample)
-    drop = check_choice("dropout", dropout, DROPOUT_MODES)
-    check = check_choice("mode", mode, CHECK_MODES)
-    precision = check_torch_dtype(dtype)
-    if drift_dtype is not None:
-        check_torch_dtype(drift_dtype, "drift_dtype")
-    seed = check_seed(seed)
-    bands = check_thresholds(thresholds)
-    first = not isinstance(partition, Partition) or partition.rank == 0  # else checked below
-    show = check_flag("progress", progress) and first
-    keep = check_flag("keep_precision", keep_precision)
+    o = _options(options, partition)
     params = dict(model.named_parameters())
     layout = Layout(tuple(names), tuple(tuple(params[n].shape) for n in names))
-    notes: list[str] = []
-    if sample is not None and sample > layout.size:
-        notes.append(f"sample={sample} exceeds the {layout.size} components of θ: checked them all")
-    left_out, padding = padding_rows(model, names, layout)
-    notes.extend(padding)
-    notes.extend(hook_note(model, names))
-
+    left_out, notes = _scope(model, names, layout, o.sample)
     start = time.perf_counter()
-    device = params[names[0]].device
     with (
         preserved_rng(),
         attention_fast_path_disabled(),
-        dropout_disabled(model, disable=(drop == "off")),
+        dropout_disabled(model, disable=(o.dropout == "off")),
         exchanging(partition) as split,
-        progress_bar(show) as ticks,
+        progress_bar(o.progress) as ticks,
     ):
-        cost = ModuleCost(
-            model,
-            loss_fn,
-            cast_batch(batch, precision, device),
-            names,
-            precision,
-            seed,
-            progress=ticks,
-            keep_precision=keep,
-        )
-        measured = None
-        if check == "directions":
-            measured = noise_before(cost, layout, step, split, seed)
-            search = search_directions(
-                cost, layout, step, bands, spot=sample, seed=seed, left_out=left_out,
-                sigma=measured.effective,
-            )  # fmt: skip
-            indices = search.indices
-            notes.append(search.note)
-        else:
-            indices = leave_out(sample_components(layout, sample, seed), left_out, layout, seed)
-        ticks.plan(cost.evaluations + _planned(indices, layout, partition, drift_dtype))
+        cost = _cost(model, loss_fn, batch, names, o.dtype, o, ticks)
+        indices, measured, chosen = _components(cost, layout, o, split, left_out)
+        ticks.plan(cost.evaluations + _planned(indices, layout, partition, o.drift_dtype))
         found, objective = compare(
-            cost, layout, indices, step, split, seed, bands.pass_max, measured
+            cost, layout, indices, o.step, split, o.seed, o.bands.pass_max, measured
         )
-        notes.extend(cost.precision_notes)
-        evaluations = objective.evaluations
-        in_training = None
-        if drift_dtype is not None:
-            low = ModuleCost(
-                model,
-                loss_fn,
-                cast_batch(batch, drift_dtype, device),
-                names,
-                drift_dtype,
-                seed,
-                progress=ticks,
-            )
-            in_training, spent = drift(low, layout, indices, found, split, seed)
+        evaluations, in_training = objective.evaluations, None
+        if o.drift_dtype is not None:
+            low = _cost(model, loss_fn, batch, names, o.drift_dtype, o, ticks, keep=False)
+            in_training, spent = drift(low, layout, indices, found, split, o.seed)
             evaluations += spent
         evaluations, seconds, shared = split.finish(
             evaluations, time.perf_counter() - start, cost.describe()
         )
-        notes.extend(shared)
-        evidence = found.evidence
-        report = GradCheckReport(
-            layout=layout,
-            indices=indices,
-            analytic=found.analytic,
-            numeric=found.numeric,
-            epsilon=step,
-            dtype=str(precision).removeprefix("torch."),
-            evaluations=evaluations,
-            seconds=seconds,
-            thresholds=bands,
-            notes=tuple(notes),
-            failure=found.failure,
-            mode=check,
-            noise=None if evidence is None else evidence.noise,
-            readings=None if evidence is None else evidence.reading,
-            reasons=None if evidence is None else evidence.reason,
-            rechecks=None if evidence is None else evidence.recheck,
-            kinks=None if evidence is None else evidence.kink,
-            plain_analytic=found.plain_analytic,
-            plain_numeric=None if evidence is None else evidence.first_numeric,
-            j_noise=found.noise,
-            drift=in_training,
-        )
+        notes = (*notes, *chosen, *cost.precision_notes, *shared)
+        report = _report(layout, indices, found, o, evaluations, seconds, notes, in_training)
         if report.reading_counts["disagrees"]:  # what kind of bug, and where it enters
-            graph = trace_backward(model, loss_fn, batch, names, dtype=precision, seed=seed)
+            graph = trace_backward(model, loss_fn, batch, names, dtype=o.dtype, seed=o.seed)
             report = diagnose(report, found.gradients, batch_size_of(batch), graph)
     return report
+
+
+def _scope(
+    model: nn.Module, names: Sequence[str], layout: Layout, sample: int | None
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The components left out (embeddings' padding rows), and the notes on what the check
+    leaves out or cannot see."""
+    notes: list[str] = []
+    if sample is not None and sample > layout.size:
+        notes.append(f"sample={sample} exceeds the {layout.size} components of θ: checked them all")
+    left_out, padding = padding_rows(model, names, layout)
+    return left_out, (*notes, *padding, *hook_note(model, names))
+
+
+def _cost(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Any,
+    names: Sequence[str],
+    dtype: torch.dtype,
+    o: _Options,
+    ticks: Any,
+    keep: bool | None = None,
+) -> ModuleCost:
+    """J on private copies in ``dtype``, the batch cast to it (``keep``: the precision guard;
+    the options' unless told: the training precision's repeat runs the model as written)."""
+    device = next(p for n, p in model.named_parameters() if n == names[0]).device
+    return ModuleCost(
+        model, loss_fn, cast_batch(batch, dtype, device), names, dtype, o.seed, progress=ticks,
+        keep_precision=o.keep_precision if keep is None else keep,
+    )  # fmt: skip
+
+
+def _components(
+    cost: ModuleCost, layout: Layout, o: _Options, split: Exchange, left_out: np.ndarray
+) -> tuple[np.ndarray, JNoise | None, tuple[str, ...]]:
+    """The components to check one by one: a sample (or all), or those the directional search
+    points at; J's noise where the search measured it already; the search's note."""
+    if o.mode != "directions":
+        sampled = sample_components(layout, o.sample, o.seed)
+        return leave_out(sampled, left_out, layout, o.seed), None, ()
+    measured = noise_before(cost, layout, o.step, split, o.seed)
+    search = search_directions(
+        cost, layout, o.step, o.bands, spot=o.sample, seed=o.seed, left_out=left_out,
+        sigma=measured.effective,
+    )  # fmt: skip
+    return search.indices, measured, (search.note,)
+
+
+def _report(
+    layout: Layout,
+    indices: np.ndarray,
+    found: Comparison,
+    o: _Options,
+    evaluations: int,
+    seconds: float,
+    notes: tuple[str, ...],
+    in_training: PrecisionDrift | None,
+) -> GradCheckReport:
+    evidence = found.evidence
+    return GradCheckReport(
+        layout=layout,
+        indices=indices,
+        analytic=found.analytic,
+        numeric=found.numeric,
+        epsilon=o.step,
+        dtype=str(o.dtype).removeprefix("torch."),
+        evaluations=evaluations,
+        seconds=seconds,
+        thresholds=o.bands,
+        notes=notes,
+        failure=found.failure,
+        mode=o.mode,
+        noise=None if evidence is None else evidence.noise,
+        readings=None if evidence is None else evidence.reading,
+        reasons=None if evidence is None else evidence.reason,
+        rechecks=None if evidence is None else evidence.recheck,
+        kinks=None if evidence is None else evidence.kink,
+        plain_analytic=found.plain_analytic,
+        plain_numeric=None if evidence is None else evidence.first_numeric,
+        j_noise=found.noise,
+        drift=in_training,
+    )
 
 
 def _planned(
