@@ -36,8 +36,6 @@ from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 from . import _cli, _distributed, _faults, _logs, _training_path
 from . import _validate as v
 from ._objective import (
-    ObjectiveError,
-    SkippedBatch,
     logging_muted,
     objective,
     require_objective,
@@ -144,17 +142,7 @@ class GradientCheckBase(Outcome):
             # Lightning loads after the callbacks' setup.
             self._reset()
             _distributed.require_no_collectives(trainer, pl_module)
-            self._warn_if_named_alike(trainer)
-
-    def _warn_if_named_alike(self, trainer: Any) -> None:
-        checks = [c for c in getattr(trainer, "callbacks", []) if isinstance(c, GradientCheckBase)]
-        alike = [c for c in checks if c.name == self.name]
-        if len(alike) > 1 and alike[0] is self:  # said once, by the first of them
-            rank_zero_warn(
-                f"GradientCheck: {len(alike)} GradientCheck callbacks log under the name "
-                f"{self.name!r}, so their tags and console lines mix; give each its own "
-                "`name`, e.g. name='gradcheck/encoder'"
-            )
+            _warn_if_named_alike(self, trainer)
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         # Here rather than at setup, still before any training step: Lightning calls the
@@ -213,12 +201,12 @@ class GradientCheckBase(Outcome):
         try:
             # Under DDP every process checks process 0's batch and evaluates its share.
             batch = _distributed.same_batch(trainer, batch)
-            report = self._run(trainer, pl_module, batch, batch_idx)
+            report = _run(self, trainer, pl_module, batch, batch_idx)
             self._loss_found = True
         except Exception as err:  # a failed check; KeyboardInterrupt goes through
             if isinstance(err, PartitionError) and err.interrupted:
                 raise  # another process was stopped (Ctrl+C): stop this one too
-            outcome, failed = self._fault(trainer, pl_module, batch, err)
+            outcome, failed = _faults.outcome(trainer, pl_module, batch, err, self)
             if outcome == "postponed":
                 self._postpone(step)
                 return
@@ -261,56 +249,39 @@ class GradientCheckBase(Outcome):
             "returned None for this one (a skipped batch)"
         )
 
-    def _run(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> GradCheckReport:
-        with logging_muted(pl_module):
-            return check_module(
-                pl_module,
-                objective(pl_module, batch_idx),
-                batch,
-                partition=_distributed.partition(trainer),
-                epsilon=self.epsilon,
-                include=self.include,
-                components=self.sample,
-                dropout=self.dropout,
-                mode=self.mode,
-                seed=self.seed,
-                thresholds=self.thresholds,
-                progress=self.progress and trainer.is_global_zero,
-                training_path=self.training_path and _training_path.of_trainer(trainer),
-            )
 
-    def _fault(
-        self, trainer: Any, pl_module: Any, batch: Any, err: Exception
-    ) -> tuple[str, GradCheckReport | None]:
-        """What a check that raised comes to, the same in every process: ``("failed", report)``
-        for the user's error (a failed report whose message says why and where); ``("postponed",
-        None)`` when ``training_step`` skipped the batch (returned None) after an earlier check
-        of the run had J from it; ``(reason, None)`` for an error inside gradwatch. An error no
-        check can get past (J cannot be had from the module as written) is raised again."""
-        outcome = "failed"
-        if isinstance(err, ObjectiveError):
-            skipped = isinstance(err, SkippedBatch) and self._loss_found
-            outcome = "postponed" if skipped else "fatal"
-        elif _faults.is_ours(err):
-            outcome = "ours"
-        where = ""
-        if _distributed.shared(trainer):
-            where = f" in process {trainer.global_rank} of {trainer.world_size}"
-        why = {
-            "failed": lambda: _faults.reason(err, batch, where),
-            "ours": lambda: _faults.internal_error(err, where),
-        }.get(outcome, lambda: str(err))()
-        why, outcome = _distributed.agreed_fault(trainer, err, why, outcome)
-        if outcome == "postponed":
-            return outcome, None
-        if outcome == "ours":
-            return why, None
-        if outcome == "fatal" and isinstance(err, ObjectiveError):
-            raise err
-        if outcome == "fatal":
-            raise ObjectiveError(why) from err
-        report = _faults.failed_report(pl_module, self.include, why, self.epsilon, self.thresholds)
-        return outcome, report
+def _run(
+    self: GradientCheckBase, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+) -> GradCheckReport:
+    """One check of ``batch`` by the callback ``self``, with the module's logging muted."""
+    with logging_muted(pl_module):
+        return check_module(
+            pl_module,
+            objective(pl_module, batch_idx),
+            batch,
+            partition=_distributed.partition(trainer),
+            epsilon=self.epsilon,
+            include=self.include,
+            components=self.sample,
+            dropout=self.dropout,
+            mode=self.mode,
+            seed=self.seed,
+            thresholds=self.thresholds,
+            progress=self.progress and trainer.is_global_zero,
+            training_path=self.training_path and _training_path.of_trainer(trainer),
+        )
+
+
+def _warn_if_named_alike(self: GradientCheckBase, trainer: Any) -> None:
+    """Two callbacks logging under one name mix their tags: said once, by the first of them."""
+    checks = [c for c in getattr(trainer, "callbacks", []) if isinstance(c, GradientCheckBase)]
+    alike = [c for c in checks if c.name == self.name]
+    if len(alike) > 1 and alike[0] is self:  # said once, by the first of them
+        rank_zero_warn(
+            f"GradientCheck: {len(alike)} GradientCheck callbacks log under the name "
+            f"{self.name!r}, so their tags and console lines mix; give each its own "
+            "`name`, e.g. name='gradcheck/encoder'"
+        )
 
 
 def _bands(thresholds: object, pass_max: float | None, warn_max: float | None) -> Thresholds:

@@ -30,8 +30,9 @@ from gradwatch._blame import raised_in_users_code
 from gradwatch._evaluate import CALLS_BACKWARD
 from gradwatch.module import checked_parameters
 
+from . import _distributed
 from ._distributed import UnsharedBatch
-from ._objective import ObjectiveError
+from ._objective import ObjectiveError, SkippedBatch
 
 # How much of a batch and of an error message a reason shows, and how many frames of its
 # traceback (the innermost ones, in the user's files where there are such).
@@ -218,3 +219,36 @@ def failed_report(
         thresholds=thresholds,
         failure=why,
     )
+
+
+def outcome(
+    trainer: Any, pl_module: Any, batch: Any, err: Exception, check: Any
+) -> tuple[str, GradCheckReport | None]:
+    """What a check that raised comes to, the same in every process: ``("failed", report)`` for
+    the user's error (a failed report whose message says why and where); ``("postponed", None)``
+    when ``training_step`` skipped the batch (returned None) after an earlier check of the run
+    had J from it; ``(reason, None)`` for an error inside gradwatch. An error no check can get
+    past (J cannot be had from the module as written) is raised again. ``check`` is the
+    callback (its options, and whether it has had J from the module)."""
+    kind = "failed"
+    if isinstance(err, ObjectiveError):
+        kind = "postponed" if isinstance(err, SkippedBatch) and check._loss_found else "fatal"
+    elif is_ours(err):
+        kind = "ours"
+    where = ""
+    if _distributed.shared(trainer):
+        where = f" in process {trainer.global_rank} of {trainer.world_size}"
+    why = {
+        "failed": lambda: reason(err, batch, where),
+        "ours": lambda: internal_error(err, where),
+    }.get(kind, lambda: str(err))()
+    why, kind = _distributed.agreed_fault(trainer, err, why, kind)
+    if kind == "postponed":
+        return kind, None
+    if kind == "ours":
+        return why, None
+    if kind == "fatal" and isinstance(err, ObjectiveError):
+        raise err
+    if kind == "fatal":
+        raise ObjectiveError(why) from err
+    return kind, failed_report(pl_module, check.include, why, check.epsilon, check.thresholds)

@@ -138,57 +138,8 @@ class GradCheckReport:
     rel_errors: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        put = object.__setattr__
-        n = self.indices.size
-        put(self, "analytic", np.asarray(self.analytic, np.float64))
-        put(self, "numeric", np.asarray(self.numeric, np.float64))
-        put(self, "noise", _codes(self.noise, n, np.float64))
-        if self.readings is None:  # values alone: read them against the noise given (or none)
-            reading, reason = read(
-                self.analytic, self.numeric, self._noise, self.thresholds.pass_max
-            )
-            put(self, "readings", reading)
-            put(self, "reasons", reason)
-        put(self, "readings", _codes(self.readings, n))
-        put(self, "reasons", _codes(self.reasons, n))
-        put(self, "rechecks", _codes(self.rechecks, n))
-        put(self, "kinks", _codes(self.kinks, n, bool))
-        for plain, used in (("plain_analytic", self.analytic), ("plain_numeric", self.numeric)):
-            put(
-                self,
-                plain,
-                used
-                if getattr(self, plain) is None
-                else np.asarray(getattr(self, plain), np.float64),
-            )
-        abs_errors, rel_errors = component_errors(self.analytic, self.numeric)
-        put(self, "abs_errors", abs_errors)
-        put(self, "rel_errors", rel_errors)
-        judged = self._reading != NOT_JUDGED
-        difference, floor = judged_figures(self.analytic, self.numeric, self._noise, judged)
-        put(self, "difference", difference)
-        put(self, "noise_floor", floor)
-        first = relative_difference(np.asarray(self.plain_numeric), np.asarray(self.plain_analytic))
-        put(self, "plain_difference", first)
-        put(self, "parameters", self._parameters())
-        put(
-            self,
-            "per_parameter",
-            {
-                k: r.difference if r.verdict is not Verdict.NOT_JUDGED else math.nan
-                for k, r in self.parameters.items()
-            },
-        )
-        if self.failure is None:
-            put(self, "failure", _advice.non_finite(self))
-        put(self, "verdict", self._verdict())
-        put(self, "message", _advice.advice(self))
-        path = self.training_path  # the gradient that trains: it can only make the verdict worse
-        if path is not None and path.verdict is Verdict.FAIL:
-            put(self, "verdict", path.verdict)
-            put(self, "message", f"{path.message}. The {self.dtype} check: {self.message}")
-        elif path is not None and path.verdict is Verdict.NOT_JUDGED:
-            put(self, "message", f"{self.message} The {path.message[0].lower()}{path.message[1:]}.")
+        _normalize(self)
+        _derive(self)
 
     # Typed views of the per-component arrays (always set by __post_init__).
     @property
@@ -198,32 +149,6 @@ class GradCheckReport:
     @property
     def _reading(self) -> np.ndarray:
         return np.asarray(self.readings)
-
-    def _tensor_masks(self) -> dict[str, np.ndarray]:
-        tensors = self.layout.tensor_of(self.indices)
-        return {
-            name: tensors == t for t, name in enumerate(self.layout.names) if np.any(tensors == t)
-        }
-
-    def _parameters(self) -> dict[str, ParameterResult]:
-        reason = np.asarray(self.reasons)
-        return {
-            name: parameter_verdict(
-                name,
-                self.analytic[m],
-                self.numeric[m],
-                self._noise[m],
-                self._reading[m],
-                reason[m],
-                self.thresholds.warn_max,
-            )
-            for name, m in self._tensor_masks().items()
-        }
-
-    def _verdict(self) -> Verdict:
-        if self.failure:
-            return Verdict.FAIL
-        return worst_verdict([r.verdict for r in self.parameters.values()])
 
     @property
     def reading_counts(self) -> dict[str, int]:
@@ -324,3 +249,79 @@ def _deprecated(old: str, new: str) -> None:
         DeprecationWarning,
         stacklevel=3,
     )
+
+
+def _normalize(report: GradCheckReport) -> None:
+    """Every per-component array as a numpy array of its type; readings from the values and
+    their noise where none were given."""
+    put, n = object.__setattr__, report.indices.size
+    put(report, "analytic", np.asarray(report.analytic, np.float64))
+    put(report, "numeric", np.asarray(report.numeric, np.float64))
+    put(report, "noise", _codes(report.noise, n, np.float64))
+    if report.readings is None:  # values alone: read them against the noise given (or none)
+        reading, reason = read(
+            report.analytic, report.numeric, np.asarray(report.noise), report.thresholds.pass_max
+        )
+        put(report, "readings", reading)
+        put(report, "reasons", reason)
+    put(report, "readings", _codes(report.readings, n))
+    put(report, "reasons", _codes(report.reasons, n))
+    put(report, "rechecks", _codes(report.rechecks, n))
+    put(report, "kinks", _codes(report.kinks, n, bool))
+    for plain, used in (("plain_analytic", report.analytic), ("plain_numeric", report.numeric)):
+        given = getattr(report, plain)
+        put(report, plain, used if given is None else np.asarray(given, np.float64))
+
+
+def _derive(report: GradCheckReport) -> None:
+    """The figures, the parameters' results, the verdict and the message."""
+    put = object.__setattr__
+    abs_errors, rel_errors = component_errors(report.analytic, report.numeric)
+    put(report, "abs_errors", abs_errors)
+    put(report, "rel_errors", rel_errors)
+    noise, reading = np.asarray(report.noise), np.asarray(report.readings)
+    difference, floor = judged_figures(
+        report.analytic, report.numeric, noise, reading != NOT_JUDGED
+    )
+    put(report, "difference", difference)
+    put(report, "noise_floor", floor)
+    plain = (np.asarray(report.plain_numeric), np.asarray(report.plain_analytic))
+    put(report, "plain_difference", relative_difference(*plain))
+    put(report, "parameters", _parameters(report))
+    unjudged = {n for n, r in report.parameters.items() if r.verdict is Verdict.NOT_JUDGED}
+    differences = {
+        n: math.nan if n in unjudged else r.difference for n, r in report.parameters.items()
+    }
+    put(report, "per_parameter", differences)
+    if report.failure is None:
+        put(report, "failure", _advice.non_finite(report))
+    verdicts = [r.verdict for r in report.parameters.values()]
+    put(report, "verdict", Verdict.FAIL if report.failure else worst_verdict(verdicts))
+    put(report, "message", _advice.advice(report))
+    path = report.training_path  # the gradient that trains: it can only make the verdict worse
+    if path is not None and path.verdict is Verdict.FAIL:
+        put(report, "verdict", path.verdict)
+        put(report, "message", f"{path.message}. The {report.dtype} check: {report.message}")
+    elif path is not None and path.verdict is Verdict.NOT_JUDGED:
+        said = f"{path.message[0].lower()}{path.message[1:]}"
+        put(report, "message", f"{report.message} The {said}.")
+
+
+def _parameters(report: GradCheckReport) -> dict[str, ParameterResult]:
+    """Each checked parameter's result, from its components (see :mod:`gradwatch.verdict`)."""
+    tensors = report.layout.tensor_of(report.indices)
+    arrays = (report.analytic, report.numeric, np.asarray(report.noise))
+    codes = (np.asarray(report.readings), np.asarray(report.reasons))
+    out = {}
+    for t, name in enumerate(report.layout.names):
+        m = tensors == t
+        if m.any():
+            a, n, noise, reading, reason = (x[m] for x in (*arrays, *codes))
+            warn_max = report.thresholds.warn_max
+            out[name] = parameter_verdict(name, a, n, noise, reading, reason, warn_max)
+    return out
+
+
+def _shown(result: ParameterResult) -> float:
+    """A parameter's difference as ``per_parameter`` shows it: NaN when not judged."""
+    return math.nan if result.verdict is Verdict.NOT_JUDGED else result.difference

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gradwatch import Verdict
-from gradwatch.callbacks import GradientCheck, GradientCheckError
+from gradwatch.callbacks import GradientCheck, GradientCheckError, _core
 from tests.callback_models import (
     QUIET_LIGHTNING,
     CollectingModule,
@@ -240,7 +240,7 @@ def test_a_check_puts_back_every_attribute_of_every_module_in_place() -> None:
     module, check = _Stateful(), GradientCheck(at_init=False, after_steps=())
     run = _single_process_trainer(global_step=0)
     seen, by_batch, tags, total = module.seen, module.by_batch, module.tags, module.total
-    report = check._run(run, module, next(iter(loader())), 0)
+    report = _core._run(check, run, module, next(iter(loader())), 0)
     assert report.verdict is Verdict.PASS and module.calls_in_float64 > 0
     assert module.seen is seen and seen == ["first"] and module.aliases[0] is seen
     assert module.by_batch is by_batch and by_batch == {"kept": 1}
