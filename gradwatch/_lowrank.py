@@ -108,6 +108,10 @@ class LowRankShift:
         self._virtual.append(_Virtual(output, column))
         return output
 
+    def bind(self, step: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> None:
+        """The copy's step and the row and column of the moved entry (column 0 for a bias)."""
+        self.step, self.row, self.col = step, row, col
+
     @contextmanager
     def active(self) -> Iterator[None]:
         """Hooks on every module and the mode that materializes virtual tensors."""

@@ -26,9 +26,11 @@ from gradwatch._validate import (
     check_choice,
     check_components,
     check_epsilon,
+    check_memory_budget,
     check_seed,
     check_thresholds,
 )
+from gradwatch._vectorize import DEFAULT_MEMORY_BUDGET
 from gradwatch.analysis import ComponentAnalysis, analyse_components, determinism_note
 from gradwatch.directions import search_directions
 from gradwatch.layout import Layout
@@ -234,6 +236,7 @@ def check_module(
     drift_dtype: torch.dtype | None = None,
     mode: CheckMode = "components",
     partition: Partition | None = None,
+    memory_budget: int | None = None,
 ) -> GradCheckReport:
     """Checks backprop of a whole module against the material's two-sided difference.
 
@@ -281,6 +284,11 @@ def check_module(
             every process calls ``check_module`` with the same arguments, evaluates its share
             of the components, and returns the same report (or raises, when any process's
             part raised). The directional search (``mode="directions"``) runs in every process.
+        memory_budget: bytes one batched evaluation (many perturbed copies of θ in one
+            ``torch.func.vmap`` call) may hold: activations per copy, measured on the first
+            evaluation, plus any copied parameter tensors. Default 1 GiB. A smaller budget
+            means more, smaller calls, never the one-at-a-time loop; a call that runs out of
+            memory anyway is retried in halves.
 
     Returns:
         A :class:`GradCheckReport` whose parameter names are those of ``named_parameters()``.
@@ -307,6 +315,7 @@ def check_module(
         _check_dtype(drift_dtype, "drift_dtype")
     seed = check_seed(seed)
     bands = check_thresholds(thresholds)
+    budget = check_memory_budget(memory_budget, DEFAULT_MEMORY_BUDGET)
     params = dict(model.named_parameters())
     layout = Layout(tuple(names), tuple(tuple(params[n].shape) for n in names))
     notes: list[str] = []
@@ -325,8 +334,9 @@ def check_module(
         exchanging(partition) as split,
     ):
         cost = ModuleCost(
-            model, loss_fn, cast_batch(batch, precision, device), names, precision, seed
-        )
+            model, loss_fn, cast_batch(batch, precision, device), names, precision, seed,
+            memory_budget=budget,
+        )  # fmt: skip
         if check == "directions":
             search = search_directions(
                 cost, layout, step, bands, spot=sample, seed=seed, left_out=left_out
@@ -341,8 +351,9 @@ def check_module(
         drift, drift_evaluations = None, 0
         if drift_dtype is not None:
             low = ModuleCost(
-                model, loss_fn, cast_batch(batch, drift_dtype, device), names, drift_dtype, seed
-            )
+                model, loss_fn, cast_batch(batch, drift_dtype, device), names, drift_dtype, seed,
+                memory_budget=budget,
+            )  # fmt: skip
             drift = _drift(low, layout, indices, found, split)
             drift_evaluations = low.evaluations
         evaluations, seconds, shared = split.finish(
