@@ -97,8 +97,9 @@ class ResNet18(nn.Module):
 
 
 class _BatchNormWrongBackward(torch.autograd.Function):
-    """Training-mode batch norm y = γ·x̂ + β whose backward forgets the batch-mean terms of the
-    input gradient (it treats the batch statistics as constants): the planted bug."""
+    """Training-mode batch norm y = γ·x̂ + β, x̂ = (x − mean)·rstd, with a hand-written backward
+    whose weight gradient forgets the 1/std (it sums grad·(x − mean) instead of grad·x̂): the
+    planted bug. The input and bias gradients are right."""
 
     generate_vmap_rule = True
 
@@ -120,9 +121,20 @@ class _BatchNormWrongBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, *_: Any) -> tuple[Any, ...]:
         weight, normed, rstd = ctx.saved_tensors
-        grad_x = grad * weight[:, None, None] * rstd  # the bug: no mean terms
-        grad_weight = (grad * normed).sum(dim=(0, 2, 3))
-        return grad_x, grad_weight, grad.sum(dim=(0, 2, 3)), None
+        dims = (0, 2, 3)
+        count = grad.numel() // grad.shape[1]
+        g = grad * weight[:, None, None]
+        grad_x = (
+            rstd
+            / count
+            * (
+                count * g
+                - g.sum(dims, keepdim=True)
+                - normed * (g * normed).sum(dims, keepdim=True)
+            )
+        )
+        grad_weight = (grad * normed / rstd).sum(dims)  # the bug: x − mean, not x̂
+        return grad_x, grad_weight, grad.sum(dims), None
 
 
 class BuggyBatchNorm2d(nn.BatchNorm2d):

@@ -71,7 +71,7 @@ class Chunks:
     def __init__(self, vectorize: bool, memory_budget: int) -> None:
         self._vectorize = vectorize
         self._budget = memory_budget
-        self.evaluations = 0
+        self.evaluations = 0  # every evaluation of J counts through _count
         self._ways: dict[Hashable, Way] = {}
         self.paths: dict[str, Way] = {}
         self.reasons: dict[str, str] = {}
@@ -93,6 +93,10 @@ class Chunks:
 
     def _evaluation_bytes(self) -> int:
         raise NotImplementedError
+
+    def _count(self, count: int) -> None:
+        """``count`` evaluations of J have just been made (one plain, or one batched call)."""
+        self.evaluations += count
 
     # -- sizes and candidates -----------------------------------------------------------------
 
@@ -239,14 +243,14 @@ class Chunks:
                 out[FIRST:size] = batched[FIRST:]
                 self._ways[key] = way
                 self.reasons.pop(label, None)
-                self._note_call(label, way, size - FIRST)
+                if size > FIRST:
+                    self._note_call(label, way, 0)
                 return way, size
             self.reasons[label] = f"{way} gave J {gap:.1e} (relative) away from the plain one"
         self._ways[key] = "loop"
         return "loop", FIRST
 
-    @staticmethod
-    def _in_calls(run: Callable[[int, int], np.ndarray], count: int, size: int) -> np.ndarray:
+    def _in_calls(self, run: Callable[[int, int], np.ndarray], count: int, size: int) -> np.ndarray:
         """``run`` over [0, count) in calls of at most ``size``, halved on out-of-memory."""
         parts, done = [], 0
         while done < count:
@@ -258,6 +262,7 @@ class Chunks:
                     raise
                 size //= 2
                 continue
+            self.largest_call = max(self.largest_call, hi - done)
             done = hi
         return np.concatenate(parts)
 
@@ -392,7 +397,7 @@ class Chunks:
                 text += f"; layer-output shifts for {listing(shifted)}"
             shared = [n for n in batched if n in self._shared]
             if shared:
-                text += f"; {len(shared)} tensor(s) with few components in shared calls"
+                text += f"; {listing(shared)} in calls shared by tensors with few components"
             parts.append(text + ")")
         loops = [n for n, v in self.paths.items() if v == "loop" and n not in self._few]
         if loops:

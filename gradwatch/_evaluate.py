@@ -4,6 +4,7 @@ one θ at a time or many perturbed copies of θ per call."""
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -149,7 +150,7 @@ class ModuleCost(Chunks):
     ) -> Any:
         """J at ``theta``, or ``then(J)`` computed while ``theta`` is in the model."""
         reseed(self._seed)
-        self.evaluations += 1
+        self._count(1)
         tensors = dict(self._fixed)
         tensors.update(zip(self._names, theta, strict=True))
         if then is None:
@@ -191,9 +192,17 @@ class ModuleCost(Chunks):
                 return _scalar(functional_call(self._module, tensors, (self._batch,)))
 
         reseed(self._seed)
-        with torch.enable_grad(), BatchedOps(), torch_threads(self._threads.batched()):
+        with (
+            torch.enable_grad(),
+            BatchedOps(),
+            torch_threads(self._threads.batched()),
+            warnings.catch_warnings(),
+        ):
+            # Plain evaluations of the same J always came first and warned as the model does; a
+            # warning here is vmap's own (an op without a batching rule) or a repeat.
+            warnings.simplefilter("ignore")
             found = vmap(one, randomness="same")(tuple(batched.values()), written, *extra)
-        self.evaluations += count
+        self._count(count)
         return found.detach().to(torch.float64).cpu().numpy().reshape(count)
 
     # -- the public evaluations -------------------------------------------------------------------
