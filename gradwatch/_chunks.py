@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gradwatch._lowrank import NotLowRank
 from gradwatch._shift import shift_owner
 from gradwatch._vectorize import (
     Way,
@@ -235,9 +236,12 @@ class Chunks:
             size = max(FIRST, min(self._call_size(way, held), len(out)))
             try:
                 batched = self._in_calls(runs[way], size, self._call_size(way, held))
-            except Exception as err:  # any failure under vmap means: try the next way
+            except NotLowRank as err:  # this way does not apply: try the next
                 self.reasons[label] = f"{way} failed, {_why(err)}"
                 continue
+            except Exception as err:  # vmap cannot run J so: no way will
+                self.reasons[label] = f"{way} failed, {_why(err)}"
+                break
             gap = _gap(batched[:FIRST], out[:FIRST])
             if gap <= tolerance:
                 out[FIRST:size] = batched[FIRST:]
@@ -298,14 +302,15 @@ class Chunks:
             if got is not None and t in fresh:
                 gap = _gap(got[:FIRST], out[t][:FIRST])
                 if gap > tolerance:
-                    errors[t] = f"{way} gave J {gap:.1e} (relative) away from the plain one"
+                    errors[t] = (f"{way} gave J {gap:.1e} (relative) away from the plain one", True)
                     got = None
             label = self.names[t]
-            if got is None:  # calls of its own, with the next way
+            if got is None:  # calls of its own, with the next way (none if vmap cannot run J)
                 self._ways[("shared", t)] = "loop"
-                self.reasons[label] = errors[t]
+                self.reasons[label], another = errors[t]
                 plain = out[t][:FIRST] if t in fresh else None
-                out[t] = self._entries(t, index, values, plain, exclude=(way,))
+                skip: tuple[Way, ...] = (way,) if another else ("linear", "shift", "vmap")
+                out[t] = self._entries(t, index, values, plain, exclude=skip)
                 continue
             start = FIRST if t in fresh else 0
             out[t][start:] = got[start:]
@@ -317,9 +322,10 @@ class Chunks:
 
     def _shared_calls(
         self, jobs: Mapping[int, Job]
-    ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    ) -> tuple[dict[int, np.ndarray], dict[int, tuple[str, bool]]]:
         """Every job's evaluations, in θ's order, in calls sized to the budget. A call that runs
-        out of memory is retried in halves; one that fails otherwise, tensor by tensor."""
+        out of memory is retried in halves; one that fails otherwise, tensor by tensor. Failed
+        tensors map to why, and whether another way may work (the failure was the way's own)."""
         if not jobs:
             return {}, {}
         order = sorted(jobs)
@@ -328,7 +334,7 @@ class Chunks:
         values = torch.cat([jobs[t][1] for t in order])
         shifted = {t for t in order if jobs[t][2] == "shift"}
         results = np.full(len(index), np.nan)
-        errors: dict[int, str] = {}
+        errors: dict[int, tuple[str, bool]] = {}
         pending = self._shared_sizes(tensor.tolist(), shifted)
         while pending:
             lo, hi, alone = pending.pop(0)
@@ -342,7 +348,7 @@ class Chunks:
                     pending[:0] = self._by_tensor(tensor, lo, hi)
                 else:
                     way = "shift" if moved[0] in shifted else "vmap"
-                    errors[moved[0]] = f"{way} failed, {_why(err)}"
+                    errors[moved[0]] = (f"{way} failed, {_why(err)}", isinstance(err, NotLowRank))
                 continue
             self.largest_call = max(self.largest_call, hi - lo)
         starts = np.cumsum([0] + [len(jobs[t][0]) for t in order])

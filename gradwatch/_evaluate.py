@@ -16,7 +16,7 @@ from torch.utils._pytree import tree_leaves
 
 from gradwatch._batched_ops import BatchedOps
 from gradwatch._chunks import Chunks, Runs
-from gradwatch._lowrank import LowRankShift
+from gradwatch._lowrank import LowRankShift, NotLowRank
 from gradwatch._shift import Entry, EntryShifts
 from gradwatch._state import reseed
 from gradwatch._threads import ThreadChoice, pair_units, torch_threads
@@ -305,7 +305,7 @@ class ModuleCost(Chunks):
         finally:
             handle.remove()
         if shift.calls != 1:
-            raise RuntimeError(f"the layer ran {shift.calls} times in one evaluation of J")
+            raise NotLowRank(f"the layer ran {shift.calls} times in one evaluation of J")
         return found
 
     def _mixed(

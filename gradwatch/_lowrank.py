@@ -60,7 +60,12 @@ def _column(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return tensor.index_select(-1, index.reshape(1)).squeeze(-1)
 
 
-class OutsideUse(RuntimeError):
+class NotLowRank(RuntimeError):
+    """A perturbed entry is not a change of its layer's output alone: that way of evaluating it
+    does not apply (another way may)."""
+
+
+class OutsideUse(NotLowRank):
     """The perturbed parameter was read outside its own layer's forward."""
 
 

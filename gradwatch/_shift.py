@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from gradwatch._lowrank import OutsideUse
+from gradwatch._lowrank import NotLowRank, OutsideUse
 from gradwatch._vectorize import _owner
 
 _CONVOLUTIONS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -174,7 +174,7 @@ class EntryShifts:
         ran = [e.module for e in self.entries if self.calls[id(e.module)] != 1]
         if ran:
             count = self.calls[id(ran[0])]
-            raise RuntimeError(f"a {type(ran[0]).__name__} ran {count} times in one evaluation")
+            raise NotLowRank(f"a {type(ran[0]).__name__} ran {count} times in one evaluation")
 
     def _before(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self.calls[id(module)] += 1
