@@ -2,14 +2,15 @@
 copies take: the choice, its validation against the plain loop, and the fallbacks.
 
 A tensor with enough evaluations to fill calls of its own gets them (``_entries``): its first
-pair runs through the plain loop, the first call repeats that pair through the first candidate
-way that can run (low-rank ``nn.Linear`` update, layer-output shift, copies of the tensor), and
-the way is kept only if the two agree. Tensors with fewer evaluations (a sampled check of a big
-model: a few components per tensor) share calls (``_pool``): one call moves entries of several
-tensors, in θ's order so that the layers before the first moved tensor run once for all copies.
-Each such tensor is validated the same way, on its own first pair. A call that runs out of
-memory is retried in halves; a tensor whose way fails or disagrees falls back to calls of its
-own with the next way, and to the plain loop last.
+pair runs through the plain loop, then through each candidate way in turn (low-rank
+``nn.Linear`` update, layer-output shift, copies of the tensor) in a call of those two copies,
+and the first way that reproduces the plain J is kept for the rest. Tensors with fewer
+evaluations (a sampled check of a big model: a few components per tensor) share calls
+(``_pool``): their first pairs are checked the same way (in one call for all of them, split by
+tensor if it fails), then the rest runs in calls that move entries of several tensors, in θ's
+order so that the layers before the first moved tensor run once for all copies. A call that
+runs out of memory is retried in halves; a tensor whose way fails or disagrees falls back to
+calls of its own with the next way, and to the plain loop last.
 """
 
 from __future__ import annotations
@@ -130,7 +131,10 @@ class Chunks:
         """The way of tensor ``t`` in shared calls, if its ``count`` evaluations do not fill a
         call of their own and it has one: a layer-output shift, or copies of a tensor no larger
         than one copy's activations."""
-        if not self._vectorize or self._ways.get(("shared", t)) == "loop":
+        if not self._vectorize or "loop" in (
+            self._ways.get(("shared", t)),
+            self._ways.get(("entries", t)),
+        ):
             return None
         way = self._ways.get(("shared", t))
         if way is None and self._shift_owner(t) is not None:
@@ -204,7 +208,7 @@ class Chunks:
                 self._few.add(label)
                 self.paths.setdefault(label, "loop")
                 return out
-            way, done = self._first_call(key, label, tried, runs, out, held)
+            way = self._first_call(key, label, tried, runs, out[:done])
         self.paths[label] = way
         step = self._call_size(way, held) if way != "loop" else count
         while done < count:
@@ -226,49 +230,25 @@ class Chunks:
         return out
 
     def _first_call(
-        self, key: Hashable, label: str, candidates: list[Way], runs: Runs, out: np.ndarray,
-        held: int,
-    ) -> tuple[Way, int]:  # fmt: skip
-        """Tries each candidate on a first call that repeats the plain first pair; keeps the first
-        that reproduces it, with the rest of its call. Returns the way and the evaluations done."""
+        self, key: Hashable, label: str, candidates: list[Way], runs: Runs, plain: np.ndarray
+    ) -> Way:
+        """The first candidate whose call on the first pair alone reproduces its ``plain`` J (a
+        way that fails, fails on two copies), else ``"loop"``."""
         tolerance = agreement(self.theta[0].dtype)
         for way in candidates:
-            size = max(FIRST, min(self._call_size(way, held), len(out)))
             try:
-                batched = self._in_calls(runs[way], size, self._call_size(way, held))
-            except NotLowRank as err:  # this way does not apply: try the next
+                batched = runs[way](0, len(plain))
+            except Exception as err:  # any failure under vmap means: try the next way
                 self.reasons[label] = f"{way} failed, {_why(err)}"
                 continue
-            except Exception as err:  # vmap cannot run J so: no way will
-                self.reasons[label] = f"{way} failed, {_why(err)}"
-                break
-            gap = _gap(batched[:FIRST], out[:FIRST])
+            gap = _gap(batched, plain)
             if gap <= tolerance:
-                out[FIRST:size] = batched[FIRST:]
                 self._ways[key] = way
                 self.reasons.pop(label, None)
-                if size > FIRST:
-                    self._note_call(label, way, 0)
-                return way, size
+                return way
             self.reasons[label] = f"{way} gave J {gap:.1e} (relative) away from the plain one"
         self._ways[key] = "loop"
-        return "loop", FIRST
-
-    def _in_calls(self, run: Callable[[int, int], np.ndarray], count: int, size: int) -> np.ndarray:
-        """``run`` over [0, count) in calls of at most ``size``, halved on out-of-memory."""
-        parts, done = [], 0
-        while done < count:
-            hi = min(done + size, count)
-            try:
-                parts.append(run(done, hi))
-            except Exception as err:
-                if not (out_of_memory(err) and size > 1):
-                    raise
-                size //= 2
-                continue
-            self.largest_call = max(self.largest_call, hi - done)
-            done = hi
-        return np.concatenate(parts)
+        return "loop"
 
     def _note_call(self, label: str, way: Way, copies: int) -> None:
         if way != "loop" and copies > 0:
@@ -295,25 +275,34 @@ class Chunks:
                     self.paths.setdefault(self.names[t], "loop")
                     continue
             jobs[t] = shared[t]
-        found, errors = self._shared_calls(jobs)
+        # The fresh tensors' first pairs again, batched: each way is checked on two copies (one
+        # that fails, fails there), before the rest runs in calls as large as the budget allows.
+        probe = {t: (i[:FIRST], v[:FIRST], way) for t, (i, v, way) in jobs.items() if t in fresh}
+        found, errors = self._shared_calls(probe)
         tolerance = agreement(self.theta[0].dtype)
+        for t, got in found.items():
+            gap = _gap(got, out[t][:FIRST])
+            if gap > tolerance:
+                errors[t] = (
+                    f"{jobs[t][2]} gave J {gap:.1e} (relative) away from the plain one",
+                    True,
+                )
+        start = {t: FIRST if t in fresh else 0 for t in jobs}
+        rest = {
+            t: (i[start[t] :], v[start[t] :], w) for t, (i, v, w) in jobs.items() if t not in errors
+        }
+        found, failed = self._shared_calls(rest)
+        errors.update(failed)
         for t, (index, values, way) in jobs.items():
-            got = found.get(t)
-            if got is not None and t in fresh:
-                gap = _gap(got[:FIRST], out[t][:FIRST])
-                if gap > tolerance:
-                    errors[t] = (f"{way} gave J {gap:.1e} (relative) away from the plain one", True)
-                    got = None
             label = self.names[t]
-            if got is None:  # calls of its own, with the next way (none if vmap cannot run J)
+            if t in errors:  # calls of its own, with the next way (none if vmap cannot run J)
                 self._ways[("shared", t)] = "loop"
                 self.reasons[label], another = errors[t]
                 plain = out[t][:FIRST] if t in fresh else None
                 skip: tuple[Way, ...] = (way,) if another else ("linear", "shift", "vmap")
                 out[t] = self._entries(t, index, values, plain, exclude=skip)
                 continue
-            start = FIRST if t in fresh else 0
-            out[t][start:] = got[start:]
+            out[t][start[t] :] = found[t]
             self._ways[("shared", t)] = self.paths[label] = way
             self._shared.add(label)
             self._batched.add(label)
