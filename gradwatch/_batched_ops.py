@@ -9,6 +9,13 @@ calls the mode below computes the same loss as ``-log_p[target]`` picked with ``
 rounds like the kernel up to the order of the final sum (a few ulps of J); every batched path is
 compared with the plain J on its first pair anyway. Any use it does not cover (class
 probabilities as targets, label smoothing, the deprecated arguments) runs PyTorch's own.
+
+A matrix product of a transposed (non-contiguous) input that all copies share with a weight
+that differs per copy is 25-45 times slower under vmap than with a contiguous input (measured:
+4x32 tokens of width 128 times 64 copies of a 384x128 weight, 11 ms against 460 ms
+on CPU). ``nn.MultiheadAttention(batch_first=True)`` hands ``F.multi_head_attention_forward``
+such transposed inputs, so a check copying its projection weights spent most of its time there.
+The mode gives that function, and ``F.linear``, contiguous inputs: the same values.
 """
 
 from __future__ import annotations
@@ -83,9 +90,20 @@ def nll(
     return losses.sum() / share.sum()
 
 
+def _contiguous(tensors: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Contiguous copies of ``tensors`` (where not already), the same object where the same
+    object was given (attention checks ``query is key``)."""
+    made: dict[int, Any] = {}
+    for t in tensors:
+        if id(t) not in made:
+            made[id(t)] = t.contiguous() if isinstance(t, torch.Tensor) else t
+    return tuple(made[id(t)] for t in tensors)
+
+
 class BatchedOps(TorchFunctionMode):
-    """Computes ``F.cross_entropy`` and ``F.nll_loss`` of class labels with :func:`nll` inside
-    the body (enter it around a vmapped call)."""
+    """Computes ``F.cross_entropy`` and ``F.nll_loss`` of class labels with :func:`nll`, and gives
+    attention and linear layers contiguous inputs, inside the body (enter it around a vmapped
+    call)."""
 
     def __torch_function__(
         self,
@@ -95,6 +113,10 @@ class BatchedOps(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        if func is F.multi_head_attention_forward and len(args) >= 3:
+            args = (*_contiguous(args[:3]), *args[3:])
+        elif func is F.linear and args and isinstance(args[0], torch.Tensor):
+            args = (args[0].contiguous(), *args[1:])
         if func is F.cross_entropy or func is F.nll_loss:
             bound = _bind(*args, **kwargs)
             if _covered(bound):

@@ -183,13 +183,18 @@ def linear_owner(model: nn.Module, name: str) -> tuple[nn.Module, str] | None:
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str] | None:
-    """The module holding parameter ``name`` as its ``weight`` or ``bias``, if it has no hooks."""
+    """The module holding parameter ``name`` as its ``weight`` or ``bias``, if it has no hooks
+    and its forward is what reads it (``nn.MultiheadAttention`` reads its ``out_proj``'s weight
+    itself, without running that Linear)."""
     owner_name, _, attr = name.rpartition(".")
     if attr not in ("weight", "bias"):
         return None
     try:
         owner = model.get_submodule(owner_name)
+        parent = model.get_submodule(owner_name.rpartition(".")[0])
     except AttributeError:
+        return None
+    if isinstance(parent, nn.MultiheadAttention) and owner is parent.out_proj:
         return None
     if owner._forward_hooks or owner._forward_pre_hooks:
         return None

@@ -101,3 +101,9 @@ def test_linear_owner_accepts_only_stock_linear_layers(name: str, owner: str | N
     model = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), Custom(2, 2))
     found = vectorize.linear_owner(model, name)
     assert (found[1] if found else None) == owner
+
+
+def test_attention_output_projection_has_no_owner_that_runs() -> None:
+    model = nn.Sequential(nn.MultiheadAttention(4, 2))
+    assert vectorize.linear_owner(model, "0.out_proj.weight") is None
+    assert vectorize.linear_owner(model, "0.in_proj_weight") is None
