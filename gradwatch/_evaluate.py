@@ -213,20 +213,25 @@ class ModuleCost(Chunks):
         return flat[torch.as_tensor(indices, device=flat.device)]
 
     def value(self) -> float:
-        """J at θ (no gradient is taken). Its time, on the user's thread count, is one sample for
-        the plain loop's choice of threads."""
+        """J at θ (no gradient is taken), on the thread count of plain evaluations (its time is
+        one sample for that choice)."""
+        count = self._threads.next()
         start = time.perf_counter()
-        with torch.enable_grad():
+        with torch.enable_grad(), torch_threads(count):
             found = float(self._call(self.theta).detach())
-        self._threads.record(torch.get_num_threads(), time.perf_counter() - start)
+        self._threads.record(count, time.perf_counter() - start)
         return found
 
     def gradient(self) -> tuple[float, list[torch.Tensor]]:
         """J at θ and autograd's gradient (zeros where J does not depend on a tensor; sparse
-        gradients, of ``nn.Embedding(sparse=True)``, made dense)."""
+        gradients, of ``nn.Embedding(sparse=True)``, made dense), on the thread count of plain
+        evaluations (the forward's time is one sample for that choice)."""
         leaves = [t.clone().requires_grad_(True) for t in self.theta]
+        count = self._threads.next()
+        start = time.perf_counter()
 
         def backprop(cost: torch.Tensor) -> tuple[torch.Tensor, Sequence[torch.Tensor | None]]:
+            self._threads.record(count, time.perf_counter() - start)  # the forward's time
             if any(leaf.grad is not None for leaf in leaves):
                 raise TypeError(CALLS_BACKWARD)
             if not cost.requires_grad:  # J detached from θ: backprop gives nothing, say zeros
@@ -240,7 +245,7 @@ class ModuleCost(Chunks):
                     raise TypeError(CALLS_BACKWARD) from err
                 raise
 
-        with torch.enable_grad():
+        with torch.enable_grad(), torch_threads(count):
             cost, grads = self._call(leaves, backprop)
         return float(cost), [
             torch.zeros_like(t) if g is None else (g.to_dense() if g.is_sparse else g).detach()

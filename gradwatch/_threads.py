@@ -7,8 +7,10 @@ and far more when other processes hold the cores: a thread that waits for a desc
 waits a time slice. Measured on a 2-core machine shared with other jobs: a plain-loop check of a
 tiny GPT-2 took 10 s on one thread and 76 s on two; one 4-image forward of ResNet-18 took 25 ms
 on one thread and 230 ms on two. On a quiet machine a large model gains from its threads. No
-fixed size rule tells these apart (the load changes under a check), so the check measures: it
-alternates the two counts over its first plain evaluations and keeps the faster one.
+fixed size rule tells these apart (the load changes under a check), so the check measures:
+its plain evaluations (the gradient's, J at θ, then the plain loop's) alternate between one
+thread and the user's count, timed (the gradient's by its forward), until one is faster by far
+or both have a few samples; then it keeps the faster one.
 
 The batched calls carry large tensors, where the user's threads pay as in training; they run on
 the user's count unless the plain evaluations found one thread CLEAR-ly faster. A gap that wide
@@ -34,10 +36,10 @@ import torch
 # Pairs timed per thread count before the choice: the median of three ignores one pair slowed by
 # a burst of load, and six pairs are a small part of any loop worth choosing for.
 SAMPLES = 3
-# A count whose first sample is this many times slower than the other's is dropped at once: a
-# burst of load slows one evaluation by less (measured here), while two threads fighting other
-# processes for two cores were 30 times slower (ResNet-18: 55 ms an evaluation on one thread,
-# 1.6 s on two), and every further sample of them would cost as much.
+# A count this many times slower than the other over two samples each (or CLEAR² over one each)
+# is dropped without more: a burst of load seldom slows two evaluations in a row that much,
+# while two threads fighting other processes for two cores were 30 times slower (ResNet-18: 55
+# ms an evaluation on one thread, 1.6 s on two), and every further sample would cost as much.
 CLEAR = 2.0
 
 
@@ -93,15 +95,16 @@ class ThreadChoice:
     def record(self, count: int, seconds: float) -> None:
         """One unit's time per evaluation on ``count`` threads (any evaluation of J on that many:
         the check's evaluation at θ counts for the user's); chooses once both counts have
-        ``SAMPLES`` of them, or one is ``CLEAR`` times slower than the other."""
+        ``SAMPLES`` of them, or one is clearly slower (see ``CLEAR``)."""
         if self.chosen is not None or count not in self.seconds:
             return
         self.seconds[count].append(seconds)
-        if not all(self.seconds.values()):
+        fewest = min(len(s) for s in self.seconds.values())
+        if fewest == 0:
             return
         fast, slow = sorted((1, self.user), key=lambda n: statistics.median(self.seconds[n]))
         gap = statistics.median(self.seconds[slow]) / statistics.median(self.seconds[fast])
-        if gap >= CLEAR or all(len(s) >= SAMPLES for s in self.seconds.values()):
+        if gap >= (CLEAR if fewest >= 2 else CLEAR**2) or fewest >= SAMPLES:
             self.chosen = fast
 
     def run(self, units: Sequence[Sequence[int]], evaluate: Callable[[int], float]) -> np.ndarray:

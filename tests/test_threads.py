@@ -27,6 +27,8 @@ def _fed(choice: ThreadChoice, seconds: dict[int, list[float]]) -> ThreadChoice:
         ({1: [1.0, 1.1, 0.9], 2: [0.6, 0.5, 0.7]}, 2),  # threads pay: the user's count
         ({1: [1.0, 1.1, 0.9], 2: [1.2, 1.3, 1.1]}, 1),  # small operations: one thread
         ({1: [1.0, 1.1], 2: [0.6, 0.5]}, None),  # still measuring
+        ({1: [1.0], 2: [3.0]}, None),  # one slow sample may be a burst of load
+        ({1: [1.0, 1.0], 2: [3.0, 2.5]}, 1),  # two are not
         ({1: [1.0], 2: [30.0]}, 1),  # one sample each suffices when the gap is this wide
     ],
 )
@@ -42,7 +44,7 @@ def test_one_user_thread_leaves_nothing_to_choose() -> None:
 
 def test_batched_calls_move_to_one_thread_only_under_contention() -> None:
     close = _fed(ThreadChoice(user=4), {1: [1.0, 1.0, 1.0], 4: [1.2, 1.2, 1.2]})
-    fought = _fed(ThreadChoice(user=4), {1: [1.0], 4: [5.0]})
+    fought = _fed(ThreadChoice(user=4), {1: [1.0, 1.0], 4: [5.0, 5.0]})
     assert (close.chosen, close.batched()) == (1, 4)
     assert (fought.chosen, fought.batched()) == (1, 1)
     assert "plain and batched evaluations on 1 thread" in str(fought.describe())
