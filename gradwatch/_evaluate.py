@@ -15,8 +15,9 @@ from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_leaves
 
 from gradwatch._batched_ops import BatchedOps
-from gradwatch._chunks import Chunks, Runs
+from gradwatch._chunks import Runs
 from gradwatch._lowrank import LowRankShift, NotLowRank
+from gradwatch._pool import SharedCalls
 from gradwatch._shift import Entry, EntryShifts
 from gradwatch._state import reseed
 from gradwatch._threads import ThreadChoice, pair_units, torch_threads
@@ -72,7 +73,7 @@ def _scalar(value: object) -> torch.Tensor:
     return value.reshape(())
 
 
-class ModuleCost(Chunks):
+class ModuleCost(SharedCalls):
     """J(θ) for ``loss_fn(model, batch)``: θ is ``names``'s tensors, everything else held fixed.
 
     The model's own parameters and buffers are never written: every evaluation runs through
@@ -86,10 +87,10 @@ class ModuleCost(Chunks):
     There are two ways to evaluate J, each with one entry point: ``_call`` (one θ, the plain
     loop: the reference) and ``_vmapped`` (many perturbed copies of θ in one call of
     ``torch.func.vmap``, ``randomness="same"``: one draw shared by all copies, the draw of a
-    plain evaluation). How the copies differ is chosen per tensor (see
-    :class:`gradwatch._chunks.Chunks`): a perturbed ``nn.Linear`` entry as a low-rank update of
-    the layer's output, an entry of a convolution, embedding or linear layer as a change of that
-    layer's output (:mod:`gradwatch._shift`), or copies of the whole tensor. Calls are sized to
+    plain evaluation). How the copies differ is chosen per tensor (:mod:`gradwatch._chunks`,
+    :mod:`gradwatch._pool`): a perturbed ``nn.Linear`` entry as a low-rank update of the layer's
+    output, an entry of a convolution, embedding or linear layer as a change of that layer's
+    output (:mod:`gradwatch._shift`), or copies of the whole tensor. Calls are sized to
     ``memory_budget`` bytes (measured activations per copy, plus the copied tensors), and a call
     that runs out of memory is retried in halves. Each path is used for a tensor only after it
     reproduced the plain J on a first pair of perturbations; otherwise that tensor falls back to
