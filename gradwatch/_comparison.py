@@ -10,7 +10,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from gradwatch._evaluate import PROBES, ModuleCost
+from gradwatch._chunks import PROBES
+from gradwatch._evaluate import ModuleCost
 from gradwatch._evidence import JITTER_STEPS, Evidence, Moved, gather_evidence
 from gradwatch._noise import PROBE_WIDTH, JNoise, measure_noise, rounding_floor
 from gradwatch._numeric import auto_steps, relative_difference

@@ -15,6 +15,7 @@ check, and the compiled module's caches and guards see the very same objects aft
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +32,15 @@ _ORIGINAL = "_torchdynamo_orig_callable"
 _PREFIX = "_orig_mod."
 
 
+def _compiling_loaded() -> bool:
+    """Whether torch.compile was ever used in this process (it imports torch._dynamo): where it
+    was not, nothing is compiled, and the check imports none of it (a second or more)."""
+    return "torch._dynamo" in sys.modules
+
+
 def _optimized() -> type[nn.Module] | None:
+    if not _compiling_loaded():
+        return None
     found = getattr(torch._dynamo, "OptimizedModule", None)  # torch >= 2.0
     return found if isinstance(found, type) else None
 
@@ -133,7 +142,7 @@ class _EagerStance:
     @contextmanager
     def held(self) -> Iterator[None]:
         stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
-        if stance is None:
+        if stance is None or not _compiling_loaded():
             yield
             return
         with self._lock:

@@ -4,43 +4,47 @@ one θ at a time or many perturbed copies of θ per call."""
 from __future__ import annotations
 
 import copy
-import textwrap
-from collections.abc import Callable, Hashable, Mapping, Sequence
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.utils._pytree import tree_leaves
 
+from gradwatch._batched_ops import BatchedOps
 from gradwatch._blame import users_code
-from gradwatch._lowrank import LowRankShift
+from gradwatch._chunks import Runs
+from gradwatch._lowrank import LowRankShift, NotLowRank
+from gradwatch._pool import SharedCalls
 from gradwatch._precision import PrecisionGuard
+from gradwatch._shift import Entry, EntryShifts
 from gradwatch._state import reseed
+from gradwatch._threads import ThreadChoice, pair_units, torch_threads
 from gradwatch._vectorize import (
-    Way,
-    agreement,
-    copies_per_call,
+    DEFAULT_MEMORY_BUDGET,
     graph_uses,
     linear_owner,
-    produced_bytes,
+    saved_bytes,
+    unread_statistics,
 )
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
-# The label of the evaluations that measure J's noise (gradwatch._noise), which describe() leaves
-# out: they move no one tensor's components.
-PROBES = "noise probes"
+Shift = LowRankShift | EntryShifts
 
 
-CALLS_BACKWARD = (
-    "`loss_fn` must return the cost J without calling .backward() on it: the check runs "
-    "backprop itself; got a loss_fn that ran backward"
-)
 DETACHED = (
     "`loss_fn` must return J computed from the checked parameters through autograd; the J it "
     "returned has no autograd graph back to any of them, so there is no backprop to check. The "
     "usual causes: `.item()`, `.detach()`, `torch.tensor(...)`, a numpy round trip or "
     "`torch.no_grad()` inside the loss, or an `include` that selects parameters J does not use"
+)
+CALLS_BACKWARD = (
+    "`loss_fn` must return the cost J without calling .backward() on it: the check runs "
+    "backprop itself; got a loss_fn that ran backward"
 )
 # What autograd says when backward runs through J after loss_fn already did (without
 # retain_graph, and with the .grad it filled cleared again, so the check above missed it).
@@ -79,20 +83,7 @@ def _scalar(value: object) -> torch.Tensor:
     return value.reshape(())
 
 
-def _gap(batched: np.ndarray, plain: np.ndarray) -> float:
-    """Largest |batched − plain| / |plain| (0 where both are the same NaN or infinity)."""
-    same = (batched == plain) | (np.isnan(batched) & np.isnan(plain))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        gap = np.abs(batched - plain) / np.maximum(np.abs(plain), np.finfo(np.float64).tiny)
-    return float(np.max(np.where(same, 0.0, np.nan_to_num(gap, nan=np.inf)), initial=0.0))
-
-
-def _why(err: Exception) -> str:
-    first = (str(err).strip().splitlines() or [""])[0]
-    return f"{type(err).__name__}: {textwrap.shorten(first, 200, placeholder=' …')}"
-
-
-class ModuleCost:
+class ModuleCost(SharedCalls):
     """J(θ) for ``loss_fn(model, batch)``: θ is ``names``'s tensors, everything else held fixed.
 
     The model's own parameters and buffers are never written: every evaluation runs through
@@ -103,15 +94,21 @@ class ModuleCost:
     some modules compute another function without grad (see ``attention_fast_path_disabled``).
     The copies of θ do not require grad, so no graph is kept for them.
 
-    Many perturbed copies are evaluated per call with ``torch.func.vmap`` (``randomness="same"``:
-    one draw shared by all copies, the draw of a plain evaluation), in chunks sized from the
-    measured memory of one evaluation. A perturbed ``nn.Linear`` entry becomes a low-rank update
-    of the layer's output instead of a batched weight. Each path is used for a tensor only after
-    it reproduced the plain J on a first pair of perturbations; otherwise (vmap cannot run the
-    module, or disagrees) that tensor falls back to the plain loop. ``paths`` and ``describe()``
-    say which path ran; ``vectorize=False`` always takes the loop (the reference).
-    ``progress``, when given, is called with the number of evaluations of J each call (one
-    plain evaluation, or one batched chunk) has just made.
+    There are two ways to evaluate J, each with one entry point: ``_call`` (one θ, the plain
+    loop: the reference) and ``_vmapped`` (many perturbed copies of θ in one call of
+    ``torch.func.vmap``, ``randomness="same"``: one draw shared by all copies, the draw of a
+    plain evaluation). How the copies differ is chosen per tensor (:mod:`gradwatch._chunks`,
+    :mod:`gradwatch._pool`): a perturbed ``nn.Linear`` entry as a low-rank update of the layer's
+    output, an entry of a convolution, embedding or linear layer as a change of that layer's
+    output (:mod:`gradwatch._shift`), or copies of the whole tensor. Calls are sized to
+    ``memory_budget`` bytes (measured activations per copy, plus the copied tensors), and a call
+    that runs out of memory is retried in halves. Each path is used for a tensor only after it
+    reproduced the plain J on a first pair of perturbations; otherwise that tensor falls back to
+    the plain loop. ``paths`` and ``describe()`` say which path ran; ``vectorize=False`` always
+    takes the loop. The loop's evaluations run on the thread count measured faster on them
+    (:mod:`gradwatch._threads`); the user's count is put back after each. Every evaluation runs
+    under the precision guard (:mod:`gradwatch._precision`; ``keep_precision``), and
+    ``progress``, when given, is told how many evaluations each call has just made.
     """
 
     def __init__(
@@ -123,16 +120,16 @@ class ModuleCost:
         dtype: torch.dtype,
         seed: int,
         vectorize: bool = True,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
         progress: Callable[[int], None] | None = None,
         keep_precision: bool = False,
     ) -> None:
-        self._model = model
+        super().__init__(vectorize, memory_budget)
         self._progress = progress
-        self._vectorize = vectorize
+        self._model = model
         self._module = _LossModule(model, loss_fn)
         self._batch = batch
         self._seed = seed
-        self.evaluations = 0
         wanted = set(names)
         params = dict(model.named_parameters())
         # θ: one leaf per checked tensor, on the parameter's own device, in dtype.
@@ -156,13 +153,11 @@ class ModuleCost:
             self._initial[f"model.{n}"] = cast.detach().clone()
         self._fixed = fixed
         self._written: set[str] = set()
+        # Statistics a batched evaluation leaves out (see unread_statistics).
+        self._unread = {f"model.{n}" for n in unread_statistics(model)} & set(fixed)
         self._uses: list[int] | None = None  # graph edges into each θ tensor (from gradient())
-        self._bytes: int | None = None  # bytes one evaluation produces
-        self._ways: dict[Hashable, Way] = {}
-        self.paths: dict[str, Way] = {}
-        self.reasons: dict[str, str] = {}
-        self._batched: set[str] = set()  # labels evaluated vectorized beyond the first pair
-        self.largest_call = 0
+        self._bytes: int | None = None  # activation bytes of one evaluation
+        self._threads = ThreadChoice()
         # Entered around every evaluation of J (and of its gradient): see gradwatch._precision.
         self._guard = PrecisionGuard(model, dtype, keep_precision, self._probe)
 
@@ -170,6 +165,27 @@ class ModuleCost:
     def precision_notes(self) -> list[str]:
         """Where the model's casts were kept in the check's dtype, and where precision leaks."""
         return self._guard.notes
+
+    def moved(self, deltas: Sequence[torch.Tensor]) -> ModuleCost:
+        """The same J at a nearby point, θ + ``deltas`` (one per checked tensor), sharing this
+        one's fixed tensors and its choices of evaluation path; its evaluations count apart."""
+        other = copy.copy(self)
+        other.theta = [t + d.to(t) for t, d in zip(self.theta, deltas, strict=True)]
+        other._flat = [t.view(-1) for t in other.theta]
+        other.evaluations = 0
+        return other
+
+    def _count(self, count: int) -> None:
+        super()._count(count)
+        if self._progress is not None:
+            self._progress(count)
+
+    def _probe(self) -> None:
+        """One evaluation of J: the precision guard decides on the first one."""
+        with torch.enable_grad():
+            self._call(self.theta)
+
+    # -- the two ways of evaluating J -----------------------------------------------------------
 
     def _call(
         self, theta: Sequence[torch.Tensor], then: Callable[[torch.Tensor], Any] | None = None
@@ -190,24 +206,55 @@ class ModuleCost:
         after = {"then": lambda value: then(_scalar(value))}
         return functional_call(self._module, tensors, (self._batch,), after)
 
-    def moved(self, deltas: Sequence[torch.Tensor]) -> ModuleCost:
-        """The same J at a nearby point, θ + ``deltas`` (one per checked tensor), sharing this
-        one's fixed tensors and its choices of evaluation path; its evaluations count apart."""
-        other = copy.copy(self)
-        other.theta = [t + d.to(t) for t, d in zip(self.theta, deltas, strict=True)]
-        other._flat = [t.view(-1) for t in other.theta]
-        other.evaluations = 0
-        return other
+    def _vmapped(
+        self,
+        batched: Mapping[int, torch.Tensor],
+        shift: Shift | None = None,
+        extra: tuple[torch.Tensor, ...] = (),
+    ) -> np.ndarray:
+        """J per copy: tensors ``batched`` (leading dim: copies), and ``shift`` fed ``extra``."""
+        count = len(next(iter(batched.values())) if batched else extra[0])
+        names = [self._names[t] for t in batched]
+        # Buffers the forward writes in place get one copy per perturbed model (vmap cannot
+        # write batched values into one shared tensor), but for the statistics J never reads.
+        self._written.update(
+            n for n, b in self._initial.items() if not torch.equal(b, self._fixed[n])
+        )
+        written = {
+            n: self._fixed[n].expand(count, *self._fixed[n].shape).clone()
+            for n in self._written - self._unread
+        }
 
-    def _count(self, count: int) -> None:
-        self.evaluations += count
-        if self._progress is not None:
-            self._progress(count)
+        def one(
+            values: tuple[torch.Tensor, ...], buffers: dict[str, torch.Tensor], *args: torch.Tensor
+        ) -> torch.Tensor:
+            tensors = dict(self._fixed)
+            tensors.update(zip(self._names, self.theta, strict=True))
+            tensors.update(zip(names, values, strict=True))
+            tensors.update(dict.fromkeys(self._unread))  # type: ignore[arg-type]  # None: no update
+            tensors.update(buffers)
+            if shift is None:
+                return _scalar(functional_call(self._module, tensors, (self._batch,)))
+            shift.bind(*args)
+            with shift.active():
+                return _scalar(functional_call(self._module, tensors, (self._batch,)))
 
-    def _probe(self) -> None:
-        """One evaluation of J: the precision guard decides on the first one."""
-        with torch.enable_grad():
-            self._call(self.theta)
+        with (
+            self._guard.evaluating(),
+            torch.enable_grad(),
+            BatchedOps(),
+            torch_threads(self._threads.batched()),
+            warnings.catch_warnings(),
+        ):
+            # Plain evaluations of the same J always came first and warned as the model does; a
+            # warning here is vmap's own (an op without a batching rule) or a repeat.
+            warnings.simplefilter("ignore")
+            reseed(self._seed)
+            found = vmap(one, randomness="same")(tuple(batched.values()), written, *extra)
+        self._count(count)
+        return found.detach().to(torch.float64).cpu().numpy().reshape(count)
+
+    # -- the public evaluations -------------------------------------------------------------------
 
     def flat_values(self, indices: np.ndarray) -> torch.Tensor:
         """θ's values at flat ``indices`` (in the check's dtype, on the first tensor's device)."""
@@ -215,21 +262,31 @@ class ModuleCost:
         return flat[torch.as_tensor(indices, device=flat.device)]
 
     def value(self) -> float:
-        """J at θ (no gradient is taken)."""
-        with torch.enable_grad():
-            return float(self._call(self.theta).detach())
+        """J at θ (no gradient is taken), on the thread count of plain evaluations (its time is
+        one sample for that choice)."""
+        count = self._threads.next()
+        start = time.perf_counter()
+        with torch.enable_grad(), torch_threads(count):
+            found = float(self._call(self.theta).detach())
+        self._threads.record(count, time.perf_counter() - start)
+        return found
 
     def gradient(self) -> tuple[float, list[torch.Tensor]]:
         """J at θ and autograd's gradient (zeros where J does not depend on a tensor; sparse
-        gradients, of ``nn.Embedding(sparse=True)``, made dense)."""
+        gradients, of ``nn.Embedding(sparse=True)``, made dense), on the thread count of plain
+        evaluations (the forward's time is one sample for that choice)."""
         leaves = [t.clone().requires_grad_(True) for t in self.theta]
+        count = self._threads.next()
+        start = time.perf_counter()
 
         def backprop(cost: torch.Tensor) -> tuple[torch.Tensor, Sequence[torch.Tensor | None]]:
+            self._threads.record(count, time.perf_counter() - start)  # the forward's time
             if any(leaf.grad is not None for leaf in leaves):
                 raise TypeError(CALLS_BACKWARD)
             if not cost.requires_grad:  # J detached from θ: nothing to check, and no evidence
                 raise ValueError(DETACHED)
             self._uses = graph_uses(cost, leaves)
+            self._bytes = self._activations(cost, leaves)
             try:
                 with users_code():  # backprop runs the user's backward functions
                     return cost.detach(), torch.autograd.grad(cost, leaves, allow_unused=True)
@@ -238,7 +295,7 @@ class ModuleCost:
                     raise TypeError(CALLS_BACKWARD) from err
                 raise
 
-        with torch.enable_grad():
+        with torch.enable_grad(), torch_threads(count):
             cost, grads = self._call(leaves, backprop)
         return float(cost), [
             torch.zeros_like(t) if g is None else (g.to_dense() if g.is_sparse else g).detach()
@@ -254,15 +311,17 @@ class ModuleCost:
         """
         plus = np.empty(len(local))
         minus = np.empty(len(local))
-        for t in np.unique(np.asarray(tensor, dtype=np.int64)):
-            rows = np.flatnonzero(tensor == t)
-            flat = self._flat[int(t)]
-            index = torch.as_tensor(np.asarray(local)[rows], device=flat.device)
-            h = torch.as_tensor(np.asarray(steps)[rows], device=flat.device).to(flat.dtype)
+        groups, rows = {}, {}
+        for t in np.unique(np.asarray(tensor, dtype=np.int64)).tolist():
+            rows[t] = np.flatnonzero(tensor == t)
+            flat = self._flat[t]
+            index = torch.as_tensor(np.asarray(local)[rows[t]], device=flat.device)
+            h = torch.as_tensor(np.asarray(steps)[rows[t]], device=flat.device).to(flat.dtype)
             base = flat[index]
             values = torch.stack((base + h, base - h), dim=1).reshape(-1)
-            found = self._entries(int(t), index.repeat_interleave(2), values)
-            plus[rows], minus[rows] = found[0::2], found[1::2]
+            groups[t] = (index.repeat_interleave(2), values)
+        for t, found in self._entry_groups(groups).items():
+            plus[rows[t]], minus[rows[t]] = found[0::2], found[1::2]
         return plus, minus
 
     def at(self, values: Mapping[int, torch.Tensor], label: str | None = None) -> np.ndarray:
@@ -275,130 +334,18 @@ class ModuleCost:
         where = (
             "θ" if len(values) == len(self.theta) > 1 else "+".join(self.names[t] for t in key[1])
         )
-        label = label or f"directions on {where}"
 
         def part(lo: int, hi: int) -> dict[int, torch.Tensor]:
             return {t: v[lo:hi] for t, v in values.items()}
 
-        runs: dict[Way, Callable[[int, int], np.ndarray]] = {
+        runs: Runs = {
             "vmap": lambda lo, hi: self._vmapped(part(lo, hi)),
             "loop": lambda lo, hi: self._loop_at(part(lo, hi)),
         }
-        copied = sum(self.theta[t].numel() for t in values)
-        return self._chunked(key, label, ["vmap"], runs, count, copied)
+        copied = sum(self.theta[t].numel() * self.theta[t].element_size() for t in values)
+        return self._chunked(key, label or f"directions on {where}", ["vmap"], runs, count, copied)
 
-    def describe(self) -> str:
-        """One line for the report: which evaluation path ran for which tensors.
-
-        A tensor whose vectorized path was validated but had nothing left to batch after the
-        first pair (a small sample: one or two components) was evaluated by the plain loop, and
-        is named so.
-        """
-        paths = {n: v for n, v in self.paths.items() if n != PROBES}
-        if not paths:
-            return "evaluation: no perturbed evaluations"
-        batched = {n: v for n, v in paths.items() if v != "loop" and n in self._batched}
-        by_way = {w: [n for n, v in batched.items() if v == w] for w in ("linear", "vmap")}
-        parts = []
-        if batched:
-            text = f"vectorized (torch.func.vmap, up to {self.largest_call} copies per call"
-            if by_way["linear"]:
-                text += f"; low-rank nn.Linear updates for {_listing(by_way['linear'])}"
-            parts.append(text + ")")
-        loops = [n for n, v in paths.items() if v == "loop"]
-        if loops:
-            why = "; ".join(f"{n}: {self.reasons[n]}" for n in loops[:2] if n in self.reasons)
-            parts.append(f"plain loop for {_listing(loops)}" + (f" ({why})" if why else ""))
-        few = [n for n, v in paths.items() if v != "loop" and n not in batched]
-        if few:
-            parts.append(f"plain loop for {_listing(few)} (too few evaluations to batch)")
-        return "evaluation: " + "; ".join(parts)
-
-    # -- the three ways of evaluating many entries of one tensor -------------------------------
-
-    def _entries(self, t: int, index: torch.Tensor, values: torch.Tensor) -> np.ndarray:
-        """J with entry ``index[k]`` of tensor ``t`` set to ``values[k]``, for every k."""
-        runs: dict[Way, Callable[[int, int], np.ndarray]] = {
-            "linear": lambda lo, hi: self._linear(t, index[lo:hi], values[lo:hi]),
-            "vmap": lambda lo, hi: self._vmapped({t: self._copies(t, index[lo:hi], values[lo:hi])}),
-            "loop": lambda lo, hi: self._loop_entries(t, index[lo:hi], values[lo:hi]),
-        }
-        uses = self._uses[t] if self._uses is not None else 0
-        fast = uses == 1 and linear_owner(self._model, self.names[t]) is not None
-        candidates: list[Way] = ["linear", "vmap"] if fast else ["vmap"]
-        key = ("entries", t)
-        return self._chunked(
-            key, self.names[t], candidates, runs, len(index), self.theta[t].numel()
-        )
-
-    def _chunked(
-        self,
-        key: Hashable,
-        label: str,
-        candidates: list[Way],
-        runs: Mapping[Way, Callable[[int, int], np.ndarray]],
-        count: int,
-        copied: int,
-    ) -> np.ndarray:
-        """Runs ``count`` evaluations in chunks, deciding the way on the first call for ``key``:
-        the first two evaluations run through the plain loop and each candidate in turn; the
-        first candidate that reproduces them is kept. Under ``"vmap"`` each copy also holds
-        ``copied`` entries of θ (and vmap may copy them once more)."""
-        out = np.empty(count)
-        start = 0
-        if key not in self._ways:
-            start = min(2, count)
-            out[:start] = runs["loop"](0, start)
-            tried = candidates if self._vectorize else []
-            self._ways[key] = self._decide(label, tried, runs, out[:start], start)
-        way = self._ways[key]
-        self.paths.setdefault(label, way)
-        step = count
-        if way != "loop":
-            held = 2 * self.theta[0].element_size() * copied if way == "vmap" else 0
-            step = copies_per_call(self._evaluation_bytes() + held)
-        for lo in range(start, count, step):
-            hi = min(lo + step, count)
-            try:
-                out[lo:hi] = runs[way](lo, hi)
-                if way != "loop" and label != PROBES:
-                    self._batched.add(label)
-                    self.largest_call = max(self.largest_call, hi - lo)
-            except Exception as err:  # e.g. out of memory in a larger chunk: finish plainly
-                if way == "loop":
-                    raise
-                self.reasons[label] = f"{way} failed after the first call, {_why(err)}"
-                way = self._ways[key] = self.paths[label] = "loop"
-                out[lo:hi] = runs[way](lo, hi)
-        return out
-
-    def _decide(
-        self,
-        label: str,
-        candidates: list[Way],
-        runs: Mapping[Way, Callable[[int, int], np.ndarray]],
-        plain: np.ndarray,
-        count: int,
-    ) -> Way:
-        tolerance = agreement(self.theta[0].dtype)
-        for way in candidates:
-            try:
-                batched = runs[way](0, count)
-            except Exception as err:  # any failure under vmap means: evaluate this one plainly
-                self.reasons[label] = f"{way} failed, {_why(err)}"
-                continue
-            gap = _gap(batched, plain)
-            if gap <= tolerance:
-                self.reasons.pop(label, None)
-                return way
-            self.reasons[label] = f"{way} gave J {gap:.1e} (relative) away from the plain one"
-        return "loop"
-
-    def _copies(self, t: int, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """One copy of tensor ``t`` per entry, entry ``index[k]`` of copy k set to ``values[k]``."""
-        copies = self._flat[t].repeat(len(index), 1)
-        copies[torch.arange(len(index), device=copies.device), index] = values
-        return copies.view(len(index), *self.theta[t].shape)
+    # -- what the batched paths need (see Chunks) -------------------------------------------------
 
     def _linear(self, t: int, index: torch.Tensor, values: torch.Tensor) -> np.ndarray:
         owner = linear_owner(self._model, self.names[t])
@@ -413,83 +360,81 @@ class ModuleCost:
         finally:
             handle.remove()
         if shift.calls != 1:
-            raise RuntimeError(f"the layer ran {shift.calls} times in one evaluation of J")
+            raise NotLowRank(f"the layer ran {shift.calls} times in one evaluation of J")
         return found
 
-    def _vmapped(
-        self,
-        batched: Mapping[int, torch.Tensor],
-        shift: LowRankShift | None = None,
-        extra: tuple[torch.Tensor, ...] = (),
+    def _mixed(
+        self, tensor: torch.Tensor, index: torch.Tensor, values: torch.Tensor, shifted: set[int]
     ) -> np.ndarray:
-        """J per copy: tensors ``batched`` (leading dim: copies), or ``shift`` fed ``extra``."""
-        count = len(next(iter(batched.values())) if batched else extra[0])
-        names = [self._names[t] for t in batched]
-        # Buffers the forward writes in place (BatchNorm's running statistics in train mode) get
-        # one copy per perturbed model: vmap cannot write batched values into one shared tensor.
-        self._written.update(
-            n for n, b in self._initial.items() if not torch.equal(b, self._fixed[n])
-        )
-        written = {
-            n: self._fixed[n].expand(count, *self._fixed[n].shape).clone() for n in self._written
-        }
-
-        def one(
-            values: tuple[torch.Tensor, ...], buffers: dict[str, torch.Tensor], *args: torch.Tensor
-        ) -> torch.Tensor:
-            tensors = dict(self._fixed)
-            tensors.update(zip(self._names, self.theta, strict=True))
-            tensors.update(zip(names, values, strict=True))
-            tensors.update(buffers)
-            if shift is None:
-                return _scalar(functional_call(self._module, tensors, (self._batch,)))
-            shift.step, shift.row, shift.col = args
-            with shift.active():
-                return _scalar(functional_call(self._module, tensors, (self._batch,)))
-
-        with self._guard.evaluating(), torch.enable_grad():
-            reseed(self._seed)
-            found = vmap(one, randomness="same")(tuple(batched.values()), written, *extra)
-        self._count(count)
-        return found.detach().to(torch.float64).cpu().numpy().reshape(count)
+        """J per copy k, entry ``index[k]`` of θ's tensor ``tensor[k]`` set to ``values[k]``:
+        tensors in ``shifted`` through their layer's output, the others as batched copies."""
+        count = len(index)
+        batched, entries = {}, []
+        base = values.clone()
+        for t in torch.unique(tensor).tolist():
+            rows = torch.nonzero(tensor == t).reshape(-1)
+            if t in shifted:
+                owner = self._shift_owner(t)
+                assert owner is not None
+                entries.append(Entry(t, owner[0], owner[1], self.theta[t]))
+                base[rows] = self._flat[t][index[rows]]
+                continue
+            copies = self._flat[t].repeat(count, 1)
+            copies[rows, index[rows]] = values[rows]
+            batched[t] = copies.view(count, *self.theta[t].shape)
+        if not entries:
+            return self._vmapped(batched)
+        step = values - base  # exact: the change the plain loop makes
+        return self._vmapped(batched, EntryShifts(entries), (tensor, index, step))
 
     def _loop_entries(self, t: int, index: torch.Tensor, values: torch.Tensor) -> np.ndarray:
         flat = self._flat[t]
-        out = np.empty(len(index))
+
+        def one(k: int) -> float:
+            i = int(index[k])
+            original = flat[i].clone()
+            try:
+                flat[i] = values[k]
+                return float(self._call(self.theta).detach())
+            finally:
+                flat[i] = original
+
         with torch.enable_grad():
-            for k in range(len(index)):
-                i = int(index[k])
-                original = flat[i].clone()
-                try:
-                    flat[i] = values[k]
-                    out[k] = float(self._call(self.theta).detach())
-                finally:
-                    flat[i] = original
-        return out
+            return self._threads.run(pair_units(len(index)), one)
 
     def _loop_at(self, values: Mapping[int, torch.Tensor]) -> np.ndarray:
         count = len(next(iter(values.values())))
-        out = np.empty(count)
+
+        def one(k: int) -> float:
+            theta = list(self.theta)
+            for t, v in values.items():
+                theta[t] = v[k]
+            return float(self._call(theta).detach())
+
+        # One thread count for the call: its values may be combined in any way (a stencil).
         with torch.enable_grad():
-            for k in range(count):
-                theta = list(self.theta)
-                for t, v in values.items():
-                    theta[t] = v[k]
-                out[k] = float(self._call(theta).detach())
-        return out
+            return self._threads.run([list(range(count))], one)
+
+    def _activations(self, cost: torch.Tensor, leaves: Sequence[torch.Tensor]) -> int:
+        held = [*leaves, *self._fixed.values()]
+        held += [t for t in tree_leaves(self._batch) if isinstance(t, torch.Tensor)]
+        return saved_bytes(cost, exclude=held)
 
     def _evaluation_bytes(self) -> int:
-        """Bytes one plain evaluation produces (measured once; the copies-per-call budget)."""
+        """Activation bytes of one evaluation (read off gradient()'s graph, or measured)."""
         if self._bytes is None:
+            leaves = [t.clone().requires_grad_(True) for t in self.theta]
             try:
                 with torch.enable_grad():
-                    self._bytes = produced_bytes(lambda: self._call(self.theta))
-            except Exception:  # a forward that resists dispatch modes: guess from the tensors
+                    self._bytes = self._call(leaves, lambda c: self._activations(c, leaves))
+            except Exception:  # J does not run with θ requiring grad: guess from the tensors
                 held = [*self.theta, *self._fixed.values()]
                 self._bytes = sum(t.numel() * t.element_size() for t in held)
-        return self._bytes
+        return int(self._bytes or 0)
 
-
-def _listing(names: Sequence[str], most: int = 4) -> str:
-    shown = ", ".join(names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+    def describe(self) -> str:
+        """One line for the report: which evaluation path ran for which tensors, and the thread
+        count the plain evaluations ran on when the check chose it."""
+        text = super().describe()
+        threads = self._threads.describe()
+        return text if threads is None else f"{text}; {threads}"

@@ -75,7 +75,12 @@ def _column(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return tensor.index_select(-1, index.reshape(1)).squeeze(-1)
 
 
-class OutsideUse(RuntimeError):
+class NotLowRank(RuntimeError):
+    """A perturbed entry is not a change of its layer's output alone: that way of evaluating it
+    does not apply (another way may)."""
+
+
+class OutsideUse(NotLowRank):
     """The perturbed parameter was read outside its own layer's forward."""
 
 
@@ -122,6 +127,10 @@ class LowRankShift:
                 column = column + self.step
         self._virtual.append(_Virtual(output, column))
         return output
+
+    def bind(self, step: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> None:
+        """The copy's step and the row and column of the moved entry (column 0 for a bias)."""
+        self.step, self.row, self.col = step, row, col
 
     @contextmanager
     def active(self) -> Iterator[None]:

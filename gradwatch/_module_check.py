@@ -31,11 +31,13 @@ from gradwatch._validate import (
     check_choice,
     check_epsilon,
     check_flag,
+    check_memory_budget,
     check_sample,
     check_seed,
     check_thresholds,
     check_torch_dtype,
 )
+from gradwatch._vectorize import DEFAULT_MEMORY_BUDGET
 from gradwatch.diagnosis import batch_size_of, diagnose, trace_backward
 from gradwatch.layout import Layout
 from gradwatch.partition import Exchange, Partition, exchanging
@@ -58,6 +60,7 @@ class _Options:
     bands: Thresholds
     progress: bool
     keep_precision: bool
+    memory_budget: int
 
 
 def _options(options: dict[str, Any], partition: Partition | None) -> _Options:
@@ -74,6 +77,7 @@ def _options(options: dict[str, Any], partition: Partition | None) -> _Options:
         bands=check_thresholds(options["thresholds"]),
         progress=check_flag("progress", options["progress"]) and first,
         keep_precision=check_flag("keep_precision", options["keep_precision"]),
+        memory_budget=check_memory_budget(options["memory_budget"], DEFAULT_MEMORY_BUDGET),
     )
 
 
@@ -152,7 +156,7 @@ def _cost(
     device = next(p for n, p in model.named_parameters() if n == names[0]).device
     return ModuleCost(
         model, loss_fn, cast_batch(batch, dtype, device), names, dtype, o.seed, progress=ticks,
-        keep_precision=o.keep_precision if keep is None else keep,
+        keep_precision=o.keep_precision if keep is None else keep, memory_budget=o.memory_budget,
     )  # fmt: skip
 
 

@@ -31,15 +31,15 @@ LOG_REFRESH_S = 30.0
 def expected_evaluations(pairs: int, tensors: int) -> int:
     """The evaluations of J a check of ``pairs`` components over ``tensors`` tensors makes: two
     per component, the first pair of each tensor once more (plainly, to validate the batched
-    way), J(θ) twice, the gradient's and one that measures its memory, and four along each
+    way), J(θ) twice and the gradient's (which also measures its memory), and four along each
     direction that measures J's noise (their first two once more, like a tensor's first pair).
     Re-checks (at half the step, off kinks) come on top, where a component asks for them.
 
     Example:
         >>> expected_evaluations(100, 4)
-        342
+        341
     """
-    return 2 * pairs + 2 * tensors + 4 + 4 * PROBE_DIRECTIONS + 2
+    return 2 * pairs + 2 * tensors + 3 + 4 * PROBE_DIRECTIONS + 2
 
 
 # The time left is shown from the first chunk of more than this many evaluations (the batched

@@ -110,6 +110,14 @@ def check_non_negative(name: str, value: object) -> int:
     return int(value)  # type: ignore[call-overload]
 
 
+def check_memory_budget(memory_budget: object, default: int) -> int:
+    """``None`` (``default`` bytes) or a positive int of bytes: what one batched call of the
+    check may hold."""
+    accepted = f"None (default {default // 2**20} MiB) or a positive int of bytes, e.g. 2**30"
+    found = check_optional_count("memory_budget", memory_budget, accepted)
+    return default if found is None else found
+
+
 def check_seed(seed: object) -> int:
     """A non-negative int seed."""
     return check_non_negative("seed", seed)

@@ -46,6 +46,7 @@ def check_module(
     progress: bool = True,
     training_path: bool | TrainingPath = False,
     keep_precision: bool = True,
+    memory_budget: int | None = None,
     components: int | None = None,
 ) -> GradCheckReport:
     """Checks backprop of a whole module against the material's two-sided difference.
@@ -110,6 +111,11 @@ def check_module(
             is ``report.training_path`` (see :mod:`gradwatch.training_path`), and a parameter
             that breaks its rule makes the report fail. Off by default: it costs seven
             forward and backward passes in the training precision and one in ``dtype``.
+        memory_budget: bytes one batched evaluation (many perturbed copies of θ in one
+            ``torch.func.vmap`` call) may hold: activations per copy, read off the gradient's
+            graph, plus any copied parameter tensors. Default 1 GiB. A smaller budget means
+            more, smaller calls, never the one-at-a-time loop; a call that runs out of memory
+            anyway is retried in halves.
         components: the old name of ``sample`` (deprecated).
         keep_precision: ``True`` (default): while J and its gradient are evaluated, casts in
             the model's own code to a less precise dtype (``.float()``, ``.to(torch.float32)``,
@@ -142,6 +148,7 @@ def check_module(
         sample=renamed("components", "sample", components, sample),
         dropout=dropout, seed=seed, thresholds=thresholds, drift_dtype=drift_dtype, mode=mode,
         partition=partition, progress=progress, keep_precision=keep_precision,
+        memory_budget=memory_budget,
     )  # fmt: skip
     with view.applied():
         report = in_a_precision_j_runs(

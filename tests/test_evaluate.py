@@ -12,9 +12,10 @@ import torch
 from torch import nn
 from torch.nn.modules import module as module_hooks
 
-import gradwatch._vectorize as vectorize
+import gradwatch._vectorize as vectorizing
 from gradwatch import check_module
-from gradwatch._evaluate import ModuleCost, _why
+from gradwatch._chunks import _why
+from gradwatch._evaluate import ModuleCost
 from gradwatch._state import cast_batch, dropout_disabled
 from tests.nets import GatedNet, classification_batch, cnn, cross_entropy, mlp
 
@@ -71,6 +72,29 @@ class Sequence(nn.Module):
         return self.head(torch.relu(self.block(x)).mean(dim=1))
 
 
+class Attention(nn.Module):
+    """Token embeddings through multi-head attention and LayerNorm, pooled, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(7, 8)
+        self.attend = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 7)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed(tokens)
+        h = self.norm(h + self.attend(h, h, h, need_weights=False)[0])
+        return self.head(h.mean(dim=1))
+
+
+def _strided_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=2), nn.BatchNorm2d(4), nn.Tanh(),
+        nn.Conv2d(4, 3, 1), nn.Flatten(), nn.Linear(3 * 3 * 3, 3),
+    )  # fmt: skip
+
+
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 5), nn.Tanh(), nn.Linear(5, 3))
@@ -87,6 +111,8 @@ CASES: dict[str, Case] = {
     "batchnorm_dropout_off": (mlp, lambda: classification_batch((4,)), "off"),
     "batchnorm_dropout_freeze": (mlp, lambda: classification_batch((4,)), "freeze"),
     "conv_batchnorm_freeze": (cnn, lambda: classification_batch((1, 6, 6)), "freeze"),
+    "conv_strided_groups": (_strided_cnn, lambda: classification_batch((2, 5, 5)), "off"),
+    "embedding_attention": (Attention, _tokens, "off"),
     "tied_weights": (Tied, _tokens, "off"),
     "residual": (Residual, lambda: classification_batch((6,)), "off"),
     "sequence_layernorm": (Sequence, lambda: classification_batch((4, 6)), "off"),
@@ -100,15 +126,28 @@ CASES: dict[str, Case] = {
 }
 
 
-def _pairs(case: str, vectorize: bool) -> tuple[np.ndarray, np.ndarray, ModuleCost]:
+# "shared": the tiny tensors here have too few evaluations for calls of their own, so they share
+# calls; "own": calls of 3 copies, so every tensor with more evaluations gets calls of its own.
+LAYOUTS = ("shared", "own")
+
+
+def _pairs(
+    case: str,
+    vectorize: bool,
+    layout: str = "shared",
+    budget: int = vectorizing.DEFAULT_MEMORY_BUDGET,
+) -> tuple[np.ndarray, np.ndarray, ModuleCost]:
     build, batch, dropout = CASES[case]
     torch.manual_seed(0)
     model = build().double()
     names = [n for n, _ in model.named_parameters()]
-    with dropout_disabled(model, disable=dropout == "off"):
+    with dropout_disabled(model, disable=dropout == "off"), pytest.MonkeyPatch.context() as patch:
+        if layout == "own":
+            patch.setattr(vectorizing, "CHUNK_BYTES", 1)
+            patch.setattr(vectorizing, "MIN_COPIES", 3)
         cost = ModuleCost(
             model, cross_entropy, cast_batch(batch(), torch.float64, torch.device("cpu")),
-            names, torch.float64, seed=0, vectorize=vectorize,
+            names, torch.float64, seed=0, vectorize=vectorize, memory_budget=budget,
         )  # fmt: skip
         cost.gradient()
         sizes = [t.numel() for t in cost.theta]
@@ -118,9 +157,10 @@ def _pairs(case: str, vectorize: bool) -> tuple[np.ndarray, np.ndarray, ModuleCo
     return plus, minus, cost
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_vectorized_matches_the_loop_within_a_few_ulps(case: str) -> None:
-    plus, minus, _ = _pairs(case, vectorize=True)
+def test_vectorized_matches_the_loop_within_a_few_ulps(case: str, layout: str) -> None:
+    plus, minus, _ = _pairs(case, vectorize=True, layout=layout)
     ref_plus, ref_minus, _ = _pairs(case, vectorize=False)
     ulp = np.spacing(np.abs(ref_plus).max())
     assert np.abs(plus - ref_plus).max() <= 8 * ulp
@@ -130,21 +170,39 @@ def test_vectorized_matches_the_loop_within_a_few_ulps(case: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("case", "expected"),
+    ("case", "own", "shared"),
     [
-        ("mlp", {"0.weight": "linear", "2.bias": "linear", "4.weight": "linear"}),
-        ("batchnorm_dropout_freeze", {"0.weight": "linear", "1.weight": "vmap"}),
-        ("conv_batchnorm_freeze", {"0.weight": "vmap", "1.bias": "vmap", "5.weight": "linear"}),
-        ("tied_weights", {"embed.weight": "vmap", "out.bias": "linear"}),
-        ("linear_called_twice", {"cell.weight": "vmap", "head.weight": "linear"}),
-        ("residual", {"inp.weight": "linear", "mid.bias": "linear"}),
-        ("sequence_layernorm", {"block.0.weight": "linear", "block.2.weight": "vmap"}),
-        ("custom_function", {"inp.weight": "loop", "gate.weight": "loop", "head.bias": "loop"}),
+        ("mlp", {"0.weight": "linear", "2.bias": "linear"},
+         {"0.weight": "shift", "4.bias": "shift"}),
+        ("batchnorm_dropout_freeze", {"0.weight": "linear", "1.weight": "vmap"},
+         {"0.weight": "shift", "1.weight": "vmap"}),
+        ("conv_batchnorm_freeze", {"0.weight": "shift", "1.bias": "vmap", "5.weight": "linear"},
+         {"0.weight": "shift", "1.bias": "vmap", "5.weight": "shift"}),
+        ("tied_weights", {"embed.weight": "vmap", "out.bias": "linear"},
+         {"embed.weight": "vmap", "out.bias": "shift"}),
+        ("linear_called_twice", {"cell.weight": "vmap", "head.weight": "linear"},
+         {"cell.weight": "vmap", "head.weight": "shift"}),
+        ("residual", {"inp.weight": "linear", "mid.bias": "linear"},
+         {"inp.weight": "shift", "mid.bias": "shift"}),
+        ("sequence_layernorm", {"block.0.weight": "linear", "block.2.weight": "vmap"},
+         {"block.0.weight": "shift", "block.2.weight": "vmap"}),
+        ("conv_strided_groups", {"0.weight": "shift", "1.weight": "vmap", "3.weight": "shift"},
+         {"0.weight": "shift", "1.weight": "vmap", "3.weight": "shift"}),
+        ("embedding_attention",
+         {"embed.weight": "shift", "attend.in_proj_weight": "vmap",
+          "attend.out_proj.weight": "vmap", "norm.weight": "vmap", "head.weight": "linear"},
+         {"embed.weight": "shift", "attend.in_proj_weight": "vmap",
+          "attend.out_proj.weight": "vmap", "norm.weight": "vmap", "head.weight": "shift"}),
+        ("custom_function", {"inp.weight": "loop", "gate.weight": "loop", "head.bias": "loop"},
+         {"inp.weight": "loop", "gate.weight": "loop", "head.bias": "loop"}),
     ],
-)
-def test_each_tensor_takes_the_expected_path(case: str, expected: dict[str, str]) -> None:
-    _, _, cost = _pairs(case, vectorize=True)
-    assert {name: cost.paths[name] for name in expected} == expected
+)  # fmt: skip
+def test_each_tensor_takes_the_expected_path(
+    case: str, own: dict[str, str], shared: dict[str, str]
+) -> None:
+    for layout, expected in (("own", own), ("shared", shared)):
+        _, _, cost = _pairs(case, vectorize=True, layout=layout)
+        assert {name: cost.paths[name] for name in expected} == expected, layout
 
 
 def test_a_module_vmap_cannot_run_falls_back_and_says_why() -> None:
@@ -175,14 +233,55 @@ def test_the_report_names_the_evaluation_path() -> None:
     assert report.verdict.value == "pass"
 
 
-def test_small_chunks_give_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
-    plus, minus, _ = _pairs("batchnorm_dropout_freeze", vectorize=True)
-    monkeypatch.setattr(vectorize, "CHUNK_BYTES", 1)  # one copy per call
-    small_plus, small_minus, cost = _pairs("batchnorm_dropout_freeze", vectorize=True)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_budget_of_one_copy_gives_calls_of_one_and_the_same_numbers(layout: str) -> None:
+    plus, minus, _ = _pairs("batchnorm_dropout_freeze", vectorize=True, layout=layout)
+    small_plus, small_minus, cost = _pairs(
+        "batchnorm_dropout_freeze", vectorize=True, layout=layout, budget=1
+    )
     assert cost.largest_call == 1
-    # The same numbers to an ulp or two: a batched kernel may add in another order per batch size.
+    assert "loop" not in {cost.paths[n] for n in cost.names}  # smaller calls, not the loop
     np.testing.assert_allclose(small_plus, plus, rtol=4 * np.finfo(np.float64).eps, atol=0)
     np.testing.assert_allclose(small_minus, minus, rtol=4 * np.finfo(np.float64).eps, atol=0)
+
+
+@pytest.mark.parametrize("budget", [2**10, 20 * 2**10, 40 * 2**10])
+def test_calls_stay_within_the_memory_budget(budget: int) -> None:
+    """Copies per call times what one copy holds (activations, plus copied tensors) fits the
+    budget (one copy per call when even that does not fit): the largest call is bounded by the
+    smallest per-copy size, the activations."""
+    _, _, cost = _pairs("conv_batchnorm_freeze", vectorize=True, budget=budget)
+    per_copy = cost._evaluation_bytes()
+    assert per_copy > 0
+    assert cost.largest_call <= max(1, budget // per_copy)
+    assert "loop" not in {cost.paths[n] for n in cost.names}
+
+
+def _failing_above(copies: int, message: str) -> Callable[..., np.ndarray]:
+    original = ModuleCost._vmapped
+
+    def vmapped(self: ModuleCost, batched: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+        count = len(next(iter(batched.values())) if batched else args[1][0])
+        if count > copies:
+            raise RuntimeError(message)
+        return original(self, batched, *args, **kwargs)
+
+    return vmapped
+
+
+def test_a_call_out_of_memory_is_retried_in_halves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls of 16 copies: the weights get calls of their own, the small biases share calls; a
+    call of more than 5 copies runs out of memory, so both kinds are halved down to 4."""
+    plus, minus, _ = _pairs("mlp", vectorize=False)
+    monkeypatch.setattr(vectorizing, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(vectorizing, "MIN_COPIES", 16)
+    monkeypatch.setattr(ModuleCost, "_vmapped", _failing_above(5, "CUDA out of memory."))
+    found_plus, found_minus, cost = _pairs("mlp", vectorize=True)
+    assert cost.largest_call == 4
+    assert {cost.paths[n] for n in cost.names} == {"linear", "shift"}
+    assert cost._shared and cost._shared != set(cost.names)
+    np.testing.assert_allclose(found_plus, plus, rtol=4 * np.finfo(np.float64).eps, atol=0)
+    np.testing.assert_allclose(found_minus, minus, rtol=4 * np.finfo(np.float64).eps, atol=0)
 
 
 def test_directions_evaluate_like_the_loop() -> None:
@@ -213,22 +312,21 @@ def test_the_model_is_untouched_by_the_vectorized_paths() -> None:
     assert not module_hooks._global_forward_hooks and not module_hooks._global_forward_pre_hooks
 
 
-def test_a_chunk_that_fails_later_is_finished_by_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_call_that_fails_later_is_finished_by_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     plus, minus, _ = _pairs("mlp", vectorize=False)
-    monkeypatch.setattr(vectorize, "CHUNK_BYTES", 1)  # one copy per call: many calls
     calls = {"n": 0}
     original = ModuleCost._vmapped
 
     def flaky(self: ModuleCost, *args: Any, **kwargs: Any) -> np.ndarray:
         calls["n"] += 1
-        if calls["n"] == 3:  # after the first tensor's probe succeeded
-            raise RuntimeError("out of memory")
+        if calls["n"] == 2:  # after the first tensor's first call succeeded
+            raise RuntimeError("a kernel that fails on this input")
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(ModuleCost, "_vmapped", flaky)
-    found_plus, found_minus, cost = _pairs("mlp", vectorize=True)
+    found_plus, found_minus, cost = _pairs("mlp", vectorize=True, layout="own")
     assert cost.paths["0.weight"] == "loop"
-    assert "out of memory" in cost.reasons["0.weight"]
+    assert "fails on this input" in cost.reasons["0.weight"]
     assert np.abs(found_plus - plus).max() <= 8 * np.spacing(np.abs(plus).max())
     assert np.abs(found_minus - minus).max() <= 8 * np.spacing(np.abs(plus).max())
 

@@ -251,13 +251,14 @@ def test_a_tiny_sample_is_not_called_vectorized() -> None:
         "evaluation: plain loop for 0.weight, 0.bias, 2.weight, 2.bias (too few evaluations "
         "to batch)"
     )
-    # One more component: 0.weight has two, so two of its evaluations are batched.
+    # One more component: 0.weight has two, so two of its evaluations are batched (after its
+    # first pair, plain and batched, validated the path).
     report = check_module(model, cross_entropy, classification_batch((4,)), sample=5)
     (note,) = [n for n in report.notes if n.startswith("evaluation")]
     assert note == (
-        "evaluation: vectorized (torch.func.vmap, up to 2 copies per call; low-rank nn.Linear "
-        "updates for 0.weight); plain loop for 0.bias, 2.weight, 2.bias (too few evaluations "
-        "to batch)"
+        "evaluation: vectorized (torch.func.vmap, up to 2 copies per call; layer-output shifts "
+        "for 0.weight; 0.weight in calls shared by tensors with few components); plain loop for "
+        "0.bias, 2.weight, 2.bias (too few evaluations to batch)"
     )
     report = check_module(model, cross_entropy, classification_batch((4,)))
     (note,) = [n for n in report.notes if n.startswith("evaluation")]

@@ -68,8 +68,14 @@ def test_the_planned_total_is_the_number_of_evaluations_the_check_makes(
     report = gradwatch.check_module(
         make(), nets.cross_entropy, nets.classification_batch(shape), progress=False, **options
     )
-    # Exact where no component is estimated again at half the step (those extend the total).
-    assert _planned(report.indices, report.layout, None, None) == report.evaluations
+    # Exact where no component is estimated again at half the step (those extend the total) and
+    # every tensor validates its way on a pair of its own; in a small sample, tensors with few
+    # components share calls and validate together (two evaluations per tensor at most).
+    planned = _planned(report.indices, report.layout, None, None)
+    if "sample" in options:
+        assert 0 <= planned - report.evaluations <= 2 * len(report.layout.names)
+    else:
+        assert planned == report.evaluations
 
 
 def test_a_drift_check_plans_both_precisions() -> None:
