@@ -94,26 +94,8 @@ class GradientCheckBase(Outcome):
             self.training_path = v.check_flag("training_path", training_path)
         self._label = _logs.label(self.name)
         self._reset()
-        # Lightning reads `state_key` at every hook call: build it once, from every option that
-        # says what is checked and when (not from those that only say how it is reported).
-        s = self.schedule
-        defining = {
-            "name": self.name,
-            "at_init": s.at_init,
-            "after_steps": s.after_steps,
-            "every_n": s.every_n_steps,
-            "include": self.include,
-            "mode": self.mode,
-            "components": self.sample,  # the key's old spelling: checkpoints keep their key
-            "epsilon": self.epsilon,
-            "dropout": self.dropout,
-            "seed": self.seed,
-            "pass_max": self.thresholds.pass_max,
-            "warn_max": self.thresholds.warn_max,
-        }
-        if self.training_path:  # only when on: checkpoints of earlier versions keep their key
-            defining["training_path"] = True
-        self._state_key = f"{type(self).__qualname__}{defining!r}"
+        # Lightning reads `state_key` at every hook call: build it once.
+        self._state_key = _state_key(self)
 
     def _reset(self) -> None:
         """The state of one run: what was checked, what is due, what J was seen to do."""
@@ -248,6 +230,29 @@ class GradientCheckBase(Outcome):
             f"{self._label} at step {step}: postponed to the next batch, as `training_step` "
             "returned None for this one (a skipped batch)"
         )
+
+
+def _state_key(check: GradientCheckBase) -> str:
+    """The callback's key in a checkpoint, from every option that says what is checked and when
+    (not from those that only say how it is reported)."""
+    s = check.schedule
+    defining: dict[str, Any] = {
+        "name": check.name,
+        "at_init": s.at_init,
+        "after_steps": s.after_steps,
+        "every_n": s.every_n_steps,
+        "include": check.include,
+        "mode": check.mode,
+        "components": check.sample,  # the key's old spelling: checkpoints keep their key
+        "epsilon": check.epsilon,
+        "dropout": check.dropout,
+        "seed": check.seed,
+        "pass_max": check.thresholds.pass_max,
+        "warn_max": check.thresholds.warn_max,
+    }
+    if check.training_path:  # only when on: checkpoints of earlier versions keep their key
+        defining["training_path"] = True
+    return f"{type(check).__qualname__}{defining!r}"
 
 
 def _run(

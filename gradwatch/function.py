@@ -180,14 +180,8 @@ def check_function(
     plus, minus = j.pairs(every, steps)
     again = j.value()
     moving = np.flatnonzero((plus != center) | (minus != center))
-    noise = measure_noise(
-        j.line,
-        center,
-        (again,),
-        moving if moving.size else every,
-        steps[moving if moving.size else every],
-        seed,
-    )
+    probed = moving if moving.size else every  # J's noise where J moves, if anywhere
+    noise = measure_noise(j.line, center, (again,), probed, steps[probed], seed)
     found = gather_evidence(
         j, analytic, (plus, minus), center, steps, noise.effective, bands.pass_max
     )
