@@ -267,7 +267,7 @@ def _run(
             partition=_distributed.partition(trainer),
             epsilon=self.epsilon,
             include=self.include,
-            components=self.sample,
+            sample=self.sample,
             dropout=self.dropout,
             mode=self.mode,
             seed=self.seed,

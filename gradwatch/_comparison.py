@@ -25,7 +25,7 @@ _PROBE_BYTES = 64 * 2**20
 
 
 def steps_of(values: torch.Tensor, epsilon: float | str) -> torch.Tensor:
-    """The step h of each value: ε as given, or the precision's step (``numeric.auto_steps``)."""
+    """The step h of each value: ε as given, or the precision's step (``_numeric.auto_steps``)."""
     if epsilon != "auto":
         return torch.full_like(values, float(epsilon))
     unit = torch.finfo(values.dtype).eps

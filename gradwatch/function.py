@@ -132,7 +132,8 @@ def check_function(
             as θ; or a function θ → dθ, which lets the check re-check a component whose step
             crosses a kink (ReLU at 0) at a nearby θ where J is smooth.
         epsilon: the step ε (default 1e-7, the material's), or ``"auto"``: a step per
-            component that fits float64, ε_mach^(1/3)·max(1, |θ_i|) (see ``numeric.auto_steps``).
+            component that fits float64, ε_mach^(1/3)·max(1, |θ_i|) (the step that balances
+            the truncation error of the difference against the rounding of J).
         layout: optional ordered mapping name → shape whose sizes add up to ``len(theta)``, so
             components are reported as ``W2[1, 3]`` instead of ``theta[36]``.
         thresholds: verdict bands; default pass ≤ 1e-7 < warn ≤ 1e-3 < fail.
