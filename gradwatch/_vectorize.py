@@ -10,7 +10,7 @@ stateless so it can be tested alone.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -89,6 +89,16 @@ def saved_bytes(root: torch.Tensor, exclude: Sequence[torch.Tensor] = ()) -> int
     skip = {_storage(t) for t in exclude}
     found: dict[int, int] = {}
     names: dict[type, list[str]] = {}
+    for node in _nodes(root):
+        for tensor in _saved(node, names):
+            key = _storage(tensor)
+            if key not in skip:
+                found[key] = max(found.get(key, 0), tensor.numel() * tensor.element_size())
+    return sum(found.values())
+
+
+def _nodes(root: torch.Tensor) -> Iterator[Any]:
+    """Every node of ``root``'s autograd graph, once each."""
     seen: set[Any] = set()
     stack = [root.grad_fn]
     while stack:
@@ -96,12 +106,8 @@ def saved_bytes(root: torch.Tensor, exclude: Sequence[torch.Tensor] = ()) -> int
         if node is None or node in seen:
             continue
         seen.add(node)
-        for tensor in _saved(node, names):
-            key = _storage(tensor)
-            if key not in skip:
-                found[key] = max(found.get(key, 0), tensor.numel() * tensor.element_size())
+        yield node
         stack.extend(child for child, _ in node.next_functions)
-    return sum(found.values())
 
 
 def _saved(node: Any, names: dict[type, list[str]]) -> list[torch.Tensor]:
@@ -154,19 +160,11 @@ def graph_uses(root: torch.Tensor, leaves: Sequence[torch.Tensor]) -> list[int]:
     """
     where = {id(leaf): k for k, leaf in enumerate(leaves)}
     counts = [0] * len(leaves)
-    seen: set[Any] = set()
-    stack = [root.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
+    for node in _nodes(root):
         for child, _ in node.next_functions:
             variable = getattr(child, "variable", None)
             if variable is not None and id(variable) in where:
                 counts[where[id(variable)]] += 1
-            elif child is not None:
-                stack.append(child)
     return counts
 
 

@@ -324,3 +324,20 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, np.ndarray):
         return np.array_equal(a, b)
     return bool(a == b)
+
+
+# The tags every check logs: the answer, and the details group.
+ANSWER = {"gradcheck/difference", "gradcheck/log10_difference", "gradcheck/verdict"}
+DETAILS = {
+    f"gradcheck_details/{tag}"
+    for tag in [
+        "noise_floor",
+        "log10_noise_floor",
+        "kinks",
+        "agreeing_components",
+        "disagreeing_components",
+        "not_judged_components",
+        "bands/log10_pass_max",
+        "bands/log10_warn_max",
+    ]
+}

@@ -17,30 +17,16 @@ from torch.utils.data import DataLoader
 
 import gradwatch
 from gradwatch import Verdict
-from tests.callback_models import QUIET_LIGHTNING, data
+from tests.callback_models import ANSWER, DETAILS, QUIET_LIGHTNING, data
 
 pytest.importorskip("lightning.pytorch")
 pytestmark = pytest.mark.filterwarnings(*QUIET_LIGHTNING)
 
 PARAMETERS = ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"]
 SCALARS = {
-    "gradcheck/difference",
-    "gradcheck/log10_difference",
-    "gradcheck/verdict",
+    *ANSWER,
     *(f"gradcheck_parameters/{name}" for name in PARAMETERS),
-    *(
-        f"gradcheck_details/{tag}"
-        for tag in [
-            "noise_floor",
-            "log10_noise_floor",
-            "kinks",
-            "agreeing_components",
-            "disagreeing_components",
-            "not_judged_components",
-            "bands/log10_pass_max",
-            "bands/log10_warn_max",
-        ]
-    ),
+    *DETAILS,
 }
 
 

@@ -21,7 +21,14 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 
 import gradwatch
 from gradwatch.callbacks import GradientCheck, _card, _logs, _tensorboard
-from tests.callback_models import QUIET_LIGHTNING, TinyModule, loader, trainer
+from tests.callback_models import (
+    ANSWER,
+    DETAILS,
+    QUIET_LIGHTNING,
+    TinyModule,
+    loader,
+    trainer,
+)
 
 pytestmark = pytest.mark.filterwarnings(*QUIET_LIGHTNING)
 
@@ -34,20 +41,6 @@ PARAMETERS = [
     "net.4.weight",
     "net.4.bias",
 ]
-ANSWER = {"gradcheck/difference", "gradcheck/log10_difference", "gradcheck/verdict"}
-DETAILS = {
-    f"gradcheck_details/{tag}"
-    for tag in [
-        "noise_floor",
-        "log10_noise_floor",
-        "kinks",
-        "agreeing_components",
-        "disagreeing_components",
-        "not_judged_components",
-        "bands/log10_pass_max",
-        "bands/log10_warn_max",
-    ]
-}
 BY_PARAMETER = {f"gradcheck_parameters/{name}" for name in PARAMETERS}
 JUDGED = [name for name in PARAMETERS if name != "net.0.bias"]
 SIZES = {"scalars": 0, "histograms": 0, "tensors": 0, "images": 0}

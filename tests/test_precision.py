@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 import gradwatch
 from gradwatch._precision import PrecisionGuard, _Keep, lowers
+from tests.zoo import RMSNorm32
 
 X64 = torch.linspace(-1, 1, 6, dtype=torch.float64)
 LOW32 = torch.zeros(2, dtype=torch.float32)
@@ -143,25 +144,11 @@ def test_autocast_never_touches_float64(device: str) -> None:
     assert lowered.dtype == low  # autocast is on: it lowers float32
 
 
-class RMSNorm(nn.Module):
-    """The ecosystem's RMSNorm: computes in float32 whatever the input, casts back."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
-        return self.weight * h.to(dtype)
-
-
 class Islands(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.inp = nn.Linear(6, 8)
-        self.layers = nn.ModuleList(nn.Sequential(RMSNorm(8), nn.Linear(8, 8)) for _ in range(2))
+        self.layers = nn.ModuleList(nn.Sequential(RMSNorm32(8), nn.Linear(8, 8)) for _ in range(2))
         self.head = nn.Linear(8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
