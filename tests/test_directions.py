@@ -114,3 +114,25 @@ def test_unknown_mode_is_rejected_early() -> None:
 def test_directional_step(epsilon: Any, dtype: torch.dtype, step: float) -> None:
     expected = step if epsilon != "auto" else (3 * step) ** (1 / 3)
     assert directional_step(epsilon, dtype) == pytest.approx(expected, rel=1e-12)
+
+
+class Steep(nn.Module):
+    """J = exp(100·Σw) at w = 0: correct, and so curved along a ±1 direction over its 10,000
+    entries that the direction's estimate at ε = 1e-7 is off by h²/6·(100·uᵀ1)² ≈ 2e-7,
+    relatively: the truncation error, far beyond J's noise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(10_000, dtype=torch.float64))
+
+    def forward(self, scale: float) -> torch.Tensor:
+        return torch.exp(scale * self.w.sum())
+
+
+def test_a_direction_off_by_its_truncation_error_alone_is_cleared_at_half_the_step() -> None:
+    report = check_module(Steep(), lambda m, b: m(b), 100.0, mode="directions")
+    assert report.verdict.value == "pass", str(report)
+    (note,) = [n for n in report.notes if n.startswith("mode directions")]
+    assert "w only after a re-check at half the step" in note
+    assert "localized" not in note  # no bisection: the tensor is correct
+    assert report.components_checked == 1  # its largest-gradient component alone
