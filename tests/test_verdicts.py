@@ -207,7 +207,13 @@ def test_a_trained_model_with_a_wrong_gradient_fails_and_names_it(trained) -> No
     wrong.load_state_dict(model.state_dict())
     report = gradwatch.check_module(wrong, _ce, batch)
     assert report.verdict is Verdict.FAIL
-    assert report.parameters_with(Verdict.FAIL) == ["inp.weight", "inp.bias"]
+    # The factor scales both gradients of `inp` alike, so their differences tie at
+    # (f − 1)/(f + 1) and their order is decided by J's rounding (it differs between CPU kernel
+    # paths): the failing names are compared as a set, each difference against the known answer.
+    # 2% of it: J's rounding, hundreds of ulps here, moved it by 0.2% on the kernels we ran.
+    assert set(report.parameters_with(Verdict.FAIL)) == {"inp.weight", "inp.bias"}
+    for name in ("inp.weight", "inp.bias"):
+        assert report.parameters[name].difference == pytest.approx(0.01 / 2.01, rel=0.02)
     assert report.parameters["out.weight"].verdict is Verdict.PASS
 
 
