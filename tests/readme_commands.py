@@ -1,5 +1,6 @@
-"""The README's shell commands, run as a reader runs them: every line of every ```bash block, in
-order, from the project's folder, exactly as written (CI runs this on its clean checkout, after
+"""The shell commands of the README and the docs, run as a reader runs them: every line of every
+```bash block, page by page (the README first), in order, from the project's folder, exactly as
+written (CI runs this on its clean checkout, after
 ``make test``: ``.venv/bin/python -m tests.readme_commands``).
 
 A line's comment may say what to expect: ``exits 1`` (its exit status; 0 otherwise), or
@@ -109,9 +110,14 @@ def run(command: Command) -> str:
     return ""
 
 
-def main(readme: Path = ROOT / "README.md") -> int:
+def pages() -> list[Path]:
+    """The README, then the pages under docs/, whose ```bash blocks hold commands."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def main() -> int:
     problems = []
-    found = commands(readme.read_text(encoding="utf-8"))
+    found = [c for page in pages() for c in commands(page.read_text(encoding="utf-8"))]
     for command in found:
         print(f"$ {command.line}", flush=True)
         problem = run(command)
@@ -119,7 +125,7 @@ def main(readme: Path = ROOT / "README.md") -> int:
         if problem:
             problems.append(f"{command.line}: {problem}")
     for problem in problems:
-        print(f"README command failed: {problem}")
+        print(f"documented command failed: {problem}")
     print(f"{len(found) - len(problems)} passed, {len(problems)} failed")
     return 1 if problems or not found else 0
 
