@@ -83,7 +83,8 @@ def examples(path: Path) -> list[Example]:
     """The runnable Python blocks of a Markdown file, each with the output it shows."""
     found: list[Example] = []
     page = blocks(path)
-    for block, after in zip(page, [*page[1:], None], strict=True):
+    for at, block in enumerate(page):
+        after = page[at + 1] if at + 1 < len(page) else None
         if block.kind != "python" or block.title is not None:
             continue
         shown = None
