@@ -27,9 +27,15 @@ def test_the_readme_is_a_front_page_in_plain_words() -> None:
     assert "material" not in text  # the recipe is defined, not referred to
     for recipe in ("two-sided difference", "ε = 1e-7", "1e-7", "1e-3", "deep-learning courses"):
         assert recipe in text
+
+
+def test_the_readme_links_every_page_of_the_site_s_nav_and_each_link_resolves() -> None:
+    text = README.read_text(encoding="utf-8")
     linked = set(re.findall(r"\]\((docs/[\w-]+\.md)", text))
-    pages = {f"docs/{p.name}" for p in (README.parent / "docs").glob("*.md")}
-    assert linked == pages - {"docs/index.md", "docs/api.md"}, "every page linked, none missing"
+    assert all((README.parent / page).is_file() for page in linked)
+    nav = re.findall(r"^  - [^:]+: ([\w-]+\.md)$", (README.parent / "mkdocs.yml").read_text(), re.M)
+    assert len(nav) >= 10
+    assert {f"docs/{page}" for page in nav} - {"docs/index.md", "docs/api.md"} == linked
 
 
 def test_the_shell_commands_are_the_ones_ci_runs() -> None:
