@@ -112,7 +112,7 @@ def name_missing_terms(
             here = generic == at_generic
             predicted = _flat(cost_at(at_generic), module)[report.indices[wrong[here]]]
             fitted[here] = _fits(report, wrong[here], predicted)
-        found = _findings(report, tensor, fitted, module_name)
+        found = _findings(report, tensor, fitted, f"{module_name} ({type(module).__name__})")
         if found:
             return _with(report, found, module_name, type(module).__name__)
     return report
@@ -128,7 +128,7 @@ def _fits(report: GradCheckReport, at: np.ndarray, predicted: np.ndarray) -> np.
 
 def _findings(
     report: GradCheckReport, tensor: np.ndarray, fitted: np.ndarray, module: str
-) -> list[Finding]:
+) -> list[Finding]:  # module: "name (Class)"
     """One finding per wrong tensor the hypothesis fits (``FIT_SHARE`` of its wrong components),
     when it fits the wrong components of the whole check by the counting rule: one backward
     explains them all, so they are counted together (a bias of 4 channels is named with its
@@ -143,8 +143,8 @@ def _findings(
         name, (hit, tested) = report.layout.names[t], counts[t]
         text = (
             f"{name}: analytic = numeric without the x·g′(x) term of {module} on {hit} of "
-            f"{tested} wrong components: the backward of {module} (an x·g(x) activation) "
-            "returns g(x) alone, the product rule's second term missing"
+            f"{tested} wrong components: the backward of this x·g(x) activation returns g(x) "
+            "alone, the product rule's second term missing"
         )
         found.append(Finding(name, KIND, text, hit, tested))
     return found
