@@ -109,14 +109,14 @@ def to_generic_point(
     step: float | str,
     split: Exchange,
     seed: int,
-) -> tuple[Comparison, GenericPoint, int] | None:
+) -> tuple[Comparison, GenericPoint | None, int]:
     """The comparison ``found`` with the tensors the check left without a gradient read at the
     generic point instead, where they are judged there (``cost_of(names)``: J on fresh copies
-    with θ = those tensors); what was done; the evaluations it took. None when there is nothing
-    to revisit, nothing to move, or nothing judged there either."""
+    with θ = those tensors); what was done (None when there was nothing to revisit, nothing to
+    move, or nothing judged there either: then ``found`` itself); the evaluations it took."""
     names, moved = revisited(report), scales_at_zero(model)
     if not names or not moved or found.evidence is None:
-        return None
+        return found, None, 0
     layout, tensor_of = report.layout, report.layout.tensor_of(report.indices)
     wanted = [layout.names.index(n) for n in names]
     positions = np.flatnonzero(np.isin(tensor_of, wanted))
@@ -129,13 +129,13 @@ def to_generic_point(
         there, sub, sub_index + local, step, split, seed, report.thresholds.pass_max
     )
     if other.evidence is None:
-        return None
+        return found, None, objective.evaluations
     judged = [
         n for t, n in enumerate(names)
         if np.any(other.evidence.reading[sub.tensor_of(sub_index + local) == t] != NOT_JUDGED)
     ]  # fmt: skip
     if not judged:
-        return None
+        return found, None, objective.evaluations
     taken = np.isin(sub.tensor_of(sub_index + local), [names.index(n) for n in judged])
     merged = _merged(found, other, positions[taken], taken, judged)
     return merged, GenericPoint(tuple(judged), tuple(moved)), objective.evaluations

@@ -151,17 +151,15 @@ def _generic_point(
 ) -> tuple[Comparison, int, tuple[str, ...]]:
     """``found`` with the tensors left without a gradient at θ read at the generic point where
     they are judged there (:mod:`gradwatch._generic`), the evaluations it took, and its note."""
-    if o.mode != "components" or found.evidence is None:
-        return found, 0, ()
+    if o.mode != "components" or found.evidence is None or not scales_at_zero(model):
+        return found, 0, ()  # nothing to move: no report at θ to build
     at_theta = _report(layout, indices, found, o, 0, 0.0, (), None)
     moved = to_generic_point(
         model, lambda names: _cost(model, loss_fn, batch, names, o.dtype, o, ticks), at_theta,
         found, o.step, split, o.seed,
     )  # fmt: skip
-    if moved is None:
-        return found, 0, ()
     merged, point, spent = moved
-    return merged, spent, (point.note,)
+    return merged, spent, () if point is None else (point.note,)
 
 
 def _point(
