@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradwatch._comparison import Comparison, compare
+from gradwatch._comparison import Comparison, compare, steps_of
 from gradwatch._evaluate import ModuleCost
 from gradwatch._evidence import NOT_JUDGED, RECHECKS
+from gradwatch._noise import NOISE_MULTIPLE
 from gradwatch._sites import group_names
 from gradwatch.layout import Layout
 from gradwatch.partition import Exchange
@@ -117,6 +118,10 @@ def to_generic_point(
     names, moved = revisited(report), scales_at_zero(model)
     if not names or not moved or found.evidence is None:
         return found, None, 0
+    deltas = generic_deltas(model, moved, seed)
+    names, spent = _moving(cost_of(names).shifted(deltas), names, report, step, split, seed)
+    if not names:
+        return found, None, spent
     layout, tensor_of = report.layout, report.layout.tensor_of(report.indices)
     wanted = [layout.names.index(n) for n in names]
     positions = np.flatnonzero(np.isin(tensor_of, wanted))
@@ -124,21 +129,57 @@ def to_generic_point(
     offsets = np.asarray(layout.offsets)
     local = report.indices[positions] - offsets[tensor_of[positions]]
     sub_index = np.asarray(sub.offsets)[np.searchsorted(wanted, tensor_of[positions])]
-    there = cost_of(names).shifted(generic_deltas(model, moved, seed))
+    there = cost_of(names).shifted(deltas)
     other, objective = compare(
         there, sub, sub_index + local, step, split, seed, report.thresholds.pass_max
     )
+    spent += objective.evaluations
     if other.evidence is None:
-        return found, None, objective.evaluations
+        return found, None, spent
     judged = [
         n for t, n in enumerate(names)
         if np.any(other.evidence.reading[sub.tensor_of(sub_index + local) == t] != NOT_JUDGED)
     ]  # fmt: skip
     if not judged:
-        return found, None, objective.evaluations
+        return found, None, spent
     taken = np.isin(sub.tensor_of(sub_index + local), [names.index(n) for n in judged])
     merged = _merged(found, other, positions[taken], taken, judged)
-    return merged, GenericPoint(tuple(judged), tuple(moved)), objective.evaluations
+    return merged, GenericPoint(tuple(judged), tuple(moved)), spent
+
+
+def _moving(
+    there: ModuleCost,
+    names: list[str],
+    report: GradCheckReport,
+    step: float | str,
+    split: Exchange,
+    seed: int,
+) -> tuple[list[str], int]:
+    """The tensors ``names`` (θ of ``there``, the generic point) whose gradient there exceeds
+    J's noise, by backprop or by J itself along a seeded ±1 direction over the tensor (a
+    backward that drops the gradient shows in the latter), and the evaluations it took: the
+    others would cost two evaluations per component to read as not judged again (a bias that
+    a normalization cancels). Process 0's measurements decide, in every process."""
+    if report.j_noise is None:
+        return names, 0
+    center, grads = there.gradient()
+    generator = torch.Generator().manual_seed(seed * 7919 + 4049)
+    measured, spent = [], there.evaluations
+    for k, (theta, grad) in enumerate(zip(there.theta, grads, strict=True)):
+        sign = torch.randint(0, 2, theta.shape, generator=generator).to(theta) * 2 - 1
+        move = steps_of(theta, step) * sign
+        ends = []
+        for direction in (move, -move):
+            shifted = there.moved(
+                [direction if j == k else torch.zeros(()) for j in range(len(names))]
+            )
+            ends.append(shifted.value())
+            spent += shifted.evaluations
+        measured += [abs(ends[0] - ends[1]), 2 * abs(float((move * grad).sum()))]
+    _, agreed = split.agree((center,), np.asarray(measured, np.float64))
+    # Both changes of J carry the noise of two evaluations: √2·σ_J, read with the tolerance.
+    beyond = agreed.reshape(-1, 2).max(1) > NOISE_MULTIPLE * math.sqrt(2) * report.j_noise.effective
+    return [n for n, b in zip(names, beyond, strict=True) if b], spent
 
 
 def _merged(

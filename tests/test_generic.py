@@ -4,11 +4,14 @@ inside those branches fail there, and the model is left bit for bit as it was.""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from torch import nn
 
 import gradwatch
+from gradwatch import _module_check
 from gradwatch._generic import TINY, generic_deltas, scales_at_zero
 from tests.generic_nets import (
     LayerScaleNet,
@@ -17,7 +20,9 @@ from tests.generic_nets import (
     batch_for,
     cross_entropy,
 )
+from tests.planting import plant
 from tests.test_module import changes, snapshot
+from tests.zoo import norm_sum
 
 # Per design: the tensors a zero cuts off at θ (judged only at the generic point), the
 # parameters that start at zero or tiny, and the tensors a planted bug inside the branch fails.
@@ -131,3 +136,23 @@ def test_the_moves_are_seeded_and_of_a_default_initializations_size() -> None:
     weight, bias = moves["0.weight"].abs(), moves["1.bias"].abs()
     assert weight.min() >= 0.5 / 4 and weight.max() <= 1 / 4  # 1/√fan_in = 1/4
     assert bias.min() >= 0.5 and bias.max() <= 1.0
+
+
+def test_a_branch_whose_backward_drops_the_gradient_fails_at_the_generic_point() -> None:
+    # Backprop gives the body nothing at θ and at the generic point alike; J itself moves there.
+    torch.manual_seed(0)
+    net = plant(ZeroHeadNet(), "body", "zeroed")
+    report = gradwatch.check_module(net, cross_entropy, batch_for(net, 0), progress=False)
+    assert report.verdict is gradwatch.Verdict.FAIL
+    assert sorted(report.parameters_with("fail")) == sorted(DESIGNS["zero-init head"][1])
+
+
+def test_tensors_without_a_gradient_at_the_generic_point_either_cost_a_few_evaluations() -> None:
+    model, loss, batch = norm_sum(0, "batch")  # J = sum of normalized outputs: no gradient
+    report = gradwatch.check_module(model, loss, batch, progress=False)
+    with mock.patch.object(_module_check, "scales_at_zero", lambda model: []):
+        before = gradwatch.check_module(model, loss, batch, progress=False)
+    unjudged = [n for n, r in report.parameters.items() if r.verdict.value == "not judged"]
+    assert unjudged and report.reading_counts == before.reading_counts
+    # one backprop and a pair of evaluations along one direction per tensor, nothing more
+    assert report.evaluations == before.evaluations + 1 + 2 * len(unjudged)
