@@ -147,3 +147,28 @@ def test_hugging_face_mixtures_of_experts_are_checked_in_float64(kind: str, plan
         assert report.verdict is gradwatch.Verdict.PASS
         assert counts["disagrees"] == 0
         assert counts["agrees"] >= 0.8 * report.components_checked
+
+
+@pytest.mark.parametrize("seed", [1, 4])  # with jitters of 1000 float32 steps: warn, fail
+def test_as_written_a_grouped_mm_model_falls_back_to_float32_and_passes(seed: int) -> None:
+    # keep_precision=False: no composition, and the kernel's own error sends the check to the
+    # highest precision the model runs in (the error comes through the guard's torch function
+    # mode: it is the operation's, not gradwatch's). Routing flips under float32's step are
+    # kinks, re-checked at a nearby θ (JITTER_REACH), where the correct model agrees.
+    torch.manual_seed(seed)
+    model = _TinyMoE()
+    batch = (_pair(16, 4, seed=seed), torch.randint(0, 2, (16,)))
+    report = gradwatch.check_module(model, _moe_loss, batch, keep_precision=False, progress=False)
+    assert report.dtype == "float32" and report.epsilon == "auto"
+    assert report.notes[0].startswith("J cannot be evaluated in float64 (RuntimeError")
+    assert report.verdict is gradwatch.Verdict.PASS
+
+
+@pytest.mark.parametrize("seed", [1, 4])
+def test_as_written_a_sign_flipped_expert_activation_fails_in_float32(seed: int) -> None:
+    torch.manual_seed(seed)
+    model = plant(_TinyMoE(), "act", "sign")
+    batch = (_pair(16, 4, seed=seed), torch.randint(0, 2, (16,)))
+    report = gradwatch.check_module(model, _moe_loss, batch, keep_precision=False, progress=False)
+    assert report.dtype == "float32" and report.verdict is gradwatch.Verdict.FAIL
+    assert {"experts", "inp.weight"} <= set(report.parameters_with("fail"))
