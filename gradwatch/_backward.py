@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from gradwatch._kernels import Composing
 from gradwatch._state import (
     attention_fast_path_disabled,
     cast_batch,
@@ -255,6 +256,7 @@ def trace_backward(
         dropout_disabled(model, disable=True),
         module_spans(model) as spans,
         torch.enable_grad(),
+        Composing(),  # kernels without a float64 kernel, composed (gradwatch._kernels)
     ):
         reseed(seed)
         cost = functional_call(

@@ -20,6 +20,11 @@ from gradwatch.layout import Layout
 from gradwatch.partition import Exchange
 from gradwatch.report import PrecisionDrift
 
+# A jitter off a kink moves θ_i by at most this share of max(1, |θ_i|): "nearby". It binds only
+# where a step is coarse (epsilon="auto" in float32: 1000 steps of 4.9e-3 would move every
+# component by ~5, to another model, whose routing and saturation differ); float64's steps
+# (1e-7, or 6e-6 with "auto") keep 1000 steps below it.
+JITTER_REACH = 0.1
 # The probes' copies of θ's tensors are built this many bytes at a time.
 _PROBE_BYTES = 64 * 2**20
 
@@ -89,7 +94,8 @@ class ModuleObjective:
         deltas = []
         for theta in self.cost.theta:
             z = torch.randn(theta.shape, generator=generator, dtype=torch.float64).to(theta)
-            deltas.append(JITTER_STEPS * steps_of(theta, self._epsilon) * z)
+            reach = JITTER_REACH * theta.abs().clamp(min=1)
+            deltas.append(torch.minimum(JITTER_STEPS * steps_of(theta, self._epsilon), reach) * z)
         cost = self.cost.moved(deltas)
         self.moved.append(cost)
         _, grads = cost.gradient()

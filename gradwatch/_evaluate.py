@@ -169,6 +169,15 @@ class ModuleCost(EntryWays):
         other.evaluations = 0
         return other
 
+    def shifted(self, deltas: Mapping[str, torch.Tensor]) -> ModuleCost:
+        """The same J with the parameters named in ``deltas`` (checked or held fixed) moved by
+        them, on this cost's copies (the generic point of :mod:`gradwatch._generic`)."""
+        other = self.moved([deltas.get(n, torch.zeros(())) for n in self.names])
+        other._fixed = {
+            k: v + deltas[k[6:]].to(v) if k[6:] in deltas else v for k, v in self._fixed.items()
+        }  # keys are "model.<name>"
+        return other
+
     def _count(self, count: int) -> None:
         super()._count(count)
         if self._progress is not None:

@@ -58,7 +58,7 @@ READINGS = ("agrees", "disagrees", "not judged")
 AGREES, DISAGREES, NOT_JUDGED = 0, 1, 2
 REASONS = ("", "within noise", "on a kink", "step lost")
 WITHIN_NOISE, ON_KINK, STEP_LOST = 1, 2, 3
-RECHECKS = ("", "half step", "off kink")
+RECHECKS = ("", "half step", "off kink", "generic point")  # the last: gradwatch._generic
 HALF_STEP, OFF_KINK = 1, 2
 
 

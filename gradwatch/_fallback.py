@@ -33,7 +33,9 @@ def raised_by_engine(error: BaseException) -> bool:
     tb = error.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().parent == _ENGINE
+    if tb is None or tb.tb_frame.f_code.co_name == "__torch_function__":
+        return False  # the precision guard passing a torch call on: the operation raised
+    return Path(tb.tb_frame.f_code.co_filename).resolve().parent == _ENGINE
 
 
 class Counted:

@@ -15,7 +15,9 @@ from torch import nn
 from gradwatch._comparison import Comparison, compare, drift, noise_before
 from gradwatch._directions import search_directions
 from gradwatch._evaluate import LossFn, ModuleCost
+from gradwatch._generic import generic_deltas, scales_at_zero, to_generic_point
 from gradwatch._noise import JNoise
+from gradwatch._product_rule import name_missing_terms
 from gradwatch._progress import expected_evaluations, progress_bar
 from gradwatch._sampling import sample_components
 from gradwatch._scope import checked_parameters, hook_note, leave_out, padding_rows
@@ -114,6 +116,10 @@ def check_eager(
             cost, layout, indices, o.step, split, o.seed, o.bands.pass_max, measured
         )
         evaluations, in_training = objective.evaluations, None
+        found, spent, generic = _generic_point(
+            model, loss_fn, batch, layout, indices, found, o, split, ticks
+        )
+        evaluations += spent
         if o.drift_dtype is not None:
             low = _cost(model, loss_fn, batch, names, o.drift_dtype, o, ticks, keep=False)
             in_training, spent = drift(low, layout, indices, found, split, o.seed)
@@ -121,12 +127,47 @@ def check_eager(
         evaluations, seconds, shared = split.finish(
             evaluations, time.perf_counter() - start, cost.describe()
         )
-        notes = (*notes, *chosen, *cost.precision_notes, *shared)
+        notes = (*notes, *chosen, *cost.precision_notes, *generic, *shared)
         report = _report(layout, indices, found, o, evaluations, seconds, notes, in_training)
         if report.reading_counts["disagrees"]:  # what kind of bug, and where it enters
             graph = trace_backward(model, loss_fn, batch, names, dtype=o.dtype, seed=o.seed)
             report = diagnose(report, found.gradients, batch_size_of(batch), graph)
+            report = name_missing_terms(
+                report, model, lambda generic: _point(model, loss_fn, batch, names, o, generic)
+            )
     return report
+
+
+def _generic_point(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Any,
+    layout: Layout,
+    indices: np.ndarray,
+    found: Comparison,
+    o: _Options,
+    split: Exchange,
+    ticks: Any,
+) -> tuple[Comparison, int, tuple[str, ...]]:
+    """``found`` with the tensors left without a gradient at θ read at the generic point where
+    they are judged there (:mod:`gradwatch._generic`), the evaluations it took, and its note."""
+    if o.mode != "components" or found.evidence is None or not scales_at_zero(model):
+        return found, 0, ()  # nothing to move: no report at θ to build
+    at_theta = _report(layout, indices, found, o, 0, 0.0, (), None)
+    moved = to_generic_point(
+        model, lambda names: _cost(model, loss_fn, batch, names, o.dtype, o, ticks), at_theta,
+        found, o.step, split, o.seed,
+    )  # fmt: skip
+    merged, point, spent = moved
+    return merged, spent, () if point is None else (point.note,)
+
+
+def _point(
+    model: nn.Module, loss_fn: LossFn, batch: Any, names: Sequence[str], o: _Options, generic: bool
+) -> ModuleCost:
+    """J over every checked tensor at θ, or at the generic point (:mod:`gradwatch._generic`)."""
+    cost = _cost(model, loss_fn, batch, names, o.dtype, o, None)
+    return cost.shifted(generic_deltas(model, scales_at_zero(model), o.seed)) if generic else cost
 
 
 def _scope(

@@ -261,9 +261,11 @@ class Finding:
 
     ``kind`` is one of ``"zero"`` (backprop gives 0 where J moves), ``"extra"`` (J does not move
     where backprop gives a gradient), ``"sign"``, ``"mean/sum"`` (numeric/analytic is the batch
-    size or its inverse), ``"scale"`` (another constant ratio), ``"transpose"`` and
-    ``"neighbour"`` (another tensor's gradient). ``fitted`` of ``tested`` wrong components fit;
-    ``ratio`` is numeric/analytic, ``axes`` the transposed axes, ``other`` the other tensor.
+    size or its inverse), ``"scale"`` (another constant ratio), ``"transpose"``,
+    ``"neighbour"`` (another tensor's gradient) and ``"product rule"`` (J's gradient without the
+    x·g′(x) term of an x·g(x) activation: :mod:`gradwatch._product_rule`). ``fitted`` of
+    ``tested`` wrong components fit; ``ratio`` is numeric/analytic, ``axes`` the transposed
+    axes, ``other`` the other tensor.
     """
 
     parameter: str

@@ -35,6 +35,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from gradwatch._kernels import composition
 from gradwatch._sites import Sites
 
 _BASE = torch._C.TensorBase
@@ -96,11 +97,13 @@ class _Keep(TorchFunctionMode):
         dtype: torch.dtype,
         rewrite: bool = True,
         seen: Callable[[str, bool], None] | None = None,
+        composed: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         self.dtype = dtype
         self.rewrite = rewrite
         self.seen = seen
+        self.composed = composed  # told of each kernel run as a composition (gradwatch._kernels)
         self.low = frozenset(
             d for d in (torch.float32, torch.float16, torch.bfloat16, torch.complex64)
             if lowers(d, dtype)
@@ -110,6 +113,11 @@ class _Keep(TorchFunctionMode):
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
+        instead = composition(func, args) if self.rewrite else None
+        if instead is not None:  # no kernel in the check's dtype: its composition in that dtype
+            if self.composed is not None:
+                self.composed(instead[0])
+            return instead[1](*args, **kwargs)
         named = _NAMED_CASTS.get(func)
         if named is not None:
             if named in self.low and self._note(f"a cast to {_short(named)}", args[0]):
@@ -195,7 +203,7 @@ class _Probe(_Keep):
     default dtype (which the guard raises to ``dtype``)."""
 
     def __init__(self, dtype: torch.dtype, rewrite: bool, sites: Sites) -> None:
-        super().__init__(dtype, rewrite, sites.cast)
+        super().__init__(dtype, rewrite, sites.cast, sites.compose)
         self.sites = sites
 
     def __torch_function__(
@@ -290,7 +298,8 @@ class PrecisionGuard:
             self.notes = [_failed(err, self.dtype), *sites.lines(sites.casts, "as written")]
             return result
         kept = f"kept in {_short(self.dtype)}"
-        self.notes = sites.lines(sites.casts, kept) + sites.lines(sites.leaks, _LEAKED)
+        self.notes = sites.lines(sites.casts, kept) + sites.lines(sites.composed, _COMPOSED)
+        self.notes += sites.lines(sites.leaks, _LEAKED)
         self._on = sites.changed()
         return result
 
@@ -325,5 +334,7 @@ def _failed(err: Exception, dtype: torch.dtype) -> str:
     )
 
 
+# How a kernel run as a composition reads in the notes (gradwatch._kernels).
+_COMPOSED = "(no float64 kernel there: computed so in float64)"
 # How a leak reads in the notes: the guard could not keep the precision there.
 _LEAKED = "(precision lost there: J carries that rounding)"

@@ -54,6 +54,7 @@ class Sites:
         self._stack: list[str | None] = []
         self.casts: dict[str, dict[str, None]] = {}  # what → where (ordered, unique)
         self.leaks: dict[str, dict[str, None]] = {}
+        self.composed: dict[str, dict[str, None]] = {}  # kernels run as compositions
         self.others = 0  # lowering casts of non-floating tensors (a mask's .float())
         self.defaults = 0  # floating tensors created without a dtype (the default dtype)
 
@@ -92,7 +93,10 @@ class Sites:
 
     def changed(self) -> bool:
         """Whether the guard changed anything (a cast kept, a tensor made in its dtype)."""
-        return bool(self.casts or self.others or self.defaults)
+        return bool(self.casts or self.others or self.defaults or self.composed)
+
+    def compose(self, what: str) -> None:
+        self.composed.setdefault(what, {})[self.where()] = None
 
     def leak(self, what: str) -> None:
         self.leaks.setdefault(what, {})[self.where()] = None

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gradwatch._backward import BackwardGraph, backward_graph, module_spans, trace_backward
-from gradwatch._evidence import DISAGREES
+from gradwatch._evidence import DISAGREES, RECHECKS
 from gradwatch._location import Location, locate
 from gradwatch._patterns import (
     FIT_NOISE,
@@ -248,8 +248,21 @@ def diagnose(
     if report.reading_counts["disagrees"] == 0 or report.failure is not None:
         return report
     findings = find_patterns(observations(report, batch_size, gradients))
-    location = None if graph is None else locate(graph, parameter_verdicts(report))
+    location = None if graph is None else locate(graph, _at_one_point(report))
     return dataclasses.replace(report, findings=tuple(findings), location=location)
+
+
+def _at_one_point(report: GradCheckReport) -> dict[str, str]:
+    """The verdicts the location compares. Where tensors were judged at the generic point
+    (:mod:`gradwatch._generic`), a tensor that passed at θ says nothing of a bug behind the zero
+    that cut those tensors off at θ: it constrains nothing, as one not judged."""
+    verdicts = parameter_verdicts(report)
+    there = np.asarray(report.rechecks) == RECHECKS.index("generic point")
+    if not there.any():
+        return verdicts
+    names = report.layout.names
+    moved = {names[t] for t in np.unique(report.layout.tensor_of(report.indices[there]))}
+    return {n: "not judged" if v == "pass" and n not in moved else v for n, v in verdicts.items()}
 
 
 def batch_size_of(batch: Any) -> int | None:

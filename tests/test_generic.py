@@ -1,0 +1,158 @@
+"""The generic point (gradwatch._generic): designs whose gradients are zero at initialization by
+construction are judged at the init check, correct ones pass with their branches judged, bugs
+inside those branches fail there, and the model is left bit for bit as it was."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+from torch import nn
+
+import gradwatch
+from gradwatch import _module_check
+from gradwatch._generic import TINY, generic_deltas, scales_at_zero
+from tests.generic_nets import (
+    LayerScaleNet,
+    ResidualNet,
+    ZeroHeadNet,
+    batch_for,
+    cross_entropy,
+)
+from tests.planting import plant
+from tests.test_module import changes, snapshot
+from tests.zoo import norm_sum
+
+# Per design: the tensors a zero cuts off at θ (judged only at the generic point), the
+# parameters that start at zero or tiny, and the tensors a planted bug inside the branch fails.
+DESIGNS = {
+    "zero-init last BN of a residual branch": (
+        ResidualNet,
+        ["conv1.weight", "bn1.weight", "bn1.bias", "conv2.weight"],
+        ["stem.1.bias", "bn1.bias", "bn2.weight", "bn2.bias"],
+        ["conv1.weight", "bn1.weight", "bn1.bias"],  # a ×1.5 BatchNorm backward in bn1
+    ),
+    "layer scale 1e-6": (
+        LayerScaleNet,
+        ["norm.weight", "norm.bias", "up.weight", "up.bias", "down.weight", "down.bias"],
+        ["gamma", "norm.bias"],
+        ["norm.weight", "norm.bias", "up.weight", "up.bias"],  # GELU without x·φ(x)
+    ),
+    "zero-init head": (
+        ZeroHeadNet,
+        ["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias"],
+        ["head.weight", "head.bias"],
+        ["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias"],  # head's dx ×1.5
+    ),
+}
+# What a BatchNorm cancels: the stem convolution's bias has no gradient at any point.
+_CANCELLED = {"stem.0.bias"}
+
+
+def _check(design: str, bug: bool, seed: int) -> tuple[nn.Module, gradwatch.GradCheckReport]:
+    torch.manual_seed(seed)
+    net = DESIGNS[design][0](bug)
+    return net, gradwatch.check_module(net, cross_entropy, batch_for(net, seed), progress=False)
+
+
+def _generic_note(report: gradwatch.GradCheckReport) -> str:
+    found = [n for n in report.notes if n.startswith("judged at a generic point")]
+    assert len(found) == 1, report.notes
+    return found[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("design", list(DESIGNS))
+def test_correct_designs_pass_with_their_branches_judged(design: str, seed: int) -> None:
+    _, branch, moved, _ = DESIGNS[design]
+    net, report = _check(design, bug=False, seed=seed)
+    assert report.verdict is gradwatch.Verdict.PASS
+    for name, result in report.parameters.items():
+        expected = gradwatch.Verdict.NOT_JUDGED if name in _CANCELLED else gradwatch.Verdict.PASS
+        assert result.verdict is expected, name
+    checked = [report.component(p) for p in range(report.components_checked)]
+    assert {c.name for c in checked if c.recheck == "generic point"} == set(branch)
+    note = _generic_note(report)
+    assert all(name in note for name in moved)
+    assert scales_at_zero(net) == moved
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("design", list(DESIGNS))
+def test_bugs_inside_the_branch_fail_at_the_init_check(design: str, seed: int) -> None:
+    failing = DESIGNS[design][3]
+    _, report = _check(design, bug=True, seed=seed)
+    assert report.verdict is gradwatch.Verdict.FAIL
+    assert sorted(report.parameters_with("fail")) == sorted(failing)
+    assert report.location is not None and report.location.located
+    _generic_note(report)
+
+
+@pytest.mark.parametrize("design", list(DESIGNS))
+def test_without_the_zero_there_is_no_generic_point(design: str) -> None:
+    torch.manual_seed(0)
+    net = DESIGNS[design][0](False)
+    with torch.no_grad():  # the same design after some training: nothing is zero any more
+        for name in scales_at_zero(net):
+            net.get_parameter(name).add_(0.1)
+    report = gradwatch.check_module(net, cross_entropy, batch_for(net, 0), progress=False)
+    assert report.verdict is gradwatch.Verdict.PASS
+    assert not any("generic point" in n for n in report.notes)
+    assert not any(report.component(p).recheck for p in range(report.components_checked))
+
+
+def test_the_model_is_left_bit_for_bit_as_it_was() -> None:
+    torch.manual_seed(0)
+    net = ResidualNet()
+    batch = batch_for(net, 0)
+    cross_entropy(net, batch).backward()  # .grad set, BatchNorm statistics moved
+    before = snapshot(net)
+    gradwatch.check_module(net, cross_entropy, batch, progress=False)
+    assert changes(before, net) == []
+
+
+def test_the_model_is_left_as_it_was_when_j_raises_at_the_generic_point() -> None:
+    torch.manual_seed(0)
+    net = ZeroHeadNet()
+    before = snapshot(net)
+
+    def only_at_zero(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if model.head.weight.abs().max() > TINY:  # true at the generic point only
+            raise RuntimeError("head moved")
+        return cross_entropy(model, batch)
+
+    with pytest.raises(RuntimeError, match="head moved"):
+        gradwatch.check_module(net, only_at_zero, batch_for(net, 0), progress=False)
+    assert changes(before, net) == []
+
+
+def test_the_moves_are_seeded_and_of_a_default_initializations_size() -> None:
+    net = nn.Sequential(nn.Linear(16, 4), nn.BatchNorm1d(4))
+    moves = generic_deltas(net, ["0.weight", "1.bias"], seed=3)
+    again = generic_deltas(net, ["0.weight", "1.bias"], seed=3)
+    assert all(torch.equal(moves[n], again[n]) for n in moves)
+    assert not torch.equal(moves["0.weight"], generic_deltas(net, ["0.weight"], seed=4)["0.weight"])
+    weight, bias = moves["0.weight"].abs(), moves["1.bias"].abs()
+    assert weight.min() >= 0.5 / 4 and weight.max() <= 1 / 4  # 1/√fan_in = 1/4
+    assert bias.min() >= 0.5 and bias.max() <= 1.0
+
+
+def test_a_branch_whose_backward_drops_the_gradient_fails_at_the_generic_point() -> None:
+    # Backprop gives the body nothing at θ and at the generic point alike; J itself moves there.
+    torch.manual_seed(0)
+    net = plant(ZeroHeadNet(), "body", "zeroed")
+    report = gradwatch.check_module(net, cross_entropy, batch_for(net, 0), progress=False)
+    assert report.verdict is gradwatch.Verdict.FAIL
+    assert sorted(report.parameters_with("fail")) == sorted(DESIGNS["zero-init head"][1])
+
+
+def test_tensors_without_a_gradient_at_the_generic_point_either_cost_a_few_evaluations() -> None:
+    model, loss, batch = norm_sum(0, "batch")  # J = sum of normalized outputs: no gradient
+    report = gradwatch.check_module(model, loss, batch, progress=False)
+    with mock.patch.object(_module_check, "scales_at_zero", lambda model: []):
+        before = gradwatch.check_module(model, loss, batch, progress=False)
+    unjudged = [n for n, r in report.parameters.items() if r.verdict.value == "not judged"]
+    assert unjudged and report.reading_counts == before.reading_counts
+    # one backprop and a pair of evaluations along one direction per tensor, nothing more
+    assert report.evaluations == before.evaluations + 1 + 2 * len(unjudged)
