@@ -16,12 +16,15 @@ from torch.func import functional_call, vmap
 
 from gradwatch._batched_ops import BatchedOps
 from gradwatch._blame import users_code
+from gradwatch._forward_only import functional, through_forward
+from gradwatch._lowrank import LowRankShift
 from gradwatch._precision import PrecisionGuard
 from gradwatch._state import reseed
 from gradwatch._threads import ThreadChoice, torch_threads
 from gradwatch._vectorize import (
     DEFAULT_MEMORY_BUDGET,
     graph_uses,
+    out_of_memory,
     unread_statistics,
 )
 from gradwatch._ways import EntryWays, Shift
@@ -152,6 +155,11 @@ class ModuleCost(EntryWays):
         self._uses: list[int] | None = None  # graph edges into each θ tensor (from gradient())
         self._bytes: int | None = None  # activation bytes of one evaluation
         self._threads = ThreadChoice()
+        # What vmap refuses as written, run for values only (gradwatch._forward_only): the
+        # autograd.Functions run through their forward, and whether in-place writes needed
+        # functionalize (None: not yet).
+        self.through_forward: set[str] = set()
+        self._functional: bool | None = None
         # Entered around every evaluation of J (and of its gradient): see gradwatch._precision.
         self._guard = PrecisionGuard(model, dtype, keep_precision, self._probe)
 
@@ -214,10 +222,6 @@ class ModuleCost(EntryWays):
         self._written.update(
             n for n, b in self._initial.items() if not torch.equal(b, self._fixed[n])
         )
-        written = {
-            n: self._fixed[n].expand(count, *self._fixed[n].shape).clone()
-            for n in self._written - self._unread
-        }
 
         def one(
             values: tuple[torch.Tensor, ...], buffers: dict[str, torch.Tensor], *args: torch.Tensor
@@ -233,6 +237,19 @@ class ModuleCost(EntryWays):
             with shift.active():
                 return _scalar(functional_call(self._module, tensors, (self._batch,)))
 
+        def run(functionalized: bool) -> torch.Tensor:
+            written = {  # fresh for each try: a failed one may have written into them
+                n: self._fixed[n].expand(count, *self._fixed[n].shape).clone()
+                for n in self._written - self._unread
+            }
+            if isinstance(shift, LowRankShift):
+                shift.calls = 0
+            reseed(self._seed)
+            body = functional(one) if functionalized else one
+            with through_forward(seen, every=functionalized):
+                return vmap(body, randomness="same")(tuple(batched.values()), written, *extra)
+
+        seen: set[str] = set()
         with (
             self._guard.evaluating(),
             torch.enable_grad(),
@@ -243,8 +260,19 @@ class ModuleCost(EntryWays):
             # Plain evaluations of the same J always came first and warned as the model does; a
             # warning here is vmap's own (an op without a batching rule) or a repeat.
             warnings.simplefilter("ignore")
-            reseed(self._seed)
-            found = vmap(one, randomness="same")(tuple(batched.values()), written, *extra)
+            try:
+                found = run(self._functional is True)
+            except Exception as err:
+                # vmap refuses in-place writes of batched values into a shared tensor, with
+                # errors that name the op rather than the cause: try once more functionalized.
+                if self._functional is True or out_of_memory(err):
+                    raise
+                try:
+                    found = run(True)
+                except Exception:
+                    raise err from None
+                self._functional = True
+        self.through_forward |= seen
         self._count(count)
         return found.detach().to(torch.float64).cpu().numpy().reshape(count)
 
