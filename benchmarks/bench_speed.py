@@ -1,7 +1,7 @@
 """Issue 14's benchmark: the check's speed where a user feels it, in one run.
 
     .venv/bin/python benchmarks/bench_speed.py [--repeats 3] [--threads N]
-        [--parts first,sampled,load,directions,threads] [--components 150,1000,2000]
+        [--parts first,sampled,load,directions,threads,refused] [--components 150,1000,2000]
 
 (1) first: the first full check in a fresh process against warm calls, the FLOP floor and
     torch.autograd.gradcheck, on the 64-128-64-10 tanh MLP (17,226 parameters, batch 32, float64,
@@ -25,9 +25,11 @@
 (4) directions: ``mode="directions"`` on ResNet-18 with one BatchNorm whose backward forgets the
     batch-mean terms (a custom autograd.Function in block layer3.0): seconds to the verdict and
     whether the localized tensors are in that block; the same model without the bug as control.
-(5) threads: the plain loop (the transformer with an old-style autograd.Function vmap cannot
-    run) at torch's default thread count with the check's thread choice, on one thread, and at
-    the default count without the choice (how it ran before).
+(5) threads: the plain loop (the transformer behind a test whose value is read out with
+    ``bool``, which vmap cannot run) at torch's default thread count with the check's thread
+    choice, on one thread, and at the default count without the choice (how it ran before).
+(6) refused: what vmap refuses as written (an old-style autograd.Function, a buffer filled in
+    place, a tiny BLOOM) against vmap-friendly twins; see ``benchmarks/refused.py``.
 
 Seconds are wall time, with CPU time (this process and its threads) beside where it helps: the
 machine may be shared, so every ratio is of two measurements taken side by side, repeated, and
@@ -50,12 +52,15 @@ from typing import Any
 import torch
 from torch import nn
 
+if "--before-import-time" in sys.argv:  # (1)'s baseline: gradwatch imported as before issue 23
+    sys.modules["gradwatch._import_time"] = type(sys)("gradwatch._import_time")
 import gradwatch
 from gradwatch import _threads
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import models
 from bench_check import autograd_gradcheck, flat_cost, forward_flops, matmul_rate
+from refused import bench_refused
 
 Timing = tuple[float, float]  # (wall seconds, CPU seconds)
 
@@ -80,17 +85,18 @@ def summary(values: list[float], digits: int = 2) -> str:
 def fresh(kind: str) -> dict[str, Any]:
     """Runs in a new process: the user's warm-up, the first check, gradcheck, warm checks."""
     torch.set_num_threads(1)
-    if kind == "mlp":
+    if kind.startswith("mlp"):
         model, batch = models.mlp(), models.mlp_batch()
     else:
         model, batch = models.small_cnn(), models.image_batch(16, 8)
     loss = models.cross_entropy
-    loss(model, batch).backward()  # the user's own forward and backward
-    model.zero_grad()
+    if kind != "mlp_cold":  # cold: nothing run before the check
+        loss(model, batch).backward()  # the user's own forward and backward
+        model.zero_grad()
     report, first = timed(lambda: gradwatch.check_module(model, loss, batch))
     found: dict[str, Any] = {"first": first, "verdict": report.verdict.value}
     found["evaluation"] = next(n for n in report.notes if n.startswith("evaluation"))
-    if kind == "mlp":
+    if kind.startswith("mlp"):
         batch64 = (batch[0].double(), batch[1])
         cost, theta = flat_cost(model, loss, batch64)
         _, found["gradcheck"] = timed(lambda: autograd_gradcheck(cost, theta))
@@ -101,30 +107,43 @@ def fresh(kind: str) -> dict[str, Any]:
     return found
 
 
+FIRST_KINDS = {
+    "mlp_cold": "MLP 17,226 parameters, nothing run before the check",
+    "mlp_cold_before": "the same, gradwatch imported as before issue 23 (no _import_time)",
+    "mlp": "MLP 17,226 parameters",
+    "cnn": "small CNN 3,002 parameters",
+}
+
+
 def bench_first(repeats: int) -> None:
     print("\n(1) first full check in a fresh process (one thread), against warm calls")
-    for kind, label in (("mlp", "MLP 17,226 parameters"), ("cnn", "small CNN 3,002 parameters")):
-        runs = []
-        for _ in range(repeats):
-            done = subprocess.run(
-                [sys.executable, __file__, "--fresh", kind], capture_output=True, text=True,
-                check=True,
-            )  # fmt: skip
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        first = [r["first"][0] for r in runs]
-        warm = [statistics.median(w[0] for w in r["warm"]) for r in runs]
-        ratio = [f / w for f, w in zip(first, warm, strict=True)]
-        cpu = [r["first"][1] / statistics.median(w[1] for w in r["warm"]) for r in runs]
-        print(f"  {label}: first {summary(first)} s, warm {summary(warm)} s, "
-              f"first/warm {summary(ratio)} (CPU time {summary(cpu)}; target <= 1.3)")  # fmt: skip
-        floor = [w / r["floor"] for w, r in zip(warm, runs, strict=True)]
-        print(f"    warm / FLOP floor {summary(floor)}")
-        if kind == "mlp":
-            grad = [r["gradcheck"][0] for r in runs]
-            print(f"    torch.autograd.gradcheck {summary(grad)} s; gradcheck / first call "
-                  f"{summary([g / f for g, f in zip(grad, first, strict=True)], 1)} "
-                  "(target >= 8)")  # fmt: skip
-        print(f"    verdict {runs[0]['verdict']}; {runs[0]['evaluation']}")
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in FIRST_KINDS}
+    for _ in range(repeats):  # the kinds side by side, one fresh process each per repeat
+        for kind in FIRST_KINDS:
+            command = [sys.executable, __file__, "--fresh", kind.removesuffix("_before")]
+            if kind.endswith("_before"):
+                command.append("--before-import-time")
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            runs[kind].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    for kind, label in FIRST_KINDS.items():
+        report_first(kind, label, runs[kind])
+
+
+def report_first(kind: str, label: str, runs: list[dict[str, Any]]) -> None:
+    first = [r["first"][0] for r in runs]
+    warm = [statistics.median(w[0] for w in r["warm"]) for r in runs]
+    ratio = [f / w for f, w in zip(first, warm, strict=True)]
+    cpu = [r["first"][1] / statistics.median(w[1] for w in r["warm"]) for r in runs]
+    print(f"  {label}: first {summary(first)} s, warm {summary(warm)} s, "
+          f"first/warm {summary(ratio)} (CPU time {summary(cpu)}; target <= 1.3)")  # fmt: skip
+    floor = [w / r["floor"] for w, r in zip(warm, runs, strict=True)]
+    print(f"    warm / FLOP floor {summary(floor)}")
+    if kind.startswith("mlp"):
+        grad = [r["gradcheck"][0] for r in runs]
+        print(f"    torch.autograd.gradcheck {summary(grad)} s; gradcheck / first call "
+              f"{summary([g / f for g, f in zip(grad, first, strict=True)], 1)} "
+              "(target >= 8)")  # fmt: skip
+    print(f"    verdict {runs[0]['verdict']}; {runs[0]['evaluation']}")
 
 
 # -- (2) sampled checks against the batched-forward floor ---------------------------------------
@@ -258,25 +277,20 @@ def bench_directions() -> None:
 # -- (5) the plain loop's threads -----------------------------------------------------------------
 
 
-class _OldStyle(torch.autograd.Function):
-    """The identity as an old-style Function (forward takes ctx): vmap cannot run it."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad
+def _read_out(logits: torch.Tensor) -> torch.Tensor:
+    """The logits, behind a test whose value is read out (always true): vmap cannot run it."""
+    if not bool(torch.isfinite(logits).all()):
+        raise FloatingPointError("the logits are not finite")
+    return logits
 
 
 def looped_loss(model: Any, tokens: torch.Tensor) -> torch.Tensor:
-    return models.language_loss(lambda t: _OldStyle.apply(model(t)), tokens)
+    return models.language_loss(lambda t: _read_out(model(t)), tokens)
 
 
 def bench_threads(repeats: int) -> None:
     default = torch.get_num_threads()
-    print("\n(5) the plain loop on the transformer (old-style autograd.Function), sample=100")
+    print("\n(5) the plain loop on the transformer (a value read out in its loss), sample=100")
     model, tokens = models.TinyTransformer(), models.token_batch()
     chosen_next = _threads.ThreadChoice.next
 
@@ -314,11 +328,12 @@ def bench_threads(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--parts", default="first,sampled,load,directions,threads")
+    parser.add_argument("--parts", default="first,sampled,load,directions,threads,refused")
     parser.add_argument("--components", default="150,1000,2000")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--models", default="resnet,transformer", help="models of (2)")
     parser.add_argument("--fresh", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--before-import-time", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -341,6 +356,8 @@ def main() -> None:
         bench_directions()
     if "threads" in parts:
         bench_threads(args.repeats)
+    if "refused" in parts:
+        bench_refused(args.repeats, summary)
     load = os.getloadavg()
     print(f"\nload average after {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
 
