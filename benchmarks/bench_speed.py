@@ -96,7 +96,7 @@ def fresh(kind: str) -> dict[str, Any]:
     report, first = timed(lambda: gradwatch.check_module(model, loss, batch))
     found: dict[str, Any] = {"first": first, "verdict": report.verdict.value}
     found["evaluation"] = next(n for n in report.notes if n.startswith("evaluation"))
-    if kind.startswith("mlp"):
+    if kind.startswith("mlp") and "--before-import-time" not in sys.argv:  # once is enough
         batch64 = (batch[0].double(), batch[1])
         cost, theta = flat_cost(model, loss, batch64)
         _, found["gradcheck"] = timed(lambda: autograd_gradcheck(cost, theta))
@@ -115,18 +115,20 @@ FIRST_KINDS = {
 }
 
 
-def bench_first(repeats: int) -> None:
+def bench_first(repeats: int, kinds: list[str]) -> None:
     print("\n(1) first full check in a fresh process (one thread), against warm calls")
-    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in FIRST_KINDS}
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     for _ in range(repeats):  # the kinds side by side, one fresh process each per repeat
-        for kind in FIRST_KINDS:
+        for kind in kinds:
             command = [sys.executable, __file__, "--fresh", kind.removesuffix("_before")]
             if kind.endswith("_before"):
                 command.append("--before-import-time")
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             runs[kind].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    for kind, label in FIRST_KINDS.items():
-        report_first(kind, label, runs[kind])
+            first, warm = runs[kind][-1]["first"][0], runs[kind][-1]["warm"]
+            print(f"    {kind}: first / warm {first / statistics.median(w[0] for w in warm):.2f}")
+    for kind in kinds:
+        report_first(kind, FIRST_KINDS[kind], runs[kind])
 
 
 def report_first(kind: str, label: str, runs: list[dict[str, Any]]) -> None:
@@ -138,7 +140,7 @@ def report_first(kind: str, label: str, runs: list[dict[str, Any]]) -> None:
           f"first/warm {summary(ratio)} (CPU time {summary(cpu)}; target <= 1.3)")  # fmt: skip
     floor = [w / r["floor"] for w, r in zip(warm, runs, strict=True)]
     print(f"    warm / FLOP floor {summary(floor)}")
-    if kind.startswith("mlp"):
+    if "gradcheck" in runs[0]:
         grad = [r["gradcheck"][0] for r in runs]
         print(f"    torch.autograd.gradcheck {summary(grad)} s; gradcheck / first call "
               f"{summary([g / f for g, f in zip(grad, first, strict=True)], 1)} "
@@ -332,6 +334,7 @@ def main() -> None:
     parser.add_argument("--components", default="150,1000,2000")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--models", default="resnet,transformer", help="models of (2)")
+    parser.add_argument("--first", default=",".join(FIRST_KINDS), help="the cases of (1)")
     parser.add_argument("--fresh", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--before-import-time", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -345,7 +348,7 @@ def main() -> None:
           f"load average before {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")  # fmt: skip
     parts = args.parts.split(",")
     if "first" in parts:
-        bench_first(args.repeats)
+        bench_first(args.repeats, args.first.split(","))
     if "sampled" in parts:
         bench_sampled(
             args.repeats, [int(k) for k in args.components.split(",")], args.models.split(",")
