@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import copy as copying
+import gc
 import json
 import os
 import statistics
@@ -93,8 +94,13 @@ def fresh(kind: str) -> dict[str, Any]:
     if kind != "mlp_cold":  # cold: nothing run before the check
         loss(model, batch).backward()  # the user's own forward and backward
         model.zero_grad()
+    full, imported = [0], set(sys.modules)  # full garbage collections and imports in the call
+    counting = lambda phase, info: full.__setitem__(0, full[0] + (info["generation"] == 2))  # noqa: E731
+    gc.callbacks.append(counting)
     report, first = timed(lambda: gradwatch.check_module(model, loss, batch))
+    gc.callbacks.remove(counting)
     found: dict[str, Any] = {"first": first, "verdict": report.verdict.value}
+    found["inside"] = [full[0] // 2, len(set(sys.modules) - imported)]  # start and stop: 2 calls
     found["evaluation"] = next(n for n in report.notes if n.startswith("evaluation"))
     if kind.startswith("mlp") and "--before-import-time" not in sys.argv:  # once is enough
         batch64 = (batch[0].double(), batch[1])
@@ -140,6 +146,9 @@ def report_first(kind: str, label: str, runs: list[dict[str, Any]]) -> None:
           f"first/warm {summary(ratio)} (CPU time {summary(cpu)}; target <= 1.3)")  # fmt: skip
     floor = [w / r["floor"] for w, r in zip(warm, runs, strict=True)]
     print(f"    warm / FLOP floor {summary(floor)}")
+    inside = [r.get("inside", [-1, -1]) for r in runs]
+    print(f"    in the first call: full garbage collections {[i[0] for i in inside]}, "
+          f"modules imported {[i[1] for i in inside]}")  # fmt: skip
     if "gradcheck" in runs[0]:
         grad = [r["gradcheck"][0] for r in runs]
         print(f"    torch.autograd.gradcheck {summary(grad)} s; gradcheck / first call "

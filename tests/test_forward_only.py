@@ -16,7 +16,7 @@ from torch.autograd.function import Function
 
 from gradwatch import GradCheckReport, check_module
 from gradwatch._evaluate import ModuleCost
-from gradwatch._forward_only import _APPLY, old_style, through_forward
+from gradwatch._forward_only import _APPLY, functional, old_style, through_forward
 from gradwatch._noise import NOISE_MULTIPLE
 from tests.nets import GatedNet, classification_batch, cross_entropy
 from tests.refused import FillNet, NoRuleNet, Scaled
@@ -130,3 +130,26 @@ def test_torchs_apply_is_put_back_when_the_evaluation_raises() -> None:
     assert Function.__dict__["apply"] is _APPLY
     with pytest.raises(RuntimeError, match="setup_context"):
         torch.func.vmap(_Gate.apply)(torch.ones(2, 3))
+
+
+def _fill(x: torch.Tensor) -> torch.Tensor:
+    """Writes of ``x`` (4x3) into fresh tensors, every kind the check meets."""
+    out = torch.zeros(4, 3, dtype=x.dtype)
+    out += x
+    out[1] = x[0] * 2  # a basic index: zero_ then add_ under functionalize
+    out[torch.tensor([2, 3])] = x[:2]  # an advanced one: index_put_, as written
+    out.masked_fill_(x < -1.0, 0.5)
+    out[:, 0].copy_(x[:, 1])
+    count = torch.zeros(3, dtype=torch.long)
+    count[0] = 2  # an integer tensor: copy_ as written
+    return out * count.sum()
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap's fallback for zero_
+def test_writes_into_fresh_tensors_are_batched_to_the_bit() -> None:
+    xs = torch.randn(5, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError):
+        torch.func.vmap(_fill)(xs)
+    with through_forward(set(), every=True):
+        batched = torch.func.vmap(functional(_fill))(xs)
+    assert torch.equal(batched, torch.stack([_fill(x) for x in xs]))
