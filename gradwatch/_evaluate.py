@@ -114,10 +114,12 @@ class ModuleCost(EntryWays):
     There are two ways to evaluate J, each with one entry point: ``_call`` (one θ, the plain
     loop: the reference) and ``_vmapped`` (many perturbed copies of θ in one call of
     ``torch.func.vmap``, ``randomness="same"``: one draw shared by all copies, the draw of a
-    plain evaluation); how the copies differ is chosen per tensor (:mod:`gradwatch._ways`), in
-    calls sized to ``memory_budget`` bytes (activations per copy, read off the gradient's graph,
-    plus the copied tensors). ``paths`` and ``describe()`` say which way ran; ``vectorize=False``
-    always takes the loop. The loop's evaluations run on the thread count measured faster on them
+    plain evaluation; what vmap refuses as written, old-style autograd.Functions and in-place
+    writes, runs there for its values only, :mod:`gradwatch._forward_only`); how the copies
+    differ is chosen per tensor (:mod:`gradwatch._ways`), in calls sized to ``memory_budget``
+    bytes (activations per copy, read off the gradient's graph, plus the copied tensors).
+    ``paths`` and ``describe()`` say which way ran; ``vectorize=False`` always takes the loop.
+    The loop's evaluations run on the thread count measured faster on them
     (:mod:`gradwatch._threads`). Every evaluation runs under the precision guard
     (:mod:`gradwatch._precision`; ``keep_precision``), and ``progress``, when given, is told how
     many evaluations each call has just made.
@@ -260,21 +262,27 @@ class ModuleCost(EntryWays):
             # Plain evaluations of the same J always came first and warned as the model does; a
             # warning here is vmap's own (an op without a batching rule) or a repeat.
             warnings.simplefilter("ignore")
-            try:
-                found = run(self._functional is True)
-            except Exception as err:
-                # vmap refuses in-place writes of batched values into a shared tensor, with
-                # errors that name the op rather than the cause: try once more functionalized.
-                if self._functional is True or out_of_memory(err):
-                    raise
-                try:
-                    found = run(True)
-                except Exception:
-                    raise err from None
-                self._functional = True
+            found = self._as_written_or_functional(run)
         self.through_forward |= seen
         self._count(count)
         return found.detach().to(torch.float64).cpu().numpy().reshape(count)
+
+    def _as_written_or_functional(self, run: Callable[[bool], torch.Tensor]) -> torch.Tensor:
+        """``run(functionalized)``: as written until vmap refused a call that functionalize
+        then ran, functionalized from then on. vmap refuses in-place writes of batched values
+        into a shared tensor with errors that name the op, not the cause, so any refusal but
+        running out of memory is tried once more functionalized (its error is the one raised)."""
+        try:
+            return run(self._functional is True)
+        except Exception as err:
+            if self._functional is True or out_of_memory(err):
+                raise
+            try:
+                found = run(True)
+            except Exception:
+                raise err from None
+            self._functional = True
+            return found
 
     # -- the public evaluations -------------------------------------------------------------------
 
