@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_speed.py [--repeats 3] [--threads N]
         [--parts first,sampled,load,directions,threads,refused] [--components 150,1000,2000]
+        [--first mlp_cold,mlp_cold_before,mlp,cnn]
 
 (1) first: the first full check in a fresh process against warm calls, the FLOP floor and
     torch.autograd.gradcheck, on the 64-128-64-10 tanh MLP (17,226 parameters, batch 32, float64,
@@ -12,7 +13,10 @@
     the first ``check_module`` call is timed, everything it does included (its imports, vmap's
     first tracing, its choice of evaluation paths, its measurement of memory); then
     ``torch.autograd.gradcheck`` over the flat θ (MLP only), then three warm checks; then the
-    floor: 2n forwards at the float64 matmul rate measured there.
+    floor: 2n forwards at the float64 matmul rate measured there. ``mlp_cold`` (issue 23) runs
+    nothing before the check, and ``mlp_cold_before`` the same with gradwatch imported as before
+    issue 23 (without ``gradwatch._import_time``), side by side in each repeat; the full garbage
+    collections and the imports inside the first call are counted. ``--first`` picks the cases.
 (2) sampled: ``check_module(sample=k)`` for k = 150, 1,000, 2,000 against the batched-forward
     floor: the same 2k forwards (each of the check's batch), run as batches of 50 of them, on a
     float64 copy of the model with grad mode on, in the same process, alternating with the check.
