@@ -1,7 +1,8 @@
 """Issue 14's benchmark: the check's speed where a user feels it, in one run.
 
     .venv/bin/python benchmarks/bench_speed.py [--repeats 3] [--threads N]
-        [--parts first,sampled,load,directions,threads] [--components 150,1000,2000]
+        [--parts first,sampled,load,directions,threads,refused] [--components 150,1000,2000]
+        [--first mlp_cold,mlp_cold_before,mlp,cnn]
 
 (1) first: the first full check in a fresh process against warm calls, the FLOP floor and
     torch.autograd.gradcheck, on the 64-128-64-10 tanh MLP (17,226 parameters, batch 32, float64,
@@ -12,7 +13,10 @@
     the first ``check_module`` call is timed, everything it does included (its imports, vmap's
     first tracing, its choice of evaluation paths, its measurement of memory); then
     ``torch.autograd.gradcheck`` over the flat θ (MLP only), then three warm checks; then the
-    floor: 2n forwards at the float64 matmul rate measured there.
+    floor: 2n forwards at the float64 matmul rate measured there. ``mlp_cold`` (issue 23) runs
+    nothing before the check, and ``mlp_cold_before`` the same with gradwatch imported as before
+    issue 23 (without ``gradwatch._import_time``), side by side in each repeat; the full garbage
+    collections and the imports inside the first call are counted. ``--first`` picks the cases.
 (2) sampled: ``check_module(sample=k)`` for k = 150, 1,000, 2,000 against the batched-forward
     floor: the same 2k forwards (each of the check's batch), run as batches of 50 of them, on a
     float64 copy of the model with grad mode on, in the same process, alternating with the check.
@@ -25,9 +29,11 @@
 (4) directions: ``mode="directions"`` on ResNet-18 with one BatchNorm whose backward forgets the
     batch-mean terms (a custom autograd.Function in block layer3.0): seconds to the verdict and
     whether the localized tensors are in that block; the same model without the bug as control.
-(5) threads: the plain loop (the transformer with an old-style autograd.Function vmap cannot
-    run) at torch's default thread count with the check's thread choice, on one thread, and at
-    the default count without the choice (how it ran before).
+(5) threads: the plain loop (the transformer behind a test whose value is read out with
+    ``bool``, which vmap cannot run) at torch's default thread count with the check's thread
+    choice, on one thread, and at the default count without the choice (how it ran before).
+(6) refused: what vmap refuses as written (an old-style autograd.Function, a buffer filled in
+    place, a tiny BLOOM) against vmap-friendly twins; see ``benchmarks/refused.py``.
 
 Seconds are wall time, with CPU time (this process and its threads) beside where it helps: the
 machine may be shared, so every ratio is of two measurements taken side by side, repeated, and
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import copy as copying
+import gc
 import json
 import os
 import statistics
@@ -50,12 +57,15 @@ from typing import Any
 import torch
 from torch import nn
 
+if "--before-import-time" in sys.argv:  # (1)'s baseline: gradwatch imported as before issue 23
+    sys.modules["gradwatch._import_time"] = type(sys)("gradwatch._import_time")
 import gradwatch
 from gradwatch import _threads
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import models
 from bench_check import autograd_gradcheck, flat_cost, forward_flops, matmul_rate
+from refused import bench_refused
 
 Timing = tuple[float, float]  # (wall seconds, CPU seconds)
 
@@ -80,17 +90,23 @@ def summary(values: list[float], digits: int = 2) -> str:
 def fresh(kind: str) -> dict[str, Any]:
     """Runs in a new process: the user's warm-up, the first check, gradcheck, warm checks."""
     torch.set_num_threads(1)
-    if kind == "mlp":
+    if kind.startswith("mlp"):
         model, batch = models.mlp(), models.mlp_batch()
     else:
         model, batch = models.small_cnn(), models.image_batch(16, 8)
     loss = models.cross_entropy
-    loss(model, batch).backward()  # the user's own forward and backward
-    model.zero_grad()
+    if kind != "mlp_cold":  # cold: nothing run before the check
+        loss(model, batch).backward()  # the user's own forward and backward
+        model.zero_grad()
+    full, imported = [0], set(sys.modules)  # full garbage collections and imports in the call
+    counting = lambda phase, info: full.__setitem__(0, full[0] + (info["generation"] == 2))  # noqa: E731
+    gc.callbacks.append(counting)
     report, first = timed(lambda: gradwatch.check_module(model, loss, batch))
+    gc.callbacks.remove(counting)
     found: dict[str, Any] = {"first": first, "verdict": report.verdict.value}
+    found["inside"] = [full[0] // 2, len(set(sys.modules) - imported)]  # start and stop: 2 calls
     found["evaluation"] = next(n for n in report.notes if n.startswith("evaluation"))
-    if kind == "mlp":
+    if kind.startswith("mlp") and "--before-import-time" not in sys.argv:  # once is enough
         batch64 = (batch[0].double(), batch[1])
         cost, theta = flat_cost(model, loss, batch64)
         _, found["gradcheck"] = timed(lambda: autograd_gradcheck(cost, theta))
@@ -101,30 +117,48 @@ def fresh(kind: str) -> dict[str, Any]:
     return found
 
 
-def bench_first(repeats: int) -> None:
+FIRST_KINDS = {
+    "mlp_cold": "MLP 17,226 parameters, nothing run before the check",
+    "mlp_cold_before": "the same, gradwatch imported as before issue 23 (no _import_time)",
+    "mlp": "MLP 17,226 parameters",
+    "cnn": "small CNN 3,002 parameters",
+}
+
+
+def bench_first(repeats: int, kinds: list[str]) -> None:
     print("\n(1) first full check in a fresh process (one thread), against warm calls")
-    for kind, label in (("mlp", "MLP 17,226 parameters"), ("cnn", "small CNN 3,002 parameters")):
-        runs = []
-        for _ in range(repeats):
-            done = subprocess.run(
-                [sys.executable, __file__, "--fresh", kind], capture_output=True, text=True,
-                check=True,
-            )  # fmt: skip
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        first = [r["first"][0] for r in runs]
-        warm = [statistics.median(w[0] for w in r["warm"]) for r in runs]
-        ratio = [f / w for f, w in zip(first, warm, strict=True)]
-        cpu = [r["first"][1] / statistics.median(w[1] for w in r["warm"]) for r in runs]
-        print(f"  {label}: first {summary(first)} s, warm {summary(warm)} s, "
-              f"first/warm {summary(ratio)} (CPU time {summary(cpu)}; target <= 1.3)")  # fmt: skip
-        floor = [w / r["floor"] for w, r in zip(warm, runs, strict=True)]
-        print(f"    warm / FLOP floor {summary(floor)}")
-        if kind == "mlp":
-            grad = [r["gradcheck"][0] for r in runs]
-            print(f"    torch.autograd.gradcheck {summary(grad)} s; gradcheck / first call "
-                  f"{summary([g / f for g, f in zip(grad, first, strict=True)], 1)} "
-                  "(target >= 8)")  # fmt: skip
-        print(f"    verdict {runs[0]['verdict']}; {runs[0]['evaluation']}")
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+    for _ in range(repeats):  # the kinds side by side, one fresh process each per repeat
+        for kind in kinds:
+            command = [sys.executable, __file__, "--fresh", kind.removesuffix("_before")]
+            if kind.endswith("_before"):
+                command.append("--before-import-time")
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            runs[kind].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            first, warm = runs[kind][-1]["first"][0], runs[kind][-1]["warm"]
+            print(f"    {kind}: first / warm {first / statistics.median(w[0] for w in warm):.2f}")
+    for kind in kinds:
+        report_first(kind, FIRST_KINDS[kind], runs[kind])
+
+
+def report_first(kind: str, label: str, runs: list[dict[str, Any]]) -> None:
+    first = [r["first"][0] for r in runs]
+    warm = [statistics.median(w[0] for w in r["warm"]) for r in runs]
+    ratio = [f / w for f, w in zip(first, warm, strict=True)]
+    cpu = [r["first"][1] / statistics.median(w[1] for w in r["warm"]) for r in runs]
+    print(f"  {label}: first {summary(first)} s, warm {summary(warm)} s, "
+          f"first/warm {summary(ratio)} (CPU time {summary(cpu)}; target <= 1.3)")  # fmt: skip
+    floor = [w / r["floor"] for w, r in zip(warm, runs, strict=True)]
+    print(f"    warm / FLOP floor {summary(floor)}")
+    inside = [r.get("inside", [-1, -1]) for r in runs]
+    print(f"    in the first call: full garbage collections {[i[0] for i in inside]}, "
+          f"modules imported {[i[1] for i in inside]}")  # fmt: skip
+    if "gradcheck" in runs[0]:
+        grad = [r["gradcheck"][0] for r in runs]
+        print(f"    torch.autograd.gradcheck {summary(grad)} s; gradcheck / first call "
+              f"{summary([g / f for g, f in zip(grad, first, strict=True)], 1)} "
+              "(target >= 8)")  # fmt: skip
+    print(f"    verdict {runs[0]['verdict']}; {runs[0]['evaluation']}")
 
 
 # -- (2) sampled checks against the batched-forward floor ---------------------------------------
@@ -258,25 +292,20 @@ def bench_directions() -> None:
 # -- (5) the plain loop's threads -----------------------------------------------------------------
 
 
-class _OldStyle(torch.autograd.Function):
-    """The identity as an old-style Function (forward takes ctx): vmap cannot run it."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad
+def _read_out(logits: torch.Tensor) -> torch.Tensor:
+    """The logits, behind a test whose value is read out (always true): vmap cannot run it."""
+    if not bool(torch.isfinite(logits).all()):
+        raise FloatingPointError("the logits are not finite")
+    return logits
 
 
 def looped_loss(model: Any, tokens: torch.Tensor) -> torch.Tensor:
-    return models.language_loss(lambda t: _OldStyle.apply(model(t)), tokens)
+    return models.language_loss(lambda t: _read_out(model(t)), tokens)
 
 
 def bench_threads(repeats: int) -> None:
     default = torch.get_num_threads()
-    print("\n(5) the plain loop on the transformer (old-style autograd.Function), sample=100")
+    print("\n(5) the plain loop on the transformer (a value read out in its loss), sample=100")
     model, tokens = models.TinyTransformer(), models.token_batch()
     chosen_next = _threads.ThreadChoice.next
 
@@ -314,11 +343,13 @@ def bench_threads(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--parts", default="first,sampled,load,directions,threads")
+    parser.add_argument("--parts", default="first,sampled,load,directions,threads,refused")
     parser.add_argument("--components", default="150,1000,2000")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--models", default="resnet,transformer", help="models of (2)")
+    parser.add_argument("--first", default=",".join(FIRST_KINDS), help="the cases of (1)")
     parser.add_argument("--fresh", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--before-import-time", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -330,7 +361,7 @@ def main() -> None:
           f"load average before {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")  # fmt: skip
     parts = args.parts.split(",")
     if "first" in parts:
-        bench_first(args.repeats)
+        bench_first(args.repeats, args.first.split(","))
     if "sampled" in parts:
         bench_sampled(
             args.repeats, [int(k) for k in args.components.split(",")], args.models.split(",")
@@ -341,6 +372,8 @@ def main() -> None:
         bench_directions()
     if "threads" in parts:
         bench_threads(args.repeats)
+    if "refused" in parts:
+        bench_refused(args.repeats, summary)
     load = os.getloadavg()
     print(f"\nload average after {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
 

@@ -41,6 +41,9 @@ __all__ = [
 
 __version__ = "0.2.0"
 
+# Last, after every other import: pays what the first check would (see gradwatch._import_time).
+from gradwatch import _import_time  # noqa: F401
+
 
 def __getattr__(name: str) -> object:
     """The names of an earlier release, for one more (with a DeprecationWarning)."""

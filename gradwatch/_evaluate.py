@@ -16,12 +16,15 @@ from torch.func import functional_call, vmap
 
 from gradwatch._batched_ops import BatchedOps
 from gradwatch._blame import users_code
+from gradwatch._forward_only import functional, through_forward
+from gradwatch._lowrank import LowRankShift
 from gradwatch._precision import PrecisionGuard
 from gradwatch._state import reseed
 from gradwatch._threads import ThreadChoice, torch_threads
 from gradwatch._vectorize import (
     DEFAULT_MEMORY_BUDGET,
     graph_uses,
+    out_of_memory,
     unread_statistics,
 )
 from gradwatch._ways import EntryWays, Shift
@@ -111,10 +114,12 @@ class ModuleCost(EntryWays):
     There are two ways to evaluate J, each with one entry point: ``_call`` (one θ, the plain
     loop: the reference) and ``_vmapped`` (many perturbed copies of θ in one call of
     ``torch.func.vmap``, ``randomness="same"``: one draw shared by all copies, the draw of a
-    plain evaluation); how the copies differ is chosen per tensor (:mod:`gradwatch._ways`), in
-    calls sized to ``memory_budget`` bytes (activations per copy, read off the gradient's graph,
-    plus the copied tensors). ``paths`` and ``describe()`` say which way ran; ``vectorize=False``
-    always takes the loop. The loop's evaluations run on the thread count measured faster on them
+    plain evaluation; what vmap refuses as written, old-style autograd.Functions and in-place
+    writes, runs there for its values only, :mod:`gradwatch._forward_only`); how the copies
+    differ is chosen per tensor (:mod:`gradwatch._ways`), in calls sized to ``memory_budget``
+    bytes (activations per copy, read off the gradient's graph, plus the copied tensors).
+    ``paths`` and ``describe()`` say which way ran; ``vectorize=False`` always takes the loop.
+    The loop's evaluations run on the thread count measured faster on them
     (:mod:`gradwatch._threads`). Every evaluation runs under the precision guard
     (:mod:`gradwatch._precision`; ``keep_precision``), and ``progress``, when given, is told how
     many evaluations each call has just made.
@@ -152,6 +157,11 @@ class ModuleCost(EntryWays):
         self._uses: list[int] | None = None  # graph edges into each θ tensor (from gradient())
         self._bytes: int | None = None  # activation bytes of one evaluation
         self._threads = ThreadChoice()
+        # What vmap refuses as written, run for values only (gradwatch._forward_only): the
+        # autograd.Functions run through their forward, and whether in-place writes needed
+        # functionalize (None: not yet).
+        self.through_forward: set[str] = set()
+        self._functional: bool | None = None
         # Entered around every evaluation of J (and of its gradient): see gradwatch._precision.
         self._guard = PrecisionGuard(model, dtype, keep_precision, self._probe)
 
@@ -223,10 +233,6 @@ class ModuleCost(EntryWays):
         self._written.update(
             n for n, b in self._initial.items() if not torch.equal(b, self._fixed[n])
         )
-        written = {
-            n: self._fixed[n].expand(count, *self._fixed[n].shape).clone()
-            for n in self._written - self._unread
-        }
 
         def one(
             values: tuple[torch.Tensor, ...], buffers: dict[str, torch.Tensor], *args: torch.Tensor
@@ -242,6 +248,19 @@ class ModuleCost(EntryWays):
             with shift.active():
                 return _scalar(functional_call(self._module, tensors, (self._batch,)))
 
+        def run(functionalized: bool) -> torch.Tensor:
+            written = {  # fresh for each try: a failed one may have written into them
+                n: self._fixed[n].expand(count, *self._fixed[n].shape).clone()
+                for n in self._written - self._unread
+            }
+            if isinstance(shift, LowRankShift):
+                shift.calls = 0
+            reseed(self._seed)
+            body = functional(one) if functionalized else one
+            with through_forward(seen, every=functionalized):
+                return vmap(body, randomness="same")(tuple(batched.values()), written, *extra)
+
+        seen: set[str] = set()
         with (
             self._guard.evaluating(),
             torch.enable_grad(),
@@ -252,10 +271,27 @@ class ModuleCost(EntryWays):
             # Plain evaluations of the same J always came first and warned as the model does; a
             # warning here is vmap's own (an op without a batching rule) or a repeat.
             warnings.simplefilter("ignore")
-            reseed(self._seed)
-            found = vmap(one, randomness="same")(tuple(batched.values()), written, *extra)
+            found = self._as_written_or_functional(run)
+        self.through_forward |= seen
         self._count(count)
         return found.detach().to(torch.float64).cpu().numpy().reshape(count)
+
+    def _as_written_or_functional(self, run: Callable[[bool], torch.Tensor]) -> torch.Tensor:
+        """``run(functionalized)``: as written until vmap refused a call that functionalize
+        then ran, functionalized from then on. vmap refuses in-place writes of batched values
+        into a shared tensor with errors that name the op, not the cause, so any refusal but
+        running out of memory is tried once more functionalized (its error is the one raised)."""
+        try:
+            return run(self._functional is True)
+        except Exception as err:
+            if self._functional is True or out_of_memory(err):
+                raise
+            try:
+                found = run(True)
+            except Exception:
+                raise err from None
+            self._functional = True
+            return found
 
     # -- the public evaluations -------------------------------------------------------------------
 

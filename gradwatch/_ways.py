@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_leaves
 
-from gradwatch._chunks import Runs
+from gradwatch._chunks import Runs, listing
 from gradwatch._lowrank import LowRankShift, NotLowRank
 from gradwatch._pool import SharedCalls
 from gradwatch._shift import Entry, EntryShifts
@@ -34,6 +34,8 @@ class EntryWays(SharedCalls):
     _fixed: dict[str, torch.Tensor]
     _batch: Any
     _bytes: int | None  # activation bytes of one evaluation, once known
+    through_forward: set[str]  # autograd.Functions batched through their forward
+    _functional: bool | None  # whether in-place writes were functionalized
 
     def _call(
         self, theta: Sequence[torch.Tensor], then: Callable[[torch.Tensor], Any] | None = None
@@ -187,5 +189,10 @@ class EntryWays(SharedCalls):
         """One line for the report: which evaluation path ran for which tensors, and the thread
         count the plain evaluations ran on when the check chose it."""
         text = super().describe()
+        if self._batched and self.through_forward:
+            names = listing(sorted(self.through_forward))
+            text += f"; autograd.Functions batched through their own forward: {names}"
+        if self._batched and self._functional:
+            text += "; in-place writes batched through torch.func.functionalize"
         threads = self._threads.describe()
         return text if threads is None else f"{text}; {threads}"

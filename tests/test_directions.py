@@ -83,7 +83,7 @@ def test_a_wrong_custom_function_is_named() -> None:
     assert max(report.per_parameter, key=lambda n: report.per_parameter[n]) == "gate.weight"
 
 
-@pytest.mark.parametrize("model", [Net(), GatedNet()], ids=["vectorized", "loop"])
+@pytest.mark.parametrize("model", [Net(), GatedNet()], ids=["vectorized", "old_style_function"])
 def test_correct_models_pass(model: nn.Module) -> None:
     shape, classes = ((16,), 4) if isinstance(model, Net) else ((3,), 2)
     report = _check(model.double(), shape, classes)

@@ -18,6 +18,7 @@ from gradwatch._chunks import _why
 from gradwatch._evaluate import ModuleCost
 from gradwatch._state import cast_batch, dropout_disabled
 from tests.nets import GatedNet, classification_batch, cnn, cross_entropy, mlp
+from tests.refused import FillNet, ItemNet, NoRuleNet
 
 
 class Tied(nn.Module):
@@ -123,6 +124,9 @@ CASES: dict[str, Case] = {
     ),
     "linear_called_twice": (Twice, lambda: classification_batch((4,)), "off"),
     "custom_function": (GatedNet, lambda: classification_batch((3,), classes=2), "off"),
+    "function_without_vmap_rule": (NoRuleNet, lambda: classification_batch((6,)), "off"),
+    "inplace_buffer": (FillNet, lambda: classification_batch((6,)), "off"),
+    "item": (ItemNet, lambda: classification_batch((6,)), "off"),
 }
 
 
@@ -193,8 +197,14 @@ def test_vectorized_matches_the_loop_within_a_few_ulps(case: str, layout: str) -
           "attend.out_proj.weight": "vmap", "norm.weight": "vmap", "head.weight": "linear"},
          {"embed.weight": "shift", "attend.in_proj_weight": "vmap",
           "attend.out_proj.weight": "vmap", "norm.weight": "vmap", "head.weight": "shift"}),
-        ("custom_function", {"inp.weight": "loop", "gate.weight": "loop", "head.bias": "loop"},
-         {"inp.weight": "loop", "gate.weight": "loop", "head.bias": "loop"}),
+        ("custom_function", {"inp.weight": "linear", "gate.weight": "vmap", "head.bias": "linear"},
+         {"inp.weight": "shift", "gate.weight": "vmap", "head.bias": "shift"}),
+        ("function_without_vmap_rule", {"inp.weight": "linear", "head.bias": "linear"},
+         {"inp.weight": "shift", "head.bias": "shift"}),
+        ("inplace_buffer", {"inp.weight": "linear", "head.bias": "linear"},
+         {"inp.weight": "shift", "head.bias": "shift"}),
+        ("item", {"inp.weight": "loop", "head.bias": "linear"},
+         {"inp.weight": "loop", "head.bias": "shift"}),
     ],
 )  # fmt: skip
 def test_each_tensor_takes_the_expected_path(
@@ -206,10 +216,29 @@ def test_each_tensor_takes_the_expected_path(
 
 
 def test_a_module_vmap_cannot_run_falls_back_and_says_why() -> None:
-    _, _, cost = _pairs("custom_function", vectorize=True)
+    _, _, cost = _pairs("item", vectorize=True)
     note = cost.describe()
-    assert "plain loop for inp.weight" in note
-    assert "autograd.Function" in cost.reasons["gate.weight"]
+    assert "plain loop for inp.weight, inp.bias (inp.weight: shift failed" in note
+    assert "data-dependent control flow" in cost.reasons["inp.weight"]
+    assert "functionalize" not in note  # tried, did not help: not said
+
+
+@pytest.mark.parametrize(
+    ("case", "functions", "functional"),
+    [
+        ("custom_function", "SelfGate", False),
+        ("function_without_vmap_rule", "NoRule", False),
+        ("inplace_buffer", "Scaled", True),  # any Function under functionalize
+    ],
+)
+def test_the_note_names_what_was_batched_for_values_only(
+    case: str, functions: str, functional: bool
+) -> None:
+    _, _, cost = _pairs(case, vectorize=True)
+    note = cost.describe()
+    assert set(cost.paths.values()) <= {"shift", "vmap"}, note
+    assert f"; autograd.Functions batched through their own forward: {functions}" in note
+    assert ("; in-place writes batched through torch.func.functionalize" in note) is functional
 
 
 def test_a_long_reason_is_cut_between_words_and_keeps_what_to_do() -> None:
@@ -227,8 +256,8 @@ def test_a_long_reason_is_cut_between_words_and_keeps_what_to_do() -> None:
 
 
 def test_the_report_names_the_evaluation_path() -> None:
-    model = GatedNet()
-    report = check_module(model.double(), cross_entropy, classification_batch((3,), classes=2))
+    torch.manual_seed(0)
+    report = check_module(ItemNet().double(), cross_entropy, classification_batch((6,)))
     assert any(n.startswith("evaluation:") and "plain loop" in n for n in report.notes)
     assert report.verdict.value == "pass"
 
