@@ -102,7 +102,10 @@ class Outcome:
             bands = _tensorboard.band_scalars(report, t.pass_max, t.warn_max, name)
             logger.log_metrics({**metrics, **bands}, step=logged_step)
             _tensorboard.add_layout(writer, self._layouts(trainer))
-            _tensorboard.write(writer, step, report, history, self.log_worst, name, logged_step)
+            run = _tensorboard.run_name(logger)
+            _tensorboard.write(
+                writer, step, report, history, self.log_worst, name, logged_step, run
+            )
 
     def _tell_scalars_only(self, trainer: Any, logger: Any) -> None:
         """A TensorBoard logger whose writer cannot take the card, text, histogram and layout is
