@@ -42,20 +42,32 @@ def wrong_call(cls: type, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> T
     (Python's names the base class whose ``__init__`` it is), with the option meant for an
     unknown keyword (``after_step``: ``after_steps``); None for a call it takes."""
     init = cls.__init__  # type: ignore[misc]  # the class's own, which the call runs
-    options = [p for p in inspect.signature(init).parameters if p != "self"]
-    if args:
-        return TypeError(
-            f"{cls.__name__} takes keyword arguments only, e.g. "
-            f"{cls.__name__}(after_steps=[100]); got {len(args)} positional: {args!r}"
-        )
-    for key in kwargs:
-        if key not in options:
-            close = difflib.get_close_matches(key, options, n=1)
-            meant = f" did you mean `{close[0]}`?" if close else ""
+    signature = inspect.signature(init)
+    try:
+        # Partial: a missing argument is __init__'s to tell, and unpickling calls
+        # `cls.__new__(cls)` with none.
+        signature.bind_partial(None, *args, **kwargs)  # None for self
+    except TypeError as err:
+        options = [p for p in signature.parameters if p != "self"]
+        for key in kwargs:
+            if key not in options and not _takes_any_keyword(signature):
+                close = difflib.get_close_matches(key, options, n=1)
+                meant = f" did you mean `{close[0]}`?" if close else ""
+                return TypeError(
+                    f"{cls.__name__}: `{key}` is no option;{meant} its options: "
+                    + ", ".join(options)
+                )
+        if "positional" in str(err):
             return TypeError(
-                f"{cls.__name__}: `{key}` is no option;{meant} its options: {', '.join(options)}"
+                f"{cls.__name__} takes its options as keywords, e.g. "
+                f"{cls.__name__}(after_steps=[100]); got {len(args)} positional: {args!r}"
             )
+        return TypeError(f"{cls.__name__}: {err}")
     return None
+
+
+def _takes_any_keyword(signature: inspect.Signature) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
 
 
 def check_steps(value: object) -> tuple[int, ...]:

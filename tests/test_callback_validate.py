@@ -256,8 +256,22 @@ def test_an_unknown_option_names_gradient_check_and_the_option_meant() -> None:
     assert "GradientCheckBase" not in str(raised.value)
     with pytest.raises(TypeError, match=r"^GradientCheck: `colour` is no option; its options"):
         GradientCheck(colour="red")  # type: ignore[call-arg]
-    with pytest.raises(TypeError, match=r"^GradientCheck takes keyword arguments only"):
+    with pytest.raises(TypeError, match=r"^GradientCheck takes its options as keywords, e\.g\."):
         GradientCheck(True)  # type: ignore[misc]
+
+
+def test_a_subclass_with_its_own_arguments_is_built_as_its_init_says() -> None:
+    class Named(GradientCheck):
+        def __init__(self, folder: str, **options: Any) -> None:
+            super().__init__(**options)
+            self.folder = folder
+
+    named = Named("logs", after_steps=[5])
+    assert (named.folder, named.schedule.after_steps) == ("logs", (5,))
+    with pytest.raises(TypeError, match=r"missing 1 required positional argument: 'folder'"):
+        Named(after_steps=[5])  # Python's own word: the subclass's __init__ is named right
+    with pytest.raises(TypeError, match=r"^Named takes its options as keywords"):
+        Named("logs", 1)  # type: ignore[arg-type]
 
 
 def test_a_bad_value_is_raised_from_the_constructor_with_no_chain() -> None:
