@@ -41,7 +41,9 @@ def restated(
     if _an_argument_error(err):
         return err.with_traceback(None)  # the public frame is added as it is raised again
     if isinstance(model, nn.Module) and _a_dtype_mismatch(err):
-        return _dtype_error(err, model, batch, str(dtype).removeprefix("torch."))
+        others = [(where, t) for where, t in _tensors(batch, "batch") if not t.is_floating_point()]
+        if others:  # else the mismatch is the user's code's own: its error says it best
+            return _dtype_error(err, model, others, str(dtype).removeprefix("torch."))
     return None
 
 
@@ -67,16 +69,16 @@ def _a_dtype_mismatch(err: BaseException) -> bool:
     )
 
 
-def _dtype_error(err: BaseException, model: nn.Module, batch: Any, checked: str) -> TypeError:
-    """A ``TypeError`` in the user's dtypes, tagged as the user's code's (it is: the model
-    refuses this batch in its own dtype too)."""
+def _dtype_error(
+    err: BaseException, model: nn.Module, others: list[tuple[str, torch.Tensor]], checked: str
+) -> TypeError:
+    """A ``TypeError`` in the user's dtypes (the model's, the batch's tensors that are not
+    floating point, ``others``), tagged as the user's code's: J stopped there."""
     theirs = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
-    others = [
+    held = "; ".join(
         f"{where} {str(t.dtype).removeprefix('torch.')} of shape {tuple(t.shape)}"
-        for where, t in _tensors(batch, "batch")
-        if not t.is_floating_point()
-    ]
-    held = "; ".join(others) if others else "no tensor that is not floating point"
+        for where, t in others
+    )
     told = TypeError(
         f"`batch` must suit the model: its parameters are {' and '.join(theirs)}, and the "
         f"batch holds {held}. J stopped with: {err} (torch names the check's {checked} copy "

@@ -129,3 +129,14 @@ def test_an_error_of_ours_keeps_its_frames(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(TypeError, match="unsupported operand") as raised:
         gradwatch.check_function(lambda t: float(t @ t), np.ones(2), 2 * np.ones(2))
     assert _last_frame(raised.value).name == "broken"
+
+
+def test_a_mismatch_of_the_users_own_code_stays_its_own() -> None:
+    # The batch is all floats; the loss makes an integer tensor itself: torch's error, as is.
+    def loss_fn(model: nn.Module, batch: Batch) -> torch.Tensor:
+        return _mse(model, (batch[0].long(), batch[1]))
+
+    with pytest.raises(RuntimeError, match=r"^mat1 and mat2 must have the same dtype") as raised:
+        check_module(_model(), loss_fn, (torch.randn(8, 3), torch.randn(8, 1)))
+    frames = [f.name for f in traceback.extract_tb(raised.value.__traceback__)]
+    assert "loss_fn" in frames and frames[-1] != "check_module"
