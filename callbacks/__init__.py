@@ -9,6 +9,6 @@ Example:
     (100,)
 """
 
-from .gradient_check import GradientCheck, GradientCheckError
+from .gradient_check import GradientCheck, GradientCheckError, GradientCheckWarning
 
-__all__ = ["GradientCheck", "GradientCheckError"]
+__all__ = ["GradientCheck", "GradientCheckError", "GradientCheckWarning"]

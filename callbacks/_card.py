@@ -10,6 +10,7 @@ chart, on a linear axis, smoothed: none of which suits three checks read against
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -21,9 +22,15 @@ from gradwatch import GradCheckReport
 
 from . import _logs
 
-# Drawn at twice the size TensorBoard shows a card at (about 360 px wide), so text stays sharp.
+# TensorBoard shows a card in a box of about 345 × 215 CSS pixels (327 wide at 1280 × 800 with
+# its settings open): the card is drawn at twice that, 720 wide and at most 450 high, so it is
+# sharp on a screen of two device pixels per CSS pixel and keeps its shape in the box.
 WIDTH = 720
-ROWS = 5  # parameters listed; the rest are counted
+# The smallest type on the card, in its pixels: shown at about 0.45 of its size, 28 px is
+# 12.7 CSS pixels, the smallest that reads cleanly once the browser scales it down (24 px,
+# 11 CSS pixels, blurred "1e-03" into "1c 03").
+SMALLEST = 28
+ROWS = 4  # parameters listed; the rest are counted (five no longer fit 450 pixels at 28 px)
 HISTORY = 12  # checks drawn in the chart, the latest ones
 # The chart's log10 axis: the formula is at most 1 (triangle inequality), and anything below
 # 1e-12 reads the same (a clean pass) unless a check went lower.
@@ -35,12 +42,11 @@ COLORS = {
     "not judged": (110, 110, 110),
 }
 BAND_FILLS = {"pass": (232, 245, 233), "warn": (255, 243, 224), "fail": (255, 235, 238)}
-INK, FAINT = (33, 33, 33), (117, 117, 117)
-# The card, in pixels. TensorBoard shows an image at most 215 pixels high (and about 345
-# wide), so the card keeps to 720 × 450: banner, chart, steps, five parameters and a footer.
-BANNER, CHART_TOP, CHART_HEIGHT, ROW, FOOTER = 64, 74, 100, 42, 30
-ROWS_TOP = CHART_TOP + CHART_HEIGHT + 34
-FAILURE_LINES = 6
+INK, FAINT = (33, 33, 33), (97, 97, 97)
+# The card's bands, in pixels: banner, the run's name (a line per 34), chart, its steps, rows,
+# footer.
+BANNER, RUN_LINE, CHART_HEIGHT, STEPS, ROW, FOOTER = 60, 34, 100, 36, 40, 34
+FAILURE_LINES = 5
 
 
 @dataclass(frozen=True)
@@ -65,10 +71,14 @@ class CardContent:
     pass_max: float
     warn_max: float
     failure: str = ""  # why the check has no reading (it raised, J is NaN or not deterministic)
+    run: str = ""  # the run as TensorBoard names it, e.g. "wrong_backward/version_0"
 
 
-def card_content(step: int, report: GradCheckReport, history: Sequence[Point]) -> CardContent:
-    """What the card of the check at ``step`` says; ``history`` holds the earlier checks.
+def card_content(
+    step: int, report: GradCheckReport, history: Sequence[Point], run: str = ""
+) -> CardContent:
+    """What the card of the check at ``step`` of ``run`` says; ``history`` holds the earlier
+    checks.
 
     Example:
         >>> import numpy as np, gradwatch
@@ -92,6 +102,7 @@ def card_content(step: int, report: GradCheckReport, history: Sequence[Point]) -
         pass_max=report.thresholds.pass_max,
         warn_max=report.thresholds.warn_max,
         failure=str(report.failure or ""),
+        run=run,
     )
 
 
@@ -119,22 +130,54 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 def render(content: CardContent) -> np.ndarray:
     """The card as an RGB array (height × 720 × 3, uint8), at most 450 pixels high."""
-    failure = _lines(content.failure[:1].upper() + content.failure[1:], 26)[:FAILURE_LINES]
-    body = 34 * len(failure) + ROW * len(content.rows) + (FOOTER if content.footer else 0)
-    image = Image.new("RGB", (WIDTH, ROWS_TOP + body + 8), "white")
+    failure = _lines(content.failure[:1].upper() + content.failure[1:], SMALLEST)
+    run_size, run = run_lines(content.run)
+    chart_top = BANNER + RUN_LINE * len(run) + 12
+    rows_top = chart_top + CHART_HEIGHT + STEPS
+    body = 34 * len(failure[:FAILURE_LINES]) + ROW * len(content.rows)
+    height = rows_top + body + (FOOTER if content.footer else 0) + 8
+    image = Image.new("RGB", (WIDTH, height), "white")
     draw = ImageDraw.Draw(image)
     _banner(draw, content)
-    _chart(draw, content)
-    y = ROWS_TOP
-    for line in failure:
-        draw.text((16, y), line, font=_font(26), fill=INK)
+    for i, line in enumerate(run):
+        middle = BANNER + RUN_LINE * i + RUN_LINE // 2 + 4
+        draw.text((20, middle), line, font=_font(run_size), fill=INK, anchor="lm")
+    _chart(draw, content, chart_top)
+    y = rows_top
+    for line in failure[:FAILURE_LINES]:
+        draw.text((16, y), line, font=_font(SMALLEST), fill=INK)
         y += 34
     for verdict, name, value in content.rows:
         _row(draw, y, verdict, name, value)
         y += ROW
     if content.footer:
-        draw.text((166, y + FOOTER // 2), content.footer, font=_font(24), fill=FAINT, anchor="lm")
+        footer = (186, y + FOOTER // 2), content.footer
+        draw.text(*footer, font=_font(SMALLEST), fill=FAINT, anchor="lm")
     return np.asarray(image)
+
+
+def run_lines(run: str, width: float = WIDTH - 40) -> tuple[int, list[str]]:
+    """The run's name whole, as (font size, lines): one line at 32 px, or smaller down to
+    :data:`SMALLEST`, else broken after a ``/`` (or anywhere) into lines of that size; never
+    cut short.
+
+    Example:
+        >>> run_lines("wrong_backward/version_0")
+        (32, ['wrong_backward/version_0'])
+    """
+    if not run:
+        return SMALLEST, []
+    for size in range(32, SMALLEST - 1, -2):
+        if _font(size).getlength(run) <= width:
+            return size, [run]
+    font, lines, line = _font(SMALLEST), [], ""
+    for piece in re.findall(r"[^/]*/|[^/]+", run):  # "a/b/c" as "a/", "b/", "c"
+        for char in piece if font.getlength(piece) > width else [piece]:
+            if line and font.getlength(line + char) > width:
+                lines.append(line)
+                line = ""
+            line += char
+    return SMALLEST, [*lines, line] if line else lines
 
 
 def _color(verdict: str) -> tuple[int, int, int]:
@@ -149,75 +192,81 @@ def _banner(draw: ImageDraw.ImageDraw, content: CardContent) -> None:
     draw.text(
         *title, font=_font(38), fill="white", anchor="lm", stroke_width=1, stroke_fill="white"
     )
-    draw.text((WIDTH - 20, middle), content.difference, font=_font(30), fill="white", anchor="rm")
+    draw.text((WIDTH - 20, middle), content.difference, font=_font(32), fill="white", anchor="rm")
 
 
-def _y(value: float, bottom: float) -> float:
+def _y(value: float, bottom: float, top: float) -> float:
     clipped = min(max(value, bottom), TOP)
-    return CHART_TOP + (TOP - clipped) / (TOP - bottom) * CHART_HEIGHT
+    return top + (TOP - clipped) / (TOP - bottom) * CHART_HEIGHT
 
 
-def _chart(draw: ImageDraw.ImageDraw, content: CardContent) -> None:
+def _chart(draw: ImageDraw.ImageDraw, content: CardContent, top: float) -> None:
     """The difference of each check (log10) over the fail, warn and pass bands: the bands'
     names on the left, their limits on the right."""
-    left, right, top = 96, WIDTH - 96, CHART_TOP
+    left, right = 96, WIDTH - 110
     finite = [_logs.log10(p.difference) for p in content.history if math.isfinite(p.difference)]
     bottom = min([BOTTOM, *(math.floor(d) for d in finite)])
     edges = [
         top,
-        _y(math.log10(content.warn_max), bottom),
-        _y(math.log10(content.pass_max), bottom),
+        _y(math.log10(content.warn_max), bottom, top),
+        _y(math.log10(content.pass_max), bottom, top),
     ]
     edges.append(top + CHART_HEIGHT)
     for word, upper, lower in zip(("fail", "warn", "pass"), edges, edges[1:], strict=False):
         draw.rectangle((left, upper, right, lower), fill=BAND_FILLS[word])
         middle = (upper + lower) / 2
-        draw.text((left - 12, middle), word, font=_font(24), fill=_color(word), anchor="rm")
+        draw.text((left - 12, middle), word, font=_font(SMALLEST), fill=_color(word), anchor="rm")
     for edge, value in zip(edges[1:3], (content.warn_max, content.pass_max), strict=True):
         draw.line((left, edge, right, edge), fill=(189, 189, 189), width=2)
-        draw.text((right + 10, edge), f"{value:.0e}", font=_font(24), fill=INK, anchor="lm")
-    _points(draw, content.history, left + 36, right - 36, bottom)
+        draw.text((right + 10, edge), f"{value:.0e}", font=_font(SMALLEST), fill=INK, anchor="lm")
+    _points(draw, content.history, (left + 36, right - 36), (top, bottom))
 
 
 def _points(
-    draw: ImageDraw.ImageDraw, history: Sequence[Point], left: float, right: float, bottom: float
+    draw: ImageDraw.ImageDraw,
+    history: Sequence[Point],
+    span: tuple[float, float],
+    axis: tuple[float, float],
 ) -> None:
-    """The checks, left to right, the latest larger; steps under the first, the latest, and all
-    of them when there are few."""
+    """The checks, left to right over ``span``, the latest larger; steps under the first, the
+    latest, and all of them when there are few. ``axis``: the chart's top pixel, its bottom
+    log10 value."""
+    (left, right), (top, bottom) = span, axis
     spacing = (right - left) / max(len(history) - 1, 1)
     xs = [left + i * spacing if len(history) > 1 else right for i in range(len(history))]
     line = [
-        (x, _y(_logs.log10(p.difference), bottom))
+        (x, _y(_logs.log10(p.difference), bottom, top))
         for x, p in zip(xs, history, strict=True)
         if math.isfinite(p.difference)
     ]
     if len(line) > 1:
         draw.line(line, fill=(97, 97, 97), width=3)
-    below = CHART_TOP + CHART_HEIGHT + 8
+    below = top + CHART_HEIGHT + 6
     for number, (x, point) in enumerate(zip(xs, history, strict=True)):
         latest = number == len(history) - 1
         r = 12 if latest else 8
         if math.isfinite(point.difference):
-            y = _y(_logs.log10(point.difference), bottom)
+            y = _y(_logs.log10(point.difference), bottom, top)
             box = (x - r, y - r, x + r, y + r)
             draw.ellipse(box, fill=_color(point.verdict), outline="white", width=2)
         else:  # no difference to place: a cross at the top
-            y = CHART_TOP + r + 4
+            y = top + r + 4
             for dx in (-r, r):
                 draw.line((x - dx, y - r, x + dx, y + r), fill=_color(point.verdict), width=4)
-        if latest or number == 0 or len(history) <= 6:
+        if latest or number == 0 or len(history) <= 4:
             text = f"step {point.step}" if latest or number == 0 else str(point.step)
             shade = INK if latest else FAINT
-            draw.text((x, below), text, font=_font(22), fill=shade, anchor="mt")
+            draw.text((x, below), text, font=_font(SMALLEST), fill=shade, anchor="mt")
 
 
 def _row(draw: ImageDraw.ImageDraw, y: int, verdict: str, name: str, value: str) -> None:
-    draw.rounded_rectangle((16, y + 4, 150, y + 38), radius=8, fill=_color(verdict))
-    draw.text((83, y + 21), verdict, font=_font(22), fill="white", anchor="mm")
-    font = _font(28)
-    room = WIDTH - 20 - font.getlength(value) - 24 - 166  # between the chip and the value
-    draw.text((166, y + 21), _fitted(name, font, room), font=font, fill=INK, anchor="lm")
-    draw.text((WIDTH - 20, y + 21), value, font=font, fill=INK, anchor="rm")
+    middle = y + ROW // 2
+    draw.rounded_rectangle((16, y + 3, 170, y + ROW - 3), radius=8, fill=_color(verdict))
+    draw.text((93, middle), verdict, font=_font(SMALLEST), fill="white", anchor="mm")
+    font = _font(32)  # the names and numbers the card is read for, a size above the rest
+    room = WIDTH - 20 - font.getlength(value) - 24 - 186  # between the chip and the value
+    draw.text((186, middle), _fitted(name, font, room), font=font, fill=INK, anchor="lm")
+    draw.text((WIDTH - 20, middle), value, font=font, fill=INK, anchor="rm")
 
 
 def _fitted(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> str:

@@ -50,6 +50,15 @@ _cli.register()
 class GradientCheckBase(Outcome):
     """Everything of ``GradientCheck`` but the Lightning base class (see ``gradient_check.py``)."""
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # A wrong keyword is told here, in the name the user wrote and with the option meant:
+        # Python's own error names `GradientCheckBase.__init__`. (LightningCLI reads the options
+        # from `__init__`: an inherited `__new__` is not looked at.)
+        wrong = v.wrong_call(cls, args, kwargs)
+        if wrong is not None:
+            raise wrong
+        return super().__new__(cls)
+
     def __init__(
         self,
         *,
@@ -74,7 +83,7 @@ class GradientCheckBase(Outcome):
     ) -> None:
         super().__init__()
         # The arguments check_module takes are checked by its own rules, told as the callback's.
-        with v.prefixed():
+        try:
             self.schedule = Schedule(
                 at_init=v.check_flag("at_init", at_init),
                 after_steps=v.check_steps(after_steps),
@@ -92,6 +101,8 @@ class GradientCheckBase(Outcome):
             self.name = v.check_name(name)
             self.progress = v.check_flag("progress", progress)
             self.training_path = v.check_flag("training_path", training_path)
+        except (TypeError, ValueError) as err:
+            raise v.told(err) from None  # raised here: the frames of the rule add nothing
         self._label = _logs.label(self.name)
         self._reset()
         # Lightning reads `state_key` at every hook call: build it once.

@@ -198,10 +198,12 @@ def log10(value: float) -> float:
     return math.log10(max(value, LOG10_FLOOR_VALUE)) if math.isfinite(value) else math.nan
 
 
-def console_text(step: int, report: GradCheckReport, name: str = DEFAULT_NAME) -> str:
+def console_text(
+    step: int, report: GradCheckReport, name: str = DEFAULT_NAME, whole: bool = True
+) -> str:
     """One line per check; the whole report (notes, worst components, per parameter) unless it
-    passed."""
+    passed or ``whole`` is False (a warning or an error says it)."""
     line = f"{label(name)} at step {step}: {headline(report)}"
-    if verdict_of(report) == "pass" or unfinished(report):
+    if not whole or verdict_of(report) == "pass" or unfinished(report):
         return line
     return f"{line}\n{report}"

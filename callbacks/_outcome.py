@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from typing import TYPE_CHECKING, Any
 
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from tqdm.auto import tqdm
 
 from gradwatch import GradCheckReport, Thresholds, Verdict
@@ -45,6 +46,19 @@ class GradientCheckError(RuntimeError):
     def __reduce__(self) -> tuple[type[GradientCheckError], tuple[int, GradCheckReport, str]]:
         # Spawned workers send exceptions back pickled; rebuild from (step, report, name).
         return type(self), (self.step, self.report, self.name)
+
+
+class GradientCheckWarning(UserWarning):
+    """The warning of ``GradientCheck(on_fail="warn")`` when a check fails or judges nothing:
+    its message is the whole report (the console shows the check's one line only).
+
+    Catch it or filter it by its category, e.g.
+    ``warnings.filterwarnings("error", category=GradientCheckWarning)`` to stop at the first.
+
+    Example:
+        >>> issubclass(GradientCheckWarning, UserWarning)
+        True
+    """
 
 
 class Outcome:
@@ -88,7 +102,10 @@ class Outcome:
             bands = _tensorboard.band_scalars(report, t.pass_max, t.warn_max, name)
             logger.log_metrics({**metrics, **bands}, step=logged_step)
             _tensorboard.add_layout(writer, self._layouts(trainer))
-            _tensorboard.write(writer, step, report, history, self.log_worst, name, logged_step)
+            run = _tensorboard.run_name(logger)
+            _tensorboard.write(
+                writer, step, report, history, self.log_worst, name, logged_step, run
+            )
 
     def _tell_scalars_only(self, trainer: Any, logger: Any) -> None:
         """A TensorBoard logger whose writer cannot take the card, text, histogram and layout is
@@ -120,25 +137,42 @@ class Outcome:
     def _act(
         self, trainer: Any, step: int, report: GradCheckReport, cause: Exception | None = None
     ) -> None:
+        failed = report.verdict is Verdict.FAIL
+        warns = self.on_fail != "ignore" and (
+            report.verdict is Verdict.NOT_JUDGED or (failed and self.on_fail == "warn")
+        )
+        # The report is said once: in the warning, in the error, or else on the console.
+        told = warns or (failed and self.on_fail == "raise")
         # Progress bars (Lightning's, on stdout) are cleared around the line and drawn again
         # below it: on a terminal the line would otherwise continue the bar's line.
         with tqdm.external_write_mode(file=sys.stderr):
-            rank_zero_info(_logs.console_text(step, report, self.name))
-        failed = report.verdict is Verdict.FAIL
+            rank_zero_info(_logs.console_text(step, report, self.name, whole=not told))
         # Every rank stops if any rank's check failed: one rank raising alone would hang.
         if self.on_fail == "raise" and trainer.strategy.reduce_boolean_decision(failed, all=False):
             for logger in trainer.loggers:  # on disk before any process goes down
                 logger.save()
             trainer.strategy.barrier("GradientCheck")
             raise GradientCheckError(step, report, self.name) from cause
-        if self.on_fail != "ignore" and (
-            report.verdict is Verdict.NOT_JUDGED or (failed and self.on_fail == "warn")
-        ):
+        if warns:
             what = "failed" if failed else "could not judge the gradients"
+            head = f"{self._label} at step {step}: the gradient check {what}"
+            text = f"{head}. {report.message}" if _logs.unfinished(report) else f"{head}.\n{report}"
             with tqdm.external_write_mode(file=sys.stderr):
-                rank_zero_warn(
-                    f"{self._label} at step {step}: the gradient check {what}. {report.message}"
-                )
+                _warn(text)
+
+
+@rank_zero_only
+def _warn(text: str) -> None:
+    """A :class:`GradientCheckWarning` on rank zero, attributed to ``gradwatch.callbacks`` rather
+    than to a line of ours: Python would print that line's source (``_warn(text)``) under the
+    report."""
+    warnings.warn_explicit(
+        text,
+        GradientCheckWarning,
+        filename="gradwatch.callbacks",
+        lineno=0,
+        module="gradwatch.callbacks",
+    )
 
 
 def logged_step(trainer: Any) -> int:

@@ -9,9 +9,11 @@ get everything, whichever package the callback comes from.
 from __future__ import annotations
 
 import math
+import os
 import re
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -166,6 +168,23 @@ def add_markdown(writer: Any, tag: str, text: str, step: int) -> None:
     files.add_summary(Summary(value=[value]), step)
 
 
+def run_name(logger: Any) -> str:
+    """The run as TensorBoard names it when pointed at the logger's ``save_dir``: the log folder
+    below it, e.g. ``wrong_backward/version_0`` ("" where the logger says neither).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> run_name(SimpleNamespace(save_dir="runs", log_dir="runs/digits/version_3"))
+        'digits/version_3'
+    """
+    save_dir, log_dir = getattr(logger, "save_dir", None), getattr(logger, "log_dir", None)
+    if not log_dir:
+        return ""
+    if not save_dir:
+        return os.path.basename(os.path.normpath(log_dir))
+    return Path(os.path.relpath(log_dir, save_dir)).as_posix()
+
+
 def write(
     writer: Any,
     step: int,
@@ -174,11 +193,13 @@ def write(
     log_worst: int,
     name: str = _logs.DEFAULT_NAME,
     logged_step: int | None = None,
+    run: str = "",
 ) -> None:
-    """The card, the text and the histogram of log10 |error| at ``logged_step`` (``step``, the
-    check's global step, unless told); scalars go through ``log_metrics``."""
+    """The card (naming ``run``), the text and the histogram of log10 |error| at
+    ``logged_step`` (``step``, the check's global step, unless told); scalars go through
+    ``log_metrics``."""
     tags, at = Tags(name), step if logged_step is None else logged_step
-    card = _card.render(_card.card_content(step, report, history))
+    card = _card.render(_card.card_content(step, report, history, run))
     writer.add_image(tags.card, card, at, dataformats="HWC")
     add_markdown(writer, tags.main(_logs.REPORT), report_markdown(step, report, log_worst), at)
     errors = report.abs_errors[np.isfinite(report.abs_errors)]

@@ -8,9 +8,11 @@ rule (``gradwatch._validate``, ``gradwatch.Thresholds``); the schedule's are che
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import difflib
+import inspect
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from gradwatch._validate import check_flag as check_flag  # the engine's rules, re-exported
 from gradwatch._validate import check_include as check_include
@@ -27,7 +29,45 @@ def prefixed() -> Iterator[None]:
     try:
         yield
     except (TypeError, ValueError) as err:
-        raise type(err)(f"GradientCheck: {err}") from err
+        raise told(err) from None  # the check's own frames and message add nothing
+
+
+def told(err: TypeError | ValueError) -> TypeError | ValueError:
+    """``err`` as the callback's: the same type, its message prefixed ``GradientCheck: ``."""
+    return type(err)(f"GradientCheck: {err}")
+
+
+def wrong_call(cls: type, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> TypeError | None:
+    """The ``TypeError`` for a call of ``cls`` its ``__init__`` would refuse, in ``cls``'s name
+    (Python's names the base class whose ``__init__`` it is), with the option meant for an
+    unknown keyword (``after_step``: ``after_steps``); None for a call it takes."""
+    init = cls.__init__  # type: ignore[misc]  # the class's own, which the call runs
+    signature = inspect.signature(init)
+    try:
+        # Partial: a missing argument is __init__'s to tell, and unpickling calls
+        # `cls.__new__(cls)` with none.
+        signature.bind_partial(None, *args, **kwargs)  # None for self
+    except TypeError as err:
+        options = [p for p in signature.parameters if p != "self"]
+        for key in kwargs:
+            if key not in options and not _takes_any_keyword(signature):
+                close = difflib.get_close_matches(key, options, n=1)
+                meant = f" did you mean `{close[0]}`?" if close else ""
+                return TypeError(
+                    f"{cls.__name__}: `{key}` is no option;{meant} its options: "
+                    + ", ".join(options)
+                )
+        if "positional" in str(err):
+            return TypeError(
+                f"{cls.__name__} takes its options as keywords, e.g. "
+                f"{cls.__name__}(after_steps=[100]); got {len(args)} positional: {args!r}"
+            )
+        return TypeError(f"{cls.__name__}: {err}")
+    return None
+
+
+def _takes_any_keyword(signature: inspect.Signature) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
 
 
 def check_steps(value: object) -> tuple[int, ...]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pytorch_lightning import Callback
 
 from ._core import GradientCheckBase
-from ._outcome import GradientCheckError
+from ._outcome import GradientCheckError, GradientCheckWarning
 
-__all__ = ["GradientCheck", "GradientCheckError"]
+__all__ = ["GradientCheck", "GradientCheckError", "GradientCheckWarning"]
 
 
 class GradientCheck(GradientCheckBase, Callback):
@@ -57,7 +57,8 @@ class GradientCheck(GradientCheckBase, Callback):
     ``gradcheck_details/log10_abs_error`` and a Custom Scalars page with the difference against
     the pass/fail bands. Each report is also written as JSON next to the logger's files,
     ``<log_dir>/gradcheck/step_<N>.json`` (read it with :func:`gradwatch.load_report`). The
-    console gets one line per check, and the whole report when it did not pass. Several
+    console gets one line per check; a check that did not pass says its whole report once: in
+    the warning or the error that ``on_fail`` asks for, else on the console. Several
     callbacks (one per sub-network, say) each need their own ``name``.
 
     A check that cannot finish because of the module's code (the loss, the forward, a backward
@@ -89,7 +90,8 @@ class GradientCheck(GradientCheckBase, Callback):
             ``{"pass_max": ..., "warn_max": ...}`` (in a config: ``thresholds: {pass_max: 1e-6}``).
         seed: seed of the component sample and of random draws inside J.
         log_worst: rows of the worst-components table in TensorBoard (0: no table).
-        on_fail: what a failed check does: ``"warn"`` (a warning), ``"raise"`` (stop ``fit`` with
+        on_fail: what a failed check does: ``"warn"`` (a :class:`GradientCheckWarning`
+            whose message is the report), ``"raise"`` (stop ``fit`` with
             :class:`GradientCheckError`, for CI) or ``"ignore"`` (log only). A check that could
             judge nothing (verdict "not judged") warns unless ``"ignore"``; it never stops ``fit``.
         name: the prefix of every logged tag, also in console lines, e.g.

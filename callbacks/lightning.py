@@ -22,9 +22,9 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from ._core import GradientCheckBase
-from ._outcome import GradientCheckError
+from ._outcome import GradientCheckError, GradientCheckWarning
 
-__all__ = ["GradientCheck", "GradientCheckError"]
+__all__ = ["GradientCheck", "GradientCheckError", "GradientCheckWarning"]
 
 
 class GradientCheck(GradientCheckBase, Callback):

@@ -12,6 +12,7 @@ import numpy as np
 from gradwatch._evidence import JITTER_STEPS, Moved, gather_evidence
 from gradwatch._noise import measure_noise
 from gradwatch._numeric import auto_steps, represented_steps, two_sided_costs
+from gradwatch._public import restated
 from gradwatch._validate import check_epsilon, check_seed, check_thresholds
 from gradwatch.diagnosis import diagnose
 from gradwatch.layout import Layout
@@ -154,6 +155,25 @@ def check_function(
         >>> wrong.verdict.value, wrong.worst(1)[0].label
         ('fail', 'b[0]')
     """
+    try:
+        return _check(cost, theta, grad, epsilon, layout, thresholds, seed)
+    except (TypeError, ValueError) as err:  # an argument error found deep inside, told here
+        public = restated(err)
+        if public is None:
+            raise
+        raise public from None
+
+
+def _check(
+    cost: Cost,
+    theta: np.ndarray,
+    grad: Grad,
+    epsilon: float | Literal["auto"],
+    layout: Mapping[str, object] | Layout | None,
+    thresholds: Thresholds | None,
+    seed: int,
+) -> GradCheckReport:
+    """:func:`check_function`'s work, its arguments as given."""
     if not callable(cost):
         raise TypeError(f"`cost` must be a callable θ -> float; got {type(cost).__name__}")
     step = check_epsilon(epsilon)

@@ -15,6 +15,7 @@ from gradwatch._compiled import EagerView, eager_names
 from gradwatch._evaluate import LossFn
 from gradwatch._fallback import Counted, in_a_precision_j_runs, lower_precision
 from gradwatch._module_check import check_eager
+from gradwatch._public import restated
 from gradwatch._scope import checked_parameters
 from gradwatch._training_run import compare_training_path
 from gradwatch._validate import check_seed, check_torch_dtype, renamed
@@ -136,36 +137,42 @@ def check_module(
         >>> report.verdict.value, report.components_checked
         ('pass', 67)
     """
-    path = check_training_path(training_path)
-    precision, seed = check_torch_dtype(dtype), check_seed(seed)
-    if not isinstance(model, nn.Module):
-        checked_parameters(model)  # raises the TypeError that says what a model must be
-    view = EagerView(model)
-    include = eager_names(include)
-    counted = Counted(loss_fn) if callable(loss_fn) else loss_fn
-    run = functools.partial(
-        check_eager, view.module, counted, batch, include=include,
-        sample=renamed("components", "sample", components, sample),
-        dropout=dropout, seed=seed, thresholds=thresholds, drift_dtype=drift_dtype, mode=mode,
-        partition=partition, progress=progress, keep_precision=keep_precision,
-        memory_budget=memory_budget,
-    )  # fmt: skip
-    with view.applied():
-        report = in_a_precision_j_runs(
-            run, counted, precision, epsilon,
-            lambda: lower_precision(
-                view.module, loss_fn, batch, checked_parameters(view.module, include), precision,
-                seed, dropout == "off",
-            ),
+    try:
+        path = check_training_path(training_path)
+        precision, seed = check_torch_dtype(dtype), check_seed(seed)
+        if not isinstance(model, nn.Module):
+            checked_parameters(model)  # raises the TypeError that says what a model must be
+        view = EagerView(model)
+        include = eager_names(include)
+        counted = Counted(loss_fn) if callable(loss_fn) else loss_fn
+        run = functools.partial(
+            check_eager, view.module, counted, batch, include=include,
+            sample=renamed("components", "sample", components, sample),
+            dropout=dropout, seed=seed, thresholds=thresholds, drift_dtype=drift_dtype, mode=mode,
+            partition=partition, progress=progress, keep_precision=keep_precision,
+            memory_budget=memory_budget,
         )  # fmt: skip
-    compiled = view.note(compared=path is not None)
-    if compiled is not None:
-        report = replace(report, notes=(compiled, *report.notes))
-    if path is None:
-        return report
-    start = time.perf_counter()
-    found = compare_training_path(
-        view, loss_fn, batch, report.layout.names, path, seed, getattr(torch, report.dtype)
-    )
-    seconds = report.seconds + time.perf_counter() - start
-    return replace(report, training_path=found, seconds=seconds)
+        with view.applied():
+            report = in_a_precision_j_runs(
+                run, counted, precision, epsilon,
+                lambda: lower_precision(
+                    view.module, loss_fn, batch, checked_parameters(view.module, include),
+                    precision, seed, dropout == "off",
+                ),
+            )  # fmt: skip
+        compiled = view.note(compared=path is not None)
+        if compiled is not None:
+            report = replace(report, notes=(compiled, *report.notes))
+        if path is None:
+            return report
+        start = time.perf_counter()
+        found = compare_training_path(
+            view, loss_fn, batch, report.layout.names, path, seed, getattr(torch, report.dtype)
+        )
+        seconds = report.seconds + time.perf_counter() - start
+        return replace(report, training_path=found, seconds=seconds)
+    except Exception as err:  # an argument error found deep inside, told from here
+        public = restated(err, model, batch, dtype)
+        if public is None:
+            raise
+        raise public from None

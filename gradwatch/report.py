@@ -225,7 +225,9 @@ class GradCheckReport:
         return _text.summary(self)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe summary (NaN and infinities become the strings ``'nan'``, ``'inf'``)."""
+        """A summary of plain Python values: str, int, bool, None, lists, dicts and floats (NaN
+        where not judged, ±inf where measured so). :func:`gradwatch.save_report` writes it as
+        standard JSON; :func:`gradwatch.load_report` gives it back."""
         return report_file.as_dict(self)
 
     # -- spellings of an earlier release --------------------------------------------------------

@@ -6,7 +6,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from gradwatch.report import Component, GradCheckReport
@@ -16,23 +16,35 @@ __all__ = ["as_dict", "load_report", "save_report"]
 
 # The key that says which gradwatch wrote a file (its fields may grow between versions).
 VERSION_KEY = "gradwatch_version"
+# The key of a file's non-finite numbers: JSON has no NaN or Infinity, so each is written as
+# null and listed here under its JSON Pointer (RFC 6901), e.g. {"/per_parameter/4.bias": "nan"}.
+NON_FINITE_KEY = "non_finite"
+# How a non-finite number is named in NON_FINITE_KEY (and, in files of gradwatch 0.2 and
+# earlier, in place of the number itself).
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 def report_data(report: GradCheckReport, **context: Any) -> dict[str, Any]:
     """``report.to_dict()`` with the gradwatch version and ``context`` (e.g. the step) added."""
     from gradwatch import __version__
 
-    clash = sorted(set(context) & set(report.to_dict()))
+    clash = sorted(set(context) & {*report.to_dict(), NON_FINITE_KEY})
     if clash:
         raise ValueError(
-            f"`context` must not repeat the report's own keys; got {clash}, which to_dict() has"
+            f"`context` must not repeat the report's own keys; got {clash}, which to_dict() "
+            f"has (or the file uses: {NON_FINITE_KEY!r})"
         )
     return {VERSION_KEY: __version__, **context, **report.to_dict()}
 
 
 def save_report(report: GradCheckReport, path: str | os.PathLike[str], **context: Any) -> Path:
-    """Writes ``report`` to ``path`` as JSON (strict: NaN and infinities are the strings
-    ``"nan"``, ``"inf"``, as in ``to_dict()``), creating the folder; returns the path.
+    """Writes ``report`` to ``path`` as standard JSON, creating the folder; returns the path.
+
+    Every number is a JSON number, but JSON has none for NaN (a difference not judged) and
+    ±infinity: such a value is written as ``null`` and listed, under its JSON Pointer, in the
+    file's ``"non_finite"`` entry (``{"/per_parameter/4.bias": "nan"}``), which
+    :func:`load_report` reads to give the float back. Any JSON reader takes the file
+    (``json.loads`` without ``parse_constant``, ``jq``, JavaScript's ``JSON.parse``).
 
     Args:
         report: the result of :func:`gradwatch.check_module` or :func:`gradwatch.check_function`.
@@ -48,7 +60,8 @@ def save_report(report: GradCheckReport, path: str | os.PathLike[str], **context
         ('pass', 0)
     """
     target = Path(path)
-    data = report_data(report, **context)
+    data, non_finite = _standard(report_data(report, **context))
+    data[NON_FINITE_KEY] = non_finite
     target.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
     partial = target.with_name(target.name + ".partial")
@@ -58,14 +71,21 @@ def save_report(report: GradCheckReport, path: str | os.PathLike[str], **context
 
 
 def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The dict :func:`save_report` wrote (``to_dict()``'s keys, the version, the context).
+    """The dict :func:`save_report` wrote: ``to_dict()``'s keys, the version, the context.
+
+    Numbers come back as floats, those written as ``null`` included: a difference that was not
+    judged is ``float("nan")`` (so ``d["per_parameter"]["b"] < 1e-3`` is ``False``, never a
+    ``TypeError``) and an infinite one ``float("inf")``, as in ``report.to_dict()``; ``null``
+    that stands for no value (``"location": null``) stays ``None``. Files of gradwatch 0.2 and
+    earlier, which held these numbers as the strings ``"nan"``, ``"inf"``, load alike.
 
     Example:
-        >>> import tempfile, numpy as np, gradwatch
+        >>> import math, tempfile, numpy as np, gradwatch
         >>> report = gradwatch.check_function(lambda t: float(t @ t), np.ones(2), np.ones(2))
-        >>> gradwatch.load_report(gradwatch.save_report(report, f"{tempfile.mkdtemp()}/r.json"))[
-        ...     "verdict"]
-        'fail'
+        >>> data = gradwatch.load_report(
+        ...     gradwatch.save_report(report, f"{tempfile.mkdtemp()}/r.json"))
+        >>> data["verdict"], data["difference"] < 1e-3
+        ('fail', False)
     """
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(data, dict) or VERSION_KEY not in data:
@@ -73,12 +93,62 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"`path` must be a report file written by gradwatch.save_report; got {str(path)!r}, "
             f"which has no {VERSION_KEY!r} entry"
         )
+    if NON_FINITE_KEY not in data:  # a file of gradwatch 0.2 or earlier: "nan" in place
+        return cast(dict[str, Any], _old_non_finite(data))
+    for pointer, name in data.pop(NON_FINITE_KEY).items():
+        *parents, last = [_unescape(key) for key in pointer.split("/")[1:]]
+        container = data
+        for key in parents:
+            container = container[int(key) if isinstance(container, list) else key]
+        container[int(last) if isinstance(container, list) else last] = _NON_FINITE[name]
     return data
 
 
-def _num(x: float) -> float | str:
-    # JSON has no NaN or Infinity: keep them readable rather than silently dropping them.
-    return float(x) if math.isfinite(x) else str(float(x))
+def _standard(value: Any, pointer: str = "") -> tuple[Any, dict[str, str]]:
+    """``value`` with each non-finite float replaced by None, and those floats by JSON Pointer
+    (applied to every float, so a field added to the report needs nothing here)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, {pointer: str(value)}
+    found: dict[str, str] = {}
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            out[key], inner = _standard(item, f"{pointer}/{_escape(str(key))}")
+            found.update(inner)
+        return out, found
+    if isinstance(value, list | tuple):
+        items = []
+        for i, item in enumerate(value):
+            converted, inner = _standard(item, f"{pointer}/{i}")
+            items.append(converted)
+            found.update(inner)
+        return items, found
+    return value, found
+
+
+def _old_non_finite(value: Any) -> Any:
+    """The strings ``"nan"``, ``"inf"``, ``"-inf"`` of an old file, as floats."""
+    if isinstance(value, str):
+        return _NON_FINITE.get(value, value)
+    if isinstance(value, dict):
+        return {key: _old_non_finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_old_non_finite(item) for item in value]
+    return value
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")  # RFC 6901, section 3
+
+
+def _unescape(key: str) -> str:
+    return key.replace("~1", "/").replace("~0", "~")
+
+
+def _num(x: float) -> float:
+    # Every float of the report passes here: NaN and ±inf stay floats in to_dict(); the file
+    # writes them as JSON null (see save_report).
+    return float(x)
 
 
 def _component_dict(c: Component) -> dict[str, Any]:
@@ -111,7 +181,7 @@ def _parameter_dict(r: ParameterResult) -> dict[str, Any]:
 
 
 def as_dict(report: GradCheckReport) -> dict[str, Any]:
-    """``report.to_dict()``."""
+    """``report.to_dict()``: plain Python values, each number a float (NaN, ±inf included)."""
     drift, noise = report.drift, report.j_noise
     return {
         "verdict": report.verdict.value,

@@ -256,6 +256,7 @@ CARDS = """[...document.querySelectorAll('image-card')].map(card => {
   return {title: card.querySelector('tb-truncated-path')?.getAttribute('title'),
           text: card.textContent.replace(/\\s+/g, ' ').trim(),
           src: img?.src || null, bottom: img?.getBoundingClientRect().bottom || null,
+          width: img?.getBoundingClientRect().width || null,
           loaded: !!img && img.complete && img.naturalWidth > 0};
 })"""
 # The groups of the landing page, in page order.

@@ -19,7 +19,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from gradwatch import Verdict
-from gradwatch.callbacks import GradientCheck, GradientCheckError, _core
+from gradwatch.callbacks import (
+    GradientCheck,
+    GradientCheckError,
+    GradientCheckWarning,
+    _core,
+    _logs,
+)
 from tests.callback_models import (
     QUIET_LIGHTNING,
     CollectingModule,
@@ -345,6 +351,35 @@ def test_a_wrong_backward_fails_and_warns(tmp_path: Path) -> None:
     assert report.worst(1)[0].name == "hidden.bias"
     assert report.per_parameter["hidden.bias"] > 1e-3
     assert all(d <= 1e-7 for name, d in report.per_parameter.items() if name != "hidden.bias")
+
+
+@pytest.mark.parametrize("on_fail", ["warn", "ignore"])
+def test_a_failing_check_says_its_report_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, on_fail: Literal["warn", "ignore"]
+) -> None:
+    # "warn": the console has the check's line, the warning is the report; "ignore": the
+    # console has the report, and no warning.
+    module, check = _broken(on_fail)
+    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        trainer(tmp_path, callbacks=[check], max_steps=1).fit(module, _digit_batches())
+    report = check.reports[0]
+    head = "GradientCheck at step 0: "
+    console = [r.getMessage() for r in caplog.records if r.getMessage().startswith(head)]
+    ours = [w for w in warned if issubclass(w.category, GradientCheckWarning)]
+    shown = console + [
+        warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in ours
+    ]
+    assert sum(text.count(report.message) for text in shown) == 1
+    assert sum(text.count("worst components:") for text in shown) == 1
+    if on_fail == "ignore":
+        assert ours == [] and console == [f"{head}{_logs.headline(report)}\n{report}"]
+        return
+    assert console == [f"{head}{_logs.headline(report)}"]
+    (warning,) = ours
+    assert str(warning.message) == f"{head}the gradient check failed.\n{report}"
+    assert shown[1].startswith("gradwatch.callbacks:0: GradientCheckWarning: " + head)
+    assert "_warn(" not in shown[1]  # no source line of ours under the report
 
 
 def test_directions_mode_finds_the_wrong_layer(tmp_path: Path) -> None:

@@ -53,15 +53,84 @@ def _override(tmp_path: Path, init_args: str) -> Path:
     return path
 
 
+TIP = (
+    "tip: `cli.py fit --help` lists the options; JSONARGPARSE_DEBUG=true shows the parser's "
+    "whole message"
+)
+
+
+def _error(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
+    """The lines a bad config prints (examples/cli.py uses ShortErrorParser)."""
+    with pytest.raises(SystemExit) as exited:
+        example("cli").main(["fit", f"--config={CONFIG}", *args])
+    assert exited.value.code == 2
+    return capsys.readouterr().err.splitlines()
+
+
 def test_a_value_outside_a_literal_is_rejected_by_the_parser(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = _override(tmp_path, "on_fail: explode")
-    with pytest.raises(SystemExit):
+    assert _error(tmp_path, capsys, f"--config={bad}") == [
+        "error: trainer.callbacks: GradientCheck: `on_fail`: Expected a "
+        "typing.Literal['warn', 'raise', 'ignore']. Got value: explode",
+        TIP,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["init_args: {after_step: [100]}"],
+            "trainer.callbacks: GradientCheck: `after_step` is no option; did you mean "
+            "`after_steps`?",
+        ),
+        (
+            ["init_args: {colour: red}"],
+            "trainer.callbacks: GradientCheck: `colour` is no option",
+        ),
+        (
+            ["--trainer.max_step=5"],
+            "fit: 'trainer.max_step' is no option; did you mean 'trainer.max_steps'?",
+        ),
+        (["--model.hiden=5"], "fit: 'model.hiden' is no option; did you mean 'model.hidden'?"),
+    ],
+    ids=["callback-option", "no-close-option", "trainer-key", "model-key"],
+)
+def test_a_mistyped_key_is_one_line_with_the_key_meant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], line: str
+) -> None:
+    # One line and a tip, never the usage of every Trainer option (50 lines).
+    if args[0].startswith("init_args"):
+        args = [f"--config={_override(tmp_path, args[0].removeprefix('init_args: {')[:-1])}"]
+    else:  # as a config file holds it, e.g. trainer: {max_step: 5}
+        key, value = args[0].removeprefix("--").split("=")
+        section, option = key.split(".")
+        path = tmp_path / "typo.yaml"
+        path.write_text(f"{section}:\n  {option}: {value}\n")
+        args = [f"--config={path}"]
+    assert _error(tmp_path, capsys, *args) == [f"error: {line}", TIP]
+
+
+def test_a_mistyped_class_path_is_one_line_with_the_class_meant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text("trainer:\n  callbacks:\n    - class_path: gradwatch.callbacks.GradientChek\n")
+    assert _error(tmp_path, capsys, f"--config={path}")[0] == (
+        "error: trainer.callbacks: class_path 'gradwatch.callbacks.GradientChek' does not "
+        "exist; did you mean 'gradwatch.callbacks.GradientCheck'?"
+    )
+
+
+def test_the_parsers_whole_message_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JSONARGPARSE_DEBUG", "true")
+    bad = _override(tmp_path, "after_step: [100]")
+    with pytest.raises(Exception, match="Option 'after_step' is not accepted"):
         example("cli").main(["fit", f"--config={CONFIG}", f"--config={bad}"])
-    error = capsys.readouterr().err
-    assert 'Parser key "on_fail"' in error
-    assert "Literal['warn', 'raise', 'ignore']. Got value: explode" in error
 
 
 @pytest.mark.parametrize(
@@ -94,15 +163,13 @@ def test_a_value_outside_a_literal_is_rejected_by_the_parser(
 def test_a_value_out_of_range_is_rejected_by_the_parser_naming_the_argument(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], init_args: str, key: str, message: str
 ) -> None:
-    # As a wrong choice is: one parser error (no traceback), the argument named, before any
+    # As a wrong choice is: one line (no traceback, no usage), the argument named, before any
     # object is built.
     bad = _override(tmp_path, init_args)
-    with pytest.raises(SystemExit):
-        example("cli").main(["fit", f"--config={CONFIG}", f"--config={bad}"])
-    error = capsys.readouterr().err
-    assert f'Parser key "{key}":' in error
-    assert f"GradientCheck: {message}" in error
-    assert "Traceback" not in error
+    lines = _error(tmp_path, capsys, f"--config={bad}")
+    assert lines == [f"error: trainer.callbacks: GradientCheck: {lines[0].split(': ', 3)[3]}", TIP]
+    assert lines[0].startswith(f"error: trainer.callbacks: GradientCheck: {message}")
+    assert f"`{key}`" in lines[0]
 
 
 def test_bands_out_of_order_fail_at_construction_naming_both(

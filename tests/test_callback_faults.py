@@ -112,8 +112,9 @@ def test_a_fault_is_a_failed_check_and_training_goes_on_untouched(
     if fault in ("raise", "oom"):  # nothing was compared: the difference is unknown, not 0
         assert math.isnan(logged["gradcheck/difference"])
     if warned is not None:
-        messages = [str(w.message) for w in warned]
-        assert f"GradientCheck at step 2: the gradient check failed. {REASONS[fault]}" in messages
+        head = "GradientCheck at step 2: the gradient check failed."
+        (message,) = [str(w.message) for w in warned if str(w.message).startswith(head)]
+        assert REASONS[fault] in message
 
 
 @pytest.mark.parametrize("fault", ["raise", "oom", "nan", "inf"])

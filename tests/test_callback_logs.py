@@ -148,7 +148,8 @@ def test_the_card_is_the_report_drawn(run: dict[str, Any]) -> None:
     history: list[_card.Point] = []
     for image, step in zip(images, STEPS, strict=True):
         report = check.reports[step]
-        expected = _card.render(_card.card_content(step, report, history))
+        # The run as TensorBoard names it, pointed at the logger's save_dir.
+        expected = _card.render(_card.card_content(step, report, history, "tb/version_0"))
         shown = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB"))
         assert np.array_equal(shown, expected)
         history.append(_card.Point(step, report.difference, "pass"))

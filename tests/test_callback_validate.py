@@ -3,7 +3,11 @@ message naming the argument, the accepted values and the value received."""
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
+import traceback
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -237,3 +241,49 @@ def test_the_old_spellings_of_sample_and_the_bands_still_work_with_a_warning() -
     assert check.thresholds == Thresholds(pass_max=1e-6, warn_max=1e-3)
     with pytest.raises(TypeError, match="pass `sample` alone"):
         GradientCheck(components=50, sample=60)
+
+
+# --- told as GradientCheck's, from its constructor ----------------------------------------------
+
+
+def test_an_unknown_option_names_gradient_check_and_the_option_meant() -> None:
+    with pytest.raises(TypeError) as raised:
+        GradientCheck(after_step=[100])  # type: ignore[call-arg]
+    assert str(raised.value).startswith(
+        "GradientCheck: `after_step` is no option; did you mean `after_steps`? its options: "
+        "at_init, after_steps, every_n_steps, epsilon,"
+    )
+    assert "GradientCheckBase" not in str(raised.value)
+    with pytest.raises(TypeError, match=r"^GradientCheck: `colour` is no option; its options"):
+        GradientCheck(colour="red")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"^GradientCheck takes its options as keywords, e\.g\."):
+        GradientCheck(True)  # type: ignore[misc]
+
+
+def test_a_subclass_with_its_own_arguments_is_built_as_its_init_says() -> None:
+    class Named(GradientCheck):
+        def __init__(self, folder: str, **options: Any) -> None:
+            super().__init__(**options)
+            self.folder = folder
+
+    named = Named("logs", after_steps=[5])
+    assert (named.folder, named.schedule.after_steps) == ("logs", (5,))
+    with pytest.raises(TypeError, match=r"missing 1 required positional argument: 'folder'"):
+        Named(after_steps=[5])  # Python's own word: the subclass's __init__ is named right
+    with pytest.raises(TypeError, match=r"^Named takes its options as keywords"):
+        Named("logs", 1)  # type: ignore[arg-type]
+
+
+def test_a_bad_value_is_raised_from_the_constructor_with_no_chain() -> None:
+    with pytest.raises(ValueError, match=r"^GradientCheck: `epsilon` must be") as raised:
+        GradientCheck(epsilon=-1.0)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+    frames = traceback.extract_tb(raised.value.__traceback__)
+    assert len(frames) == 2  # this test's call, then the constructor
+    assert (Path(frames[-1].filename).name, frames[-1].name) == ("_core.py", "__init__")
+
+
+def test_a_callback_pickles_and_copies_with_its_options() -> None:
+    check = GradientCheck(after_steps=[5], on_fail="raise")
+    for copied in (pickle.loads(pickle.dumps(check)), copy.deepcopy(check)):
+        assert (copied.schedule, copied.on_fail) == (check.schedule, "raise")

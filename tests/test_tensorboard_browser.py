@@ -50,14 +50,14 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             page.close()
 
 
-def _card_of(check: Any, step: int) -> _card.CardContent:
-    """What the card of the check at ``step`` says, from the callback's reports."""
+def _card_of(check: Any, step: int, run: str) -> _card.CardContent:
+    """What the card of the check at ``step`` of ``run`` says, from the callback's reports."""
     history = [
         _card.Point(s, _logs.difference_of(r), _logs.verdict_of(r))
         for s, r in check.reports.items()
         if s < step
     ]
-    return _card.card_content(step, check.reports[step], history)
+    return _card.card_content(step, check.reports[step], history, run)
 
 
 def test_the_first_screen_says_which_run_fails_and_names_the_parameter(
@@ -74,12 +74,15 @@ def test_the_first_screen_says_which_run_fails_and_names_the_parameter(
     assert set(shown) == {FAILING, PASSING}
     for run, card in shown.items():
         assert card["bottom"] <= HEIGHT  # whole on the first screen, no scrolling, no paging
+        # Legible in a 1280 × 800 window: the card's smallest type is 12 CSS pixels or more.
+        assert card["width"] * _card.SMALLEST / _card.WIDTH >= 12
         picture = np.asarray(Image.open(io.BytesIO(fetch(card["src"]))).convert("RGB"))
-        content = _card_of(board["checks"][run], 10)
+        content = _card_of(board["checks"][run], 10, run)
+        assert content.run == run  # the whole run name, which the card's title cuts
         assert np.array_equal(picture, _card.render(content))  # the page shows this card
     failing, passing = (
-        _card_of(board["checks"][FAILING], 10),
-        _card_of(board["checks"][PASSING], 10),
+        _card_of(board["checks"][FAILING], 10, FAILING),
+        _card_of(board["checks"][PASSING], 10, PASSING),
     )
     assert failing.title == "FAIL at step 10" and passing.title == "PASS at step 10"
     assert failing.rows[0][:2] == ("fail", "hidden.bias")  # the worst parameter, first
