@@ -3,6 +3,7 @@ has a float32 kernel only), the highest precision it can be evaluated in."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -94,14 +95,35 @@ def lower_precision(
     params = dict(model.named_parameters())
     device = params[names[0]].device
     failure = _trial(model, loss_fn, batch, names, dtype, seed, dropout_off, device)
-    if failure is None:
-        return None
+    if failure is None or not _about_a_dtype(failure):
+        return None  # J evaluates, or fails for a reason no other precision answers (a shape)
     own = {params[n].dtype for n in names}
     lower = [d for d in {torch.float32, *own} if torch.finfo(d).eps > torch.finfo(dtype).eps]
     for candidate in sorted(lower, key=lambda d: torch.finfo(d).eps):
         if _trial(model, loss_fn, batch, names, candidate, seed, dropout_off, device) is None:
             return candidate, _note(dtype, candidate, failure)
     return None
+
+
+# The words an operation's refusal of a dtype uses (torch's "not implemented for 'Double'",
+# "expected scalar type Float but found Double", a custom kernel's "float32 only"): an error
+# without one (a shape mismatch) is not a kernel without float64, and another precision would
+# only hide it.
+_DTYPE_WORDS = re.compile(
+    r"dtype|double|float(16|32|64)?|half|bfloat16|complex|not implemented for", re.IGNORECASE
+)
+
+
+def _about_a_dtype(error: Exception) -> bool:
+    """Whether ``error`` reads as an operation refusing a dtype.
+
+    Example:
+        >>> _about_a_dtype(RuntimeError("addmm_impl_cpu_ not implemented for 'Half'"))
+        True
+        >>> _about_a_dtype(RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x3 and 4x8)"))
+        False
+    """
+    return _DTYPE_WORDS.search(f"{type(error).__name__}: {error}") is not None
 
 
 def _trial(
