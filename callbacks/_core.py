@@ -33,7 +33,7 @@ from gradwatch._validate import (
 )
 from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 
-from . import _cli, _distributed, _faults, _logs, _training_path
+from . import _cli, _distributed, _faults, _logs, _sharded, _training_path
 from . import _validate as v
 from ._objective import (
     logging_muted,
@@ -123,6 +123,7 @@ class GradientCheckBase(Outcome):
             # checks each); a resumed fit gets its checks back from the checkpoint, which
             # Lightning loads after the callbacks' setup.
             self._reset()
+            _sharded.require_checkable(trainer)
             _distributed.require_no_collectives(trainer, pl_module)
             _warn_if_named_alike(self, trainer)
 
