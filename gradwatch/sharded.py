@@ -1,0 +1,195 @@
+"""The gradient check of a DTensor-sharded model (FSDP2's ``fully_shard``, tensor parallelism's
+``parallelize_module``, both on a 2-D mesh), run by every process that holds a shard.
+
+Each process gathers the model's full tensors into a plain replica (:mod:`gradwatch._replica`),
+with the user's parameter names, and the processes check it together as under DDP: each
+evaluates its share of the components (:class:`gradwatch.Partition`) and all return the same
+report. J is the loss the optimizer step minimizes: the mean over the processes of
+``loss_fn(model, batch)`` on each process's own batch (processes of one tensor-parallel group
+hold the same batch, so this is the mean over the data-parallel batches).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from gradwatch._compiled import EagerView
+from gradwatch._evaluate import LossFn
+from gradwatch._replica import is_sharded, replica
+from gradwatch._sharded_path import sharded_gradient
+from gradwatch._state import cast_batch
+from gradwatch._training_run import compare_training_path
+from gradwatch._validate import check_seed, reject
+from gradwatch.module import CheckMode, DropoutMode, check_module
+from gradwatch.partition import Partition
+from gradwatch.report import GradCheckReport, Thresholds
+from gradwatch.training_path import TrainingPath, check_training_path
+
+__all__ = ["check_sharded"]
+
+# What a failed sharded gradient most likely means: the model's mathematics is the replica's,
+# which the float64 check verified, so what differs is how the gradient was reduced.
+CAUSE = "its gradient is not reduced across processes (or reduced in the wrong precision)?"
+
+
+def check_sharded(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Any,
+    *,
+    group: dist.ProcessGroup | None = None,
+    epsilon: float | Literal["auto"] = 1e-7,
+    include: str | Sequence[str] | None = None,
+    sample: int | None = None,
+    mode: CheckMode = "components",
+    dropout: DropoutMode = "off",
+    seed: int = 0,
+    thresholds: Thresholds | None = None,
+    training_path: bool | TrainingPath = False,
+    progress: bool = True,
+) -> GradCheckReport:
+    """Checks backprop of a DTensor-sharded model, called by every process of ``group``.
+
+    Every process gathers the full parameters and buffers (``DTensor.full_tensor()``) into a
+    plain replica of the model, without the hooks ``torch.distributed`` installed, so its
+    forward is the model's own code on whole tensors; the processes then check the replica as
+    :func:`gradwatch.check_module` does under DDP, each evaluating its share of the
+    components, and all return the same report. The model is not touched (with
+    ``training_path``: its ``.grad``, buffers and RNG states are put back).
+
+    J is the mean over the processes of ``loss_fn(model, batch)``, each process's own batch:
+    the loss the optimizer step minimizes under data parallelism (FSDP averages the gradients
+    over the processes). Every process receives every batch (``all_gather_object``).
+
+    Args:
+        model: the sharded module (parameters DTensors, or plain tensors replicated alike on
+            every process); its forward must work on whole tensors (e.g. attention that reads
+            its number of heads from the weights, not from the mesh).
+        loss_fn: ``loss_fn(model, batch)`` → the scalar J of one process's batch.
+        batch: this process's batch.
+        group: the processes that hold the model's shards (every rank of its device mesh);
+            ``None``: the default process group.
+        epsilon, include, sample, mode, dropout, seed, thresholds, progress: as for
+            :func:`gradwatch.check_module` (``progress`` in the group's first process only).
+        training_path: also compare the gradient the sharded model trains with (after FSDP's
+            reduce-scatter and tensor parallelism's collectives, in the model's dtype) with the
+            float64 gradient of the same J, per parameter, by the rule of
+            :mod:`gradwatch.training_path`: a gradient that is not reduced fails, named.
+
+    Returns:
+        The same :class:`GradCheckReport` in every process, with ``named_parameters()``'s
+        names; a note says the replica was gathered and the memory it took.
+
+    Example:
+        >>> import torch, torch.distributed as dist
+        >>> from torch import nn
+        >>> dist.is_initialized() or print("run it in every process of a torch.distributed job")
+        run it in every process of a torch.distributed job
+    """
+    path = check_training_path(training_path)
+    seed = check_seed(seed)
+    group = _group(group)
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    batches = _every_batch(batch, group, size)
+    start = time.perf_counter()
+    twin = replica(model)
+    gathered = time.perf_counter() - start
+    mean = _mean_loss(loss_fn)
+    report = check_module(
+        twin, mean, batches, epsilon=epsilon, include=include, sample=sample, mode=mode,
+        dropout=dropout, seed=seed, thresholds=thresholds, training_path=False,
+        partition=Partition(rank, size, _gather(group)), progress=progress and rank == 0,
+    )  # fmt: skip
+    report = replace(report, notes=(*report.notes, _memory_note(model, twin, size, gathered)))
+    if path is None:
+        return report
+    names = report.layout.names
+    start = time.perf_counter()
+    found = compare_training_path(
+        EagerView(twin), mean, batches, names, path, seed, getattr(torch, report.dtype),
+        trained=lambda: sharded_gradient(model, loss_fn, batch, names, path, group),
+    )  # fmt: skip
+    found = replace(found, path=_describe(model, found.path), cause=CAUSE)
+    return replace(
+        report, training_path=found, seconds=report.seconds + time.perf_counter() - start
+    )
+
+
+def _group(group: object) -> dist.ProcessGroup:
+    if not (dist.is_available() and dist.is_initialized()):
+        reject(
+            "group",
+            "a process group of an initialized torch.distributed job (call "
+            "dist.init_process_group first, in every process)",
+            group,
+        )
+    if group is None:
+        return dist.group.WORLD  # type: ignore[return-value]
+    if not isinstance(group, dist.ProcessGroup):
+        reject("group", "None or a torch.distributed.ProcessGroup", group, TypeError)
+    return group
+
+
+def _every_batch(batch: Any, group: dist.ProcessGroup, size: int) -> list[Any]:
+    """Every process's batch, in rank order, on the CPU (J is their mean)."""
+    found: list[Any] = [None] * size
+    dist.all_gather_object(found, cast_batch(batch, None, torch.device("cpu")), group=group)
+    return found
+
+
+def _mean_loss(loss_fn: LossFn) -> LossFn:
+    def mean(model: nn.Module, batches: list[Any]) -> torch.Tensor:
+        return torch.stack([loss_fn(model, b).reshape(()) for b in batches]).mean()
+
+    return mean
+
+
+def _gather(group: dist.ProcessGroup) -> Any:
+    # NCCL exchanges CUDA tensors only, gloo any.
+    cuda = dist.get_backend(group) == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+
+    def gather(values: np.ndarray) -> np.ndarray:
+        local = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(device)
+        parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, local, group=group)
+        return torch.stack(parts).cpu().numpy()
+
+    return gather
+
+
+def _memory_note(model: nn.Module, twin: nn.Module, size: int, seconds: float) -> str:
+    own = sum(_local_bytes(t) for t in (*model.parameters(), *model.buffers()))
+    whole = sum(t.numel() * t.element_size() for t in (*twin.parameters(), *twin.buffers()))
+    checked = sum(t.numel() for t in twin.parameters()) * 8  # the check's float64 copies
+    return (
+        f"sharded model: its full tensors were gathered into a replica on each of the {size} "
+        f"processes in {seconds:.2f} s ({_size(whole)} in the model's dtypes, {_size(checked)} "
+        f"of float64 parameters for the check, against {_size(own)} of this process's own "
+        "shards)"
+    )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2.0**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
+
+
+def _local_bytes(tensor: torch.Tensor) -> int:
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return int(local.numel() * local.element_size())
+
+
+def _describe(model: nn.Module, given: str) -> str:
+    kind = "sharded (DTensor) module" if is_sharded(model) else "replicated module"
+    return (
+        given.replace("eager module (nothing compiled)", kind, 1)
+        + ", gradient after its collectives"
+    )

@@ -1,0 +1,171 @@
+"""``gradwatch.check_sharded`` on two gloo processes: FSDP2 (dp = 2) and tensor parallelism
+(tp = 2, Colwise/Rowwise linears and SequenceParallel norms). The gathered float64 check equals
+a single-process check of the same model and J; the gradient that trains passes for the correct
+models and fails, naming the parameter, for planted sync bugs; the model is left as it was."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import Shard
+
+from gradwatch import check_module
+from gradwatch.sharded import CAUSE, _mean_loss, check_sharded
+from tests.sharded_models import (
+    MLP,
+    Block,
+    ForgetfulColwise,
+    block_batch,
+    block_loss,
+    fsdp,
+    mesh,
+    mlp_batch,
+    mlp_loss,
+    spawn,
+    tensor_parallel,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
+
+
+def _state(model: nn.Module) -> list[Any]:
+    """Every local shard, its .grad and every buffer, and the RNG: what training sees."""
+    tensors = [*model.parameters(), *model.buffers()]
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+    grads = [None if t.grad is None else t.grad.to_local().clone() for t in model.parameters()]
+    return [[t.detach().clone() for t in local], grads, torch.get_rng_state()]
+
+
+def _same(a: list[Any], b: list[Any]) -> bool:
+    flat_a, flat_b = [*a[0], *a[1], a[2]], [*b[0], *b[1], b[2]]
+    return all(
+        (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
+        for x, y in zip(flat_a, flat_b, strict=True)
+    )
+
+
+def _summary(report: Any) -> dict[str, Any]:
+    path = report.training_path
+    return {
+        "verdict": report.verdict.value,
+        "analytic": report.analytic,
+        "numeric": report.numeric,
+        "names": report.layout.names,
+        "notes": report.notes,
+        "path": None if path is None else (path.verdict.value, path.failed, path.message),
+    }
+
+
+def _fsdp_run(rank: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    plain = MLP()
+    model = fsdp(copy.deepcopy(plain), mesh())
+    # A step of training first, so .grad holds values the check must leave alone.
+    mlp_loss(model, mlp_batch(rank)).backward()
+    before = _state(model)
+    found = {"correct": check_sharded(model, mlp_loss, mlp_batch(rank), training_path=True)}
+    found_untouched = _same(before, _state(model))
+    torch.manual_seed(0)
+    found["ignored"] = check_sharded(
+        fsdp(MLP(), mesh(), ignore_scale=True), mlp_loss, mlp_batch(rank), training_path=True
+    )
+    torch.manual_seed(0)
+    unsynced = fsdp(MLP(), mesh())
+    unsynced.set_requires_gradient_sync(False)  # left on after gradient accumulation
+    found["unsynced"] = check_sharded(unsynced, mlp_loss, mlp_batch(rank), training_path=True)
+    out = {k: _summary(r) for k, r in found.items()}
+    out["untouched"] = found_untouched
+    if rank == 0:  # one process, the unsharded model, the same J: the mean of both batches
+        both = [mlp_batch(0), mlp_batch(1)]
+        out["single"] = _summary(check_module(plain, _mean_loss(mlp_loss), both))
+    return out
+
+
+def _tp_run(rank: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    plain = Block()
+    model = tensor_parallel(copy.deepcopy(plain), mesh())
+    before = _state(model)
+    found = {"correct": check_sharded(model, block_loss, block_batch(rank), training_path=True)}
+    found_untouched = _same(before, _state(model))
+    forgetful = tensor_parallel(
+        copy.deepcopy(plain), mesh(), up=ForgetfulColwise(input_layouts=Shard(1))
+    )
+    found["forgetful"] = check_sharded(forgetful, block_loss, block_batch(rank), training_path=True)
+    out = {k: _summary(r) for k, r in found.items()}
+    out["untouched"] = found_untouched
+    if rank == 0:
+        both = [block_batch(0), block_batch(1)]
+        out["single"] = _summary(check_module(plain, _mean_loss(block_loss), both))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs() -> list[dict[str, Any]]:
+    return spawn(_fsdp_run)
+
+
+@pytest.fixture(scope="module")
+def tp_runs() -> list[dict[str, Any]]:
+    return spawn(_tp_run)
+
+
+@pytest.fixture(params=["fsdp", "tp"])
+def runs(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    return request.getfixturevalue(f"{request.param}_runs")
+
+
+def test_correct_sharded_models_pass_both_checks(runs: list[dict[str, Any]]) -> None:
+    for run in runs:
+        assert run["correct"]["verdict"] == "pass"
+        assert run["correct"]["path"][:2] == ("pass", [])
+        assert "gathered into a replica on each of the 2 processes" in run["correct"]["notes"][-1]
+
+
+def test_gathered_check_equals_the_single_process_check(runs: list[dict[str, Any]]) -> None:
+    single = runs[0]["single"]
+    for run in runs:  # every process returns the same report
+        assert run["correct"]["names"] == single["names"]
+        np.testing.assert_allclose(run["correct"]["analytic"], single["analytic"], atol=1e-12)
+        np.testing.assert_allclose(run["correct"]["numeric"], single["numeric"], atol=1e-12)
+
+
+def test_the_model_is_left_as_it_was(runs: list[dict[str, Any]]) -> None:
+    assert [run["untouched"] for run in runs] == [True, True]
+
+
+@pytest.mark.parametrize(
+    ("case", "named"),
+    [
+        ("ignored", ["scale"]),  # kept out of FSDP: its gradient is never all-reduced
+        ("unsynced", ["scale", "out.bias", "out.weight", "hidden.bias", "hidden.weight"]),
+    ],
+)
+def test_fsdp_sync_bugs_fail_naming_the_parameter(
+    fsdp_runs: list[dict[str, Any]], case: str, named: list[str]
+) -> None:
+    for run in fsdp_runs:
+        assert run[case]["verdict"] == "fail"  # the float64 check passes; the path fails
+        verdict, failed, message = run[case]["path"]
+        assert (verdict, sorted(failed)) == ("fail", sorted(named))
+        assert f"{failed[0]}: sharded gradient" in message and CAUSE in message
+
+
+def test_a_style_skipping_its_all_reduce_fails_upstream(tp_runs: list[dict[str, Any]]) -> None:
+    # `up`'s input gradient is each process's partial sum: what lies before `up` is off.
+    for run in tp_runs:
+        verdict, failed, _ = run["forgetful"]["path"]
+        assert verdict == "fail"
+        assert sorted(failed) == ["embed.bias", "embed.weight", "norm.bias", "norm.weight"]
+
+
+def test_outside_a_distributed_job_the_group_is_refused() -> None:
+    assert not dist.is_initialized()
+    with pytest.raises(ValueError, match="`group` must be a process group of an initialized"):
+        check_sharded(MLP(), mlp_loss, mlp_batch(0))
