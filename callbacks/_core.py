@@ -131,6 +131,7 @@ class GradientCheckBase(Outcome):
         # Here rather than at setup, still before any training step: Lightning calls the
         # module's `configure_model`, which may build the layers, after the callbacks' setup.
         require_objective(pl_module)
+        _sharded.require_plain_unless_sharded(trainer, pl_module)
         self._require_theta(pl_module)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -182,9 +183,11 @@ class GradientCheckBase(Outcome):
         step = trainer.global_step
         cause: Exception | None = None
         try:
-            # Under DDP every process checks process 0's batch and evaluates its share.
-            batch = _distributed.same_batch(trainer, batch)
-            report = _run(self, trainer, pl_module, batch, batch_idx)
+            if _sharded.sharded(trainer):  # every process its own batch: J is their mean
+                report = _sharded.run(self, trainer, pl_module, batch, batch_idx)
+            else:  # under DDP every process checks process 0's batch and evaluates its share
+                batch = _distributed.same_batch(trainer, batch)
+                report = _run(self, trainer, pl_module, batch, batch_idx)
             self._loss_found = True
         except Exception as err:  # a failed check; KeyboardInterrupt goes through
             if isinstance(err, PartitionError) and err.interrupted:

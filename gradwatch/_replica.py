@@ -10,13 +10,14 @@ The sharded module is not touched: the replica is a tree of shallow copies whose
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-__all__ = ["full", "is_sharded", "replica", "sharded_names"]
+__all__ = ["full", "is_sharded", "replica", "replica_of", "sharded_names"]
 
 # The hook registries of nn.Module whose entries are callables, and those that only flag a
 # hook id of another registry (with_kwargs, always_called): a dropped hook leaves both.
@@ -67,19 +68,31 @@ def replica(module: nn.Module) -> nn.Module:
         >>> twin[0].weight is net[0].weight, torch.equal(twin[0].weight, net[0].weight)
         (False, True)
     """
-    return _copy(module, {})
+    return _copy(module, {}, full)
 
 
-def _copy(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
+def replica_of(module: nn.Module, tensor: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
+    """The replica of ``module`` whose parameters and buffers are ``tensor(t)`` of its own
+    (``full`` for :func:`replica`); parameters stay parameters when ``tensor`` returns one."""
+    return _copy(module, {}, tensor)
+
+
+def _copy(
+    module: nn.Module, memo: dict[int, Any], tensor: Callable[[torch.Tensor], torch.Tensor]
+) -> nn.Module:
     if id(module) in memo:  # a submodule shared by two parents stays shared
         return memo[id(module)]
     # A shallow copy made by hand: FSDPModule.__new__ would run the class's __init__ again.
     twin: nn.Module = object.__new__(_plain_class(type(module)))
     twin.__dict__.update(module.__dict__)
     memo[id(module)] = twin
-    twin._parameters = {n: _parameter(p, memo) for n, p in module._parameters.items()}
-    twin._buffers = {n: None if b is None else _tensor(b, memo) for n, b in module._buffers.items()}
-    twin._modules = {n: None if c is None else _copy(c, memo) for n, c in module._modules.items()}
+    twin._parameters = {n: _parameter(p, memo, tensor) for n, p in module._parameters.items()}
+    twin._buffers = {
+        n: None if b is None else _tensor(b, memo, tensor) for n, b in module._buffers.items()
+    }
+    twin._modules = {
+        n: None if c is None else _copy(c, memo, tensor) for n, c in module._modules.items()
+    }
     for name in _HOOKS:
         hooks = getattr(module, name, None)
         if hooks is not None:
@@ -101,17 +114,17 @@ def _plain_class(cls: type) -> type:
     return cls
 
 
-def _parameter(p: nn.Parameter | None, memo: dict[int, Any]) -> nn.Parameter | None:
+def _parameter(p: nn.Parameter | None, memo: dict[int, Any], tensor: Any) -> nn.Parameter | None:
     if p is None:
         return None
     if id(p) not in memo:  # tied parameters stay tied
-        memo[id(p)] = nn.Parameter(full(p), requires_grad=p.requires_grad)
+        memo[id(p)] = nn.Parameter(tensor(p), requires_grad=p.requires_grad)
     return memo[id(p)]
 
 
-def _tensor(t: torch.Tensor, memo: dict[int, Any]) -> torch.Tensor:
+def _tensor(t: torch.Tensor, memo: dict[int, Any], tensor: Any) -> torch.Tensor:
     if id(t) not in memo:
-        memo[id(t)] = full(t)
+        memo[id(t)] = tensor(t)
     return memo[id(t)]
 
 

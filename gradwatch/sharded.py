@@ -23,17 +23,19 @@ from torch import nn
 
 from gradwatch._compiled import EagerView
 from gradwatch._evaluate import LossFn
+from gradwatch._in_place import check_in_place
 from gradwatch._replica import is_sharded, replica
+from gradwatch._scope import checked_parameters
 from gradwatch._sharded_path import sharded_gradient
 from gradwatch._state import cast_batch
 from gradwatch._training_run import compare_training_path
-from gradwatch._validate import check_seed, reject
+from gradwatch._validate import check_epsilon, check_sample, check_seed, reject
 from gradwatch.module import CheckMode, DropoutMode, check_module
-from gradwatch.partition import Partition
+from gradwatch.partition import Partition, PartitionError
 from gradwatch.report import GradCheckReport, Thresholds
 from gradwatch.training_path import TrainingPath, check_training_path
 
-__all__ = ["check_sharded"]
+__all__ = ["DivergedError", "check_budget", "check_sharded"]
 
 # What a failed sharded gradient most likely means: the model's mathematics is the replica's,
 # which the float64 check verified, so what differs is how the gradient was reduced.
@@ -55,6 +57,7 @@ def check_sharded(
     thresholds: Thresholds | None = None,
     training_path: bool | TrainingPath = False,
     progress: bool = True,
+    replica_budget: int | None = None,
 ) -> GradCheckReport:
     """Checks backprop of a DTensor-sharded model, called by every process of ``group``.
 
@@ -83,6 +86,13 @@ def check_sharded(
             reduce-scatter and tensor parallelism's collectives, in the model's dtype) with the
             float64 gradient of the same J, per parameter, by the rule of
             :mod:`gradwatch.training_path`: a gradient that is not reduced fails, named.
+        replica_budget: bytes the gathered replica may take in each process (its tensors in
+            the model's dtypes plus the check's float64 copy of θ); ``None``: no limit. Above
+            it the check runs in place: the replica keeps float64 shards, each module's own
+            parameters are gathered for its forward only (as FSDP does), every process
+            evaluates every J in lockstep, and ``sample`` components (every one when None) are
+            checked one by one (``mode`` and ``training_path``, which need the whole float64
+            model, are not run; the notes say so).
 
     Returns:
         The same :class:`GradCheckReport` in every process, with ``named_parameters()``'s
@@ -99,6 +109,11 @@ def check_sharded(
     group = _group(group)
     rank, size = dist.get_rank(group), dist.get_world_size(group)
     batches = _every_batch(batch, group, size)
+    _require_equal_replicas(model, group)
+    budget = check_budget(replica_budget)
+    if budget is not None and _replica_bytes(model) > budget:
+        return _in_place(model, loss_fn, batch, group, budget, epsilon, include, sample, seed,
+                         thresholds, mode, path)  # fmt: skip
     start = time.perf_counter()
     twin = replica(model)
     gathered = time.perf_counter() - start
@@ -121,6 +136,85 @@ def check_sharded(
     return replace(
         report, training_path=found, seconds=report.seconds + time.perf_counter() - start
     )
+
+
+class DivergedError(PartitionError):
+    """Raised in every process when a parameter every process holds whole (not a DTensor)
+    differs between them: its gradient was not reduced alike, so the processes train different
+    models and no one J can be checked.
+
+    Example:
+        >>> str(DivergedError("scale differs between the processes"))
+        'scale differs between the processes'
+    """
+
+
+def _require_equal_replicas(model: nn.Module, group: dist.ProcessGroup) -> None:
+    """Fails when a plain (replicated) parameter differs between the processes, naming it: a
+    collective, the same verdict everywhere (the spread is reduced over the group)."""
+    spreads = {}
+    for name, p in model.named_parameters():
+        if hasattr(p, "full_tensor"):
+            continue  # a DTensor: its shards are one tensor by construction
+        high, low = p.detach().double().clone(), p.detach().double().clone()
+        dist.all_reduce(high, op=dist.ReduceOp.MAX, group=group)
+        dist.all_reduce(low, op=dist.ReduceOp.MIN, group=group)
+        spread = float((high - low).abs().max()) if p.numel() else 0.0
+        if spread > 0:  # replicated parameters are equal bit for bit when their gradients are
+            spreads[name] = spread
+    if spreads:
+        named = ", ".join(f"{n} (by up to {v:.2g})" for n, v in list(spreads.items())[:3])
+        raise DivergedError(
+            f"{named} differ{'s' if len(spreads) == 1 else ''} between the processes: a "
+            "parameter every process holds whole must stay equal, so its gradient is not "
+            "reduced across processes (kept out of FSDP with ignored_params, or replicated by "
+            "hand?), and the processes train different models"
+        )
+
+
+def check_budget(value: object) -> int | None:
+    """``replica_budget``: None or a positive int of bytes."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        reject("replica_budget", "None or a positive int of bytes, e.g. 2**30", value, TypeError)
+    if value <= 0:
+        reject("replica_budget", "None or a positive int of bytes, e.g. 2**30", value)
+    return value
+
+
+def _replica_bytes(model: nn.Module) -> int:
+    """What the gathered replica takes: its whole tensors in the model's dtypes, plus the
+    check's float64 copy of the parameters."""
+    params = list(model.parameters())
+    whole = sum(t.numel() * t.element_size() for t in (*params, *model.buffers()))
+    return whole + 8 * sum(p.numel() for p in params)
+
+
+def _in_place(
+    model: nn.Module, loss_fn: LossFn, batch: Any, group: dist.ProcessGroup, budget: int,
+    epsilon: Any, include: Any, sample: int | None, seed: int, thresholds: Thresholds | None,
+    mode: str, path: TrainingPath | None,
+) -> GradCheckReport:  # fmt: skip
+    """The check on the shards (:mod:`gradwatch._in_place`), and the notes that say so."""
+    step = check_epsilon(epsilon)
+    if not isinstance(step, float):
+        reject("epsilon", "a float for a check in place (replica_budget exceeded)", epsilon)
+    names = checked_parameters(model, include)
+    report = check_in_place(
+        model, loss_fn, batch, names, group, epsilon=step, sample=check_sample(sample),
+        seed=seed, thresholds=thresholds,
+    )  # fmt: skip
+    notes = [
+        f"sharded model checked in place: its replica ({_size(_replica_bytes(model))}) exceeds "
+        f"replica_budget={budget} bytes, so each process held float64 shards and gathered one "
+        "module's parameters at a time; components checked one by one in lockstep"
+    ]
+    if mode != "components":
+        notes.append(f"mode={mode!r} not run in place: sampled components were checked")
+    if path is not None:
+        notes.append("training path not run in place: its reference is the whole float64 model")
+    return replace(report, notes=(*report.notes, *notes))
 
 
 def _group(group: object) -> dist.ProcessGroup:

@@ -70,17 +70,36 @@ def mesh() -> DeviceMesh:
     return init_device_mesh("cpu", (SIZE,))
 
 
-class MLP(nn.Module):
-    """Linear → Tanh → Linear, for FSDP."""
+class _PlantedTanh(torch.autograd.Function):
+    """tanh whose backward is 1% off: a bug of the model's mathematics, which the float64
+    check must find (a difference of about 5e-3, above the fail band of 1e-3)."""
 
-    def __init__(self) -> None:
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y) * 1.01
+
+
+class MLP(nn.Module):
+    """Linear → Tanh → Linear, times a scale, for FSDP; ``planted``: tanh's backward off."""
+
+    def __init__(self, planted: bool = False) -> None:
         super().__init__()
         self.hidden = nn.Linear(4, 6)
         self.out = nn.Linear(6, 3)
         self.scale = nn.Parameter(torch.tensor([1.5]))
+        self.planted = planted
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.tanh(self.hidden(x))) * self.scale
+        h = self.hidden(x)
+        h = _PlantedTanh.apply(h) if self.planted else torch.tanh(h)
+        return self.out(h) * self.scale
 
 
 def mlp_loss(model: nn.Module, batch: Any) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.distributed.tensor import Shard
 
 from gradwatch import check_module
-from gradwatch.sharded import CAUSE, _mean_loss, check_sharded
+from gradwatch.sharded import CAUSE, DivergedError, _mean_loss, check_sharded
 from tests.sharded_models import (
     MLP,
     Block,
@@ -81,6 +81,13 @@ def _fsdp_run(rank: int) -> dict[str, Any]:
     found["unsynced"] = check_sharded(unsynced, mlp_loss, mlp_batch(rank), training_path=True)
     out = {k: _summary(r) for k, r in found.items()}
     out["untouched"] = found_untouched
+    torch.manual_seed(0)
+    apart = fsdp(MLP(), mesh(), ignore_scale=True)
+    with torch.no_grad():
+        apart.scale.add_(rank * 1e-3)  # as after a step that did not reduce its gradient
+    with pytest.raises(DivergedError) as raised:
+        check_sharded(apart, mlp_loss, mlp_batch(rank))
+    out["diverged"] = str(raised.value)
     if rank == 0:  # one process, the unsharded model, the same J: the mean of both batches
         both = [mlp_batch(0), mlp_batch(1)]
         out["single"] = _summary(check_module(plain, _mean_loss(mlp_loss), both))
@@ -169,3 +176,11 @@ def test_outside_a_distributed_job_the_group_is_refused() -> None:
     assert not dist.is_initialized()
     with pytest.raises(ValueError, match="`group` must be a process group of an initialized"):
         check_sharded(MLP(), mlp_loss, mlp_batch(0))
+
+
+def test_a_replicated_parameter_that_diverged_is_named(fsdp_runs: list[dict[str, Any]]) -> None:
+    for run in fsdp_runs:
+        assert run["diverged"].startswith(
+            "scale (by up to 0.001) differs between the processes: a parameter every process "
+            "holds whole must stay equal, so its gradient is not reduced across processes"
+        )
