@@ -265,10 +265,10 @@ def _memory_note(model: nn.Module, twin: nn.Module, size: int, seconds: float) -
     whole = sum(t.numel() * t.element_size() for t in (*twin.parameters(), *twin.buffers()))
     checked = sum(t.numel() for t in twin.parameters()) * 8  # the check's float64 copies
     return (
-        f"sharded model: its full tensors were gathered into a replica on each of the {size} "
-        f"processes in {seconds:.2f} s ({_size(whole)} in the model's dtypes, {_size(checked)} "
-        f"of float64 parameters for the check, against {_size(own)} of this process's own "
-        "shards)"
+        f"sharded model: its full tensors were gathered into a replica in each of {size} "
+        f"process{'es' if size != 1 else ''} in {seconds:.2f} s ({_size(whole)} in the model's "
+        f"dtypes, {_size(checked)} of float64 parameters for the check, against {_size(own)} "
+        "of this process's own shards)"
     )
 
 

@@ -32,6 +32,8 @@ from tests.sharded_models import (
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
+# Below the replicas of these models (0.6 and 3.6 KiB): the check runs in place.
+BUDGET = 100
 
 
 def _state(model: nn.Module) -> list[Any]:
@@ -88,6 +90,12 @@ def _fsdp_run(rank: int) -> dict[str, Any]:
     with pytest.raises(DivergedError) as raised:
         check_sharded(apart, mlp_loss, mlp_batch(rank))
     out["diverged"] = str(raised.value)
+    for planted in (False, True):  # the replica exceeds the budget: checked on the shards
+        torch.manual_seed(0)
+        model = fsdp(MLP(planted), mesh())
+        gathered = check_sharded(model, mlp_loss, mlp_batch(rank))
+        in_place = check_sharded(model, mlp_loss, mlp_batch(rank), replica_budget=BUDGET)
+        out[f"planted={planted}"] = _summary(gathered), _summary(in_place)
     if rank == 0:  # one process, the unsharded model, the same J: the mean of both batches
         both = [mlp_batch(0), mlp_batch(1)]
         out["single"] = _summary(check_module(plain, _mean_loss(mlp_loss), both))
@@ -107,6 +115,8 @@ def _tp_run(rank: int) -> dict[str, Any]:
     found["forgetful"] = check_sharded(forgetful, block_loss, block_batch(rank), training_path=True)
     out = {k: _summary(r) for k, r in found.items()}
     out["untouched"] = found_untouched
+    in_place = check_sharded(model, block_loss, block_batch(rank), replica_budget=BUDGET)
+    out["planted=False"] = out["correct"], _summary(in_place)
     if rank == 0:
         both = [block_batch(0), block_batch(1)]
         out["single"] = _summary(check_module(plain, _mean_loss(block_loss), both))
@@ -132,7 +142,7 @@ def test_correct_sharded_models_pass_both_checks(runs: list[dict[str, Any]]) -> 
     for run in runs:
         assert run["correct"]["verdict"] == "pass"
         assert run["correct"]["path"][:2] == ("pass", [])
-        assert "gathered into a replica on each of the 2 processes" in run["correct"]["notes"][-1]
+        assert "gathered into a replica in each of 2 processes" in run["correct"]["notes"][-1]
 
 
 def test_gathered_check_equals_the_single_process_check(runs: list[dict[str, Any]]) -> None:
@@ -184,3 +194,25 @@ def test_a_replicated_parameter_that_diverged_is_named(fsdp_runs: list[dict[str,
             "scale (by up to 0.001) differs between the processes: a parameter every process "
             "holds whole must stay equal, so its gradient is not reduced across processes"
         )
+
+
+@pytest.mark.parametrize("planted", [False, True])
+def test_in_place_gives_the_gathered_verdict(
+    fsdp_runs: list[dict[str, Any]], planted: bool
+) -> None:
+    for run in fsdp_runs:
+        gathered, in_place = run[f"planted={planted}"]
+        assert gathered["verdict"] == in_place["verdict"] == ("fail" if planted else "pass")
+        assert in_place["notes"][-1].startswith("sharded model checked in place")
+        # The same backward on the same float64 values; the forward's sums run per module.
+        np.testing.assert_allclose(in_place["analytic"], gathered["analytic"], atol=1e-12)
+        # J's rounding, |J|·ε_mach ≈ 2e-16, over the step 2ε = 2e-7 is ~1e-9 per estimate;
+        # the two ways sum J's terms in other orders, a few of those apart.
+        np.testing.assert_allclose(in_place["numeric"], gathered["numeric"], atol=2e-8)
+
+
+def test_in_place_tensor_parallel_passes_as_gathered(tp_runs: list[dict[str, Any]]) -> None:
+    for run in tp_runs:
+        gathered, in_place = run["planted=False"]
+        assert gathered["verdict"] == in_place["verdict"] == "pass"
+        np.testing.assert_allclose(in_place["analytic"], gathered["analytic"], atol=1e-12)
