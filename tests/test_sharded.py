@@ -13,12 +13,15 @@ import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import Shard
 
 from gradwatch import check_module
 from gradwatch.sharded import CAUSE, DivergedError, _mean_loss, check_sharded
 from tests.sharded_models import (
     MLP,
+    SIZE,
     Block,
     ForgetfulColwise,
     block_batch,
@@ -117,6 +120,14 @@ def _tp_run(rank: int) -> dict[str, Any]:
     out["untouched"] = found_untouched
     in_place = check_sharded(model, block_loss, block_batch(rank), replica_budget=BUDGET)
     out["planted=False"] = out["correct"], _summary(in_place)
+    # A 2-D mesh, FSDP2 over its data-parallel dimension (of one process: two cores) and
+    # tensor parallelism over the other: parameters sharded over both.
+    two_d = init_device_mesh("cpu", (1, SIZE), mesh_dim_names=("dp", "tp"))
+    both_ways = tensor_parallel(copy.deepcopy(plain), two_d["tp"])
+    fully_shard(both_ways, mesh=two_d["dp"])
+    out["2-D"] = _summary(
+        check_sharded(both_ways, block_loss, block_batch(rank), training_path=True)
+    )
     if rank == 0:
         both = [block_batch(0), block_batch(1)]
         out["single"] = _summary(check_module(plain, _mean_loss(block_loss), both))
@@ -151,6 +162,14 @@ def test_gathered_check_equals_the_single_process_check(runs: list[dict[str, Any
         assert run["correct"]["names"] == single["names"]
         np.testing.assert_allclose(run["correct"]["analytic"], single["analytic"], atol=1e-12)
         np.testing.assert_allclose(run["correct"]["numeric"], single["numeric"], atol=1e-12)
+
+
+def test_a_2d_mesh_is_checked_as_one_model(tp_runs: list[dict[str, Any]]) -> None:
+    single = tp_runs[0]["single"]
+    for run in tp_runs:
+        assert run["2-D"]["verdict"] == "pass" and run["2-D"]["path"][:2] == ("pass", [])
+        assert run["2-D"]["names"] == single["names"]
+        np.testing.assert_allclose(run["2-D"]["analytic"], single["analytic"], atol=1e-12)
 
 
 def test_the_model_is_left_as_it_was(runs: list[dict[str, Any]]) -> None:
