@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from gradwatch._evaluate import LossFn
-from gradwatch._replica import full
+from gradwatch._replica import full, replica_of
 from gradwatch._state import dropout_disabled
 from gradwatch._training_run import _buffers_kept, _context
 from gradwatch.training_path import TrainingPath
@@ -58,3 +58,74 @@ def _grads_kept(model: nn.Module) -> Iterator[None]:
     finally:
         for p, grad in saved:
             p.grad = grad
+
+
+def training_replica(model: nn.Module) -> tuple[nn.Module, str]:
+    """The replica the training path's eager runs use, and what it says of precision: under
+    FSDP2's ``MixedPrecisionPolicy`` the parameters of each sharded module in its
+    ``param_dtype`` and its floating inputs (and output, with ``output_dtype``) cast as FSDP
+    casts them, so the eager baseline computes in the precision training computes in (in the
+    model's own dtypes, FSDP's reduction in float32 would look 10⁴× off)."""
+    params, casts = _policies(model)
+    if not params:
+        return replica_of(model, full), ""
+    twin = replica_of(model, lambda t: full(t).to(params.get(id(t), t.dtype)))
+    for module, copied in zip(model.modules(), twin.modules(), strict=True):
+        if id(module) in casts:
+            given, output = casts[id(module)]
+            copied.register_forward_pre_hook(_caster(given), with_kwargs=True)
+            copied.register_forward_hook(_caster(output, given))
+    names = sorted({str(d).removeprefix("torch.") for d in params.values()})
+    return twin, f"FSDP mixed precision: parameters in {', '.join(names)}"
+
+
+def _policies(model: nn.Module) -> tuple[dict[int, torch.dtype], dict[int, tuple[Any, Any]]]:
+    """FSDP2's mixed-precision policy: param_dtype by parameter (id), input and output casts by
+    module (id). FSDP2 keeps the policy on private state (``_get_fsdp_state()._mp_policy``,
+    the param group's ``fsdp_params``): where that moves, no policy is read."""
+    params: dict[int, torch.dtype] = {}
+    casts: dict[int, tuple[Any, Any]] = {}
+    for module in model.modules():
+        try:
+            state = module._get_fsdp_state()  # type: ignore[operator]
+            policy, group = state._mp_policy, state._fsdp_param_group
+        except (AttributeError, AssertionError):
+            continue  # not an FSDP module, or another torch's private layout
+        if policy.param_dtype is None and policy.output_dtype is None:
+            continue
+        given = policy.param_dtype if policy.cast_forward_inputs else None
+        casts[id(module)] = (given, policy.output_dtype)
+        for fsdp_param in getattr(group, "fsdp_params", []) if policy.param_dtype else []:
+            params[id(fsdp_param.sharded_param)] = policy.param_dtype
+    return params, casts
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    if isinstance(value, tuple | list):
+        return type(value)(_cast(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast(v, dtype) for k, v in value.items()}
+    return value
+
+
+def _caster(dtype: torch.dtype | None, when: torch.dtype | None = None) -> Any:
+    """FSDP's cast of a module's inputs (``when`` None) or output, made only while the module's
+    parameters are in ``param_dtype`` (``when``, or ``dtype`` for inputs): the eager runs. The
+    float64 reference runs the same replica on float64 copies, uncast."""
+
+    def applies(module: nn.Module) -> bool:
+        first = next((p for p in module.parameters() if p.is_floating_point()), None)
+        wanted = when if when is not None else dtype
+        return dtype is not None and first is not None and first.dtype == wanted
+
+    def inputs(module: nn.Module, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
+        if not applies(module):
+            return None
+        return _cast(args, dtype), _cast(kwargs, dtype)  # type: ignore[arg-type]
+
+    def output(module: nn.Module, args: Any, out: Any) -> Any:
+        return _cast(out, dtype) if applies(module) else None  # type: ignore[arg-type]
+
+    return inputs if when is None else output

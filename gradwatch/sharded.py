@@ -26,7 +26,7 @@ from gradwatch._evaluate import LossFn
 from gradwatch._in_place import check_in_place
 from gradwatch._replica import is_sharded, replica
 from gradwatch._scope import checked_parameters
-from gradwatch._sharded_path import sharded_gradient
+from gradwatch._sharded_path import sharded_gradient, training_replica
 from gradwatch._state import cast_batch
 from gradwatch._training_run import compare_training_path
 from gradwatch._validate import check_epsilon, check_sample, check_seed, reject
@@ -128,11 +128,12 @@ def check_sharded(
         return report
     names = report.layout.names
     start = time.perf_counter()
+    lowered, precision = training_replica(model)
     found = compare_training_path(
-        EagerView(twin), mean, batches, names, path, seed, getattr(torch, report.dtype),
+        EagerView(lowered), mean, batches, names, path, seed, getattr(torch, report.dtype),
         trained=lambda: sharded_gradient(model, loss_fn, batch, names, path, group),
     )  # fmt: skip
-    found = replace(found, path=_describe(model, found.path), cause=CAUSE)
+    found = replace(found, path=_describe(model, found.path, precision), cause=CAUSE)
     return replace(
         report, training_path=found, seconds=report.seconds + time.perf_counter() - start
     )
@@ -281,9 +282,7 @@ def _local_bytes(tensor: torch.Tensor) -> int:
     return int(local.numel() * local.element_size())
 
 
-def _describe(model: nn.Module, given: str) -> str:
+def _describe(model: nn.Module, given: str, precision: str) -> str:
     kind = "sharded (DTensor) module" if is_sharded(model) else "replicated module"
-    return (
-        given.replace("eager module (nothing compiled)", kind, 1)
-        + ", gradient after its collectives"
-    )
+    described = given.replace("eager module (nothing compiled)", kind, 1)
+    return ", ".join(x for x in (described, precision, "gradient after its collectives") if x)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
@@ -112,11 +112,13 @@ def mlp_batch(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
 
 
-def fsdp(model: MLP, on: DeviceMesh, ignore_scale: bool = False) -> MLP:
-    """FSDP2 over ``on``; ``ignore_scale``: ``scale`` kept out of FSDP (never all-reduced)."""
+def fsdp(model: MLP, on: DeviceMesh, ignore_scale: bool = False, bf16: bool = False) -> MLP:
+    """FSDP2 over ``on``; ``ignore_scale``: ``scale`` kept out of FSDP (never all-reduced);
+    ``bf16``: mixed precision, parameters and compute in bfloat16, reduction in float32."""
     ignored = {model.scale} if ignore_scale else None
-    fully_shard(model.hidden, mesh=on)
-    fully_shard(model, mesh=on, ignored_params=ignored)
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16) if bf16 else MixedPrecisionPolicy()
+    fully_shard(model.hidden, mesh=on, mp_policy=policy)
+    fully_shard(model, mesh=on, ignored_params=ignored, mp_policy=policy)
     return model
 
 

@@ -84,6 +84,12 @@ def _fsdp_run(rank: int) -> dict[str, Any]:
     unsynced = fsdp(MLP(), mesh())
     unsynced.set_requires_gradient_sync(False)  # left on after gradient accumulation
     found["unsynced"] = check_sharded(unsynced, mlp_loss, mlp_batch(rank), training_path=True)
+    for ignore in (False, True):  # bfloat16 compute: the baseline computes in it too
+        torch.manual_seed(0)
+        mixed = fsdp(MLP(), mesh(), ignore_scale=ignore, bf16=True)
+        found[f"bf16, ignored={ignore}"] = check_sharded(
+            mixed, mlp_loss, mlp_batch(rank), training_path=True
+        )
     out = {k: _summary(r) for k, r in found.items()}
     out["untouched"] = found_untouched
     torch.manual_seed(0)
@@ -191,6 +197,14 @@ def test_fsdp_sync_bugs_fail_naming_the_parameter(
         verdict, failed, message = run[case]["path"]
         assert (verdict, sorted(failed)) == ("fail", sorted(named))
         assert f"{failed[0]}: sharded gradient" in message and CAUSE in message
+
+
+def test_mixed_precision_is_judged_in_its_own_precision(fsdp_runs: list[dict[str, Any]]) -> None:
+    for run in fsdp_runs:
+        assert run["bf16, ignored=False"]["path"][:2] == ("pass", [])
+        verdict, failed, message = run["bf16, ignored=True"]["path"]
+        assert (verdict, failed) == ("fail", ["scale"])
+        assert message.startswith("scale: sharded gradient")
 
 
 def test_a_style_skipping_its_all_reduce_fails_upstream(tp_runs: list[dict[str, Any]]) -> None:
