@@ -123,8 +123,8 @@ class GradientCheckBase(Outcome):
             # checks each); a resumed fit gets its checks back from the checkpoint, which
             # Lightning loads after the callbacks' setup.
             self._reset()
-            _sharded.require_checkable(trainer)
             _distributed.require_no_collectives(trainer, pl_module)
+            _sharded.require_checkable(trainer)
             _warn_if_named_alike(self, trainer)
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:

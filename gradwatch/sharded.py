@@ -11,6 +11,7 @@ hold the same batch, so this is the mean over the data-parallel batches).
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -234,10 +235,31 @@ def _group(group: object) -> dist.ProcessGroup:
 
 
 def _every_batch(batch: Any, group: dist.ProcessGroup, size: int) -> list[Any]:
-    """Every process's batch, in rank order, on the CPU (J is their mean)."""
+    """Every process's batch, in rank order, on the CPU (J is their mean). A batch that does
+    not pickle fails in every process alike (its own error there, PartitionError elsewhere)
+    rather than leave the others waiting in the gather."""
+    local = cast_batch(batch, None, torch.device("cpu"))
+    problem = ""
+    try:
+        pickle.dumps(local)
+    except Exception as err:  # any pickling failure: said in every process
+        problem = f"{type(err).__name__}: {err}"
+    flag = torch.tensor([1.0 if problem else 0.0], device=_device(group))
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+    if problem:
+        reject("batch", "picklable: every process receives every batch (J is their mean)", problem)
+    if float(flag) > 0:
+        raise PartitionError("another process's batch does not pickle; see the error raised there")
     found: list[Any] = [None] * size
-    dist.all_gather_object(found, cast_batch(batch, None, torch.device("cpu")), group=group)
+    dist.all_gather_object(found, local, group=group)
     return found
+
+
+def _device(group: dist.ProcessGroup) -> torch.device:
+    """Where the group's collectives take tensors: NCCL CUDA ones only, gloo any."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _mean_loss(loss_fn: LossFn) -> LossFn:
@@ -248,9 +270,7 @@ def _mean_loss(loss_fn: LossFn) -> LossFn:
 
 
 def _gather(group: dist.ProcessGroup) -> Any:
-    # NCCL exchanges CUDA tensors only, gloo any.
-    cuda = dist.get_backend(group) == "nccl"
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    device = _device(group)
 
     def gather(values: np.ndarray) -> np.ndarray:
         local = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(device)

@@ -17,7 +17,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import Shard
 
-from gradwatch import check_module
+from gradwatch import PartitionError, check_module
 from gradwatch.sharded import CAUSE, DivergedError, _mean_loss, check_sharded
 from tests.sharded_models import (
     MLP,
@@ -99,6 +99,11 @@ def _fsdp_run(rank: int) -> dict[str, Any]:
     with pytest.raises(DivergedError) as raised:
         check_sharded(apart, mlp_loss, mlp_batch(rank))
     out["diverged"] = str(raised.value)
+    x, y = mlp_batch(rank)
+    unpicklable = (x, y, (lambda: 0) if rank == 1 else None)  # process 1's alone
+    with pytest.raises((ValueError, PartitionError)) as failed:
+        check_sharded(apart, mlp_loss, unpicklable)
+    out["unpicklable"] = type(failed.value).__name__, str(failed.value)
     for planted in (False, True):  # the replica exceeds the budget: checked on the shards
         torch.manual_seed(0)
         model = fsdp(MLP(planted), mesh())
@@ -249,3 +254,15 @@ def test_in_place_tensor_parallel_passes_as_gathered(tp_runs: list[dict[str, Any
         gathered, in_place = run["planted=False"]
         assert gathered["verdict"] == in_place["verdict"] == "pass"
         np.testing.assert_allclose(in_place["analytic"], gathered["analytic"], atol=1e-12)
+
+
+def test_a_batch_that_does_not_pickle_fails_every_process(fsdp_runs: list[dict[str, Any]]) -> None:
+    assert fsdp_runs[0]["unpicklable"] == (
+        "PartitionError",
+        "another process's batch does not pickle; see the error raised there",
+    )
+    kind, message = fsdp_runs[1]["unpicklable"]
+    assert kind == "ValueError"
+    assert message.startswith(
+        "`batch` must be picklable: every process receives every batch (J is their mean); got "
+    )
