@@ -60,23 +60,24 @@ def _grads_kept(model: nn.Module) -> Iterator[None]:
             p.grad = grad
 
 
-def training_replica(model: nn.Module) -> tuple[nn.Module, str]:
+def training_replica(model: nn.Module, twin: nn.Module) -> tuple[nn.Module, str]:
     """The replica the training path's eager runs use, and what it says of precision: under
     FSDP2's ``MixedPrecisionPolicy`` the parameters of each sharded module in its
     ``param_dtype`` and its floating inputs (and output, with ``output_dtype``) cast as FSDP
     casts them, so the eager baseline computes in the precision training computes in (in the
-    model's own dtypes, FSDP's reduction in float32 would look 10⁴× off)."""
+    model's own dtypes, FSDP's reduction in float32 would look 10⁴× off). Without a policy,
+    ``twin``, the replica of the float64 check."""
     params, casts = _policies(model)
     if not params:
-        return replica_of(model, full), ""
-    twin = replica_of(model, lambda t: full(t).to(params.get(id(t), t.dtype)))
-    for module, copied in zip(model.modules(), twin.modules(), strict=True):
+        return twin, ""
+    lowered = replica_of(model, lambda t: full(t).to(params.get(id(t), t.dtype)))
+    for module, copied in zip(model.modules(), lowered.modules(), strict=True):
         if id(module) in casts:
             given, output = casts[id(module)]
             copied.register_forward_pre_hook(_caster(given), with_kwargs=True)
             copied.register_forward_hook(_caster(output, given))
     names = sorted({str(d).removeprefix("torch.") for d in params.values()})
-    return twin, f"FSDP mixed precision: parameters in {', '.join(names)}"
+    return lowered, f"FSDP mixed precision: parameters in {', '.join(names)}"
 
 
 def _policies(model: nn.Module) -> tuple[dict[int, torch.dtype], dict[int, tuple[Any, Any]]]:

@@ -100,18 +100,29 @@ def check_sharded(
         names; a note says the replica was gathered and the memory it took.
 
     Example:
-        >>> import torch, torch.distributed as dist
+        One process here; under ``torchrun`` every process runs the same lines.
+
+        >>> import tempfile, torch, torch.distributed as dist
         >>> from torch import nn
-        >>> dist.is_initialized() or print("run it in every process of a torch.distributed job")
-        run it in every process of a torch.distributed job
+        >>> from torch.distributed.device_mesh import init_device_mesh
+        >>> from torch.distributed.fsdp import fully_shard
+        >>> dist.init_process_group(
+        ...     "gloo", init_method=f"file://{tempfile.mkdtemp()}/meet", rank=0, world_size=1)
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+        >>> model = fully_shard(model, mesh=init_device_mesh("cpu", (1,)))
+        >>> report = check_sharded(model, lambda m, b: m(b).square().mean(), torch.randn(5, 3),
+        ...                        progress=False)
+        >>> report.verdict.value, report.components_checked
+        ('pass', 21)
+        >>> dist.destroy_process_group()
     """
     path = check_training_path(training_path)
     seed = check_seed(seed)
+    budget = check_budget(replica_budget)
     group = _group(group)
     rank, size = dist.get_rank(group), dist.get_world_size(group)
     batches = _every_batch(batch, group, size)
     _require_equal_replicas(model, group)
-    budget = check_budget(replica_budget)
     if budget is not None and _replica_bytes(model) > budget:
         return _in_place(model, loss_fn, batch, group, budget, epsilon, include, sample, seed,
                          thresholds, mode, path)  # fmt: skip
@@ -129,7 +140,7 @@ def check_sharded(
         return report
     names = report.layout.names
     start = time.perf_counter()
-    lowered, precision = training_replica(model)
+    lowered, precision = training_replica(model, twin)
     found = compare_training_path(
         EagerView(lowered), mean, batches, names, path, seed, getattr(torch, report.dtype),
         trained=lambda: sharded_gradient(model, loss_fn, batch, names, path, group),
