@@ -32,6 +32,7 @@ from gradwatch._validate import (
     renamed,
 )
 from gradwatch.module import CheckMode, DropoutMode, checked_parameters
+from gradwatch.sharded import check_budget
 
 from . import _cli, _distributed, _faults, _logs, _sharded, _training_path
 from . import _validate as v
@@ -68,6 +69,7 @@ class GradientCheckBase(Outcome):
         name: _cli.Name = _logs.DEFAULT_NAME,
         progress: bool = True,
         training_path: bool = False,
+        replica_budget: int | None = None,
         components: _cli.Sample = None,
         pass_max: _cli.PassMax = None,
         warn_max: _cli.WarnMax = None,
@@ -92,6 +94,7 @@ class GradientCheckBase(Outcome):
             self.name = v.check_name(name)
             self.progress = v.check_flag("progress", progress)
             self.training_path = v.check_flag("training_path", training_path)
+            self.replica_budget = check_budget(replica_budget)
         self._label = _logs.label(self.name)
         self._reset()
         # Lightning reads `state_key` at every hook call: build it once.

@@ -95,4 +95,5 @@ def run(check: Any, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) ->
             thresholds=check.thresholds,
             progress=check.progress,
             training_path=check.training_path and _training_path.of_trainer(trainer),
+            replica_budget=check.replica_budget,
         )

@@ -24,8 +24,10 @@ from pytorch_lightning.strategies import (
     XLAStrategy,
 )
 
-from callbacks._sharded import WHAT_WORKS, require_checkable
 from gradwatch import load_report
+from gradwatch.callbacks import GradientCheck, _sharded
+from gradwatch.callbacks._sharded import WHAT_WORKS, require_checkable
+from tests.callback_models import TinyModule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,3 +118,32 @@ def test_a_parameter_out_of_fsdp_fails_the_training_path_named(tmp_path: Path) -
         assert later["verdict"] == "fail" and later["training_path"] is None
         assert "net.scale (by up to" in later["message"]
         assert "differs between the processes" in later["message"]
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(0, ValueError), (-5, ValueError), ("1GB", TypeError), (True, TypeError)]
+)
+def test_replica_budget_is_checked_at_construction(value: object, error: type) -> None:
+    with pytest.raises(error) as raised:
+        GradientCheck(replica_budget=value)  # type: ignore[arg-type]
+    assert str(raised.value) == (
+        "GradientCheck: `replica_budget` must be None or a positive int of bytes, e.g. 2**30; "
+        f"got {value!r}"
+    )
+
+
+def test_the_options_reach_check_sharded(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake(*args: Any, **options: Any) -> str:
+        seen.update(options)
+        return "report"
+
+    monkeypatch.setattr(_sharded, "check_sharded", fake)
+    check = GradientCheck(replica_budget=2**20, sample=7, epsilon="auto", seed=3)
+    assert _sharded.run(check, SimpleNamespace(), TinyModule(), None, 0) == "report"
+    assert seen == {
+        "epsilon": "auto", "include": None, "sample": 7, "dropout": "off",
+        "mode": "components", "seed": 3, "thresholds": check.thresholds, "progress": True,
+        "training_path": False, "replica_budget": 2**20,
+    }  # fmt: skip
