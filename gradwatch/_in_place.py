@@ -47,7 +47,8 @@ class _Session:
     def __init__(self, model: nn.Module, names: Sequence[str], group: dist.ProcessGroup) -> None:
         self.twin = replica_of(model, _to_shard)
         self.group, self.size = group, dist.get_world_size(group)
-        qualified = {id(p): n for n, p in self.twin.named_parameters(remove_duplicate=False)}
+        # A tied parameter goes by its first name, as θ's layout names it.
+        qualified = {id(p): n for n, p in self.twin.named_parameters()}
         self.shards: dict[int, dict[str, torch.Tensor]] = {}
         self.names: dict[tuple[int, str], str] = {}
         for module in self.twin.modules():
