@@ -32,8 +32,9 @@ from gradwatch._validate import (
     renamed,
 )
 from gradwatch.module import CheckMode, DropoutMode, checked_parameters
+from gradwatch.sharded import check_budget
 
-from . import _cli, _distributed, _faults, _logs, _training_path
+from . import _cli, _distributed, _faults, _logs, _sharded, _training_path
 from . import _validate as v
 from ._objective import (
     logging_muted,
@@ -77,6 +78,7 @@ class GradientCheckBase(Outcome):
         name: _cli.Name = _logs.DEFAULT_NAME,
         progress: bool = True,
         training_path: bool = False,
+        replica_budget: int | None = None,
         components: _cli.Sample = None,
         pass_max: _cli.PassMax = None,
         warn_max: _cli.WarnMax = None,
@@ -101,6 +103,7 @@ class GradientCheckBase(Outcome):
             self.name = v.check_name(name)
             self.progress = v.check_flag("progress", progress)
             self.training_path = v.check_flag("training_path", training_path)
+            self.replica_budget = check_budget(replica_budget)
         except (TypeError, ValueError) as err:
             raise v.told(err) from None  # raised here: the frames of the rule add nothing
         self._label = _logs.label(self.name)
@@ -135,12 +138,14 @@ class GradientCheckBase(Outcome):
             # Lightning loads after the callbacks' setup.
             self._reset()
             _distributed.require_no_collectives(trainer, pl_module)
+            _sharded.require_checkable(trainer)
             _warn_if_named_alike(self, trainer)
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         # Here rather than at setup, still before any training step: Lightning calls the
         # module's `configure_model`, which may build the layers, after the callbacks' setup.
         require_objective(pl_module)
+        _sharded.require_plain_unless_sharded(trainer, pl_module)
         self._require_theta(pl_module)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -192,9 +197,11 @@ class GradientCheckBase(Outcome):
         step = trainer.global_step
         cause: Exception | None = None
         try:
-            # Under DDP every process checks process 0's batch and evaluates its share.
-            batch = _distributed.same_batch(trainer, batch)
-            report = _run(self, trainer, pl_module, batch, batch_idx)
+            if _sharded.sharded(trainer):  # every process its own batch: J is their mean
+                report = _sharded.run(self, trainer, pl_module, batch, batch_idx)
+            else:  # under DDP every process checks process 0's batch and evaluates its share
+                batch = _distributed.same_batch(trainer, batch)
+                report = _run(self, trainer, pl_module, batch, batch_idx)
             self._loss_found = True
         except Exception as err:  # a failed check; KeyboardInterrupt goes through
             if isinstance(err, PartitionError) and err.interrupted:

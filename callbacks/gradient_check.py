@@ -107,6 +107,10 @@ class GradientCheck(GradientCheckBase, Callback):
             fails the check. Logged as ``gradcheck/training_path/verdict`` and, per parameter,
             ``gradcheck/training_path/{error,eager_error,ratio}/<parameter>``. Costs seven forward
             and backward passes in the training precision and one in float64 per check.
+        replica_budget: under ``ModelParallelStrategy``, the bytes the gathered float64 replica
+            may take per process (``None``: no limit); above it the check runs in place on the
+            shards (see :func:`gradwatch.sharded.check_sharded`). Ignored under other
+            strategies.
 
     Attributes:
         schedule: the validated schedule (``at_init``, sorted ``after_steps``, ``every_n_steps``).
@@ -116,10 +120,18 @@ class GradientCheck(GradientCheckBase, Callback):
             a checkpoint (which are not checked again on resume).
         training_path: whether each check also compares the gradient that trains (the option).
 
+    Under ``ModelParallelStrategy`` (FSDP2's ``fully_shard``, tensor parallelism in
+    ``configure_model``) every process gathers the model's full tensors into a float64 replica
+    and the processes share the check of J, the mean over their batches; with
+    ``training_path=True`` the gradient after the sharded collectives is compared too (see
+    ``docs/sharded.md``). Strategies the check cannot read (``FSDPStrategy``, DeepSpeed, XLA,
+    unknown ones) are refused at setup.
+
     Raises:
         TypeError, ValueError: at construction, for an argument outside its accepted values;
-            when ``fit`` starts (before any step), for a module the check cannot use (no scalar
-            J, no trainable parameter, SyncBatchNorm layers under DDP).
+            at setup, for a strategy the check cannot read; when ``fit`` starts (before any
+            step), for a module the check cannot use (no scalar J, no trainable parameter,
+            SyncBatchNorm layers under DDP, DTensor parameters outside ModelParallelStrategy).
 
     Example::
 

@@ -37,7 +37,10 @@ from gradwatch.training_path import (
     rounding_floor,
 )
 
-__all__ = ["compare_training_path"]
+__all__ = ["Trained", "compare_training_path"]
+
+# The gradient that trains, per checked parameter, when it is not the model's as given.
+Trained = Callable[[], list[torch.Tensor]]
 
 # Eager runs at θ moved by one rounding unit of the training precision, in random directions:
 # Monte Carlo arithmetic (Parker, Stott & Pierce, 1997) draws rounding errors afresh this way.
@@ -54,12 +57,15 @@ def compare_training_path(
     path: TrainingPath,
     seed: int,
     reference_dtype: torch.dtype,
+    trained: Trained | None = None,
 ) -> TrainingPathResult:
     """Compares the gradient ``path`` computes with the eager gradient in ``reference_dtype``,
     per parameter of ``names`` (named as in ``view.module``). A training path that raises (a
-    batch in another dtype than the model's, a compiler error) is not judged, and says why."""
+    batch in another dtype than the model's, a compiler error) is not judged, and says why.
+    ``trained`` computes the gradient that trains instead of the model as given (a sharded
+    model's, after its collectives), in ``names`` order."""
     try:
-        return _compare(view, loss_fn, batch, names, path, seed, reference_dtype)
+        return _compare(view, loss_fn, batch, names, path, seed, reference_dtype, trained)
     except Exception as err:  # the float64 check stands; this part could not run
         first = (str(err).strip().splitlines() or [""])[0][:160]
         return TrainingPathResult(
@@ -78,6 +84,7 @@ def _compare(
     path: TrainingPath,
     seed: int,
     reference_dtype: torch.dtype,
+    trained_by: Trained | None = None,
 ) -> TrainingPathResult:
     with (
         preserved_rng(),
@@ -109,7 +116,11 @@ def _compare(
                 eager.gradient([_perturbed(t, u, generator) for t, u in moving], seed)
                 for _ in range(REALIZATIONS)
             ]
-        trained = _trained(view.given, loss_fn, copied, tensors, path, seed)
+        if trained_by is None:
+            trained = _trained(view.given, loss_fn, copied, tensors, path, seed)
+        else:
+            reseed(seed)
+            trained = trained_by()
     precisions = [_name(_precision(t.dtype, lowered)) for t in tensors]
     scale = torch.stack([r.detach().abs().max().double().cpu() for r in reference if r.numel()])
     figures = {

@@ -180,6 +180,9 @@ class TrainingPathResult:
     parameters: dict[str, ParameterPath] = field(default_factory=dict)
     reason: str | None = None
     k: float = K
+    # Set for a sharded model (gradwatch.check_sharded): the likely cause of a failure there, a
+    # gradient the collectives do not reduce, rather than a compiler or kernel bug.
+    cause: str = ""
 
     @property
     def failed(self) -> list[str]:
@@ -201,7 +204,7 @@ class TrainingPathResult:
     @property
     def message(self) -> str:
         """One sentence: what failed and why, or that the rule holds."""
-        what = "compiled" if self.compiled else "training-path"
+        what = "compiled" if self.compiled else "sharded" if self.cause else "training-path"
         if self.reason:
             return f"training path not judged: {self.reason}"
         if self.failed:
@@ -216,7 +219,7 @@ class TrainingPathResult:
 
     def _blame(self, name: str, what: str) -> str:
         p = self.parameters[name]
-        cause = "a compiler or kernel bug" if self.compiled else "a kernel bug"
+        cause = self.cause or ("a compiler or kernel bug" if self.compiled else "a kernel bug")
         if not math.isfinite(p.error):
             return f"{name}: {what} gradient is not finite where eager {p.precision} is; {cause}"
         if p.eager_error == 0:
