@@ -37,7 +37,7 @@ class Component:
     """One component of θ: backprop's value and the numeric estimate its reading compared.
 
     ``reading`` is ``"agrees"``, ``"disagrees"`` or ``"not judged"`` (``reason`` says why);
-    ``recheck`` is ``""`` (the material's two-sided estimate at θ), ``"half step"`` (Richardson's
+    ``recheck`` is ``""`` (the material's two-sided estimate at θ), ``"longer steps"`` (Richardson's
     estimate from the steps ε and ε/2) or ``"off kink"`` (both values at a jittered θ near a kink);
     ``noise`` is the measured noise of ``numeric``; ``kink``: the step at θ crossed a kink;
     ``rel_error`` is the material's formula for this one component, |a − n| / (|a| + |n|).
@@ -317,8 +317,10 @@ def _parameters(report: GradCheckReport) -> dict[str, ParameterResult]:
         m = tensors == t
         if m.any():
             a, n, noise, reading, reason = (x[m] for x in (*arrays, *codes))
-            warn_max = report.thresholds.warn_max
-            out[name] = parameter_verdict(name, a, n, noise, reading, reason, warn_max)
+            bands = report.thresholds
+            out[name] = parameter_verdict(
+                name, a, n, noise, reading, reason, bands.warn_max, bands.pass_max
+            )
     return out
 
 

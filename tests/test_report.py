@@ -111,9 +111,10 @@ def test_report_counts(buggy: gradwatch.GradCheckReport) -> None:
     assert buggy.epsilon == 1e-3
     assert buggy.dtype == "float64"
     # two per component, J(θ) twice (is J deterministic?), four along each of the 32 directions
-    # that measure J's noise, and four per component that disagreed at first (J(θ ± ε) and
-    # J(θ ± ε/2), the re-check at half the step)
-    assert buggy.evaluations == 2 * 5 + 2 + 32 * 4 + 4 * 3
+    # that measure J's noise, four per component that disagreed at first (J(θ ± 2ε) and
+    # J(θ ± 4ε), the re-check at longer steps), and J's noise again along each of the two
+    # tensors that disagree
+    assert buggy.evaluations == 2 * 5 + 2 + 32 * 4 + 4 * 3 + 2 * 32 * 4
     assert buggy.reading_counts == {"agrees": 2, "disagrees": 3, "not judged": 0}
 
 
@@ -255,7 +256,7 @@ def test_str_is_a_readable_summary(buggy: gradwatch.GradCheckReport) -> None:
     table = text[text.index("worst components") : text.index("\nparameters:")]
     rows = [row.split()[0] for row in table.splitlines()[2:]]
     assert rows[:3] == ["W[0,", "b[0]", "W[1,"]
-    assert table.splitlines()[2].endswith("disagrees (half step)")
+    assert table.splitlines()[2].endswith("disagrees (longer steps)")
     per_parameter = text[text.index("\nparameters:") :].splitlines()[3:]
     assert [row.split()[0] for row in per_parameter] == ["W", "b"]
     assert per_parameter[0].endswith("2/2/0  fail")
@@ -285,7 +286,7 @@ def test_to_dict_is_json_safe_and_matches_the_report(buggy: gradwatch.GradCheckR
     first = data["worst"][0]
     assert first["name"] == "W" and first["index"] == [0, 1] and first["flat_index"] == 1
     assert first["analytic"] == 2.5 and first["abs_error"] == pytest.approx(0.5)
-    assert first["reading"] == "disagrees" and first["recheck"] == "half step"
+    assert first["reading"] == "disagrees" and first["recheck"] == "longer steps"
     assert set(first) >= {"numeric", "rel_error", "noise", "reason", "kink"}
 
 
