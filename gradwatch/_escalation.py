@@ -41,26 +41,53 @@ def escalate(
     center: float,
     steps: np.ndarray,
     seed: int,
-    pass_max: float,
+    bands: tuple[float, float],
 ) -> None:
-    """Reads the components left within noise again at the step fitted to J's noise. Per tensor,
-    first along ``GATE_DIRECTIONS`` random directions over them (four evaluations each): where
-    every direction is zero within the fitted step's noise, they stay "not judged, within noise";
-    elsewhere each is read alone, by Richardson's estimate from that step and its double, where J
+    """Reads again at the step fitted to J's noise the components left within noise, and every
+    component of a tensor too close to J's noise (its noise floor above ``warn_max``: the first
+    step can neither clear nor convict it). Components within noise are read first along
+    ``GATE_DIRECTIONS`` random directions over them per tensor (four evaluations each): where
+    every direction is zero within the fitted step's noise, they stay "not judged, within noise".
+    Elsewhere each is read alone, by Richardson's estimate from that step and its double, where J
     is smooth over both."""
-    at = record.within_noise()
+    pass_max, warn_max = bands
+    rng = np.random.default_rng([seed, 19])
+    noisy = _noisy(record, groups, warn_max)
+    quiet = record.within_noise()
+    for g in np.unique(groups[np.concatenate([quiet, noisy])]):
+        mine = noisy[groups[noisy] == g]
+        if mine.size == 0:
+            mine = quiet[groups[quiet] == g]
+            at, fitted = _fitted(objective, record, mine, center, steps)
+            if at.size == 0 or _quiet(objective, record, at, fitted, center, rng, pass_max):
+                continue
+        at, fitted = _fitted(objective, record, mine, center, steps)
+        _each(objective, record, at, fitted, center, pass_max)
+
+
+def _noisy(record: Record, groups: np.ndarray, warn_max: float) -> np.ndarray:
+    """The first-step measured components of each tensor with no disagreement whose noise floor
+    (the material's formula with the noise in place of the errors) is above ``warn_max``."""
+    first = record.measured() & (record.recheck == 0) & np.isfinite(record.analytic)
+    out = []
+    for g in np.unique(groups):
+        m = (groups == g) & first
+        if not m.any() or (record.reading[groups == g] == DISAGREES).any():
+            continue
+        scale = np.linalg.norm(record.analytic[m]) + np.linalg.norm(record.numeric[m])
+        if np.linalg.norm(record.noise[m]) > warn_max * scale:
+            out.append(np.flatnonzero(m))
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def _fitted(
+    objective: Objective, record: Record, at: np.ndarray, center: float, steps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The positions among ``at`` whose fitted step is longer than the first, and those steps."""
     at = at[np.isfinite(record.analytic[at])]
-    if at.size == 0:
-        return
     fitted = fitted_steps(objective.values(at), steps[at], record.sigma[at], center)
     longer = fitted > steps[at]
-    at, fitted = at[longer], fitted[longer]
-    rng = np.random.default_rng([seed, 19])
-    for g in np.unique(groups[at]):
-        mine = groups[at] == g
-        if _quiet(objective, record, at[mine], fitted[mine], center, rng, pass_max):
-            continue
-        _each(objective, record, at[mine], fitted[mine], center, pass_max)
+    return at[longer], fitted[longer]
 
 
 def _quiet(

@@ -135,11 +135,13 @@ def gather_evidence(
     pass_max: float,
     groups: np.ndarray | None = None,
     seed: int = 0,
+    warn_max: float = 1e-3,
 ) -> Evidence:
     """Readings of every checked component from backprop's ``analytic`` values, the two-sided
     pairs ``first`` = (J(θ+h·e_i), J(θ−h·e_i)) at ``steps`` h, J(θ) = ``center`` and J's noise
     ``sigma``; re-checks go through ``objective``. ``groups`` (the tensor of each component; one
-    tensor when None) are what the tensor test and the noise per tensor are about.
+    tensor when None) are what the tensor test and the noise per tensor are about; a tensor whose
+    noise floor is above ``warn_max`` is read again at the step fitted to J's noise.
 
     Example:
         >>> class Relu:  # J(θ) = relu(θ₀) + 2·θ₁ at θ = (0, 1): a kink in θ₀
@@ -181,7 +183,7 @@ def gather_evidence(
     _explain(objective, record, suspects, firsts, center, steps, pass_max)
     measured: set[int] = set()
     tensor_noise(objective, record, groups, center, steps, seed, pass_max, measured)
-    escalate(objective, record, groups, center, steps, seed, pass_max)
+    escalate(objective, record, groups, center, steps, seed, (pass_max, warn_max))
     retest(objective, record, groups, center, steps, pass_max)
     tensor_noise(objective, record, groups, center, steps, seed, pass_max, measured)
     return record.done()

@@ -111,8 +111,9 @@ def check_eager(
         indices, measured, chosen = _components(cost, layout, o, split, left_out)
         ticks.plan(cost.evaluations + _planned(indices, layout, partition, o.drift_dtype))
         found, objective = compare(
-            cost, layout, indices, o.step, split, o.seed, o.bands.pass_max, measured
-        )
+            cost, layout, indices, o.step, split, o.seed, o.bands.pass_max, measured,
+            o.bands.warn_max,
+        )  # fmt: skip
         evaluations, in_training = objective.evaluations, None
         if o.drift_dtype is not None:
             low = _cost(model, loss_fn, batch, names, o.drift_dtype, o, ticks, keep=False)

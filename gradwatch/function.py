@@ -188,7 +188,7 @@ def check_function(
     noise = measure_noise(j.line, center, (again,), probed, steps[probed], seed)
     found = gather_evidence(
         j, analytic, (plus, minus), center, steps, noise.effective, bands.pass_max,
-        names.tensor_of(every), seed,
+        names.tensor_of(every), seed, bands.warn_max,
     )  # fmt: skip
     report = GradCheckReport(
         layout=names,
