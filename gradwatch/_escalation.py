@@ -18,7 +18,7 @@ from gradwatch._readings import (
     Record,
     read,
 )
-from gradwatch._recheck import at_steps, extrapolate, fitted_steps
+from gradwatch._recheck import at_steps, extrapolate, fitted_steps, longest_steps
 from gradwatch._tensor_test import convicts
 
 if TYPE_CHECKING:
@@ -32,6 +32,13 @@ __all__ = ["escalate", "retest", "tensor_noise"]
 # signs, so one direction shows an error in any of them; two leave a cancellation by chance
 # (odds ~ 1 in 4 for two equal errors) at 1 in 16.
 GATE_DIRECTIONS = 2
+# Where the fitted step still leaves a tensor too close to J's noise (its rule assumes J‴ about as
+# large as J, which a J with a large constant part is not), the step grows 16× (the noise drops
+# 16×), up to twice and never past float32's step (gradwatch._recheck.longest_steps): Richardson's
+# estimate removes the h² truncation, and the smoothness test (J'' the same at H and 2H) stops a
+# step where higher terms show.
+RUNG = 16.0
+RUNGS = 3
 
 
 def escalate(
@@ -46,37 +53,73 @@ def escalate(
     """Reads again at the step fitted to J's noise the components left within noise, and every
     component of a tensor too close to J's noise (its noise floor above ``warn_max``: the first
     step can neither clear nor convict it). Components within noise are read first along
-    ``GATE_DIRECTIONS`` random directions over them per tensor (four evaluations each): where
-    every direction is zero within the fitted step's noise, they stay "not judged, within noise".
+    ``GATE_DIRECTIONS`` random directions over them per tensor (four evaluations each), at the
+    fitted step and ``RUNG`` times longer ones: where every direction is zero within the noise of
+    each, or J is not smooth along them, they stay "not judged, within noise".
     Elsewhere each is read alone, by Richardson's estimate from that step and its double, where J
-    is smooth over both."""
+    is smooth over both, on a ladder of longer steps while the tensor stays too close to J's noise
+    (``RUNG``, ``RUNGS``)."""
     pass_max, warn_max = bands
     rng = np.random.default_rng([seed, 19])
-    noisy = _noisy(record, groups, warn_max)
+    noisy = _noisy(record, groups, warn_max, record.recheck == 0)
     quiet = record.within_noise()
     for g in np.unique(groups[np.concatenate([quiet, noisy])]):
         mine = noisy[groups[noisy] == g]
-        if mine.size == 0:
-            mine = quiet[groups[quiet] == g]
+        if mine.size:
             at, fitted = _fitted(objective, record, mine, center, steps)
-            if at.size == 0 or _quiet(objective, record, at, fitted, center, rng, pass_max):
-                continue
-        at, fitted = _fitted(objective, record, mine, center, steps)
+            _ladder(objective, record, groups == g, (at, fitted), center, bands)
+            continue
+        at, fitted = _fitted(objective, record, quiet[groups[quiet] == g], center, steps)
+        longest = longest_steps(objective.values(at))
+        for _ in range(RUNGS if at.size else 0):  # along directions first, step by step
+            smooth, signal = _directions(objective, record, at, fitted, center, rng, pass_max)
+            if not smooth:
+                break
+            if signal:
+                _ladder(objective, record, groups == g, (at, fitted), center, bands)
+                break
+            if np.all(fitted >= longest):
+                break
+            fitted = np.minimum(fitted * RUNG, longest)
+
+
+def _ladder(
+    objective: Objective,
+    record: Record,
+    group: np.ndarray,
+    start: tuple[np.ndarray, np.ndarray],
+    center: float,
+    bands: tuple[float, float],
+) -> None:
+    """Reads ``at`` at their fitted steps, then at ``RUNG`` times longer ones while the tensor
+    (``group``: a mask) stays too close to J's noise or they stay within noise."""
+    pass_max, warn_max = bands
+    at, fitted = start
+    for _ in range(RUNGS):
+        if at.size == 0:
+            return
         _each(objective, record, at, fitted, center, pass_max)
+        if (record.reading[group] == DISAGREES).any():
+            return
+        if _noisy(record, np.where(group, 0, -1), warn_max, group).size == 0:
+            left = record.reading[at] == NOT_JUDGED
+            at, fitted = at[left], fitted[left]
+        longest = longest_steps(objective.values(at))
+        at, fitted = at[fitted < longest], np.minimum(fitted * RUNG, longest)[fitted < longest]
 
 
-def _noisy(record: Record, groups: np.ndarray, warn_max: float) -> np.ndarray:
-    """The first-step measured components of each tensor with no disagreement whose noise floor
-    (the material's formula with the noise in place of the errors) is above ``warn_max``."""
-    first = record.measured() & (record.recheck == 0) & np.isfinite(record.analytic)
+def _noisy(record: Record, groups: np.ndarray, warn_max: float, among: np.ndarray) -> np.ndarray:
+    """The measured components ``among`` those of each tensor with no disagreement whose noise
+    floor (the material's formula with the noise in place of the errors) is above ``warn_max``."""
+    measured = record.measured() & np.isfinite(record.analytic)
     out = []
-    for g in np.unique(groups):
-        m = (groups == g) & first
+    for g in np.unique(groups[groups >= 0]):
+        m = (groups == g) & measured
         if not m.any() or (record.reading[groups == g] == DISAGREES).any():
             continue
         scale = np.linalg.norm(record.analytic[m]) + np.linalg.norm(record.numeric[m])
         if np.linalg.norm(record.noise[m]) > warn_max * scale:
-            out.append(np.flatnonzero(m))
+            out.append(np.flatnonzero(m & among))
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
@@ -90,7 +133,7 @@ def _fitted(
     return at[longer], fitted[longer]
 
 
-def _quiet(
+def _directions(
     objective: Objective,
     record: Record,
     at: np.ndarray,
@@ -98,9 +141,10 @@ def _quiet(
     center: float,
     rng: np.random.Generator,
     pass_max: float,
-) -> bool:
-    """Whether J along random ±1 directions over ``at`` (each moved by its fitted step) is smooth
-    and shows no gradient, analytic or numeric, beyond the noise of Richardson's estimate."""
+) -> tuple[bool, bool]:
+    """Whether J along random ±1 directions over ``at`` (each moved by its fitted step) is smooth,
+    and whether it shows a gradient, analytic or numeric, beyond the noise of Richardson's
+    estimate."""
     signs = rng.choice([-1.0, 1.0], size=(GATE_DIRECTIONS, at.size))
     rows = np.concatenate([signs * fitted * t for t in (1.0, -1.0, 2.0, -2.0)])
     values = objective.line(at, rows).reshape(4, GATE_DIRECTIONS)
@@ -110,7 +154,7 @@ def _quiet(
     smooth, estimate, noise = extrapolate(center, far, near, sigma)
     along = (signs * fitted) @ record.analytic[at]
     reading, _ = read(along, estimate, noise, pass_max)
-    return bool(np.all(smooth) and np.all(reading == NOT_JUDGED))
+    return bool(np.all(smooth)), bool(np.any(reading != NOT_JUDGED))
 
 
 def _each(

@@ -26,7 +26,15 @@ import numpy as np
 
 from gradwatch._noise import NOISE_MULTIPLE
 
-__all__ = ["Pair", "at_steps", "explained", "extrapolate", "fitted_steps", "sub"]
+__all__ = [
+    "Pair",
+    "at_steps",
+    "explained",
+    "extrapolate",
+    "fitted_steps",
+    "longest_steps",
+    "sub",
+]
 
 # (J(θ + s·e_i), J(θ − s·e_i), s as stored) for each re-checked component.
 Pair = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -86,12 +94,18 @@ def explained(first: Pair, wide: Pair, wider: Pair, sigma: np.ndarray | float) -
         return np.abs(slope(first) - predicted) <= NOISE_MULTIPLE * noise
 
 
+# J's relative noise is taken to lie between float64's rounding and float32's: a check runs in
+# float64 or float32, and a J that is (nearly) 0, so that σ_J / |J| says nothing of its scale,
+# gets float32's. The longest step is then float32's ``auto`` step, ε₃₂^(1/3)·max(1, |θ_i|) ≈ 5e-3.
+_UNITS = (float(np.finfo(np.float64).eps), float(np.finfo(np.float32).eps))
+
+
 def fitted_steps(
     values: np.ndarray, steps: np.ndarray, sigma: np.ndarray | float, center: float
 ) -> np.ndarray:
     """The step fitted to J's measured noise: u^(1/3)·max(1, |θ_i|) with u = σ_J / |J|, J's
     relative noise, in place of the machine epsilon of ``_numeric.auto_steps`` (the step that
-    balances the h² truncation against J's rounding, Numerical Recipes §5.7, eq. 5.7.8), and never
+    balances the h² truncation against J's rounding, Numerical Recipes §5.7, eq. 5.7.8), never
     shorter than the step already taken. Richardson's estimate removes the h² truncation that the
     longer step brings in.
 
@@ -99,12 +113,24 @@ def fitted_steps(
         >>> fitted_steps(np.array([0.5, -4.0]), np.full(2, 1e-7), 1e-10, 1e5)
         array([1.e-05, 4.e-05])
     """
-    unit = float(np.finfo(np.float64).eps)
     with np.errstate(invalid="ignore", divide="ignore"):
         relative = np.asarray(sigma, np.float64) / abs(center)
-    relative = np.where(np.isfinite(relative), np.maximum(relative, unit), unit)
-    scale = np.maximum(1.0, np.abs(np.asarray(values, np.float64)))
-    return np.maximum(np.asarray(steps, np.float64), np.cbrt(relative) * scale)
+    relative = np.clip(np.nan_to_num(relative, nan=_UNITS[1], posinf=_UNITS[1]), *_UNITS)
+    return np.maximum(np.asarray(steps, np.float64), np.cbrt(relative) * _scale(values))
+
+
+def longest_steps(values: np.ndarray) -> np.ndarray:
+    """The longest step a re-read takes: float32's ``auto`` step (see ``_UNITS``).
+
+    Example:
+        >>> longest_steps(np.array([0.5, -4.0])).round(4)
+        array([0.0049, 0.0197])
+    """
+    return np.cbrt(_UNITS[1]) * _scale(values)
+
+
+def _scale(values: np.ndarray) -> np.ndarray:
+    return np.maximum(1.0, np.abs(np.asarray(values, np.float64)))
 
 
 def at_steps(
