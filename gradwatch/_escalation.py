@@ -59,7 +59,7 @@ def escalate(
     Elsewhere each is read alone, by Richardson's estimate from that step and its double, where J
     is smooth over both, on a ladder of longer steps while the tensor stays too close to J's noise
     (``RUNG``, ``RUNGS``)."""
-    pass_max, warn_max = bands
+    warn_max = bands[1]
     rng = np.random.default_rng([seed, 19])
     noisy = _noisy(record, groups, warn_max, record.recheck == 0)
     quiet = record.within_noise()
@@ -70,17 +70,35 @@ def escalate(
             _ladder(objective, record, groups == g, (at, fitted), center, bands)
             continue
         at, fitted = _fitted(objective, record, quiet[groups[quiet] == g], center, steps)
-        longest = longest_steps(objective.values(at))
-        for _ in range(RUNGS if at.size else 0):  # along directions first, step by step
-            smooth, signal = _directions(objective, record, at, fitted, center, rng, pass_max)
-            if not smooth:
-                break
-            if signal:
-                _ladder(objective, record, groups == g, (at, fitted), center, bands)
-                break
-            if np.all(fitted >= longest):
-                break
-            fitted = np.minimum(fitted * RUNG, longest)
+        if at.size:
+            _gate(objective, record, groups == g, (at, fitted), center, rng, bands)
+
+
+def _gate(
+    objective: Objective,
+    record: Record,
+    group: np.ndarray,
+    start: tuple[np.ndarray, np.ndarray],
+    center: float,
+    rng: np.random.Generator,
+    bands: tuple[float, float],
+) -> None:
+    """Reads a tensor's components within noise along random directions, at the longest step of
+    the ladder first (the least noise) and shorter ones where J is not smooth along it; where a
+    direction shows a gradient, each component is read alone (``_ladder``)."""
+    at, fitted = start
+    longest = longest_steps(objective.values(at))
+    tried: list[float] = []
+    for k in range(RUNGS - 1, -1, -1):
+        steps = np.minimum(fitted * RUNG**k, longest)
+        if tried and float(np.max(steps)) >= tried[-1]:
+            continue  # the cap made this rung the same as a longer one
+        tried.append(float(np.max(steps)))
+        smooth, signal = _directions(objective, record, at, steps, center, rng, bands[0])
+        if smooth and signal:
+            _ladder(objective, record, group, (at, fitted), center, bands)
+        if smooth:
+            return
 
 
 def _ladder(
@@ -110,16 +128,18 @@ def _ladder(
 
 def _noisy(record: Record, groups: np.ndarray, warn_max: float, among: np.ndarray) -> np.ndarray:
     """The measured components ``among`` those of each tensor with no disagreement whose noise
-    floor (the material's formula with the noise in place of the errors) is above ``warn_max``."""
+    floor over its judged components (the material's formula with the noise in place of the
+    errors) is above ``warn_max``: the verdict's "too close to J's noise"."""
     measured = record.measured() & np.isfinite(record.analytic)
+    judged = measured & (record.reading != NOT_JUDGED)
     out = []
     for g in np.unique(groups[groups >= 0]):
-        m = (groups == g) & measured
+        m = (groups == g) & judged
         if not m.any() or (record.reading[groups == g] == DISAGREES).any():
             continue
         scale = np.linalg.norm(record.analytic[m]) + np.linalg.norm(record.numeric[m])
         if np.linalg.norm(record.noise[m]) > warn_max * scale:
-            out.append(np.flatnonzero(m & among))
+            out.append(np.flatnonzero((groups == g) & measured & among))
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
