@@ -68,6 +68,7 @@ class GradientCheckBase(Outcome):
         name: _cli.Name = _logs.DEFAULT_NAME,
         progress: bool = True,
         training_path: bool = False,
+        warn_not_judged: bool = True,
         components: _cli.Sample = None,
         pass_max: _cli.PassMax = None,
         warn_max: _cli.WarnMax = None,
@@ -92,6 +93,7 @@ class GradientCheckBase(Outcome):
             self.name = v.check_name(name)
             self.progress = v.check_flag("progress", progress)
             self.training_path = v.check_flag("training_path", training_path)
+            self.warn_not_judged = v.check_flag("warn_not_judged", warn_not_judged)
         self._label = _logs.label(self.name)
         self._reset()
         # Lightning reads `state_key` at every hook call: build it once.

@@ -105,6 +105,8 @@ class GradientCheck(GradientCheckBase, Callback):
             fails the check. Logged as ``gradcheck/training_path/verdict`` and, per parameter,
             ``gradcheck/training_path/{error,eager_error,ratio}/<parameter>``. Costs seven forward
             and backward passes in the training precision and one in float64 per check.
+        warn_not_judged: warn when a check passes with tensors not judged (what the pass rests
+            on, and what to do); ``False``, or ``on_fail="ignore"``, keeps it to the console line.
 
     Attributes:
         schedule: the validated schedule (``at_init``, sorted ``after_steps``, ``every_n_steps``).

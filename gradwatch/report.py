@@ -164,6 +164,13 @@ class GradCheckReport:
         return [r.name for r in found]
 
     @property
+    def judged_share(self) -> float:
+        """The share of checked components that were judged (agree or disagree); NaN when none
+        was checked. What a verdict rests on, with ``parameters_with("not judged")``."""
+        checked = self.components_checked
+        return math.nan if checked == 0 else 1.0 - self.reading_counts["not judged"] / checked
+
+    @property
     def kink_count(self) -> int:
         """Components whose step crossed a kink at θ (each was re-checked off the kink)."""
         return int(np.asarray(self.kinks, bool).sum())

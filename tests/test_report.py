@@ -281,7 +281,9 @@ def test_to_dict_is_json_safe_and_matches_the_report(buggy: gradwatch.GradCheckR
         "disagrees": 2,
         "not_judged": 0,
         "reason": "",
+        "tensor_test": pytest.approx(buggy.parameters["W"].tensor_test),
     }
+    assert data["parameters"]["W"]["tensor_test"] > 1  # the errors are far beyond J's noise
     assert data["readings"] == {"agrees": 2, "disagrees": 3, "not judged": 0}
     first = data["worst"][0]
     assert first["name"] == "W" and first["index"] == [0, 1] and first["flat_index"] == 1
@@ -304,3 +306,22 @@ def test_worst_of_named_parameters(buggy: gradwatch.GradCheckReport) -> None:
     assert [c.label for c in buggy.worst(5, parameters=["b"])] == ["b[0]"]
     assert [c.label for c in buggy.worst(2, parameters=["W"])] == ["W[0, 1]", "W[1, 1]"]
     assert buggy.worst(3, parameters=["no such"]) == []
+
+
+def test_a_pass_says_what_it_rests_on() -> None:
+    # J = θ₀²: θ₁ has no gradient to compare, so the pass rests on half the components.
+    report = gradwatch.check_function(
+        lambda t: float(t[0] ** 2), np.array([1.0, 2.0]), np.array([2.0, 0.0]),
+        layout={"w": (1,), "b": (1,)},
+    )  # fmt: skip
+    assert report.verdict is Verdict.PASS and report.judged_share == 0.5
+    assert report.headline().startswith("pass: difference")
+    assert "; 2 of 2 components (50% judged): 1 agree, 1 not judged;" in report.headline()
+    assert "not judged: 1 tensor (b)" in report.headline()
+    assert "  coverage: pass on 50% of components; not judged: 1 tensor (b)" in str(report)
+    assert report.to_dict()["coverage"] == {"judged_share": 0.5, "not_judged": ["b"]}
+    twin = gradwatch.check_function(
+        lambda t: float(t[0] ** 2 + t[1] ** 2), np.array([1.0, 2.0]), np.array([2.0, 4.0]),
+        layout={"w": (1,), "b": (1,)},
+    )  # fmt: skip
+    assert twin.judged_share == 1.0 and "not judged" not in twin.headline()

@@ -133,7 +133,7 @@ def test_a_bias_batchnorm_cancels_is_not_judged_and_the_report_says_why() -> Non
     assert (
         "Not judged (1 of 6): 1.bias: gradient zero to within J's measured noise" in report.message
     )
-    assert "not judged: 1.bias" in report.headline()
+    assert "not judged: 1 tensor (1.bias)" in report.headline()
     line = next(row for row in str(report).splitlines() if row.strip().startswith("1.bias"))
     assert "—" in line and "not judged (within noise)" in line and "pass" not in line
 
