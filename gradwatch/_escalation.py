@@ -14,11 +14,10 @@ from gradwatch._readings import (
     FITTED_STEP,
     LONGER_STEPS,
     NOT_JUDGED,
-    WIDER,
     Record,
     read,
 )
-from gradwatch._recheck import at_steps, extrapolate, fitted_steps, longest_steps
+from gradwatch._recheck import at_steps, extrapolate, fitted_steps, longest_steps, reread
 from gradwatch._tensor_test import convicts
 
 if TYPE_CHECKING:
@@ -222,8 +221,8 @@ def retest(
         at = at[np.isfinite(record.analytic[at])]
         if at.size == 0:
             continue
-        wide, wider = at_steps(objective, at, steps[at], WIDER)
-        smooth, estimate, spread = extrapolate(center, wider, wide, record.sigma[at])
+        sigma = record.sigma[at]
+        smooth, estimate, spread = reread(objective, center, at, steps[at], sigma, None, False)
         done = at[smooth]
         values = (record.analytic[done], estimate[smooth], spread[smooth])
         record.set(done, values, pass_max, LONGER_STEPS)

@@ -59,7 +59,7 @@ from gradwatch._readings import (
     Record,
     read,
 )
-from gradwatch._recheck import Pair, at_steps, explained, extrapolate, sub
+from gradwatch._recheck import Pair, reread, sub
 
 __all__ = [
     "AGREES",
@@ -202,10 +202,8 @@ def _explain(
     first reading, Richardson's estimate is read; elsewhere J is read off the kink."""
     if suspects.size == 0:
         return
-    wide, wider = at_steps(objective, suspects, steps[suspects], WIDER)
-    sigma = record.sigma[suspects]
-    smooth, estimate, spread = extrapolate(center, wider, wide, sigma)
-    smooth &= explained(sub(firsts, suspects), wide, wider, sigma)
+    sigma, first = record.sigma[suspects], sub(firsts, suspects)
+    smooth, estimate, spread = reread(objective, center, suspects, steps[suspects], sigma, first)
     at = suspects[smooth]
     values = (record.analytic[at], estimate[smooth], spread[smooth])
     record.set(at, values, pass_max, LONGER_STEPS)
@@ -227,10 +225,9 @@ def _off_kinks(
         moved = objective.jittered(attempt)
         if moved is None:
             return
-        here, wide, wider = at_steps(moved.objective, kinks, steps[kinks], (1.0, *WIDER))
-        sigma = record.sigma[kinks]
-        smooth, estimate, spread = extrapolate(moved.center, wider, wide, sigma)
-        smooth &= explained(here, wide, wider, sigma)
+        smooth, estimate, spread = reread(
+            moved.objective, moved.center, kinks, steps[kinks], record.sigma[kinks], None
+        )
         at = kinks[smooth]
         values = (moved.analytic[at], estimate[smooth], spread[smooth])
         record.set(at, values, pass_max, OFF_KINK)

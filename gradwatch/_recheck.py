@@ -149,3 +149,40 @@ def at_steps(
 
 def sub(pair: Pair, keep: np.ndarray) -> Pair:
     return pair[0][keep], pair[1][keep], pair[2][keep]
+
+
+def multiples(values: np.ndarray, steps: np.ndarray) -> tuple[float, float]:
+    """The steps of a re-check, in units of the first: 2h and 4h, or h/2 and h/4 where 4h would
+    pass float32's step (a float32 check at its ``auto`` step is at the longest already, and J's
+    higher terms would show beyond it), at the cost of a tolerance 3× the first reading's.
+
+    Example:
+        >>> multiples(np.zeros(2), np.full(2, 1e-7)), multiples(np.zeros(2), np.full(2, 5e-3))
+        ((2.0, 4.0), (0.5, 0.25))
+    """
+    fits = np.all(4 * np.asarray(steps, np.float64) <= longest_steps(values))
+    return (2.0, 4.0) if fits else (0.5, 0.25)
+
+
+def reread(
+    objective: Any,
+    center: float,
+    at: np.ndarray,
+    steps: np.ndarray,
+    sigma: np.ndarray,
+    first: Pair | None,
+    explain: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reads ``at`` again at the re-check's two steps (:func:`multiples`): whether J is smooth
+    there and, with ``explain``, whether the fit explains the first reading (``first``, or J's
+    pair at the first step, evaluated here when None); Richardson's estimate; its noise."""
+    m = multiples(objective.values(at), steps)
+    if first is None and explain:
+        first, a, b = at_steps(objective, at, steps, (1.0, *m))
+    else:
+        a, b = at_steps(objective, at, steps, m)
+    longer, shorter = (b, a) if m[1] > m[0] else (a, b)
+    smooth, estimate, spread = extrapolate(center, longer, shorter, sigma)
+    if explain and first is not None:
+        smooth &= explained(first, a, b, sigma)
+    return smooth, estimate, spread
