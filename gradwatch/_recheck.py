@@ -14,6 +14,9 @@ doubling of the step, and
   noise is √(16·(σ_1/2)² + (σ_1/4)²) / 3 ≈ 0.67·σ_1: the re-read's tolerance is narrower than the
   first reading's, never wider, so a re-check clears a gap only by explaining it.
 
+Where 4h would pass float32's step (a float32 check at its ``auto`` step), the same re-check runs
+at h/2 and h/4 instead (:func:`multiples`): J's higher terms would show at 4h.
+
 A component that the first step leaves within noise is read again at a step fitted to J's
 measured noise (:func:`fitted_steps`), by Richardson's estimate from that step and its double.
 """

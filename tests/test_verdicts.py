@@ -207,7 +207,10 @@ def test_a_trained_model_with_a_wrong_gradient_fails_and_names_it(trained) -> No
     wrong.load_state_dict(model.state_dict())
     report = gradwatch.check_module(wrong, _ce, batch)
     assert report.verdict is Verdict.FAIL
-    assert report.parameters_with(Verdict.FAIL) == ["inp.weight", "inp.bias"]
+    # both off by the same factor: their differences tie at 0.01 / 2.01, in either order
+    assert sorted(report.parameters_with(Verdict.FAIL)) == ["inp.bias", "inp.weight"]
+    for name in ("inp.weight", "inp.bias"):
+        assert report.parameters[name].difference == pytest.approx(0.01 / 2.01, rel=1e-3)
     assert report.parameters["out.weight"].verdict is Verdict.PASS
 
 
