@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from gradwatch._noise import NOISE_MULTIPLE
-from gradwatch._recheck import explained, extrapolate, fitted_steps, longest_steps
+from gradwatch._recheck import (
+    explained,
+    extrapolate,
+    fitted_steps,
+    longest_steps,
+    multiples,
+    reread,
+)
 from gradwatch._tensor_test import chi2_bound, convicts, tensor_test
 
 SIGMA, H = 1e-12, 1e-4
@@ -49,7 +56,9 @@ def _slope_pair(n: float, s: float) -> tuple[np.ndarray, ...]:
     return np.array([n * s]), np.array([-n * s]), np.array([s])
 
 
-@pytest.mark.parametrize(("share", "explains"), [(0.99, True), (1.01, False), (-1.01, False)])
+@pytest.mark.parametrize(
+    ("share", "explains"), [(0.9995, True), (1.0005, False), (-1.0005, False), (-0.9995, True)]
+)
 def test_the_first_reading_is_explained_within_the_residuals_noise(
     share: float, explains: bool
 ) -> None:
@@ -103,3 +112,52 @@ def test_the_tensor_test_reads_only_measured_finite_components() -> None:
     assert not convicts(a, n, noise, np.zeros(4, bool), 0.0)
     # a convicting S with D within the pass band does not convict
     assert not convicts(a, a + 1e-8, np.full(4, 1e-12), np.ones(4, bool), 1e-7)
+
+
+def test_the_re_check_steps_are_longer_unless_4h_passes_float32s_step() -> None:
+    values = np.array([0.5, -3.0])
+    longest = longest_steps(values)
+    assert multiples(values, longest / 4) == (2.0, 4.0)  # 4h exactly float32's step: still fits
+    assert multiples(values, np.array([1e-7, longest[1] / 2])) == (0.5, 0.25)
+
+
+class _Cubic:
+    """J = Σ θ³, recording the steps the re-check evaluates."""
+
+    def __init__(self, theta: np.ndarray) -> None:
+        self.theta, self.steps_asked = theta, []  # type: list[np.ndarray]
+
+    def cost(self, t: np.ndarray) -> float:
+        return float(np.sum(t**3))
+
+    def values(self, at: np.ndarray) -> np.ndarray:
+        return self.theta[np.asarray(at)]
+
+    def half_gaps(self, at: np.ndarray, h: np.ndarray) -> np.ndarray:
+        return np.asarray(h, np.float64)
+
+    def pairs(self, at: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.steps_asked.append(np.asarray(h))
+        e = np.eye(self.theta.size)
+        plus = [self.cost(self.theta + hk * e[i]) for i, hk in zip(at, h, strict=True)]
+        minus = [self.cost(self.theta - hk * e[i]) for i, hk in zip(at, h, strict=True)]
+        return np.array(plus), np.array(minus)
+
+
+@pytest.mark.parametrize("explain", [True, False])
+def test_reread_reads_richardson_and_explains_the_first_reading_when_asked(explain: bool) -> None:
+    theta, h = np.array([1.0, 2.0]), np.full(2, 1e-3)
+    sigma, at = np.full(2, 1e-14), np.arange(2)  # J ≈ 9 rounds at ~1e-15
+    smooth, estimate, noise = reread(_Cubic(theta), 10.0 - 1.0, at, h, sigma, None, explain)
+    np.testing.assert_allclose(estimate, 3 * theta**2, rtol=1e-9)  # the h² term removed
+    assert smooth.all() and (noise > 0).all()
+    j = _Cubic(theta)
+    reread(j, 9.0, at, h, sigma, None, explain)  # the first pair is evaluated only to explain it
+    asked = np.concatenate(j.steps_asked)
+    expected = [1e-3, 1e-3, 2e-3, 2e-3, 4e-3, 4e-3] if explain else [2e-3, 2e-3, 4e-3, 4e-3]
+    np.testing.assert_allclose(asked, expected)
+    # a first reading 0.5 off that the fit cannot explain: rejected only when explaining
+    plus, minus = _Cubic(theta).pairs(at, h)
+    first = (plus + np.array([1e-3, 0.0]), minus, h)
+    smooth, _, _ = reread(_Cubic(theta), 9.0, at, h, sigma, first, explain)
+    assert bool(smooth[1]) and bool(smooth[0]) is (not explain)
