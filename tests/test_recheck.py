@@ -33,13 +33,19 @@ def test_richardson_noise_is_known() -> None:
     assert noise[0] == pytest.approx(np.sqrt(s2**2 + s1**2 / 16) / 0.75, rel=1e-12)
 
 
-@pytest.mark.parametrize(("share", "smooth"), [(0.99, True), (1.01, False)])
+@pytest.mark.parametrize(("share", "smooth"), [(0.999, True), (1.001, False)])
 def test_smoothness_is_the_curvature_within_its_noise(share: float, smooth: bool) -> None:
     spread = SIGMA * np.sqrt(2 / (2 * H) ** 4 + 2 / H**4 + (2 / H**2 - 2 / (2 * H) ** 2) ** 2)
     jump = share * NOISE_MULTIPLE * spread
     found, estimate, _ = extrapolate(0.0, _pair(1.0, 0.0, 2 * H), _pair(1.0, jump, H), SIGMA)
     assert bool(found[0]) is smooth
     assert np.isfinite(estimate[0])
+
+
+def test_steps_that_do_not_shrink_or_were_lost_are_never_smooth() -> None:
+    same, _, _ = extrapolate(0.0, _pair(1.0, 0.0, H), _pair(1.0, 0.0, H), SIGMA)
+    lost, _, _ = extrapolate(0.0, _pair(1.0, 0.0, H), _pair(1.0, 0.0, 0.0), SIGMA)
+    assert not same[0] and not lost[0]
 
 
 def test_richardson_removes_the_h_squared_term() -> None:
@@ -81,6 +87,8 @@ def test_fitted_steps_follow_js_relative_noise_between_float64_and_float32() -> 
     flat = fitted_steps(values, steps, 1e-16, 0.0)  # J = 0: no scale, float32's step
     np.testing.assert_allclose(flat, np.cbrt(eps32) * np.array([1.0, 4.0]), rtol=1e-6)
     np.testing.assert_allclose(flat, longest_steps(values), rtol=1e-12)
+    unknown = fitted_steps(values, steps, 0.0, 0.0)  # 0/0: nothing known, float32's step too
+    np.testing.assert_allclose(unknown, longest_steps(values), rtol=1e-12)
     assert fitted_steps(values, np.full(2, 1.0), 1e-10, 1e5).tolist() == [1.0, 1.0]  # never shorter
 
 
@@ -148,16 +156,17 @@ class _Cubic:
 def test_reread_reads_richardson_and_explains_the_first_reading_when_asked(explain: bool) -> None:
     theta, h = np.array([1.0, 2.0]), np.full(2, 1e-3)
     sigma, at = np.full(2, 1e-14), np.arange(2)  # J ≈ 9 rounds at ~1e-15
-    smooth, estimate, noise = reread(_Cubic(theta), 10.0 - 1.0, at, h, sigma, None, explain)
+    options = {} if explain else {"explain": False}  # explaining is the default
+    smooth, estimate, noise = reread(_Cubic(theta), 10.0 - 1.0, at, h, sigma, None, **options)
     np.testing.assert_allclose(estimate, 3 * theta**2, rtol=1e-9)  # the h² term removed
     assert smooth.all() and (noise > 0).all()
     j = _Cubic(theta)
-    reread(j, 9.0, at, h, sigma, None, explain)  # the first pair is evaluated only to explain it
+    reread(j, 9.0, at, h, sigma, None, **options)  # the first pair: evaluated only to explain it
     asked = np.concatenate(j.steps_asked)
     expected = [1e-3, 1e-3, 2e-3, 2e-3, 4e-3, 4e-3] if explain else [2e-3, 2e-3, 4e-3, 4e-3]
     np.testing.assert_allclose(asked, expected)
     # a first reading 0.5 off that the fit cannot explain: rejected only when explaining
     plus, minus = _Cubic(theta).pairs(at, h)
     first = (plus + np.array([1e-3, 0.0]), minus, h)
-    smooth, _, _ = reread(_Cubic(theta), 9.0, at, h, sigma, first, explain)
+    smooth, _, _ = reread(_Cubic(theta), 9.0, at, h, sigma, first, **options)
     assert bool(smooth[1]) and bool(smooth[0]) is (not explain)
