@@ -13,7 +13,7 @@ LOGDIR ?= runs
 # upgrade runs with -qq, so a mirror without pip on this machine's pip index list stays quiet.
 QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 
-.PHONY: demo wrong-backward tensorboard test lint docs screenshots venv clean
+.PHONY: demo wrong-backward tensorboard test lint docs screenshots venv clean mutation
 
 venv: $(STAMP)
 
@@ -75,3 +75,9 @@ screenshots: $(STAMP)
 
 clean:
 	rm -rf $(VENV) lightning_logs build site *.egg-info
+
+# Mutation testing of the modules that read and decide ([tool.mutmut] in pyproject.toml); not part
+# of `make test`. The score and the surviving mutants: CONTRIBUTING.md.
+mutation: $(STAMP)
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results

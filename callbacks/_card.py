@@ -95,7 +95,11 @@ def card_content(
     return CardContent(
         verdict=verdict,
         title=f"{verdict.upper()} at step {step}",
-        difference=f"difference {difference:.1e}" if math.isfinite(difference) else "",
+        difference=(
+            f"difference {difference:.1e} on {report.judged_share:.0%} of components"
+            if math.isfinite(difference)
+            else ""
+        ),
         history=(*history, Point(step, difference, verdict))[-HISTORY:],
         rows=tuple((r.verdict, r.name, _value(r)) for r in shown),
         footer=_footer(rows[len(shown) :] if shown else []),

@@ -79,6 +79,7 @@ class GradientCheckBase(Outcome):
         progress: bool = True,
         training_path: bool = False,
         replica_budget: int | None = None,
+        warn_not_judged: bool = True,
         components: _cli.Sample = None,
         pass_max: _cli.PassMax = None,
         warn_max: _cli.WarnMax = None,
@@ -104,6 +105,7 @@ class GradientCheckBase(Outcome):
             self.progress = v.check_flag("progress", progress)
             self.training_path = v.check_flag("training_path", training_path)
             self.replica_budget = check_budget(replica_budget)
+            self.warn_not_judged = v.check_flag("warn_not_judged", warn_not_judged)
         except (TypeError, ValueError) as err:
             raise v.told(err) from None  # raised here: the frames of the rule add nothing
         self._label = _logs.label(self.name)

@@ -13,6 +13,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zer
 from tqdm.auto import tqdm
 
 from gradwatch import GradCheckReport, Thresholds, Verdict
+from gradwatch._text import coverage
 
 from . import _card, _faults, _files, _logs, _tensorboard, _training_path
 
@@ -69,6 +70,7 @@ class Outcome:
     thresholds: Thresholds
     log_worst: int
     on_fail: str
+    warn_not_judged: bool
     _label: str
     _checks: list[dict[str, Any]]
     _told: set[int]
@@ -159,6 +161,21 @@ class Outcome:
             text = f"{head}. {report.message}" if _logs.unfinished(report) else f"{head}.\n{report}"
             with tqdm.external_write_mode(file=sys.stderr):
                 _warn(text)
+        elif self.on_fail != "ignore" and self.warn_not_judged and _partial_pass(report):
+            with tqdm.external_write_mode(file=sys.stderr):
+                _warn(f"{self._label} at step {step}: {_partial_pass(report)}")
+
+
+def _partial_pass(report: GradCheckReport) -> str:
+    """For a pass with tensors not judged: what it rests on and what to do ("" otherwise)."""
+    if report.verdict is not Verdict.PASS or not report.parameters_with(Verdict.NOT_JUDGED):
+        return ""
+    return (
+        f"the gradient check passed on what it could judge: {coverage(report)}. Their "
+        "gradients could not be told from J's noise at the step tried, or are zero by "
+        "design (a zero-initialized scale or head): check them again after some training, "
+        "or with epsilon='auto'; warn_not_judged=False silences this."
+    )
 
 
 @rank_zero_only

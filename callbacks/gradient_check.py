@@ -111,6 +111,8 @@ class GradientCheck(GradientCheckBase, Callback):
             may take per process (``None``: no limit); above it the check runs in place on the
             shards (see :func:`gradwatch.sharded.check_sharded`). Ignored under other
             strategies.
+        warn_not_judged: warn when a check passes with tensors not judged (what the pass rests
+            on, and what to do); ``False``, or ``on_fail="ignore"``, keeps it to the console line.
 
     Attributes:
         schedule: the validated schedule (``at_init``, sorted ``after_steps``, ``every_n_steps``).

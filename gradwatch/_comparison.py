@@ -71,6 +71,15 @@ class ModuleObjective:
         h = torch.as_tensor(np.asarray(steps, dtype=np.float64)).to(values)
         return (((values + h) - (values - h)) / 2).double().cpu().numpy()
 
+    def values(self, positions: np.ndarray) -> np.ndarray:
+        at = self._indices[np.asarray(positions, dtype=np.int64)]
+        return self.cost.flat_values(at).double().cpu().numpy()
+
+    @property
+    def tensors(self) -> np.ndarray:
+        """The tensor of each checked component (the groups of the tensor test)."""
+        return self._tensor
+
     def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """J at θ moved by each row of ``rows`` on the components ``support``."""
         tensors, local = self._tensor[support], self._local[support]
@@ -156,6 +165,7 @@ def compare(
     seed: int,
     pass_max: float,
     measured: JNoise | None = None,
+    warn_max: float = 1e-3,
 ) -> tuple[Comparison, ModuleObjective]:
     """Backprop's gradient, the two-sided estimates, J's measured noise (``measured`` where it
     was measured already) and the readings.
@@ -186,8 +196,9 @@ def compare(
     else:
         noise = replace(measured, spread=max(measured.spread, abs(again - center)))
     found = gather_evidence(
-        objective, analytic, (plus, minus), center, steps, noise.effective, pass_max
-    )
+        objective, analytic, (plus, minus), center, steps, noise.effective, pass_max,
+        objective.tensors, seed, warn_max,
+    )  # fmt: skip
     full = {n: g.to(torch.float64).cpu().numpy() for n, g in zip(layout.names, grads, strict=True)}
     comparison = Comparison(
         found, found.analytic, found.numeric, analytic, full, noise, center, None
@@ -205,7 +216,8 @@ def drift(
 ) -> tuple[PrecisionDrift, int]:
     """The same check in a training precision (``low``), at the step that suits it, and the
     evaluations it took."""
-    found, objective = compare(low, layout, indices, "auto", split, seed, 0.0)
+    # No band to judge by: the repeat reports its difference, it gives no verdict.
+    found, objective = compare(low, layout, indices, "auto", split, seed, 0.0, None, math.inf)
     return (
         PrecisionDrift(
             dtype=str(low.theta[0].dtype).removeprefix("torch."),

@@ -15,12 +15,21 @@ not judged    both |a| and |n| within K·σ_i ("within noise": a zero gradient a
               ("on a kink"); or θ_i ± h == θ_i in the check's precision ("step lost")
 ============  =================================================================================
 
-A first reading of "disagrees" is never final. The component is re-checked at half the step:
-J'' estimated from the steps h and h/2 must agree to within its noise for J to be smooth there,
-and then Richardson's estimate (4·n(h/2) − n(h)) / 3, free of the h² truncation error, is read
-instead ("half step"). Where J'' does not agree (a kink: it doubles when the step halves at a
-kink sitting at θ), θ is moved by a small seeded jitter off the kink set, backprop is run again
-there, and the component is read at that nearby point ("off kink"), up to ``JITTER_TRIES`` times.
+A first reading of "disagrees" is never final, and a re-check clears it only by explaining the
+gap (:mod:`gradwatch._recheck`): J is read again at 2h and 4h, where a truncation error grows 4×
+per doubling; if J is smooth there and the fit explains the first reading, Richardson's estimate,
+whose noise (0.67·σ_i) is below the first reading's, is read instead ("longer steps"). Where J''
+does not agree (a kink: it halves when the step doubles at a kink sitting at θ), θ is moved by a
+small seeded jitter off the kink set, backprop is run again there, and the component is read at
+that nearby point ("off kink"), up to ``JITTER_TRIES`` times.
+
+A tensor whose components disagree, or whose errors together exceed J's noise
+(:mod:`gradwatch._tensor_test`), has J's noise measured along its own components; where it is
+larger than the noise measured first, its components are read against it. A component left within
+noise is read again at a step fitted to J's noise ("fitted step"): only a gradient that is zero
+within that step's noise stays "not judged, within noise". A tensor that fails the tensor test
+has its components read again by Richardson's estimate, so that the h² truncation of the first
+step is not taken for a shared error.
 """
 
 from __future__ import annotations
@@ -30,16 +39,43 @@ from typing import Protocol
 
 import numpy as np
 
+from gradwatch._escalation import escalate, retest, tensor_noise
 from gradwatch._noise import NOISE_MULTIPLE
+from gradwatch._readings import (
+    AGREES,
+    DISAGREES,
+    FITTED_STEP,
+    LONGER_STEPS,
+    NOT_JUDGED,
+    OFF_KINK,
+    ON_KINK,
+    READINGS,
+    REASONS,
+    RECHECKS,
+    STEP_LOST,
+    WIDER,
+    WITHIN_NOISE,
+    Evidence,
+    Record,
+    read,
+)
+from gradwatch._recheck import Pair, reread, sub
 
 __all__ = [
     "AGREES",
     "DISAGREES",
+    "FITTED_STEP",
+    "LONGER_STEPS",
     "NOISE_MULTIPLE",
     "NOT_JUDGED",
+    "OFF_KINK",
+    "ON_KINK",
     "READINGS",
     "REASONS",
     "RECHECKS",
+    "STEP_LOST",
+    "WIDER",
+    "WITHIN_NOISE",
     "Evidence",
     "Moved",
     "Objective",
@@ -53,13 +89,6 @@ __all__ = [
 # gradient to compare), so three tries leave one unjudged with odds of 1 in 8.
 JITTER_STEPS = 1000.0
 JITTER_TRIES = 3
-
-READINGS = ("agrees", "disagrees", "not judged")
-AGREES, DISAGREES, NOT_JUDGED = 0, 1, 2
-REASONS = ("", "within noise", "on a kink", "step lost")
-WITHIN_NOISE, ON_KINK, STEP_LOST = 1, 2, 3
-RECHECKS = ("", "half step", "off kink", "generic point")  # the last: gradwatch._generic
-HALF_STEP, OFF_KINK = 1, 2
 
 
 class Objective(Protocol):
@@ -78,6 +107,14 @@ class Objective(Protocol):
         check has no backprop to run again (a fixed gradient array)."""
         ...
 
+    def values(self, positions: np.ndarray) -> np.ndarray:
+        """θ_i at each position, in float64."""
+        ...
+
+    def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """J at θ moved by each row of ``rows`` on the positions ``support`` (the noise probes)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Moved:
@@ -88,124 +125,6 @@ class Moved:
     center: float
 
 
-@dataclass(frozen=True)
-class Evidence:
-    """Per checked component: the values its reading compared (``analytic``, ``numeric``: at θ,
-    or at the re-check), the noise σ_i of that numeric value, the reading and, for "not judged",
-    the reason (codes into ``READINGS`` and ``REASONS``), the re-check that gave the reading
-    (``RECHECKS``), whether its step crossed a kink at θ, and the two-sided estimate at θ."""
-
-    analytic: np.ndarray
-    numeric: np.ndarray
-    noise: np.ndarray
-    reading: np.ndarray
-    reason: np.ndarray
-    recheck: np.ndarray
-    kink: np.ndarray
-    first_numeric: np.ndarray
-
-
-def read(
-    analytic: np.ndarray, numeric: np.ndarray, noise: np.ndarray, pass_max: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """The readings of components from their two values and noise (the table above).
-
-    Example:
-        >>> reading, reason = read(np.array([1.0, 1.0, 0.0, 1e-12]), np.array([1.0, 2.0, 0.0, 0.0]),
-        ...                        np.full(4, 1e-9), 1e-7)
-        >>> [READINGS[r] for r in reading]
-        ['agrees', 'disagrees', 'not judged', 'not judged']
-        >>> REASONS[reason[3]]
-        'within noise'
-    """
-    a, n = np.asarray(analytic, np.float64), np.asarray(numeric, np.float64)
-    tolerance = NOISE_MULTIPLE * np.asarray(noise, np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        error = np.abs(a - n)
-        relative = error / (np.abs(a) + np.abs(n))
-        broken = ~(np.isfinite(a) & np.isfinite(n))
-        disagrees = broken | ((error > tolerance) & (relative > pass_max))
-        signal = np.maximum(np.abs(a), np.abs(n)) > tolerance
-    reading = np.where(disagrees, DISAGREES, np.where(signal, AGREES, NOT_JUDGED)).astype(np.int8)
-    reason = np.where(reading == NOT_JUDGED, WITHIN_NOISE, 0).astype(np.int8)
-    return reading, reason
-
-
-def _halved(
-    center: float,
-    first: tuple[np.ndarray, np.ndarray, np.ndarray],
-    second: tuple[np.ndarray, np.ndarray, np.ndarray],
-    sigma: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """From (J(θ+h), J(θ−h), h) at two steps: whether J is smooth there, Richardson's estimate of
-    the slope and that estimate's noise.
-
-    Smooth: J'' ≈ (J(θ+h) − 2J(θ) + J(θ−h)) / h² is the same at both steps to within its noise
-    (at a kink sitting at θ it doubles when the step halves). Richardson: with n(h) = g + c·h²,
-    g = (n(h₂) − r²·n(h)) / (1 − r²), r = h₂/h.
-    """
-    (p1, m1, h1), (p2, m2, h2) = first, second
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c1, c2 = (p1 - 2 * center + m1) / h1**2, (p2 - 2 * center + m2) / h2**2
-        spread = sigma * np.sqrt(2 / h1**4 + 2 / h2**4 + (2 / h2**2 - 2 / h1**2) ** 2)
-        smooth = np.abs(c2 - c1) <= NOISE_MULTIPLE * spread
-        r = h2 / h1
-        n1, n2 = (p1 - m1) / (2 * h1), (p2 - m2) / (2 * h2)
-        estimate = (n2 - r**2 * n1) / (1 - r**2)
-        s1, s2 = sigma / (np.sqrt(2) * h1), sigma / (np.sqrt(2) * h2)
-        noise = np.sqrt(s2**2 + r**4 * s1**2) / (1 - r**2)
-    return smooth & (h2 > 0), estimate, noise
-
-
-class _Record:
-    """The evidence arrays while they are being filled in."""
-
-    def __init__(self, analytic: np.ndarray, numeric: np.ndarray, noise: np.ndarray) -> None:
-        self.analytic, self.numeric, self.noise = analytic.copy(), numeric.copy(), noise.copy()
-        self.first_numeric = numeric.copy()
-        size = analytic.size
-        self.reading = np.zeros(size, np.int8)
-        self.reason = np.zeros(size, np.int8)
-        self.recheck = np.zeros(size, np.int8)
-        self.kink = np.zeros(size, bool)
-
-    def set(
-        self,
-        at: np.ndarray,
-        analytic: np.ndarray,
-        numeric: np.ndarray,
-        noise: np.ndarray,
-        pass_max: float,
-        recheck: int,
-    ) -> None:
-        self.analytic[at], self.numeric[at], self.noise[at] = analytic, numeric, noise
-        self.reading[at], self.reason[at] = read(analytic, numeric, noise, pass_max)
-        self.recheck[at] = recheck
-
-    def done(self) -> Evidence:
-        return Evidence(
-            self.analytic,
-            self.numeric,
-            self.noise,
-            self.reading,
-            self.reason,
-            self.recheck,
-            self.kink,
-            self.first_numeric,
-        )
-
-
-def _at_two_steps(
-    objective: Objective, at: np.ndarray, steps: np.ndarray
-) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """J(θ ± h) and J(θ ± h/2) at positions ``at`` in one call, with the stored half-gaps."""
-    both = np.concatenate([steps, steps / 2])
-    plus, minus = objective.pairs(np.concatenate([at, at]), both)
-    gaps = objective.half_gaps(np.concatenate([at, at]), both)
-    k = at.size
-    return (plus[:k], minus[:k], gaps[:k]), (plus[k:], minus[k:], gaps[k:])
-
-
 def gather_evidence(
     objective: Objective,
     analytic: np.ndarray,
@@ -214,10 +133,15 @@ def gather_evidence(
     steps: np.ndarray,
     sigma: float,
     pass_max: float,
+    groups: np.ndarray | None = None,
+    seed: int = 0,
+    warn_max: float = 1e-3,
 ) -> Evidence:
     """Readings of every checked component from backprop's ``analytic`` values, the two-sided
     pairs ``first`` = (J(θ+h·e_i), J(θ−h·e_i)) at ``steps`` h, J(θ) = ``center`` and J's noise
-    ``sigma``; re-checks go through ``objective``.
+    ``sigma``; re-checks go through ``objective``. ``groups`` (the tensor of each component; one
+    tensor when None) are what the tensor test and the noise per tensor are about; a tensor whose
+    noise floor is above ``warn_max`` is read again at the step fitted to J's noise.
 
     Example:
         >>> class Relu:  # J(θ) = relu(θ₀) + 2·θ₁ at θ = (0, 1): a kink in θ₀
@@ -228,6 +152,8 @@ def gather_evidence(
         ...                            for i, hk in zip(at, h)]
         ...         return np.array(moved(1)), np.array(moved(-1))
         ...     def half_gaps(self, at, h): return np.asarray(h, float)
+        ...     def values(self, at): return self.theta[np.asarray(at)]
+        ...     def line(self, support, rows): return np.full(len(rows), 2.0)
         ...     def jittered(self, attempt):
         ...         moved = Relu(self.theta + [1e-4, 0.0])
         ...         return Moved(moved, np.array([1.0, 2.0]), moved.cost(moved.theta))
@@ -241,40 +167,57 @@ def gather_evidence(
     analytic = np.asarray(analytic, np.float64)
     steps = np.asarray(steps, np.float64)
     every = np.arange(analytic.size)
+    groups = np.zeros(analytic.size, np.int64) if groups is None else np.asarray(groups)
     gaps = objective.half_gaps(every, steps)
     plus, minus = first
     with np.errstate(invalid="ignore", divide="ignore"):
         numeric = np.where(gaps > 0, (plus - minus) / (2 * np.where(gaps > 0, gaps, 1.0)), 0.0)
         noise = np.where(gaps > 0, sigma / (np.sqrt(2) * gaps), np.inf)
-    record = _Record(analytic, numeric, noise)
+    record = Record(analytic, numeric, noise, np.full(analytic.size, float(sigma)))
     record.reading, record.reason = read(analytic, numeric, noise, pass_max)
     lost = ~(gaps > 0)
     record.reading[lost], record.reason[lost] = NOT_JUDGED, STEP_LOST
     finite = np.isfinite(analytic) & np.isfinite(numeric)
     suspects = np.flatnonzero((record.reading == DISAGREES) & finite)
-    if suspects.size:
-        halved = _at_two_steps(objective, suspects, steps[suspects])
-        smooth, estimate, spread = _halved(
-            center, (plus[suspects], minus[suspects], gaps[suspects]), halved[1], sigma
-        )
-        at = suspects[smooth]
-        record.set(at, analytic[at], estimate[smooth], spread[smooth], pass_max, HALF_STEP)
-        record.kink[suspects[~smooth]] = True
-        _off_kinks(objective, record, suspects[~smooth], steps, sigma, pass_max)
+    firsts = (plus, minus, gaps)
+    _explain(objective, record, suspects, firsts, center, steps, pass_max)
+    measured: set[int] = set()
+    tensor_noise(objective, record, groups, center, steps, seed, pass_max, measured)
+    escalate(objective, record, groups, center, steps, seed, (pass_max, warn_max))
+    retest(objective, record, groups, center, steps, pass_max)
+    tensor_noise(objective, record, groups, center, steps, seed, pass_max, measured)
     return record.done()
 
 
-def _off_kinks(
+def _explain(
     objective: Objective,
-    record: _Record,
-    kinks: np.ndarray,
+    record: Record,
+    suspects: np.ndarray,
+    firsts: Pair,
+    center: float,
     steps: np.ndarray,
-    sigma: float,
     pass_max: float,
 ) -> None:
-    """Reads components whose step crossed a kink at a jittered θ where J is smooth. A component
-    the jitter put on a flat side (a ReLU turned off: no gradient to compare) is tried again at
-    the next jitter; those no jitter frees stay "not judged, on a kink"."""
+    """Re-checks first disagreements at 2h and 4h: where J is smooth and the fit explains the
+    first reading, Richardson's estimate is read; elsewhere J is read off the kink."""
+    if suspects.size == 0:
+        return
+    sigma, first = record.sigma[suspects], sub(firsts, suspects)
+    smooth, estimate, spread = reread(objective, center, suspects, steps[suspects], sigma, first)
+    at = suspects[smooth]
+    values = (record.analytic[at], estimate[smooth], spread[smooth])
+    record.set(at, values, pass_max, LONGER_STEPS)
+    record.kink[suspects[~smooth]] = True
+    _off_kinks(objective, record, suspects[~smooth], steps, pass_max)
+
+
+def _off_kinks(
+    objective: Objective, record: Record, kinks: np.ndarray, steps: np.ndarray, pass_max: float
+) -> None:
+    """Reads components whose step crossed a kink at a jittered θ where J is smooth and the fit
+    explains the reading there. A component the jitter put on a flat side (a ReLU turned off: no
+    gradient to compare) is tried again at the next jitter; those no jitter frees stay "not
+    judged, on a kink"."""
     record.reading[kinks], record.reason[kinks] = NOT_JUDGED, ON_KINK
     for attempt in range(JITTER_TRIES):
         if kinks.size == 0:
@@ -282,8 +225,10 @@ def _off_kinks(
         moved = objective.jittered(attempt)
         if moved is None:
             return
-        first, second = _at_two_steps(moved.objective, kinks, steps[kinks])
-        smooth, estimate, spread = _halved(moved.center, first, second, sigma)
+        smooth, estimate, spread = reread(
+            moved.objective, moved.center, kinks, steps[kinks], record.sigma[kinks], None
+        )
         at = kinks[smooth]
-        record.set(at, moved.analytic[at], estimate[smooth], spread[smooth], pass_max, OFF_KINK)
+        values = (moved.analytic[at], estimate[smooth], spread[smooth])
+        record.set(at, values, pass_max, OFF_KINK)
         kinks = kinks[~smooth | (record.reading[kinks] == NOT_JUDGED)]

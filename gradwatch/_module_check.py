@@ -113,8 +113,9 @@ def check_eager(
         indices, measured, chosen = _components(cost, layout, o, split, left_out)
         ticks.plan(cost.evaluations + _planned(indices, layout, partition, o.drift_dtype))
         found, objective = compare(
-            cost, layout, indices, o.step, split, o.seed, o.bands.pass_max, measured
-        )
+            cost, layout, indices, o.step, split, o.seed, o.bands.pass_max, measured,
+            o.bands.warn_max,
+        )  # fmt: skip
         evaluations, in_training = objective.evaluations, None
         found, spent, generic = _generic_point(
             model, loss_fn, batch, layout, indices, found, o, split, ticks

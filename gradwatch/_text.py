@@ -40,15 +40,37 @@ def _tally(report: GradCheckReport, every: bool = True) -> str:
     return ", ".join(f"{n} {verbs[r]}" for r, n in counts if n or every)
 
 
+def coverage(report: GradCheckReport) -> str:
+    """What a verdict rests on: ``'pass on 97% of components; not judged: 2 tensors (a, b)'``.
+
+    Example:
+        >>> import numpy as np, gradwatch
+        >>> report = gradwatch.check_function(lambda t: float(t[0] ** 2), np.array([1.0, 2.0]),
+        ...                                   np.array([2.0, 0.0]), layout={"w": (1,), "b": (1,)})
+        >>> coverage(report)
+        'pass on 50% of components; not judged: 1 tensor (b)'
+    """
+    share = report.judged_share
+    text = f"{report.verdict.value} on {share:.0%} of components" if share == share else ""
+    skipped = report.parameters_with(Verdict.NOT_JUDGED)
+    if skipped:
+        plural = "s" if len(skipped) > 1 else ""
+        text += f"; not judged: {len(skipped)} tensor{plural} ({listing(skipped, 3)})"
+    return text
+
+
 def headline(report: GradCheckReport) -> str:
     """The console line."""
     tally = _tally(report, every=False)
     judged = f"difference {report.difference:.1e} (noise floor {report.noise_floor:.0e})"
+    share = ""
     if not any(r.judged for r in report.parameters.values()):
         judged = "nothing judged"
+    else:
+        share = f" ({report.judged_share:.0%} judged)"
     parts = [f"{report.verdict.value}: {judged}"]
     parts.append(
-        f"{report.components_checked} of {report.components_total} components"
+        f"{report.components_checked} of {report.components_total} components{share}"
         + (f": {tally}" if tally else "")
     )
     kinds = {f.parameter: f.kind for f in report.findings}
@@ -61,7 +83,8 @@ def headline(report: GradCheckReport) -> str:
         parts.append(f"enters in {listing(list(report.location.modules), 2)}")
     skipped = report.parameters_with(Verdict.NOT_JUDGED)
     if skipped:
-        parts.append(f"not judged: {listing(skipped, 3)}")
+        plural = "s" if len(skipped) > 1 else ""
+        parts.append(f"not judged: {len(skipped)} tensor{plural} ({listing(skipped, 3)})")
     if report.kink_count:
         parts.append(f"{report.kink_count} kinks re-checked")
     parts.append(f"{report.evaluations} evaluations, {report.seconds:.2f} s")
@@ -114,6 +137,7 @@ def summary(report: GradCheckReport) -> str:
         f"(noise floor {report.noise_floor:.1e}); pass <= {t.pass_max:.0e} < warn <= "
         f"{t.warn_max:.0e} < fail",
         f"  {report.message}",
+        f"  coverage: {coverage(report)}",
         f"  epsilon {_eps(report)}, {report.dtype}, mode {report.mode}, "
         f"{report.components_checked} of {report.components_total} components "
         f"({_tally(report)}), "

@@ -90,6 +90,9 @@ class _FunctionObjective:
     def half_gaps(self, positions: np.ndarray, steps: np.ndarray) -> np.ndarray:
         return represented_steps(self._theta[np.asarray(positions, dtype=np.int64)], steps)
 
+    def values(self, positions: np.ndarray) -> np.ndarray:
+        return self._theta[np.asarray(positions, dtype=np.int64)]
+
     def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
         self._count.evaluations += len(rows)
         out = np.empty(len(rows))
@@ -204,8 +207,9 @@ def _check(
     probed = moving if moving.size else every  # J's noise where J moves, if anywhere
     noise = measure_noise(j.line, center, (again,), probed, steps[probed], seed)
     found = gather_evidence(
-        j, analytic, (plus, minus), center, steps, noise.effective, bands.pass_max
-    )
+        j, analytic, (plus, minus), center, steps, noise.effective, bands.pass_max,
+        names.tensor_of(every), seed, bands.warn_max,
+    )  # fmt: skip
     report = GradCheckReport(
         layout=names,
         indices=every.astype(np.int64),

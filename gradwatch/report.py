@@ -37,7 +37,7 @@ class Component:
     """One component of θ: backprop's value and the numeric estimate its reading compared.
 
     ``reading`` is ``"agrees"``, ``"disagrees"`` or ``"not judged"`` (``reason`` says why);
-    ``recheck`` is ``""`` (the material's two-sided estimate at θ), ``"half step"`` (Richardson's
+    ``recheck`` is ``""`` (the material's two-sided estimate at θ), ``"longer steps"`` (Richardson's
     estimate from the steps ε and ε/2) or ``"off kink"`` (both values at a jittered θ near a kink);
     ``noise`` is the measured noise of ``numeric``; ``kink``: the step at θ crossed a kink;
     ``rel_error`` is the material's formula for this one component, |a − n| / (|a| + |n|).
@@ -162,6 +162,13 @@ class GradCheckReport:
         found = [r for r in self.parameters.values() if r.verdict is wanted]
         found.sort(key=lambda r: -np.nan_to_num(r.difference, nan=np.inf))
         return [r.name for r in found]
+
+    @property
+    def judged_share(self) -> float:
+        """The share of checked components that were judged (agree or disagree); NaN when none
+        was checked. What a verdict rests on, with ``parameters_with("not judged")``."""
+        checked = self.components_checked
+        return math.nan if checked == 0 else 1.0 - self.reading_counts["not judged"] / checked
 
     @property
     def kink_count(self) -> int:
@@ -319,8 +326,10 @@ def _parameters(report: GradCheckReport) -> dict[str, ParameterResult]:
         m = tensors == t
         if m.any():
             a, n, noise, reading, reason = (x[m] for x in (*arrays, *codes))
-            warn_max = report.thresholds.warn_max
-            out[name] = parameter_verdict(name, a, n, noise, reading, reason, warn_max)
+            bands = report.thresholds
+            out[name] = parameter_verdict(
+                name, a, n, noise, reading, reason, bands.warn_max, bands.pass_max
+            )
     return out
 
 

@@ -177,6 +177,7 @@ def _parameter_dict(r: ParameterResult) -> dict[str, Any]:
         "disagrees": r.disagrees,
         "not_judged": r.not_judged,
         "reason": r.reason,
+        "tensor_test": _num(r.tensor_test),
     }
 
 
@@ -195,6 +196,10 @@ def as_dict(report: GradCheckReport) -> dict[str, Any]:
         "components_checked": report.components_checked,
         "components_total": report.components_total,
         "readings": report.reading_counts,
+        "coverage": {
+            "judged_share": _num(report.judged_share),
+            "not_judged": report.parameters_with("not judged"),
+        },
         "kinks": report.kink_count,
         "j_noise": None
         if noise is None

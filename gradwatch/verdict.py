@@ -2,14 +2,15 @@
 (:mod:`gradwatch._evidence`), and the material's bands they use.
 
 With D the material's formula over a parameter's judged components (those that agree or
-disagree):
+disagree), and the tensor test (:mod:`gradwatch._tensor_test`) over its measured components
+(judged, or read as within noise: where it convicts, D is taken over those):
 
 ===========  ========================================================================
 verdict      a parameter's, when
 ===========  ========================================================================
-fail         a component disagrees and D > warn_max
-warn         a component disagrees and D <= warn_max
-pass         no component disagrees, one at least agrees, and D <= warn_max
+fail         a component disagrees, or the tensor test convicts, and D > warn_max
+warn         a component disagrees, or the tensor test convicts, and D <= warn_max
+pass         neither, one component at least agrees, and D <= warn_max
 not judged   no component was judged, or none disagrees but D > warn_max (J's noise is
              as large as the gradient: the check can neither clear nor convict it)
 ===========  ========================================================================
@@ -27,14 +28,17 @@ from enum import Enum
 
 import numpy as np
 
-from gradwatch._evidence import AGREES, DISAGREES, NOT_JUDGED, REASONS
 from gradwatch._numeric import relative_difference
+from gradwatch._readings import AGREES, DISAGREES, NOT_JUDGED, REASONS, WITHIN_NOISE
+from gradwatch._tensor_test import convicts, tensor_test
 
 __all__ = ["ParameterResult", "Thresholds", "Verdict", "parameter_verdict", "worst_verdict"]
 
 # "Too close to J's noise": a parameter whose components were judged, none disagreeing, but whose
 # difference is above warn_max all the same (see the table above).
 NOISY = "too close to J's noise"
+# A parameter convicted by the tensor test alone: no single component stands out.
+SHARED = "errors shared across components"
 
 
 class Verdict(str, Enum):
@@ -110,8 +114,9 @@ class Thresholds:
 class ParameterResult:
     """One parameter tensor's verdict (see the module's table), its difference D over its judged
     components (NaN when none was judged), its noise floor (the difference J's measured noise
-    alone produces over them), how many components had each reading, and for "not judged"
-    the reason.
+    alone produces over them), how many components had each reading, for "not judged" the
+    reason (for a verdict the tensor test alone gave, that it did), and ``tensor_test``: the
+    tensor test's Σz² over its bound (above 1: the errors together exceed J's noise).
 
     Example:
         >>> r = ParameterResult("fc.bias", Verdict.NOT_JUDGED, math.nan, math.nan, 0, 0, 8,
@@ -128,6 +133,7 @@ class ParameterResult:
     disagrees: int
     not_judged: int
     reason: str = ""
+    tensor_test: float = math.nan
 
     @property
     def judged(self) -> int:
@@ -154,25 +160,30 @@ def parameter_verdict(
     reading: np.ndarray,
     reason: np.ndarray,
     warn_max: float,
+    pass_max: float = 0.0,
 ) -> ParameterResult:
     """One parameter's result from its components' values, noise, readings and reasons (codes of
-    :mod:`gradwatch._evidence`), by the table above."""
+    :mod:`gradwatch._readings`), by the table above."""
     agrees, disagrees, skipped = (
         int(np.sum(reading == r)) for r in (AGREES, DISAGREES, NOT_JUDGED)
     )
     judged = reading != NOT_JUDGED
-    d, floor = judged_figures(a, n, noise, judged)
-    if not judged.any():
+    measured = judged | (reason == WITHIN_NOISE)
+    test = tensor_test(a, n, noise, measured)
+    shared = convicts(a, n, noise, measured, pass_max)
+    d, floor = judged_figures(a, n, noise, measured if shared else judged)
+    if disagrees or shared:
+        verdict = Verdict.WARN if d <= warn_max else Verdict.FAIL
+        why = "" if disagrees else SHARED
+    elif not judged.any():
         common = np.bincount(reason[~judged], minlength=len(REASONS))
         why = REASONS[int(np.argmax(common))] if skipped else ""
         verdict = Verdict.NOT_JUDGED
-    elif disagrees:
-        verdict, why = (Verdict.WARN if d <= warn_max else Verdict.FAIL), ""
     elif d <= warn_max:
         verdict, why = Verdict.PASS, ""
     else:
         verdict, why = Verdict.NOT_JUDGED, NOISY
-    return ParameterResult(name, verdict, d, floor, agrees, disagrees, skipped, why)
+    return ParameterResult(name, verdict, d, floor, agrees, disagrees, skipped, why, test)
 
 
 def judged_figures(

@@ -623,3 +623,37 @@ def test_a_check_that_judges_nothing_warns_and_never_stops_fit(
     with pytest.warns(UserWarning, match="the gradient check could not judge the gradients"):
         _fit(tmp_path, _Flat(), [check], max_steps=2)
     assert check.reports[0].verdict is Verdict.NOT_JUDGED
+
+
+class _PartlyFlat(TinyModule):
+    """TinyModule plus a tensor whose gradient (1e-30) is far inside J's noise at every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.idle = nn.Parameter(torch.ones(3))
+
+    def gradcheck_loss(self, batch: Any) -> torch.Tensor:
+        return self.training_step(batch, 0) + 1e-30 * self.idle.sum()
+
+
+@pytest.mark.parametrize(
+    ("options", "warned"),
+    [({}, True), ({"warn_not_judged": False}, False), ({"on_fail": "ignore"}, False)],
+)
+def test_a_pass_with_tensors_not_judged_says_what_it_rests_on(
+    tmp_path: Path, options: dict[str, Any], warned: bool
+) -> None:
+    check = GradientCheck(after_steps=(), **options)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, _PartlyFlat(), [check], max_steps=1)
+    report = check.reports[0]
+    assert report.verdict is Verdict.PASS
+    skipped = report.parameters_with(Verdict.NOT_JUDGED)
+    assert "idle" in skipped  # and net.0.bias, cancelled by the BatchNorm after it
+    said = [str(w.message) for w in caught if "passed on what it could judge" in str(w.message)]
+    assert bool(said) == warned
+    if warned:
+        share = f"{report.judged_share:.0%}"
+        assert f"pass on {share} of components; not judged: {len(skipped)} tensors (" in said[0]
+        assert "idle" in said[0] and "epsilon='auto'" in said[0]

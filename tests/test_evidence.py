@@ -1,5 +1,7 @@
 """The evidence model's rules, each on numbers with a known answer: the reading table, the
-re-check at half the step (smooth or kink, Richardson's estimate), and the re-check off a kink."""
+re-check at longer steps (smooth or kink, the first gap explained, Richardson's estimate), the
+re-check off a kink, the step fitted to J's noise, and the noise of a tensor measured where it
+disagrees."""
 
 from __future__ import annotations
 
@@ -18,11 +20,11 @@ from gradwatch._evidence import (
     STEP_LOST,
     WITHIN_NOISE,
     Moved,
-    _halved,
     gather_evidence,
     read,
 )
 from gradwatch._noise import NOISE_MULTIPLE
+from gradwatch._recheck import explained, extrapolate
 
 NOISE = 1e-9  # the noise of each numeric value below
 TOLERANCE = NOISE_MULTIPLE * NOISE
@@ -57,18 +59,30 @@ def _pairs(f, theta: float, h: np.ndarray):  # type: ignore[no-untyped-def]
     return np.array([f(theta + x) for x in h]), np.array([f(theta - x) for x in h]), h
 
 
-def test_halving_tells_curvature_from_a_kink_and_removes_truncation() -> None:
+def test_two_steps_tell_curvature_from_a_kink_and_remove_truncation() -> None:
     h = np.array([1e-3])
     cubic = lambda x: x**3  # noqa: E731
-    smooth, estimate, noise = _halved(
-        cubic(1.0), _pairs(cubic, 1.0, h), _pairs(cubic, 1.0, h / 2), 1e-16
+    smooth, estimate, noise = extrapolate(
+        cubic(1.0), _pairs(cubic, 1.0, 4 * h), _pairs(cubic, 1.0, 2 * h), 1e-16
     )
     assert smooth[0]
-    assert estimate[0] == pytest.approx(3.0, abs=1e-9)  # n(h) = 3 + h² is off by 1e-6
-    assert noise[0] > 0
+    assert estimate[0] == pytest.approx(3.0, abs=1e-9)  # n(2h) = 3 + 4h² is off by 4e-6
+    # Richardson from 2h and 4h: √(16·(σ₁/2)² + (σ₁/4)²)/3 = 0.672·σ₁, below the first step's σ₁.
+    first = 1e-16 / (np.sqrt(2) * h[0])
+    assert noise[0] == pytest.approx(first * np.sqrt(4 + 1 / 16) / 3)
+    assert noise[0] < first
     kink = abs
-    smooth, _, _ = _halved(0.0, _pairs(kink, 0.0, h), _pairs(kink, 0.0, h / 2), 1e-16)
-    assert not smooth[0]  # J'' = 2/h doubles when h halves
+    smooth, _, _ = extrapolate(0.0, _pairs(kink, 0.0, 4 * h), _pairs(kink, 0.0, 2 * h), 1e-16)
+    assert not smooth[0]  # J'' = 2/h halves when h doubles
+
+
+def test_a_first_gap_truncation_does_not_explain_is_not_cleared() -> None:
+    h = np.array([1e-3])
+    cubic = lambda x: x**3  # noqa: E731
+    wide, wider = _pairs(cubic, 1.0, 2 * h), _pairs(cubic, 1.0, 4 * h)
+    assert explained(_pairs(cubic, 1.0, h), wide, wider, 1e-16)[0]
+    shifted = lambda x: x**3 + 1e-9 * np.sign(x - 1)  # noqa: E731  a jump of J at θ
+    assert not explained(_pairs(shifted, 1.0, h), wide, wider, 1e-16)[0]
 
 
 class _Relu:
@@ -92,6 +106,14 @@ class _Relu:
     def half_gaps(self, at: np.ndarray, h: np.ndarray) -> np.ndarray:
         values = self.theta[np.asarray(at)]
         return ((values + h) - (values - h)) / 2
+
+    def values(self, at: np.ndarray) -> np.ndarray:
+        return self.theta[np.asarray(at)]
+
+    def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        moved = np.repeat(self.theta[None], len(rows), 0)
+        moved[:, support] += rows
+        return np.array([self.cost(t) for t in moved])
 
     def jittered(self, attempt: int) -> Moved | None:
         if not self.jitter:
@@ -146,7 +168,7 @@ def test_a_material_example_at_a_large_step_is_truncation_not_a_bug() -> None:
         lambda t: float(t[0] ** 3), np.array([1.0]), [3.0], epsilon=0.01
     )
     assert report.verdict is Verdict.PASS
-    assert report.component(0).recheck == "half step"
+    assert report.component(0).recheck == "longer steps"
     wrong = gradwatch.check_function(
         lambda t: float(t[0] ** 3), np.array([1.0]), [3.001], epsilon=0.01
     )

@@ -111,9 +111,10 @@ def test_report_counts(buggy: gradwatch.GradCheckReport) -> None:
     assert buggy.epsilon == 1e-3
     assert buggy.dtype == "float64"
     # two per component, J(θ) twice (is J deterministic?), four along each of the 32 directions
-    # that measure J's noise, and four per component that disagreed at first (J(θ ± ε) and
-    # J(θ ± ε/2), the re-check at half the step)
-    assert buggy.evaluations == 2 * 5 + 2 + 32 * 4 + 4 * 3
+    # that measure J's noise, four per component that disagreed at first (J(θ ± 2ε) and
+    # J(θ ± 4ε), the re-check at longer steps), and J's noise again along each of the two
+    # tensors that disagree
+    assert buggy.evaluations == 2 * 5 + 2 + 32 * 4 + 4 * 3 + 2 * 32 * 4
     assert buggy.reading_counts == {"agrees": 2, "disagrees": 3, "not judged": 0}
 
 
@@ -255,7 +256,7 @@ def test_str_is_a_readable_summary(buggy: gradwatch.GradCheckReport) -> None:
     table = text[text.index("worst components") : text.index("\nparameters:")]
     rows = [row.split()[0] for row in table.splitlines()[2:]]
     assert rows[:3] == ["W[0,", "b[0]", "W[1,"]
-    assert table.splitlines()[2].endswith("disagrees (half step)")
+    assert table.splitlines()[2].endswith("disagrees (longer steps)")
     per_parameter = text[text.index("\nparameters:") :].splitlines()[3:]
     assert [row.split()[0] for row in per_parameter] == ["W", "b"]
     assert per_parameter[0].endswith("2/2/0  fail")
@@ -280,12 +281,14 @@ def test_to_dict_is_json_safe_and_matches_the_report(buggy: gradwatch.GradCheckR
         "disagrees": 2,
         "not_judged": 0,
         "reason": "",
+        "tensor_test": pytest.approx(buggy.parameters["W"].tensor_test),
     }
+    assert data["parameters"]["W"]["tensor_test"] > 1  # the errors are far beyond J's noise
     assert data["readings"] == {"agrees": 2, "disagrees": 3, "not judged": 0}
     first = data["worst"][0]
     assert first["name"] == "W" and first["index"] == [0, 1] and first["flat_index"] == 1
     assert first["analytic"] == 2.5 and first["abs_error"] == pytest.approx(0.5)
-    assert first["reading"] == "disagrees" and first["recheck"] == "half step"
+    assert first["reading"] == "disagrees" and first["recheck"] == "longer steps"
     assert set(first) >= {"numeric", "rel_error", "noise", "reason", "kink"}
 
 
@@ -304,3 +307,22 @@ def test_worst_of_named_parameters(buggy: gradwatch.GradCheckReport) -> None:
     assert [c.label for c in buggy.worst(5, parameters=["b"])] == ["b[0]"]
     assert [c.label for c in buggy.worst(2, parameters=["W"])] == ["W[0, 1]", "W[1, 1]"]
     assert buggy.worst(3, parameters=["no such"]) == []
+
+
+def test_a_pass_says_what_it_rests_on() -> None:
+    # J = θ₀²: θ₁ has no gradient to compare, so the pass rests on half the components.
+    report = gradwatch.check_function(
+        lambda t: float(t[0] ** 2), np.array([1.0, 2.0]), np.array([2.0, 0.0]),
+        layout={"w": (1,), "b": (1,)},
+    )  # fmt: skip
+    assert report.verdict is Verdict.PASS and report.judged_share == 0.5
+    assert report.headline().startswith("pass: difference")
+    assert "; 2 of 2 components (50% judged): 1 agree, 1 not judged;" in report.headline()
+    assert "not judged: 1 tensor (b)" in report.headline()
+    assert "  coverage: pass on 50% of components; not judged: 1 tensor (b)" in str(report)
+    assert report.to_dict()["coverage"] == {"judged_share": 0.5, "not_judged": ["b"]}
+    twin = gradwatch.check_function(
+        lambda t: float(t[0] ** 2 + t[1] ** 2), np.array([1.0, 2.0]), np.array([2.0, 4.0]),
+        layout={"w": (1,), "b": (1,)},
+    )  # fmt: skip
+    assert twin.judged_share == 1.0 and "not judged" not in twin.headline()

@@ -1,0 +1,180 @@
+"""Power on both sides: correct models pass and planted twins fail, with bugs of graded size (1%
+and 0.1% of one tensor, one wrong row, a sign flip of a small-gradient scalar) at J scales of 1,
+1e5 and with a large constant part, at random init and after training; and each rule of issue 19
+on a J with a known answer: the reading is a test, the tensor test, escalation, J's noise per
+tensor."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gradwatch
+from gradwatch import Verdict
+from gradwatch.verdict import parameter_verdict
+from tests import power_nets
+
+# --- the matrix: bugs × J scales × init/trained × seeds --------------------------------------
+
+
+def _power_case(scale: str, trained: bool, bug: str, seed: int) -> None:
+    model = power_nets.build(seed, trained, bug)
+    report = gradwatch.check_module(
+        model, power_nets.loss_at(scale), power_nets.batch(seed), seed=seed
+    )
+    target = report.parameters[power_nets.BUGS[bug]]
+    if bug == "none":  # the correct twin: every parameter judged passes, none is left out
+        assert report.verdict is Verdict.PASS, str(report)
+        assert {r.verdict for r in report.parameters.values()} == {Verdict.PASS}, str(report)
+    elif bug == "0.1%":  # D ≈ 5e-4: the material's band says "look", never "pass"
+        assert report.verdict in (Verdict.WARN, Verdict.FAIL), str(report)
+        assert target.verdict in (Verdict.WARN, Verdict.FAIL), str(report)
+    else:
+        assert report.verdict is Verdict.FAIL, str(report)
+        assert target.verdict is Verdict.FAIL, str(report)
+
+
+@pytest.mark.parametrize(
+    ("scale", "bug"), list(itertools.product(power_nets.SCALES, power_nets.BUGS))
+)
+def test_correct_twins_pass_and_planted_bugs_are_caught(scale: str, bug: str) -> None:
+    _power_case(scale, False, bug, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("scale", "trained", "bug", "seed"),
+    [case for case in itertools.product(power_nets.SCALES, (False, True), power_nets.BUGS, (1, 2))]
+    + [
+        (scale, True, bug, 0)
+        for scale, bug in itertools.product(power_nets.SCALES, power_nets.BUGS)
+    ],
+)
+def test_power_over_seeds_and_after_training(
+    scale: str, trained: bool, bug: str, seed: int
+) -> None:
+    _power_case(scale, trained, bug, seed)
+
+
+# --- the rules on known answers ---------------------------------------------------------------
+
+
+def _noisy(sigma: float, f: Any) -> Any:
+    """f(θ) plus a Gaussian error of size ``sigma`` that is a function of θ (the same θ, the same
+    error: as rounding is)."""
+
+    def cost(t: np.ndarray) -> float:
+        digest = hashlib.blake2b(np.asarray(t, np.float64).tobytes(), digest_size=8).digest()
+        seed = int.from_bytes(digest, "little")
+        return float(f(t)) + sigma * float(np.random.default_rng(seed).standard_normal())
+
+    return cost
+
+
+SIGMA, H = 1e-12, 1e-7
+NOISE = SIGMA / (np.sqrt(2) * H)  # of the two-sided estimate at ε = 1e-7
+TWO = {"a": (1,), "b": (1,)}  # θ₀ and θ₁ as two tensors: each has its own verdict
+
+
+@pytest.mark.parametrize("gap", [12.0, 16.0, 24.0])
+def test_a_sign_flip_seen_beyond_the_tolerance_is_never_cleared_by_its_re_check(
+    gap: float,
+) -> None:
+    # J = c·θ₀ + θ₁², backprop says −c: a gap of 2c = 12–24σ. The re-check at 2ε and 4ε reads
+    # Richardson at 0.67σ: the gap stays a disagreement (a half-step re-read at 2.7σ cleared it).
+    c = gap * NOISE / 2
+    cost = _noisy(SIGMA, lambda t: c * t[0] + t[1] ** 2)
+    theta = np.array([0.0, 0.5])
+    wrong = gradwatch.check_function(cost, theta, np.array([-c, 1.0]), layout=TWO)
+    assert wrong.verdict is Verdict.FAIL and wrong.worst(1)[0].label == "a[0]"
+    assert wrong.worst(1)[0].reading == "disagrees"
+    right = gradwatch.check_function(cost, theta, np.array([c, 1.0]), layout=TWO)
+    assert right.verdict is Verdict.PASS
+
+
+@pytest.mark.parametrize(("error", "verdict"), [(3.0, Verdict.WARN), (0.5, Verdict.PASS)])
+def test_the_tensor_test_convicts_an_error_no_reading_shows(error: float, verdict: Verdict) -> None:
+    # 1000 components of gradient 3000σ whose readings all agree (each off by error·σ, under 8σ):
+    # Σz² ≈ 1000·(error² + 1) against the bound 4·1.25·1000; D = 5e-4 at 3σ: the band says warn.
+    rng = np.random.default_rng(0)
+    k, noise = 1000, np.full(1000, 1e-9)
+    a = 3000 * noise * np.sign(rng.standard_normal(k))
+    n = a + error * noise + noise * rng.standard_normal(k)
+    agree = np.zeros(k, np.int8)
+    result = parameter_verdict("w", a, n, noise, agree, agree, 1e-3, 1e-7)
+    assert result.verdict is verdict and (result.tensor_test > 1) == (verdict is Verdict.WARN)
+    if verdict is Verdict.WARN:
+        assert result.reason == "errors shared across components"
+
+
+def test_a_small_error_shared_by_many_components_fails_end_to_end() -> None:
+    # 1000 slopes of 1000σ, each off by 3σ; ε = 1e-3 on a linear J: no truncation, and the
+    # fitted step is not longer.
+    k, eps = 1000, 1e-3
+    noise = SIGMA / (np.sqrt(2) * eps)
+    slopes = 1000 * noise * np.linspace(1.0, 2.0, k)
+    cost = _noisy(SIGMA, lambda t: float(slopes @ t))
+    theta = np.linspace(-1.0, 1.0, k)
+    right = gradwatch.check_function(cost, theta, slopes, epsilon=eps)
+    assert right.verdict is Verdict.PASS
+    assert right.parameters["theta"].tensor_test < 1
+    shared = gradwatch.check_function(cost, theta, slopes + 3 * noise, epsilon=eps)
+    result = shared.parameters["theta"]
+    assert result.disagrees < k // 100  # hardly any reading stands out
+    assert result.tensor_test > 1 and shared.verdict is not Verdict.PASS
+
+
+def test_a_gradient_within_the_first_steps_noise_is_read_at_the_fitted_step() -> None:
+    # J = 3e5 + 1e-6·θ₀ + θ₁²: at ε = 1e-7 the slope 1e-6 is far under the noise (~1e-4).
+    cost = lambda t: 3e5 + 1e-6 * t[0] + t[1] ** 2  # noqa: E731
+    theta = np.array([0.2, 0.5])
+    right = gradwatch.check_function(cost, theta, np.array([1e-6, 1.0]), layout=TWO)
+    assert right.component(0).recheck == "fitted step"
+    assert right.component(0).reading == "agrees" and right.verdict is Verdict.PASS
+    detached = gradwatch.check_function(cost, theta, np.array([0.0, 1.0]), layout=TWO)
+    assert detached.verdict is Verdict.FAIL and detached.worst(1)[0].label == "a[0]"
+
+
+class _Float32Matmul(torch.autograd.Function):
+    """x @ wᵀ computed in numpy float32, its backward in float64 (×``factor``: 1 is correct)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.factor = factor
+        out = x.detach().numpy().astype(np.float32) @ w.detach().numpy().astype(np.float32).T
+        return torch.from_numpy(out.astype(np.float64)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        x, w = ctx.saved_tensors
+        return grad @ w, ctx.factor * grad.t() @ x, None
+
+
+class _LateFloat32(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.inp, self.out = nn.Linear(64, 12), nn.Linear(12, 10)
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(x))
+        return _Float32Matmul.apply(h, self.out.weight, self.factor) + self.out.bias
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_noise_is_measured_on_the_tensor_that_reaches_a_float32_op(seed: int) -> None:
+    torch.manual_seed(seed)
+    model = _LateFloat32(1.0)
+    loss, batch = power_nets.loss_at("1"), power_nets.batch(seed)
+    right = gradwatch.check_module(model, loss, batch, seed=seed)
+    assert right.verdict is not Verdict.FAIL, str(right)
+    model.factor = 1.5
+    wrong = gradwatch.check_module(model, loss, batch, seed=seed)
+    assert wrong.verdict is Verdict.FAIL and "out.weight" in wrong.parameters_with(Verdict.FAIL)
