@@ -82,8 +82,8 @@ def _dtype_error(
     told = TypeError(
         f"`batch` must suit the model: its parameters are {' and '.join(theirs)}, and the "
         f"batch holds {held}. J stopped with: {err} (torch names the check's {checked} copy "
-        "of the model, not your model). Give a layer that multiplies a tensor a "
-        "floating-point one, e.g. x.float() in the batch or in loss_fn; class labels and "
+        "of the model, not your model). Pass floating-point tensors to the layers that "
+        "multiply them, e.g. x.float() in the batch or in loss_fn; class labels and "
         "embedding indices stay integer."
     )
     try:

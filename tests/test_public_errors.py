@@ -88,7 +88,7 @@ def test_an_integer_batch_for_a_float32_model_names_the_users_dtypes() -> None:
         "`batch` must suit the model: its parameters are float32, and the batch holds "
         "batch[0] int64 of shape (8, 3). J stopped with: mat1 and mat2 must have the same "
         "dtype, but got Long and Double (torch names the check's float64 copy of the model, "
-        "not your model). Give a layer that multiplies a tensor a floating-point one"
+        "not your model). Pass floating-point tensors to the layers that multiply them"
     )
     last = _last_frame(raised.value)
     assert (Path(last.filename).name, last.name) == (MODULE, "check_module")
