@@ -200,7 +200,9 @@ class GradientCheckBase(Outcome):
         cause: Exception | None = None
         try:
             if _sharded.sharded(trainer):  # every process its own batch: J is their mean
-                report = _sharded.run(self, trainer, pl_module, batch, batch_idx)
+                report = _sharded.run(
+                    self, engine_options(self, trainer), pl_module, batch, batch_idx
+                )
             else:  # under DDP every process checks process 0's batch and evaluates its share
                 batch = _distributed.same_batch(trainer, batch)
                 report = _run(self, trainer, pl_module, batch, batch_idx)
@@ -285,16 +287,24 @@ def _run(
             objective(pl_module, batch_idx),
             batch,
             partition=_distributed.partition(trainer),
-            epsilon=self.epsilon,
-            include=self.include,
-            sample=self.sample,
-            dropout=self.dropout,
-            mode=self.mode,
-            seed=self.seed,
-            thresholds=self.thresholds,
             progress=self.progress and trainer.is_global_zero,
-            training_path=self.training_path and _training_path.of_trainer(trainer),
+            **engine_options(self, trainer),
         )
+
+
+def engine_options(check: GradientCheckBase, trainer: Any) -> dict[str, Any]:
+    """The options of ``check`` that the engine's check takes as they are (the one checker of
+    each is the engine's, told as the callback's at construction)."""
+    return {
+        "epsilon": check.epsilon,
+        "include": check.include,
+        "sample": check.sample,
+        "dropout": check.dropout,
+        "mode": check.mode,
+        "seed": check.seed,
+        "thresholds": check.thresholds,
+        "training_path": check.training_path and _training_path.of_trainer(trainer),
+    }
 
 
 def _warn_if_named_alike(self: GradientCheckBase, trainer: Any) -> None:

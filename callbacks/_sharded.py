@@ -12,7 +12,6 @@ from gradwatch import GradCheckReport
 from gradwatch._replica import is_sharded
 from gradwatch.sharded import check_sharded
 
-from . import _training_path
 from ._objective import logging_muted, objective
 
 # The strategies whose model the check reads, by the class name of the strategy or of a base
@@ -78,22 +77,18 @@ def require_plain_unless_sharded(trainer: Any, module: nn.Module) -> None:
     )
 
 
-def run(check: Any, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> GradCheckReport:
-    """One check of a model under ``ModelParallelStrategy`` by the callback ``check``: every
-    process its own batch (J is their mean), the replica gathered in every process."""
+def run(
+    check: Any, options: dict[str, Any], pl_module: Any, batch: Any, batch_idx: int
+) -> GradCheckReport:
+    """One check of a model under ``ModelParallelStrategy`` by the callback ``check``, with the
+    engine's ``options`` as the callback holds them: every process its own batch (J is their
+    mean), the replica gathered in every process."""
     with logging_muted(pl_module):
         return check_sharded(
             pl_module,
             objective(pl_module, batch_idx),
             batch,
-            epsilon=check.epsilon,
-            include=check.include,
-            sample=check.sample,
-            dropout=check.dropout,
-            mode=check.mode,
-            seed=check.seed,
-            thresholds=check.thresholds,
             progress=check.progress,
-            training_path=check.training_path and _training_path.of_trainer(trainer),
             replica_budget=check.replica_budget,
+            **options,
         )

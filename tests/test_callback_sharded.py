@@ -26,6 +26,7 @@ from pytorch_lightning.strategies import (
 
 from gradwatch import load_report
 from gradwatch.callbacks import GradientCheck, _sharded
+from gradwatch.callbacks._core import engine_options
 from gradwatch.callbacks._sharded import WHAT_WORKS, require_checkable
 from tests.callback_models import TinyModule
 
@@ -141,7 +142,8 @@ def test_the_options_reach_check_sharded(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(_sharded, "check_sharded", fake)
     check = GradientCheck(replica_budget=2**20, sample=7, epsilon="auto", seed=3)
-    assert _sharded.run(check, SimpleNamespace(), TinyModule(), None, 0) == "report"
+    options = engine_options(check, SimpleNamespace())
+    assert _sharded.run(check, options, TinyModule(), None, 0) == "report"
     assert seen == {
         "epsilon": "auto", "include": None, "sample": 7, "dropout": "off",
         "mode": "components", "seed": 3, "thresholds": check.thresholds, "progress": True,
