@@ -5,7 +5,6 @@ point at a bug."""
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -236,28 +235,6 @@ class GradCheckReport:
         where not judged, ±inf where measured so). :func:`gradwatch.save_report` writes it as
         standard JSON; :func:`gradwatch.load_report` gives it back."""
         return report_file.as_dict(self)
-
-    # -- spellings of an earlier release --------------------------------------------------------
-
-    @property
-    def difference_without_kinks(self) -> float:
-        """Deprecated: ``difference`` (kinks are now re-checked off the kink, not left out)."""
-        _deprecated("difference_without_kinks", "difference")
-        return self.difference
-
-    @property
-    def flagged_count(self) -> int:
-        """Deprecated: ``reading_counts["disagrees"]``."""
-        _deprecated("flagged_count", 'reading_counts["disagrees"]')
-        return self.reading_counts["disagrees"]
-
-
-def _deprecated(old: str, new: str) -> None:
-    warnings.warn(
-        f"GradCheckReport.{old} is deprecated and will be removed in the next release; use {new}",
-        DeprecationWarning,
-        stacklevel=3,
-    )
 
 
 def _normalize(report: GradCheckReport) -> None:

@@ -440,8 +440,13 @@ def test_an_epsilon_below_the_spacing_of_theta_leaves_those_components_not_judge
     )
 
 
-def test_the_old_name_of_sample_still_works_with_a_warning() -> None:
+def test_the_old_name_of_sample_is_gone_and_names_the_new_one() -> None:
     model, batch = used_model()
-    with pytest.warns(DeprecationWarning, match="`components` is deprecated.*use `sample`"):
-        report = check_module(model, cross_entropy, batch, components=5)
-    assert report.components_checked == 5
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(
+        TypeError, match=r"check_module\(\) got `components`, removed in 0\.3\.0; use `sample`"
+    ):
+        check_module(model, cross_entropy, batch, components=5)
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'smaple'"):
+        check_module(model, cross_entropy, batch, smaple=5)  # type: ignore[call-arg]

@@ -222,9 +222,3 @@ def test_nan_cost_everywhere_fails() -> None:
     report = gradwatch.check_function(lambda t: math.nan, np.ones(3), np.ones(3))
     assert report.verdict is Verdict.FAIL
     assert "theta[0]" in report.message
-
-
-def test_the_old_name_still_works_with_a_warning() -> None:
-    with pytest.warns(DeprecationWarning, match="gradient_check is deprecated.*check_function"):
-        old = gradwatch.gradient_check
-    assert old is gradwatch.check_function
