@@ -176,7 +176,3 @@ def check_module(
             raise
         raise public from None
 
-
-# doctest finds a function by its module's globals, which the wrapper of removed_keywords does not
-# share: the example of check_module runs from here.
-__test__ = {"check_module": check_module.__wrapped__}  # type: ignore[attr-defined]
