@@ -175,4 +175,3 @@ def check_module(
         if public is None:
             raise
         raise public from None
-

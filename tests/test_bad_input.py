@@ -255,7 +255,7 @@ def test_integer_buffer_is_held_fixed_and_the_float_parameters_checked() -> None
     before = snapshot(model)
     report = check_module(model, cross_entropy, classification_batch((4,)))
     assert report.verdict is Verdict.PASS, str(report)
-    assert list(report.per_parameter) == ["fc.weight", "fc.bias"]
+    assert list(report.parameters) == ["fc.weight", "fc.bias"]
     assert changes(before, model) == []
 
 
