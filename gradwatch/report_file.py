@@ -25,7 +25,8 @@ NON_FINITE_KEY = "non_finite"
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 # The keys of gradwatch 0.2's files that 0.3 renamed (one name per fact: "readings" and "kinks"
 # are the report's per-component arrays, the file holds their counts), and those it dropped
-# ("per_parameter" repeated each "parameters" entry's "difference").
+# ("per_parameter" repeated each "parameters" entry's "difference"); "coverage"'s "not_judged",
+# a list of names, beside each parameter's "not_judged", a count, is "parameters_not_judged".
 _RENAMED_0_2 = {"readings": "reading_counts", "kinks": "kink_count"}
 _RENAMED_0_2_COMPONENT = {"noise": "numeric_noise"}
 _DROPPED_0_2 = ("per_parameter",)
@@ -86,7 +87,8 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     ``null`` that stands for no value (``"location": null``) stays ``None``. Files of gradwatch
     0.2 and earlier load alike: their strings ``"nan"``, ``"inf"`` as floats, their keys under
     0.3's names (``"readings"`` → ``"reading_counts"``, ``"kinks"`` → ``"kink_count"``, a
-    component's ``"noise"`` → ``"numeric_noise"``; ``"per_parameter"`` dropped: each
+    component's ``"noise"`` → ``"numeric_noise"``, ``"coverage"``'s ``"not_judged"`` →
+    ``"parameters_not_judged"``; ``"per_parameter"`` dropped: each
     ``"parameters"`` entry has its ``"difference"``).
 
     Example:
@@ -155,6 +157,9 @@ def _rename_0_2(data: dict[str, Any]) -> None:
             data[new] = data.pop(old)
     for old in _DROPPED_0_2:
         data.pop(old, None)
+    coverage = data.get("coverage")
+    if isinstance(coverage, dict) and "not_judged" in coverage:
+        coverage["parameters_not_judged"] = coverage.pop("not_judged")
     for component in data.get("worst") or []:
         for old, new in _RENAMED_0_2_COMPONENT.items():
             if old in component:
@@ -244,7 +249,7 @@ def as_dict(report: GradCheckReport) -> dict[str, Any]:
         "reading_counts": report.reading_counts,
         "coverage": {
             "judged_share": _num(report.judged_share),
-            "not_judged": report.parameters_with("not judged"),
+            "parameters_not_judged": report.parameters_with("not judged"),
         },
         "kink_count": report.kink_count,
         "j_noise": None

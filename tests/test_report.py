@@ -324,7 +324,7 @@ def test_a_pass_says_what_it_rests_on() -> None:
     assert "; 2 of 2 components (50% judged): 1 agree, 1 not judged;" in report.headline()
     assert "not judged: 1 tensor (b)" in report.headline()
     assert "  coverage: pass on 50% of components; not judged: 1 tensor (b)" in str(report)
-    assert report.to_dict()["coverage"] == {"judged_share": 0.5, "not_judged": ["b"]}
+    assert report.to_dict()["coverage"] == {"judged_share": 0.5, "parameters_not_judged": ["b"]}
     twin = gradwatch.check_function(
         lambda t: float(t[0] ** 2 + t[1] ** 2), np.array([1.0, 2.0]), np.array([2.0, 4.0]),
         layout={"w": (1,), "b": (1,)},

@@ -122,6 +122,7 @@ def test_a_file_of_0_2_with_non_finite_pointers_loads_under_0_3s_names(tmp_path:
         "difference": None,
         "readings": {"agrees": 1, "disagrees": 0, "not judged": 1},
         "per_parameter": {"b": None},
+        "coverage": {"judged_share": 0.5, "not_judged": ["b"]},
         "worst": [{"name": "b", "noise": None, "rel_error": None}],
         "non_finite": {
             "/difference": "nan",
@@ -133,7 +134,8 @@ def test_a_file_of_0_2_with_non_finite_pointers_loads_under_0_3s_names(tmp_path:
     path = tmp_path / "old.json"
     path.write_text(json.dumps(old), encoding="utf-8")
     data = gradwatch.load_report(path)
-    assert set(data) == {"gradwatch_version", "difference", "reading_counts", "worst"}
+    assert set(data) == {"gradwatch_version", "difference", "reading_counts", "worst", "coverage"}
+    assert data["coverage"] == {"judged_share": 0.5, "parameters_not_judged": ["b"]}
     assert math.isnan(data["difference"]) and data["reading_counts"]["agrees"] == 1
     assert data["worst"][0]["numeric_noise"] == math.inf and "noise" not in data["worst"][0]
     assert math.isnan(data["worst"][0]["rel_error"])
