@@ -5,6 +5,7 @@ user's model, its gradients and flags and the global RNGs are left bit-for-bit a
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import math
 import re
@@ -448,5 +449,7 @@ def test_the_old_name_of_sample_is_gone_and_names_the_new_one() -> None:
     ):
         check_module(model, cross_entropy, batch, components=5)
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    shown = inspect.signature(check_module).parameters  # what help() and the docs show
+    assert "components" not in shown and shown["sample"].default is None
     with pytest.raises(TypeError, match="unexpected keyword argument 'smaple'"):
         check_module(model, cross_entropy, batch, smaple=5)  # type: ignore[call-arg]
