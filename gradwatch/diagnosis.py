@@ -229,7 +229,7 @@ def observations(
         report.indices,
         report.analytic,
         report.numeric,
-        np.asarray(report.noise),
+        np.asarray(report.numeric_noise),
         wrong,
         known,
         batch_size,

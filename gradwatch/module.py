@@ -18,7 +18,7 @@ from gradwatch._module_check import check_eager
 from gradwatch._public import restated
 from gradwatch._scope import checked_parameters
 from gradwatch._training_run import compare_training_path
-from gradwatch._validate import check_seed, check_torch_dtype, renamed
+from gradwatch._validate import check_seed, check_torch_dtype, removed_keywords
 from gradwatch.partition import Partition
 from gradwatch.report import GradCheckReport, Thresholds
 from gradwatch.training_path import TrainingPath, check_training_path
@@ -29,6 +29,7 @@ DropoutMode = Literal["off", "freeze"]
 CheckMode = Literal["components", "directions"]
 
 
+@removed_keywords(components="`sample`")
 def check_module(
     model: nn.Module,
     loss_fn: LossFn,
@@ -48,7 +49,6 @@ def check_module(
     training_path: bool | TrainingPath = False,
     keep_precision: bool = True,
     memory_budget: int | None = None,
-    components: int | None = None,
 ) -> GradCheckReport:
     """Checks backprop of a whole module against the material's two-sided difference.
 
@@ -117,7 +117,6 @@ def check_module(
             graph, plus any copied parameter tensors. Default 1 GiB. A smaller budget means
             more, smaller calls, never the one-at-a-time loop; a call that runs out of memory
             anyway is retried in halves.
-        components: the old name of ``sample`` (deprecated).
         keep_precision: ``True`` (default): while J and its gradient are evaluated, casts in
             the model's own code to a less precise dtype (``.float()``, ``.to(torch.float32)``,
             ``dtype=`` of factories and ops) keep ``dtype``, and the notes name where (see
@@ -147,7 +146,7 @@ def check_module(
         counted = Counted(loss_fn) if callable(loss_fn) else loss_fn
         run = functools.partial(
             check_eager, view.module, counted, batch, include=include,
-            sample=renamed("components", "sample", components, sample),
+            sample=sample,
             dropout=dropout, seed=seed, thresholds=thresholds, drift_dtype=drift_dtype, mode=mode,
             partition=partition, progress=progress, keep_precision=keep_precision,
             memory_budget=memory_budget,

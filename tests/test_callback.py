@@ -330,7 +330,7 @@ def test_include_that_matches_no_parameter_fails_at_setup(tmp_path: Path) -> Non
 def test_include_narrows_theta(tmp_path: Path) -> None:
     check = GradientCheck(after_steps=(), include=["net.4.*"])
     _fit(tmp_path, TinyModule(), [check], max_steps=1)
-    assert set(check.reports[0].per_parameter) == {"net.4.weight", "net.4.bias"}
+    assert set(check.reports[0].parameters) == {"net.4.weight", "net.4.bias"}
 
 
 def _broken(on_fail: Literal["warn", "raise", "ignore"]) -> tuple[Any, GradientCheck]:
@@ -349,8 +349,9 @@ def test_a_wrong_backward_fails_and_warns(tmp_path: Path) -> None:
     report = check.reports[0]
     assert report.verdict is Verdict.FAIL
     assert report.worst(1)[0].name == "hidden.bias"
-    assert report.per_parameter["hidden.bias"] > 1e-3
-    assert all(d <= 1e-7 for name, d in report.per_parameter.items() if name != "hidden.bias")
+    assert report.parameters["hidden.bias"].difference > 1e-3
+    others = [r.difference for name, r in report.parameters.items() if name != "hidden.bias"]
+    assert all(d <= 1e-7 for d in others)
 
 
 @pytest.mark.parametrize("on_fail", ["warn", "ignore"])
@@ -400,7 +401,7 @@ def test_on_fail_raise_stops_fit_with_the_report(tmp_path: Path) -> None:
     ):
         run.fit(module, _digit_batches())
     assert run.global_step == 0
-    assert check.reports[0].per_parameter["hidden.bias"] > 1e-3
+    assert check.reports[0].parameters["hidden.bias"].difference > 1e-3
 
 
 def test_on_fail_ignore_only_logs(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:

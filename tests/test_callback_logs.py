@@ -103,7 +103,9 @@ def test_scalars_hold_the_reports_values(run: dict[str, Any]) -> None:
         assert event.value == pytest.approx(expected, rel=1e-6)
     for name in JUDGED:
         for event in events.Scalars(f"gradcheck_parameters/{name}"):
-            assert event.value == pytest.approx(reports[event.step].per_parameter[name], rel=1e-6)
+            assert event.value == pytest.approx(
+                reports[event.step].parameters[name].difference, rel=1e-6
+            )
     # BatchNorm cancels the bias before it: a zero gradient, against a few ulps of J: not judged,
     # and never shown as a value.
     assert all(reports[s].parameters["net.0.bias"].reason == "within noise" for s in STEPS)
@@ -209,7 +211,7 @@ def test_two_callbacks_on_different_layers_log_under_their_own_names(tmp_path: P
     for check, (name, layer) in zip(checks, names.items(), strict=True):
         part = name.removeprefix("gradcheck/")
         assert list(check.reports) == [0, 2]
-        assert set(check.reports[0].per_parameter) == {f"{layer}.weight", f"{layer}.bias"}
+        assert set(check.reports[0].parameters) == {f"{layer}.weight", f"{layer}.bias"}
         own = {t for t in tags["scalars"] if f"/{part}/" in t}
         assert {
             f"{name}/difference",
