@@ -12,7 +12,6 @@ without jsonargparse installed nothing is registered and nothing changes.
 from __future__ import annotations
 
 import importlib.util
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
@@ -23,7 +22,6 @@ from gradwatch._validate import (
     check_sample,
     check_seed,
     check_thresholds,
-    reject,
 )
 from gradwatch.verdict import Thresholds
 
@@ -36,10 +34,8 @@ __all__ = [
     "EveryNSteps",
     "LogWorst",
     "Name",
-    "PassMax",
     "Sample",
     "Seed",
-    "WarnMax",
 ]
 
 EVERY = "None or a positive int, e.g. 1000"
@@ -50,25 +46,12 @@ def check_every_n_steps(value: object) -> int | None:
     return check_optional_count("every_n_steps", value, EVERY)
 
 
-def check_band(name: str, value: object) -> float:
-    """``pass_max``, ``warn_max``: a positive finite float (their order is checked together,
-    by :class:`gradwatch.Thresholds`)."""
-    accepted = "a positive finite float, e.g. 1e-7"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        reject(name, accepted, value, TypeError)
-    if not (math.isfinite(value) and value > 0):
-        reject(name, accepted, value)
-    return float(value)
-
-
 if TYPE_CHECKING:
     AfterSteps: TypeAlias = int | Sequence[int]
     EveryNSteps: TypeAlias = int | None
     Epsilon: TypeAlias = float | Literal["auto"]
     Sample: TypeAlias = int | None
     Bands: TypeAlias = Thresholds | Mapping[str, float] | None
-    PassMax: TypeAlias = float | None
-    WarnMax: TypeAlias = float | None
     Seed: TypeAlias = int
     LogWorst: TypeAlias = int
     Name: TypeAlias = str
@@ -87,8 +70,6 @@ else:
     Epsilon = _type("Epsilon", check_epsilon, "'auto' or a float in (0, 1).")
     Sample = _type("Sample", check_sample, "None or a positive int.")
     Bands = _type("Bands", check_thresholds, "None or {pass_max: ..., warn_max: ...}.")
-    PassMax = _type("PassMax", lambda x: x is None or check_band("pass_max", x), "Deprecated.")
-    WarnMax = _type("WarnMax", lambda x: x is None or check_band("warn_max", x), "Deprecated.")
     Seed = _type("Seed", check_seed, "A non-negative int.")
     LogWorst = _type("LogWorst", lambda x: check_non_negative("log_worst", x), "An int >= 0.")
     Name = _type("Name", v.check_name, "A non-empty str without spaces.")
@@ -122,8 +103,6 @@ def register() -> bool:
         Epsilon,
         Sample,
         Bands,
-        PassMax,
-        WarnMax,
         Seed,
         LogWorst,
         Name,

@@ -11,7 +11,6 @@ the check, the helpers of :mod:`._logs` say what was found. Of the trainer's sta
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, cast
@@ -19,7 +18,7 @@ from typing import Any, cast
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from gradwatch import GradCheckReport, PartitionError, Thresholds, check_module
+from gradwatch import GradCheckReport, PartitionError, check_module
 from gradwatch._validate import (
     CHECK_MODES,
     DROPOUT_MODES,
@@ -29,7 +28,6 @@ from gradwatch._validate import (
     check_sample,
     check_seed,
     check_thresholds,
-    renamed,
 )
 from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 from gradwatch.sharded import check_budget
@@ -80,9 +78,6 @@ class GradientCheckBase(Outcome):
         training_path: bool = False,
         replica_budget: int | None = None,
         warn_not_judged: bool = True,
-        components: _cli.Sample = None,
-        pass_max: _cli.PassMax = None,
-        warn_max: _cli.WarnMax = None,
     ) -> None:
         super().__init__()
         # The arguments check_module takes are checked by its own rules, told as the callback's.
@@ -93,11 +88,11 @@ class GradientCheckBase(Outcome):
                 every_n_steps=_cli.check_every_n_steps(every_n_steps),
             )
             self.epsilon = check_epsilon(epsilon)
-            self.sample = check_sample(renamed("components", "sample", components, sample))
+            self.sample = check_sample(sample)
             self.include = v.check_include(include)
             self.dropout = cast(DropoutMode, check_choice("dropout", dropout, DROPOUT_MODES))
             self.mode = cast(CheckMode, check_choice("mode", mode, CHECK_MODES))
-            self.thresholds = _bands(thresholds, pass_max, warn_max)
+            self.thresholds = check_thresholds(thresholds)
             self.seed = check_seed(seed)
             self.log_worst = check_non_negative("log_worst", log_worst)
             self.on_fail = check_choice("on_fail", on_fail, v.ON_FAIL)
@@ -317,23 +312,3 @@ def _warn_if_named_alike(self: GradientCheckBase, trainer: Any) -> None:
             f"{self.name!r}, so their tags and console lines mix; give each its own "
             "`name`, e.g. name='gradcheck/encoder'"
         )
-
-
-def _bands(thresholds: object, pass_max: float | None, warn_max: float | None) -> Thresholds:
-    """``thresholds``, as the engine takes them; ``pass_max``/``warn_max``, their spelling of an
-    earlier release, still work for one with a DeprecationWarning."""
-    if pass_max is None and warn_max is None:
-        return check_thresholds(thresholds)
-    if thresholds is not None:
-        raise TypeError("pass `thresholds` alone: `pass_max` and `warn_max` are its old spelling")
-    warnings.warn(
-        "`pass_max` and `warn_max` are deprecated and will be removed in the next release; use "
-        "thresholds={'pass_max': ..., 'warn_max': ...} (or gradwatch.Thresholds)",
-        DeprecationWarning,
-        stacklevel=4,
-    )
-    old = Thresholds()
-    return Thresholds(
-        pass_max=old.pass_max if pass_max is None else pass_max,
-        warn_max=old.warn_max if warn_max is None else warn_max,
-    )

@@ -20,6 +20,8 @@ from gradwatch._validate import is_int, reject
 
 OnFail = Literal["warn", "raise", "ignore"]
 ON_FAIL: tuple[str, ...] = get_args(OnFail)
+# Options removed in 0.3.0 and the option that replaced each: "did you mean" names it.
+REMOVED = {"components": "sample", "pass_max": "thresholds", "warn_max": "thresholds"}
 
 
 @contextmanager
@@ -51,7 +53,8 @@ def wrong_call(cls: type, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> T
         options = [p for p in signature.parameters if p != "self"]
         for key in kwargs:
             if key not in options and not _takes_any_keyword(signature):
-                close = difflib.get_close_matches(key, options, n=1)
+                close = [REMOVED[key]] if key in REMOVED else []
+                close = close or difflib.get_close_matches(key, options, n=1)
                 meant = f" did you mean `{close[0]}`?" if close else ""
                 return TypeError(
                     f"{cls.__name__}: `{key}` is no option;{meant} its options: "

@@ -66,9 +66,6 @@ class GradientCheck(GradientCheckBase, Callback):
     is a warning that says so (with what to attach to a bug report), no verdict is logged, and
     training goes on.
 
-    ``components``, ``pass_max`` and ``warn_max``, the spellings of an earlier release of
-    ``sample`` and ``thresholds``, still work for one release with a DeprecationWarning.
-
     Args:
         at_init: check on the first batch, before the first optimizer step (random init).
         after_steps: check when ``trainer.global_step`` reaches each of these steps. The schedule
