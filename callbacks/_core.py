@@ -1,7 +1,7 @@
 """The callback's logic, shared by the ``pytorch_lightning`` and the ``lightning`` flavours.
 
 Hooks decide *when* (an integer comparison on every batch), :func:`gradwatch.check_module` does
-the check, the helpers of :mod:`._logs` say what was found. Of the trainer's state only
+the check, :mod:`._logging` and :mod:`._outcome` say what was found. Of the trainer's state only
 ``global_step``, ``accumulate_grad_batches``, ``loggers``, ``callbacks``, ``strategy``,
 ``is_global_zero``, ``global_rank`` and ``world_size`` are read, and one private counter,
 ``fit_loop.epoch_loop._batches_that_stepped``: the step Lightning's own logging uses (see
@@ -19,6 +19,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from gradwatch import GradCheckReport, PartitionError, check_module
+from gradwatch import _callback_text as text
 from gradwatch._validate import (
     CHECK_MODES,
     DROPOUT_MODES,
@@ -31,9 +32,11 @@ from gradwatch._validate import (
 )
 from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 from gradwatch.sharded import check_budget
+from gradwatch.training_path import TrainingPath
 
-from . import _cli, _distributed, _faults, _logs, _sharded, _training_path
+from . import _cli, _distributed, _faults, _sharded
 from . import _validate as v
+from ._logging import Logging
 from ._objective import (
     logging_muted,
     objective,
@@ -46,7 +49,7 @@ from ._schedule import Schedule
 _cli.register()
 
 
-class GradientCheckBase(Outcome):
+class GradientCheckBase(Outcome, Logging):
     """Everything of ``GradientCheck`` but the Lightning base class (see ``gradient_check.py``)."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
@@ -73,7 +76,7 @@ class GradientCheckBase(Outcome):
         seed: _cli.Seed = 0,
         log_worst: _cli.LogWorst = 10,
         on_fail: v.OnFail = "warn",
-        name: _cli.Name = _logs.DEFAULT_NAME,
+        name: _cli.Name = text.DEFAULT_NAME,
         progress: bool = True,
         training_path: bool = False,
         replica_budget: int | None = None,
@@ -103,7 +106,7 @@ class GradientCheckBase(Outcome):
             self.warn_not_judged = v.check_flag("warn_not_judged", warn_not_judged)
         except (TypeError, ValueError) as err:
             raise v.told(err) from None  # raised here: the frames of the rule add nothing
-        self._label = _logs.label(self.name)
+        self._label = text.label(self.name)
         self._reset()
         # Lightning reads `state_key` at every hook call: build it once.
         self._state_key = _state_key(self)
@@ -226,8 +229,8 @@ class GradientCheckBase(Outcome):
         self._checks.append(
             {
                 "step": step,
-                "difference": _logs.difference_of(report),
-                "verdict": _logs.verdict_of(report),
+                "difference": text.difference_of(report),
+                "verdict": text.verdict_of(report),
             }
         )
         self._next_due = self.schedule.first_due(step + 1)
@@ -298,7 +301,7 @@ def engine_options(check: GradientCheckBase, trainer: Any) -> dict[str, Any]:
         "mode": check.mode,
         "seed": check.seed,
         "thresholds": check.thresholds,
-        "training_path": check.training_path and _training_path.of_trainer(trainer),
+        "training_path": check.training_path and training_path_of(trainer),
     }
 
 
@@ -312,3 +315,17 @@ def _warn_if_named_alike(self: GradientCheckBase, trainer: Any) -> None:
             f"{self.name!r}, so their tags and console lines mix; give each its own "
             "`name`, e.g. name='gradcheck/encoder'"
         )
+
+
+def training_path_of(trainer: Any) -> TrainingPath:
+    """How the Trainer computes the gradient: ``training_step`` under its precision plugin's
+    ``train_step_context()`` (autocast for ``"bf16-mixed"``/``"16-mixed"``, float64 as the
+    default dtype for ``"64-true"``), and the loss scale of its gradient scaler, if any
+    (``"16-mixed"`` on CUDA). Only public API: ``trainer.precision_plugin``, the plugin's
+    ``train_step_context`` and ``scaler``, ``GradScaler.get_scale()``."""
+    plugin = trainer.precision_plugin
+    scaler = getattr(plugin, "scaler", None)
+    scale = 1.0
+    if scaler is not None and scaler.is_enabled():
+        scale = float(scaler.get_scale())
+    return TrainingPath(context=plugin.train_step_context, loss_scale=scale)

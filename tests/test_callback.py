@@ -19,12 +19,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from gradwatch import Verdict
+from gradwatch import _callback_text as _text
 from gradwatch.callbacks import (
     GradientCheck,
     GradientCheckError,
     GradientCheckWarning,
     _core,
-    _logs,
 )
 from tests.callback_models import (
     QUIET_LIGHTNING,
@@ -373,9 +373,9 @@ def test_a_failing_check_says_its_report_once(
     assert sum(text.count(report.message) for text in shown) == 1
     assert sum(text.count("worst components:") for text in shown) == 1
     if on_fail == "ignore":
-        assert ours == [] and console == [f"{head}{_logs.headline(report)}\n{report}"]
+        assert ours == [] and console == [f"{head}{_text.headline(report)}\n{report}"]
         return
-    assert console == [f"{head}{_logs.headline(report)}"]
+    assert console == [f"{head}{_text.headline(report)}"]
     (warning,) = ours
     assert str(warning.message) == f"{head}the gradient check failed.\n{report}"
     assert shown[1].startswith("gradwatch.callbacks:0: GradientCheckWarning: " + head)
@@ -536,8 +536,8 @@ def test_state_dict_round_trip_and_old_checkpoints() -> None:
         {"epsilon": "auto"},
         {"dropout": "freeze"},
         {"seed": 1},
-        {"pass_max": 1e-6},
-        {"warn_max": 1e-2},
+        {"thresholds": {"pass_max": 1e-6}},
+        {"thresholds": {"warn_max": 1e-2}},
         {"name": "gradcheck/encoder"},
     ],
     ids=str,

@@ -433,7 +433,7 @@ def test_an_error_inside_gradwatch_is_ours_and_training_goes_on_untouched(
 def test_an_error_writing_the_logs_is_ours_and_the_check_stands(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gradwatch.callbacks import _card
+    from gradwatch import _callback_card as _card
 
     monkeypatch.setattr(_card, "render", _Bug(_card.render, AttributeError("'NoneType' object")))
     check = GradientCheck(after_steps=(2,))
