@@ -19,7 +19,9 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from gradwatch import GradCheckReport, PartitionError, check_module
+from gradwatch import _callback_faults as faults
 from gradwatch import _callback_text as text
+from gradwatch._callback_objective import logging_muted
 from gradwatch._validate import (
     CHECK_MODES,
     DROPOUT_MODES,
@@ -34,14 +36,9 @@ from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 from gradwatch.sharded import check_budget
 from gradwatch.training_path import TrainingPath
 
-from . import _cli, _distributed, _faults, _sharded
+from . import _cli, _faults
 from . import _validate as v
 from ._logging import Logging
-from ._objective import (
-    logging_muted,
-    objective,
-    require_objective,
-)
 from ._outcome import Outcome, logged_step
 from ._schedule import Schedule
 
@@ -137,20 +134,20 @@ class GradientCheckBase(Outcome, Logging):
             # checks each); a resumed fit gets its checks back from the checkpoint, which
             # Lightning loads after the callbacks' setup.
             self._reset()
-            _distributed.require_no_collectives(trainer, pl_module)
-            _sharded.require_checkable(trainer)
+            _faults.require_no_collectives(trainer, pl_module)
+            _faults.require_checkable(trainer)
             _warn_if_named_alike(self, trainer)
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         # Here rather than at setup, still before any training step: Lightning calls the
         # module's `configure_model`, which may build the layers, after the callbacks' setup.
-        require_objective(pl_module)
-        _sharded.require_plain_unless_sharded(trainer, pl_module)
+        _faults.require_objective(pl_module)
+        _faults.require_plain_unless_sharded(trainer, pl_module)
         self._require_theta(pl_module)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Trainer(sync_batchnorm=True) converts BatchNorm layers after the callbacks' setup.
-        _distributed.require_no_collectives(trainer, pl_module)
+        _faults.require_no_collectives(trainer, pl_module)
         # From where training (re)starts, past the last check (restored from a checkpoint): no
         # step is checked twice, and steps before a resume point are not made up.
         after_last = max(self.checked_steps, default=-1) + 1
@@ -197,12 +194,12 @@ class GradientCheckBase(Outcome, Logging):
         step = trainer.global_step
         cause: Exception | None = None
         try:
-            if _sharded.sharded(trainer):  # every process its own batch: J is their mean
-                report = _sharded.run(
+            if _faults.sharded(trainer):  # every process its own batch: J is their mean
+                report = _faults.run(
                     self, engine_options(self, trainer), pl_module, batch, batch_idx
                 )
             else:  # under DDP every process checks process 0's batch and evaluates its share
-                batch = _distributed.same_batch(trainer, batch)
+                batch = _faults.same_batch(trainer, batch)
                 report = _run(self, trainer, pl_module, batch, batch_idx)
             self._loss_found = True
         except Exception as err:  # a failed check; KeyboardInterrupt goes through
@@ -237,7 +234,7 @@ class GradientCheckBase(Outcome, Logging):
         try:
             self._log(trainer, step, logged_step(trainer), report, history)
         except Exception as err:  # writing the logs is ours: training goes on
-            why = _faults.internal_error(err, " while writing the logs")
+            why = faults.internal_error(err, " while writing the logs")
             self._report_ours(trainer, step, err, why, "the check's logs may be incomplete")
         self._act(trainer, step, report, cause)
 
@@ -282,9 +279,9 @@ def _run(
     with logging_muted(pl_module):
         return check_module(
             pl_module,
-            objective(pl_module, batch_idx),
+            _faults.module_objective(pl_module, batch_idx),
             batch,
-            partition=_distributed.partition(trainer),
+            partition=_faults.partition(trainer),
             progress=self.progress and trainer.is_global_zero,
             **engine_options(self, trainer),
         )

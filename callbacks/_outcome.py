@@ -12,9 +12,9 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zer
 from tqdm.auto import tqdm
 
 from gradwatch import GradCheckReport, Verdict
+from gradwatch import _callback_faults as faults
 from gradwatch import _callback_text as text
 
-from . import _faults
 from ._logging import write_error
 
 
@@ -73,11 +73,11 @@ class Outcome:
     ) -> None:
         """An error inside gradwatch: a warning that says so and what to attach to a bug report
         (the traceback, saved next to the logs where there are logs). Training goes on."""
-        own = _faults.is_ours(err)  # this process raised it (the others heard of it)
-        trace = _faults.error_text(err, step, self.name)
+        own = faults.is_ours(err)  # this process raised it (the others heard of it)
+        trace = faults.error_text(err, step, self.name)
         saved = write_error(trainer, self.name, step, trace) if own else None
         where = f"{self._label} at step {step}"
-        rank_zero_warn(_faults.ours_warning(where, why, consequence, trace, saved, own))
+        rank_zero_warn(faults.ours_warning(where, why, consequence, trace, saved, own))
 
     def _act(
         self, trainer: Any, step: int, report: GradCheckReport, cause: Exception | None = None

@@ -303,7 +303,7 @@ def test_a_check_that_judged_nothing_logs_not_judged() -> None:
 def test_a_check_that_could_not_finish_says_why_and_shows_no_difference() -> None:
     from torch import nn
 
-    from gradwatch.callbacks import _faults
+    from gradwatch import _callback_faults as _faults
 
     why = "the check could not finish: ValueError: the loss cannot use this batch"
     report = _faults.failed_report(nn.Linear(2, 1), None, why, 1e-7, gradwatch.Thresholds())
