@@ -21,8 +21,9 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 
 import gradwatch
 from gradwatch import _callback_card as _card
+from gradwatch import _callback_scalars as numbers
 from gradwatch import _callback_text as reading
-from gradwatch.callbacks import GradientCheck, _logging
+from gradwatch.callbacks import GradientCheck
 from tests.callback_models import (
     ANSWER,
     DETAILS,
@@ -282,7 +283,7 @@ def test_a_parameter_not_judged_is_never_zero_or_pass() -> None:
         ("w", "fail", ""),
         ("b", "not judged", "within noise"),
     ]
-    values = _logging.scalars(report)
+    values = numbers.scalars(report)
     assert math.isnan(values["gradcheck_parameters/b"])
     assert values["gradcheck_parameters/w"] == pytest.approx(0.2)
     assert values["gradcheck/verdict"] == 2.0
@@ -296,7 +297,7 @@ def test_a_parameter_not_judged_is_never_zero_or_pass() -> None:
 
 def test_a_check_that_judged_nothing_logs_not_judged() -> None:
     report = gradwatch.check_function(lambda t: 1.0, np.ones(2), np.zeros(2))
-    assert _logging.scalars(report)["gradcheck/verdict"] == -1.0
+    assert numbers.scalars(report)["gradcheck/verdict"] == -1.0
     assert _card.card_content(0, report, []).title == "NOT JUDGED at step 0"
 
 
@@ -307,7 +308,7 @@ def test_a_check_that_could_not_finish_says_why_and_shows_no_difference() -> Non
 
     why = "the check could not finish: ValueError: the loss cannot use this batch"
     report = _faults.failed_report(nn.Linear(2, 1), None, why, 1e-7, gradwatch.Thresholds())
-    values = _logging.scalars(report)
+    values = numbers.scalars(report)
     assert values["gradcheck/verdict"] == 2.0
     assert all(math.isnan(values[t]) for t in values if "difference" in t or "_parameters" in t)
     content = _card.card_content(3, report, [_card.Point(0, 1e-9, "pass")])
