@@ -24,7 +24,7 @@ from gradwatch.callbacks import (
     GradientCheck,
     GradientCheckError,
     GradientCheckWarning,
-    _core,
+    _hooks,
 )
 from tests.callback_models import (
     QUIET_LIGHTNING,
@@ -246,7 +246,7 @@ def test_a_check_puts_back_every_attribute_of_every_module_in_place() -> None:
     module, check = _Stateful(), GradientCheck(at_init=False, after_steps=())
     run = _single_process_trainer(global_step=0)
     seen, by_batch, tags, total = module.seen, module.by_batch, module.tags, module.total
-    report = _core._run(check, run, module, next(iter(loader())), 0)
+    report = _hooks._run(check, run, module, next(iter(loader())), 0)
     assert report.verdict is Verdict.PASS and module.calls_in_float64 > 0
     assert module.seen is seen and seen == ["first"] and module.aliases[0] is seen
     assert module.by_batch is by_batch and by_batch == {"kept": 1}

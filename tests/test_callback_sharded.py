@@ -26,8 +26,8 @@ from pytorch_lightning.strategies import (
 
 from gradwatch import load_report
 from gradwatch.callbacks import GradientCheck, _faults
-from gradwatch.callbacks._core import engine_options
 from gradwatch.callbacks._faults import WHAT_WORKS, require_checkable
+from gradwatch.callbacks._options import engine_options
 from tests.callback_models import TinyModule
 
 ROOT = Path(__file__).resolve().parents[1]

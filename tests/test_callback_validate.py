@@ -277,7 +277,7 @@ def test_a_bad_value_is_raised_from_the_constructor_with_no_chain() -> None:
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
     frames = traceback.extract_tb(raised.value.__traceback__)
     assert len(frames) == 2  # this test's call, then the constructor
-    assert (Path(frames[-1].filename).name, frames[-1].name) == ("_core.py", "__init__")
+    assert (Path(frames[-1].filename).name, frames[-1].name) == ("_hooks.py", "__init__")
 
 
 def test_a_callback_pickles_and_copies_with_its_options() -> None:

@@ -5,7 +5,7 @@ the check, :mod:`._logging` and :mod:`._outcome` say what was found. Of the trai
 ``global_step``, ``accumulate_grad_batches``, ``loggers``, ``callbacks``, ``strategy``,
 ``is_global_zero``, ``global_rank`` and ``world_size`` are read, and one private counter,
 ``fit_loop.epoch_loop._batches_that_stepped``: the step Lightning's own logging uses (see
-:func:`_logged_step`).
+:func:`._outcome.logged_step`).
 """
 
 from __future__ import annotations
@@ -15,45 +15,35 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, cast
 
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from gradwatch import GradCheckReport, PartitionError, check_module
 from gradwatch import _callback_faults as faults
 from gradwatch import _callback_text as text
 from gradwatch._callback_objective import logging_muted
-from gradwatch._validate import (
-    CHECK_MODES,
-    DROPOUT_MODES,
-    check_choice,
-    check_epsilon,
-    check_non_negative,
-    check_sample,
-    check_seed,
-    check_thresholds,
-)
 from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 from gradwatch.sharded import check_budget
-from gradwatch.training_path import TrainingPath
 
-from . import _cli, _faults
-from . import _validate as v
+from . import _faults
+from . import _options as o
 from ._logging import Logging
+from ._options import Schedule, engine_options
 from ._outcome import Outcome, logged_step
-from ._schedule import Schedule
 
-# LightningCLI configs check these arguments' ranges when they are parsed (see _cli).
-_cli.register()
+# LightningCLI configs check these arguments' ranges when they are parsed (see _options).
+o.register()
 
 
 class GradientCheckBase(Outcome, Logging):
-    """Everything of ``GradientCheck`` but the Lightning base class (see ``gradient_check.py``)."""
+    """Everything of ``GradientCheck`` but the Lightning base class (see
+    ``gradwatch.callbacks``)."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         # A wrong keyword is told here, in the name the user wrote and with the option meant:
         # Python's own error names `GradientCheckBase.__init__`. (LightningCLI reads the options
         # from `__init__`: an inherited `__new__` is not looked at.)
-        wrong = v.wrong_call(cls, args, kwargs)
+        wrong = o.wrong_call(cls, args, kwargs)
         if wrong is not None:
             raise wrong
         return super().__new__(cls)
@@ -62,18 +52,18 @@ class GradientCheckBase(Outcome, Logging):
         self,
         *,
         at_init: bool = True,
-        after_steps: _cli.AfterSteps = (100,),
-        every_n_steps: _cli.EveryNSteps = None,
-        epsilon: _cli.Epsilon = 1e-7,
-        sample: _cli.Sample = None,
+        after_steps: o.AfterSteps = (100,),
+        every_n_steps: o.EveryNSteps = None,
+        epsilon: o.Epsilon = 1e-7,
+        sample: o.Sample = None,
         include: str | Sequence[str] | None = None,
         dropout: DropoutMode = "off",
         mode: CheckMode = "components",
-        thresholds: _cli.Bands = None,
-        seed: _cli.Seed = 0,
-        log_worst: _cli.LogWorst = 10,
-        on_fail: v.OnFail = "warn",
-        name: _cli.Name = text.DEFAULT_NAME,
+        thresholds: o.Bands = None,
+        seed: o.Seed = 0,
+        log_worst: o.LogWorst = 10,
+        on_fail: o.OnFail = "warn",
+        name: o.Name = text.DEFAULT_NAME,
         progress: bool = True,
         training_path: bool = False,
         replica_budget: int | None = None,
@@ -83,30 +73,30 @@ class GradientCheckBase(Outcome, Logging):
         # The arguments check_module takes are checked by its own rules, told as the callback's.
         try:
             self.schedule = Schedule(
-                at_init=v.check_flag("at_init", at_init),
-                after_steps=v.check_steps(after_steps),
-                every_n_steps=_cli.check_every_n_steps(every_n_steps),
+                at_init=o.check_flag("at_init", at_init),
+                after_steps=o.check_steps(after_steps),
+                every_n_steps=o.check_every_n_steps(every_n_steps),
             )
-            self.epsilon = check_epsilon(epsilon)
-            self.sample = check_sample(sample)
-            self.include = v.check_include(include)
-            self.dropout = cast(DropoutMode, check_choice("dropout", dropout, DROPOUT_MODES))
-            self.mode = cast(CheckMode, check_choice("mode", mode, CHECK_MODES))
-            self.thresholds = check_thresholds(thresholds)
-            self.seed = check_seed(seed)
-            self.log_worst = check_non_negative("log_worst", log_worst)
-            self.on_fail = check_choice("on_fail", on_fail, v.ON_FAIL)
-            self.name = v.check_name(name)
-            self.progress = v.check_flag("progress", progress)
-            self.training_path = v.check_flag("training_path", training_path)
+            self.epsilon = o.check_epsilon(epsilon)
+            self.sample = o.check_sample(sample)
+            self.include = o.check_include(include)
+            self.dropout = cast(DropoutMode, o.check_choice("dropout", dropout, o.DROPOUT_MODES))
+            self.mode = cast(CheckMode, o.check_choice("mode", mode, o.CHECK_MODES))
+            self.thresholds = o.check_thresholds(thresholds)
+            self.seed = o.check_seed(seed)
+            self.log_worst = o.check_non_negative("log_worst", log_worst)
+            self.on_fail = o.check_choice("on_fail", on_fail, o.ON_FAIL)
+            self.name = o.check_name(name)
+            self.progress = o.check_flag("progress", progress)
+            self.training_path = o.check_flag("training_path", training_path)
             self.replica_budget = check_budget(replica_budget)
-            self.warn_not_judged = v.check_flag("warn_not_judged", warn_not_judged)
+            self.warn_not_judged = o.check_flag("warn_not_judged", warn_not_judged)
         except (TypeError, ValueError) as err:
-            raise v.told(err) from None  # raised here: the frames of the rule add nothing
+            raise o.told(err) from None  # raised here: the frames of the rule add nothing
         self._label = text.label(self.name)
         self._reset()
         # Lightning reads `state_key` at every hook call: build it once.
-        self._state_key = _state_key(self)
+        self._state_key = o.state_key(self)
 
     def _reset(self) -> None:
         """The state of one run: what was checked, what is due, what J was seen to do."""
@@ -136,7 +126,7 @@ class GradientCheckBase(Outcome, Logging):
             self._reset()
             _faults.require_no_collectives(trainer, pl_module)
             _faults.require_checkable(trainer)
-            _warn_if_named_alike(self, trainer)
+            o.warn_if_named_alike(self, trainer)
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         # Here rather than at setup, still before any training step: Lightning calls the
@@ -185,7 +175,7 @@ class GradientCheckBase(Outcome, Logging):
         # The engine's own rules for θ (no trainable parameters, meta device, integer ones, an
         # `include` matching nothing), raised at setup rather than at the first check.
         include = None if self.include is None else list(self.include)
-        with v.prefixed():
+        with o.prefixed():
             checked_parameters(pl_module, include)
 
     def _check(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
@@ -249,29 +239,6 @@ class GradientCheckBase(Outcome, Logging):
         )
 
 
-def _state_key(check: GradientCheckBase) -> str:
-    """The callback's key in a checkpoint, from every option that says what is checked and when
-    (not from those that only say how it is reported)."""
-    s = check.schedule
-    defining: dict[str, Any] = {
-        "name": check.name,
-        "at_init": s.at_init,
-        "after_steps": s.after_steps,
-        "every_n": s.every_n_steps,
-        "include": check.include,
-        "mode": check.mode,
-        "components": check.sample,  # the key's old spelling: checkpoints keep their key
-        "epsilon": check.epsilon,
-        "dropout": check.dropout,
-        "seed": check.seed,
-        "pass_max": check.thresholds.pass_max,
-        "warn_max": check.thresholds.warn_max,
-    }
-    if check.training_path:  # only when on: checkpoints of earlier versions keep their key
-        defining["training_path"] = True
-    return f"{type(check).__qualname__}{defining!r}"
-
-
 def _run(
     self: GradientCheckBase, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
 ) -> GradCheckReport:
@@ -285,44 +252,3 @@ def _run(
             progress=self.progress and trainer.is_global_zero,
             **engine_options(self, trainer),
         )
-
-
-def engine_options(check: GradientCheckBase, trainer: Any) -> dict[str, Any]:
-    """The options of ``check`` that the engine's check takes as they are (the one checker of
-    each is the engine's, told as the callback's at construction)."""
-    return {
-        "epsilon": check.epsilon,
-        "include": check.include,
-        "sample": check.sample,
-        "dropout": check.dropout,
-        "mode": check.mode,
-        "seed": check.seed,
-        "thresholds": check.thresholds,
-        "training_path": check.training_path and training_path_of(trainer),
-    }
-
-
-def _warn_if_named_alike(self: GradientCheckBase, trainer: Any) -> None:
-    """Two callbacks logging under one name mix their tags: said once, by the first of them."""
-    checks = [c for c in getattr(trainer, "callbacks", []) if isinstance(c, GradientCheckBase)]
-    alike = [c for c in checks if c.name == self.name]
-    if len(alike) > 1 and alike[0] is self:  # said once, by the first of them
-        rank_zero_warn(
-            f"GradientCheck: {len(alike)} GradientCheck callbacks log under the name "
-            f"{self.name!r}, so their tags and console lines mix; give each its own "
-            "`name`, e.g. name='gradcheck/encoder'"
-        )
-
-
-def training_path_of(trainer: Any) -> TrainingPath:
-    """How the Trainer computes the gradient: ``training_step`` under its precision plugin's
-    ``train_step_context()`` (autocast for ``"bf16-mixed"``/``"16-mixed"``, float64 as the
-    default dtype for ``"64-true"``), and the loss scale of its gradient scaler, if any
-    (``"16-mixed"`` on CUDA). Only public API: ``trainer.precision_plugin``, the plugin's
-    ``train_step_context`` and ``scaler``, ``GradScaler.get_scale()``."""
-    plugin = trainer.precision_plugin
-    scaler = getattr(plugin, "scaler", None)
-    scale = 1.0
-    if scaler is not None and scaler.is_enabled():
-        scale = float(scaler.get_scale())
-    return TrainingPath(context=plugin.train_step_context, loss_scale=scale)
