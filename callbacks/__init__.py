@@ -3,13 +3,6 @@
 ``GradientCheck`` is the callback for ``pytorch_lightning.Trainer``; users of the unified
 ``lightning`` package import the same callback from ``gradwatch.callbacks.lightning``.
 
-The callback in a few files, one story each: ``_hooks`` (when to check: the hooks, the state of
-a run), ``_options`` (the schedule and the options, as constructor and LightningCLI see them),
-``_outcome`` (what a verdict comes to: the console line, a warning or a stop), ``_logging`` (the
-scalars, TensorBoard and the files next to the logs), ``_faults`` (distributed and sharded runs,
-refusals at setup, a check that raised), ``cli`` (LightningCLI's parser) and ``lightning`` (this
-class for the unified package). What needs no Lightning is in ``gradwatch._callback_*``.
-
 Example:
     >>> from gradwatch.callbacks import GradientCheck
     >>> GradientCheck(after_steps=[100], on_fail="raise").schedule.after_steps

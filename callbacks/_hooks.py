@@ -1,4 +1,6 @@
-"""The callback's logic, shared by the ``pytorch_lightning`` and the ``lightning`` flavours.
+"""The callback's hooks, shared by the ``pytorch_lightning`` and the ``lightning`` flavours; the
+rest of the callback is a file per story (see CONTRIBUTING.md): ``_options``, ``_outcome``,
+``_logging``, ``_faults``.
 
 Hooks decide *when* (an integer comparison on every batch), :func:`gradwatch.check_module` does
 the check, :mod:`._logging` and :mod:`._outcome` say what was found. Of the trainer's state only

@@ -2,8 +2,8 @@
 row worst first, the difference and floor of a check that may not have finished, the console
 line, the report as TensorBoard's markdown, and the advice for a pass with tensors not judged.
 
-The functions below are the only ones of the callback that read a :class:`GradCheckReport`;
-``gradwatch.callbacks`` logs what they return and :mod:`gradwatch._callback_card` draws it.
+``gradwatch.callbacks`` logs what these return, :mod:`gradwatch._callback_scalars` makes its
+numbers of them and :mod:`gradwatch._callback_card` draws them.
 """
 
 from __future__ import annotations
