@@ -30,7 +30,6 @@ from gradwatch._callback_objective import (
     logging_muted,
     objective,
 )
-from gradwatch._evaluate import LossFn
 from gradwatch._replica import is_sharded
 from gradwatch.sharded import check_sharded
 
@@ -54,7 +53,7 @@ def require_objective(module: Any) -> None:
     )
 
 
-def module_objective(module: Any, batch_idx: int) -> LossFn:
+def module_objective(module: Any, batch_idx: int) -> Callable[[nn.Module, Any], torch.Tensor]:
     """J of ``module`` on a batch (see :func:`gradwatch._callback_objective.objective`); Lightning
     passes ``batch_idx`` only to a ``training_step`` that takes it, and so does the check."""
     with_index = is_param_in_hook_signature(module.training_step, "batch_idx", min_args=2)
