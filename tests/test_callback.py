@@ -19,12 +19,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from gradwatch import Verdict
+from gradwatch import _callback_text as _text
 from gradwatch.callbacks import (
     GradientCheck,
     GradientCheckError,
     GradientCheckWarning,
-    _core,
-    _logs,
+    _hooks,
 )
 from tests.callback_models import (
     QUIET_LIGHTNING,
@@ -246,7 +246,7 @@ def test_a_check_puts_back_every_attribute_of_every_module_in_place() -> None:
     module, check = _Stateful(), GradientCheck(at_init=False, after_steps=())
     run = _single_process_trainer(global_step=0)
     seen, by_batch, tags, total = module.seen, module.by_batch, module.tags, module.total
-    report = _core._run(check, run, module, next(iter(loader())), 0)
+    report = _hooks._run(check, run, module, next(iter(loader())), 0)
     assert report.verdict is Verdict.PASS and module.calls_in_float64 > 0
     assert module.seen is seen and seen == ["first"] and module.aliases[0] is seen
     assert module.by_batch is by_batch and by_batch == {"kept": 1}
@@ -374,9 +374,9 @@ def test_a_failing_check_says_its_report_once(
     assert sum(text.count(report.message) for text in shown) == 1
     assert sum(text.count("worst components:") for text in shown) == 1
     if on_fail == "ignore":
-        assert ours == [] and console == [f"{head}{_logs.headline(report)}\n{report}"]
+        assert ours == [] and console == [f"{head}{_text.headline(report)}\n{report}"]
         return
-    assert console == [f"{head}{_logs.headline(report)}"]
+    assert console == [f"{head}{_text.headline(report)}"]
     (warning,) = ours
     assert str(warning.message) == f"{head}the gradient check failed.\n{report}"
     assert shown[1].startswith("gradwatch.callbacks:0: GradientCheckWarning: " + head)
@@ -537,8 +537,8 @@ def test_state_dict_round_trip_and_old_checkpoints() -> None:
         {"epsilon": "auto"},
         {"dropout": "freeze"},
         {"seed": 1},
-        {"pass_max": 1e-6},
-        {"warn_max": 1e-2},
+        {"thresholds": {"pass_max": 1e-6}},
+        {"thresholds": {"warn_max": 1e-2}},
         {"name": "gradcheck/encoder"},
     ],
     ids=str,
