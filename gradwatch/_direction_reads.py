@@ -2,7 +2,9 @@
 code: a direction u gives (J(θ + h·u) − J(θ − h·u)) / 2h against uᵀ·grad, with the noise
 σ_J / (√2·h); a first disagreement is read again at 2h and 4h (:func:`gradwatch._recheck.reread`)
 and cleared only where J is smooth there and the fit explains the first reading, by Richardson's
-estimate, whose noise (0.67 of the first reading's) is narrower than the first tolerance; a
+estimate, whose noise (0.67 of the first reading's) is narrower than the first tolerance; where
+J bends over 2h and 4h (a direction moves every component of a tensor, and ReLUs within 4h of
+their kink bend it), Richardson's estimate from h/2 and h/4 is read with the first tolerance; a
 direction within noise, or too close to it for the material's bands, is read again at the step
 fitted to J's noise (:func:`gradwatch._recheck.fitted_steps`). A re-check thus never clears a
 direction by a wider tolerance than its first reading had.
@@ -18,7 +20,7 @@ import torch
 
 from gradwatch._evaluate import ModuleCost
 from gradwatch._readings import DISAGREES, NOT_JUDGED, read
-from gradwatch._recheck import at_steps, extrapolate, fitted_steps, reread, sub
+from gradwatch._recheck import Pair, at_steps, explained, extrapolate, fitted_steps, reread, sub
 
 __all__ = ["DirectionReadings", "along", "read_directions"]
 
@@ -74,6 +76,21 @@ class _Line:
         return np.zeros(len(positions))
 
 
+def _shorter(
+    line: _Line, center: float, at: np.ndarray, steps: np.ndarray, sigma: float, first: Pair
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where J is not smooth over 2h and 4h along a direction (it moves every component of a
+    tensor: ReLUs within 4h of their kink bend it), Richardson's estimate from h/2 and h/4, where
+    J is smooth there and the fit explains the first reading. It carries 2.7× the first noise and
+    is read with the first reading's tolerance, never a wider one: a gap beyond it is not
+    cleared."""
+    half, quarter = at_steps(line, at, steps, (0.5, 0.25))
+    sigmas = np.full(at.size, sigma)
+    smooth, estimate, _ = extrapolate(center, half, quarter, sigmas)
+    smooth &= explained(first, half, quarter, sigmas) & np.isfinite(estimate)
+    return smooth, estimate
+
+
 @dataclass(frozen=True)
 class DirectionReadings:
     """Per direction: the estimate read, its analytic value, its noise and its reading;
@@ -124,6 +141,12 @@ def read_directions(
             line, center, suspects, steps[suspects], np.full(suspects.size, sigma), first
         )
         numeric[suspects[smooth]], noise[suspects[smooth]] = estimate[smooth], spread[smooth]
+        kinked = suspects[~smooth]
+        if kinked.size:
+            found, estimate = _shorter(
+                line, center, kinked, steps[kinked], sigma, sub(first, ~smooth)
+            )
+            numeric[kinked[found]] = estimate[found]  # read with the first noise: not wider
     fitted = fitted_steps(np.zeros(quiet.size), steps[quiet], sigma, center)
     quiet, fitted = quiet[fitted > steps[quiet]], fitted[fitted > steps[quiet]]
     if quiet.size:

@@ -13,7 +13,8 @@ O(log n) evaluations, and those are then checked one by one like any other compo
 A direction is read as a component is (:mod:`gradwatch._evidence`): it disagrees when its error
 stands beyond 8 times the noise of the estimate; a first disagreement is read again at 2ε and 4ε
 and cleared only where the h² truncation explains it, by Richardson's estimate at 0.67 of the
-first noise; a direction within noise is read again at the step fitted to J's noise
+first noise (where J bends over them, a ReLU within reach, at ε/2 and ε/4 with the first
+tolerance); a direction within noise is read again at the step fitted to J's noise
 (:mod:`gradwatch._direction_reads`: one rule with the components'). A direction moves every
 component of a tensor at once, so the h² truncation error of its estimate grows with the tensor
 (on ResNet-18 at ε = 1e-7 the first convolution's directions are off by 1e-6, relatively, at h):
@@ -312,7 +313,8 @@ def _note(
         text += f"; the other {others} tensor(s): no direction {screen}"
     if rechecked:
         text += (
-            f" ({listing(rechecked, 3)} only after a re-check at longer steps: at the first "
+            f" ({listing(rechecked, 3)} only after a re-check at 2ε and 4ε, or at ε/2 and ε/4 "
+            "read with the first tolerance where J bends over the longer ones: at the first "
             "step their directions carried the h² truncation error)"
         )
     return text + "; the components listed were then checked one by one"
