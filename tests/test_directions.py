@@ -217,3 +217,23 @@ def test_a_0p2_percent_error_a_direction_sees_beyond_its_tolerance_does_not_pass
     assert wrong.verdict in (Verdict.WARN, Verdict.FAIL), str(wrong)
     assert wrong.parameters["w"].tensor_test > 1
     assert wrong.components_checked == 16
+
+
+class Bent(Noisy):
+    """``Noisy`` plus 0.01·Σ relu(w_i − 3ε) over 8 entries: a direction crosses those kinks at 4ε
+    only, so J bends over the re-check's 2ε and 4ε and is smooth over ε/2 and ε/4."""
+
+    def forward(self) -> torch.Tensor:
+        return super().forward() + 0.01 * torch.relu(self.w[8:16] - 3e-7).sum()
+
+
+@pytest.mark.parametrize("seed", [1, 4])
+def test_a_sign_flip_on_a_bent_direction_is_read_at_shorter_steps_and_fails(seed: int) -> None:
+    # Richardson from ε/2 and ε/4 carries 2.7σ and is read with the first reading's 8σ: the 16σ
+    # gap stays a disagreement (a half-step re-read with its own tolerance cleared it).
+    slopes = NOISE * np.concatenate([[3000.0], np.linspace(300.0, 400.0, 63)])
+    slopes[5] = 8 * NOISE
+    right = check_module(Bent(slopes), lambda m, _: m(), None, mode="directions", seed=seed)
+    assert right.verdict is Verdict.PASS, str(right)
+    wrong = check_module(Bent(slopes, "flip"), lambda m, _: m(), None, mode="directions", seed=seed)
+    assert wrong.verdict is Verdict.FAIL and wrong.worst(1)[0].label == "w[5]", str(wrong)
