@@ -11,10 +11,13 @@ error; keeping the best halves down to a few components localizes the worst comp
 O(log n) evaluations, and those are then checked one by one like any other component.
 
 A direction is read as a component is (:mod:`gradwatch._evidence`): it disagrees when its error
-stands beyond 8 times the noise of the estimate, and a first disagreement is read again at half
-the step, by Richardson's estimate. A direction moves every component of a tensor at once, so the
-h² truncation error of its estimate grows with the tensor (on ResNet-18 at ε = 1e-7 the first
-convolution's directions are off by 1e-6, relatively, at h and by 1e-10 after the re-check):
+stands beyond 8 times the noise of the estimate; a first disagreement is read again at 2ε and 4ε
+and cleared only where the h² truncation explains it, by Richardson's estimate at 0.67 of the
+first noise (where J bends over them, a ReLU within reach, at ε/2 and ε/4 with the first
+tolerance); a direction within noise is read again at the step fitted to J's noise
+(:mod:`gradwatch._direction_reads`: one rule with the components'). A direction moves every
+component of a tensor at once, so the h² truncation error of its estimate grows with the tensor
+(on ResNet-18 at ε = 1e-7 the first convolution's directions are off by 1e-6, relatively, at h):
 without the re-check, a correct tensor would be searched by bisection for nothing.
 """
 
@@ -25,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gradwatch._direction_reads import along, read_directions
 from gradwatch._evaluate import ModuleCost
-from gradwatch._evidence import DISAGREES, read
+from gradwatch._evidence import DISAGREES
 from gradwatch._noise import NOISE_MULTIPLE
 from gradwatch._numeric import relative_difference
 from gradwatch._sampling import sample_components
@@ -46,9 +50,6 @@ REPEATS = 2
 LEAF = 8
 # At most this many failing tensors are localized (worst first); the rest are named.
 LOCALIZED = 3
-# Richardson's estimate (4·n(h/2) − n(h)) / 3 carries √65/3 times the noise of n(h): n(h/2)
-# carries twice that noise, and (16·4 + 1) / 9 = 65/9 of its variance remains.
-RICHARDSON_NOISE = float(np.sqrt(65.0) / 3.0)
 
 
 def directional_step(epsilon: float | str, dtype: torch.dtype) -> float:
@@ -136,11 +137,12 @@ def search_directions(
     generator = torch.Generator(device=cost.theta[0].device).manual_seed(seed)
     left_out = np.zeros(0, dtype=np.int64) if left_out is None else np.asarray(left_out)
     moved = _movable(cost, layout, left_out)
-    differences, beyond, rechecked = {}, {}, []
+    bands = (thresholds.pass_max, thresholds.warn_max)
+    differences, beyond, rechecked, probes = {}, {}, [], {}
     for t, name in enumerate(layout.names):
         signs = {t: _signs((DIRECTIONS, *cost.theta[t].shape), cost.theta[t], generator)}
-        differences[name], beyond[name], again = _screen(
-            cost, signs, grad, step, moved, sigma, thresholds.pass_max
+        differences[name], beyond[name], again, probes[name] = _screen(
+            cost, signs, grad, step, moved, sigma, bands
         )
         if again and beyond[name] == 0:
             rechecked.append(name)
@@ -148,7 +150,7 @@ def search_directions(
         t: _signs((DIRECTIONS, *theta.shape), theta, generator)
         for t, theta in enumerate(cost.theta)
     }
-    overall, overall_beyond, _ = _screen(cost, every, grad, step, moved, sigma, thresholds.pass_max)
+    overall, overall_beyond, _, _ = _screen(cost, every, grad, step, moved, sigma, bands)
     if sigma is None:
         failing = sorted(
             (n for n, d in differences.items() if thresholds.classify(d) is not Verdict.PASS),
@@ -165,7 +167,10 @@ def search_directions(
     before = cost.evaluations
     for name in failing[:LOCALIZED]:
         t = layout.names.index(name)
-        found.append(layout.offsets[t] + _localize(cost, t, grad, step, generator, moved))
+        # Bisection probes at the step the tensor's directions were read at (the fitted step
+        # where the first one left them too close to J's noise).
+        probe = probes[name]
+        found.append(layout.offsets[t] + _localize(cost, t, grad, probe, generator, moved))
     within = None if sigma is None else overall_beyond == 0
     note = _note(differences, overall, within, failing, cost.evaluations - before, rechecked)
     return DirectionalSearch(
@@ -184,38 +189,30 @@ def _screen(
     step: float,
     moved: dict[int, torch.Tensor],
     sigma: float | None,
-    pass_max: float,
-) -> tuple[float, float, bool]:
-    """The directions ``signs`` read as components are: the material's formula over them, how
-    far the ones that disagree stand beyond their tolerance (see :func:`_beyond_noise`), and
-    whether they were read again at half the step (a first disagreement is; the figures are then
-    those of Richardson's estimate, against the analytic value at the first step)."""
-    numeric, analytic = _project(cost, signs, grad, step, moved)
+    bands: tuple[float, float],
+) -> tuple[float, float, bool, float]:
+    """The directions ``signs`` read as components are (:mod:`gradwatch._direction_reads`): the
+    material's formula over them, how far the ones that disagree stand beyond their tolerance
+    (see :func:`_beyond_noise`), whether a first disagreement was read again at longer steps,
+    and the longest step a reading rests on."""
     if sigma is None:
-        return relative_difference(numeric, analytic), 0.0, False
-    noise = sigma / (np.sqrt(2) * step)
-    beyond = _beyond_noise(numeric, analytic, noise, pass_max)
-    if beyond == 0:
-        return relative_difference(numeric, analytic), 0.0, False
-    half, at_half = _project(cost, signs, grad, step / 2, moved)
-    # Each estimate against its own analytic value (the steps θ ± h·u really represent).
-    numeric = analytic + (4 * (half - at_half) - (numeric - analytic)) / 3
-    beyond = _beyond_noise(numeric, analytic, noise * RICHARDSON_NOISE, pass_max)
-    return relative_difference(numeric, analytic), beyond, True
+        numeric, analytic = _project(cost, signs, grad, step, moved)
+        return relative_difference(numeric, analytic), 0.0, False, step
+    found = read_directions(cost, signs, grad, step, moved, sigma, bands)
+    beyond = _beyond_noise(found.numeric, found.analytic, found.noise, found.reading)
+    difference = relative_difference(found.numeric, found.analytic)
+    return difference, beyond, found.rechecked, found.step
 
 
 def _beyond_noise(
-    numeric: np.ndarray, analytic: np.ndarray, noise: float, pass_max: float
+    numeric: np.ndarray, analytic: np.ndarray, noise: np.ndarray, reading: np.ndarray
 ) -> float:
-    """How far the directions that disagree (the evidence model's reading, each estimate with
-    ``noise``) stand beyond their tolerance, in units of it; 0 when none disagrees, infinite for
-    a non-finite one."""
-    noises = np.full(numeric.shape, noise)
-    reading, _ = read(analytic, numeric, noises, pass_max)
+    """How far the directions that disagree stand beyond their tolerance, in units of it; 0 when
+    none disagrees, infinite for a non-finite one."""
     if not (reading == DISAGREES).any():
         return 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
-        z = np.abs(numeric - analytic) / (NOISE_MULTIPLE * noises)
+        z = np.abs(numeric - analytic) / (NOISE_MULTIPLE * noise)
     return float(np.max(np.nan_to_num(z[reading == DISAGREES], nan=np.inf)))
 
 
@@ -245,25 +242,11 @@ def _project(
     step: float,
     moved: dict[int, torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(numeric, analytic) directional derivatives along each of the k directions.
-
-    ``directions[t]`` holds k directions' entries on tensor t, zeroed where ``moved[t]`` is 0.
-    The analytic side uses the step θ ± εu actually represents in the check's dtype, so
-    rounding of θ + εu is not an error.
-    """
+    """(numeric, analytic) directional derivatives along each of the k directions at ``step``
+    (see :func:`gradwatch._direction_reads.along`)."""
     count = len(next(iter(directions.values())))
-    values, analytic = {}, torch.zeros(count, dtype=torch.float64)
-    for t, u in directions.items():
-        if moved and t in moved:
-            u = u * moved[t]
-        theta = cost.theta[t]
-        plus, minus = theta + step * u, theta - step * u
-        values[t] = torch.cat((plus, minus))
-        half = ((plus - minus) / 2).to(torch.float64).reshape(count, -1)
-        analytic += (half @ grad[t].reshape(-1)).cpu() / step
-    found = cost.at(values)
-    numeric = (found[:count] - found[count:]) / (2 * step)
-    return numeric, analytic.numpy()
+    plus, minus, analytic = along(cost, directions, grad, np.full(count, step), moved)
+    return (plus - minus) / (2 * step), analytic
 
 
 def _localize(
@@ -330,7 +313,8 @@ def _note(
         text += f"; the other {others} tensor(s): no direction {screen}"
     if rechecked:
         text += (
-            f" ({listing(rechecked, 3)} only after a re-check at half the step: at the first "
+            f" ({listing(rechecked, 3)} only after a re-check at 2ε and 4ε, or at ε/2 and ε/4 "
+            "read with the first tolerance where J bends over the longer ones: at the first "
             "step their directions carried the h² truncation error)"
         )
     return text + "; the components listed were then checked one by one"

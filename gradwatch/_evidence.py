@@ -21,7 +21,10 @@ per doubling; if J is smooth there and the fit explains the first reading, Richa
 whose noise (0.67·σ_i) is below the first reading's, is read instead ("longer steps"). Where J''
 does not agree (a kink: it halves when the step doubles at a kink sitting at θ), θ is moved by a
 small seeded jitter off the kink set, backprop is run again there, and the component is read at
-that nearby point ("off kink"), up to ``JITTER_TRIES`` times.
+that nearby point ("off kink"), up to ``JITTER_TRIES`` times. At float32's step the re-check
+runs at h/2 and h/4, too noisy to tell a jump in J (a routing decision of top-k experts that
+flips within the step) from a slope: a first disagreement it leaves standing is read once more at
+a jittered θ, at the first step and with the first reading's tolerance ("off kink").
 
 A tensor whose components disagree, or whose errors together exceed J's noise
 (:mod:`gradwatch._tensor_test`), has J's noise measured along its own components; where it is
@@ -59,7 +62,7 @@ from gradwatch._readings import (
     Record,
     read,
 )
-from gradwatch._recheck import Pair, reread, sub
+from gradwatch._recheck import Pair, multiples, reread, sub
 
 __all__ = [
     "AGREES",
@@ -209,6 +212,30 @@ def _explain(
     record.set(at, values, pass_max, LONGER_STEPS)
     record.kink[suspects[~smooth]] = True
     _off_kinks(objective, record, suspects[~smooth], steps, pass_max)
+    if multiples(objective.values(suspects), steps[suspects])[0] < 1:
+        _off_flips(objective, record, at[record.reading[at] == DISAGREES], steps, pass_max)
+
+
+def _off_flips(
+    objective: Objective, record: Record, at: np.ndarray, steps: np.ndarray, pass_max: float
+) -> None:
+    """First disagreements at float32's step that the re-check at h/2 and h/4 left standing are
+    read once more at a jittered θ, at the first step and with the first reading's tolerance
+    (never a wider one). A routing decision (top-k experts) that flips within the step puts a
+    jump in J there, which the short steps' noise cannot tell from a slope (a jump of ~7σ_J is
+    under the 8σ of J'' at every step, and ~12σ in the slope at h); it does not sit at the
+    jittered θ. A wrong backward disagrees there too. One try: a second measurement, not the
+    best of several."""
+    moved = objective.jittered(0) if at.size else None
+    if moved is None:
+        return
+    plus, minus = moved.objective.pairs(at, steps[at])
+    gaps = moved.objective.half_gaps(at, steps[at])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        numeric = (plus - minus) / (2 * gaps)
+        noise = record.sigma[at] / (np.sqrt(2) * gaps)
+    record.set(at, (moved.analytic[at], numeric, noise), pass_max, OFF_KINK)
+    record.kink[at] = True
 
 
 def _off_kinks(

@@ -188,3 +188,37 @@ def test_gradient_check_re_checks_kinks_when_grad_is_a_function() -> None:
     assert as_function.reading_counts == {"agrees": 3, "disagrees": 0, "not judged": 0}
     wrong = gradwatch.check_function(j.cost, j.theta, _Relu(j.theta, slope=3.0).grad)
     assert wrong.verdict is Verdict.FAIL and wrong.worst(1)[0].label == "theta[0]"
+
+
+class _Jump(_Relu):
+    """J(θ) = θ₀ + ``JUMP``·[θ₀ < −1e-3] + 2θ₁ + ¼·θ₂²: a jump (a routing decision of top-k
+    experts that flips) 1e-3 below θ₀ = 0, within every step of a float32 re-check (h = 5e-3,
+    h/2, h/4); backprop's slope in θ₀ is ``slope``."""
+
+    JUMP = 17 * 1e-7  # 17σ_J: 12σ in the slope at h, under 8σ in J'' at any step
+
+    def cost(self, t: np.ndarray) -> float:
+        return t[0] + self.JUMP * float(t[0] < -1e-3) + 2 * t[1] + 0.25 * t[2] ** 2
+
+    def grad(self, t: np.ndarray) -> np.ndarray:
+        return np.array([self.slope, 2.0, 0.5 * t[2]])
+
+    def jittered(self, attempt: int) -> Moved | None:
+        moved = _Jump(self.theta + np.array([0.1, 0.0, 0.0]), self.slope)
+        return Moved(moved, moved.grad(moved.theta), moved.cost(moved.theta))
+
+
+@pytest.mark.parametrize("slope", [1.0, 1.01])
+def test_a_jump_within_float32_steps_is_read_at_a_jittered_theta(slope: float) -> None:
+    # At float32's step the re-check runs at h/2 and h/4, whose noise cannot tell the jump from a
+    # slope (J'' moves by 204σ/h² against a tolerance of 268σ/h²): Richardson there reads 10σ off.
+    # Read once at a jittered θ, at h with the first tolerance: the correct slope agrees, a slope
+    # 1% off (700σ at h) disagrees.
+    j = _Jump(np.array([0.0, 1.0, 0.5]), slope)
+    steps = np.full(3, 5e-3)
+    found = gather_evidence(
+        j, j.grad(j.theta), j.pairs(np.arange(3), steps), j.cost(j.theta), steps, 1e-7, 1e-7
+    )
+    assert found.recheck[0] == OFF_KINK and found.kink[0]
+    assert found.reading[0] == (AGREES if slope == 1.0 else DISAGREES)
+    assert list(found.reading[1:]) == [AGREES, AGREES]
