@@ -207,15 +207,16 @@ def test_as_written_a_sign_flipped_expert_activation_fails_in_float32_hf(kind: s
 @pytest.mark.slow
 @pytest.mark.parametrize("planted", [False, True], ids=["correct", "sign-flipped expert act"])
 def test_as_written_noise_probes_crossing_a_routing_flip_hide_no_bug(planted: bool) -> None:
-    # Mixtral at seed 1: 11 of the 32 noise probes cross one top-k routing flip (fourth
-    # differences ~1.6e-4 against <= 2.6e-6). Read as rounding they made J's noise 1.7e-5 and
-    # left 9 of 200 components judged, and the planted bug passed; left out as jumps, J's noise
-    # is the rounding's 2e-7, the bug fails and its correct twin passes.
+    # Mixtral at seed 1: 11 of the 32 noise probes cross one top-k routing flip (8 on the
+    # default kernels; fourth differences ~1.6e-4 against <= 2.6e-6). Read as rounding (8 or
+    # more reach the 75th percentile) they made J's noise 1.7e-5 and left 9 of 200 components
+    # judged, and the planted bug passed; left out as jumps, J's noise is the rounding's 2e-7,
+    # the bug fails and its correct twin passes.
     model = _moe_model("Mixtral", 1)
     if planted:
         plant(model, "model.layers.0.mlp.experts.act_fn", "sign")
     report = _as_written(model, 1)
-    assert report.j_noise is not None and 8 < report.j_noise.jumps < 16
+    assert report.j_noise is not None and 8 <= report.j_noise.jumps < 16
     assert report.j_noise.sigma < 1e-6
     assert f"{report.j_noise.jumps} crossing a jump in J left out" in str(report)
     if planted:
