@@ -18,6 +18,13 @@ float32 inside a float64 check), the direction is probed again with s 16 times l
 moves: the spread found there is J's real resolution. The 75th percentile over the directions,
 divided by that percentile of |N(0, 1)|, 1.1503, is a robust σ (a direction that happens to
 cross a kink is an outlier it ignores).
+
+A jump in J (a top-k routing decision that flips, a kink, a discontinuity) that many directions
+cross would still inflate that percentile: its fourth difference is the jump's size, not
+rounding. So a direction whose fourth difference exceeds JUMP_FACTOR times the median over the
+directions is counted as crossing a jump and left out, and σ is the 75th percentile of the rest.
+The median is itself one of the rest, so at most half the directions are ever left out; where
+most of them cross jumps, the median is a jump's reading, and σ is what it is.
 """
 
 from __future__ import annotations
@@ -28,7 +35,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["JNoise", "fourth_differences", "measure_noise", "probe_rows", "rounding_floor"]
+__all__ = [
+    "JNoise",
+    "fourth_differences",
+    "measure_noise",
+    "noise_sigma",
+    "probe_rows",
+    "rounding_floor",
+]
 
 # The one tolerance of every reading (gradwatch._evidence), in units of the measured noise. A
 # Gaussian error passes 8σ with probability 1e-15, so even with σ_J underestimated by 1.5× (see
@@ -58,6 +72,14 @@ FOURTH = np.array([1.0, -4.0, 6.0, -4.0, 1.0])
 # A percentile, not the mean: a direction that crosses a kink near θ is an outlier (up to a
 # quarter of them are ignored).
 HALF_NORMAL_Q75 = 1.1503493803760079
+# A direction reads a jump, not rounding, when its |fourth difference| exceeds this many times the
+# median over the directions. For Gaussian noise the median of |N(0, 1)| is 0.674, so 10× it is
+# 6.7σ; with the sample median's own scatter, 32 Gaussian directions have one beyond it in 1.5e-4
+# of checks (simulated over 4e6), and leaving that one out lowers σ by ~5% (the 75th percentile
+# of 31 instead of 32), which the noise multiple absorbs. Rounding errors have tails lighter than
+# a Gaussian's. A jump kept because it is below this raises σ by at most 10 · 0.674 / 1.1503 ≈
+# 5.9× the bulk's; the routing flip of a float32 Mixtral read ≥ 60× the bulk's largest.
+JUMP_FACTOR = 10.0
 
 # J at θ + (rows @ e_support) for each row: rows[r, j] is the displacement of component
 # support[j] in θ's units.
@@ -72,8 +94,10 @@ class JNoise:
     along ``directions`` probes (``flat`` of them never moved J, and carry no information);
     ``spread`` is how far apart evaluations of J at the same θ came out (0.0 when J is
     deterministic); ``floor`` is the least rounding any J carries, an ulp of J over √12 (J
-    rounded once to the check's precision); ``cost`` is J(θ). ``effective`` is the noise the
-    readings use: the largest of the three.
+    rounded once to the check's precision); ``cost`` is J(θ); ``jumps`` of the directions
+    crossed a jump in J (their fourth difference beyond ``JUMP_FACTOR`` times the median) and
+    were left out of ``sigma``. ``effective`` is the noise the readings use: the largest of the
+    three.
 
     Example:
         >>> n = JNoise(sigma=1e-16, spread=0.0, floor=6e-17, directions=16, flat=0, cost=2.3)
@@ -87,6 +111,7 @@ class JNoise:
     directions: int
     flat: int
     cost: float = float("nan")
+    jumps: int = 0
 
     @property
     def effective(self) -> float:
@@ -184,8 +209,25 @@ def measure_noise(
         if pending.size == 0:
             break
         stride[pending] *= PROBE_GROWTH
-    measured = found[np.isfinite(found)]
-    sigma = 0.0
-    if measured.size:
-        sigma = float(np.quantile(measured, 0.75)) / (HALF_NORMAL_Q75 * np.sqrt(70.0))
-    return JNoise(sigma, spread, floor, PROBE_DIRECTIONS, int(pending.size), center)
+    sigma, jumps = noise_sigma(found[np.isfinite(found)])
+    return JNoise(sigma, spread, floor, PROBE_DIRECTIONS, int(pending.size), center, jumps)
+
+
+def noise_sigma(fourths: np.ndarray) -> tuple[float, int]:
+    """σ of one evaluation of J from the |fourth differences| of the directions, and how many
+    directions were left out as crossing a jump (beyond ``JUMP_FACTOR`` times their median).
+
+    Example:
+        >>> rounding = np.linspace(0.5, 1.5, 24) * np.sqrt(70.0)  # noise of σ ≈ 1
+        >>> sigma, jumps = noise_sigma(np.concatenate([rounding, np.full(8, 1e3)]))
+        >>> round(sigma, 2), jumps
+        (1.09, 8)
+    """
+    if fourths.size == 0:
+        return 0.0, 0
+    median = float(np.median(fourths))
+    # A median of 0 (J coarse, most stencils flat) gives no scale to call anything a jump by.
+    jump = fourths > JUMP_FACTOR * median if median > 0 else np.zeros(fourths.size, dtype=bool)
+    bulk = fourths[~jump]
+    sigma = float(np.quantile(bulk, 0.75) / (HALF_NORMAL_Q75 * np.sqrt(70.0)))
+    return sigma, int(jump.sum())

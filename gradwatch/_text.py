@@ -127,6 +127,7 @@ def summary(report: GradCheckReport) -> str:
     noise = report.j_noise
     measured = (
         f"; J's noise {noise.effective:.1e} ({noise.directions} probes"
+        + (f", {noise.jumps} crossing a jump in J left out" if noise.jumps else "")
         + ("" if noise.deterministic else f", J not deterministic: spread {noise.spread:.1e}")
         + ")"
         if noise is not None

@@ -261,6 +261,7 @@ def as_dict(report: GradCheckReport) -> dict[str, Any]:
             "effective": _num(noise.effective),
             "deterministic": bool(noise.deterministic),
             "directions": noise.directions,
+            "jumps": noise.jumps,
         },
         "evaluations": report.evaluations,
         "seconds": round(report.seconds, 6),

@@ -13,6 +13,7 @@ from gradwatch._noise import (
     JNoise,
     fourth_differences,
     measure_noise,
+    noise_sigma,
     probe_rows,
     rounding_floor,
 )
@@ -103,3 +104,60 @@ def test_no_support_measures_nothing_but_keeps_the_floor() -> None:
     noise = measure_noise(_noisy_line(0.0, 0), 1.0, (1.0,), np.zeros(0, np.int64), np.zeros(0), 0)
     assert (noise.sigma, noise.directions) == (0.0, 0)
     assert noise.effective == rounding_floor(1.0)
+
+
+# --- Jumps in J (issue 19): a minority of probes crossing a routing flip leave σ alone ---------
+
+
+def _stepped_line(sigma: float, crossing: int, jump: float):  # type: ignore[no-untyped-def]
+    # Noise σ on a smooth J; along the first `crossing` directions of the first batch, J jumps
+    # by `jump` between their second and third points (a routing boundary 2.5 strides away).
+    noisy = _noisy_line(sigma, 0)
+
+    def line(support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        values = noisy(support, rows)
+        direction, point = np.divmod(np.arange(len(rows)), 4)
+        return values + jump * ((direction < crossing) & (point >= 2))
+
+    return line
+
+
+def _stepped(crossing: int) -> JNoise:
+    return measure_noise(
+        _stepped_line(1e-12, crossing, 1e-8), 0.0, (), np.arange(32), np.full(32, 1e-4), 0, 0.0
+    )
+
+
+@pytest.mark.parametrize("crossing", [1, 8, 9, 15])
+def test_a_minority_of_probes_crossing_a_jump_leaves_the_noise_unchanged(
+    crossing: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone = _stepped(0)
+    noise = _stepped(crossing)
+    assert alone.jumps == 0 and noise.jumps == crossing
+    # The same rounding, read from the 32 - k directions that did not cross: their percentile.
+    assert 0.7 * alone.sigma < noise.sigma < 1.4 * alone.sigma
+    assert 0.5e-12 < noise.sigma < 2e-12
+    monkeypatch.setattr("gradwatch._noise.JUMP_FACTOR", math.inf)  # the old estimate
+    old = _stepped(crossing)
+    assert old.jumps == 0
+    if crossing <= 7:  # a quarter of the directions: the 75th percentile ignored them already
+        assert old.sigma < 2e-12
+    else:  # it read the jump's 3·1e-8 as rounding
+        assert old.sigma > 300 * alone.sigma
+
+
+@pytest.mark.parametrize("crossing", [16, 20, 32])
+def test_where_half_or_more_of_the_probes_cross_a_jump_the_noise_is_what_it_is(
+    crossing: int,
+) -> None:
+    noise = _stepped(crossing)
+    # The median is a jump's reading, 3·1e-8 (the stencil's last two coefficients, −4 + 1).
+    assert noise.jumps == 0
+    assert noise.sigma > 3e-8 / (1.2 * math.sqrt(70)) if crossing > 24 else noise.sigma > 1e-12
+
+
+def test_no_probe_is_a_jump_without_a_scale_to_compare_with() -> None:
+    # Most stencils read exactly 0 (J coarse): the median gives no scale, nothing is left out.
+    sigma, jumps = noise_sigma(np.array([0.0, 0.0, 0.0, 5.0]))
+    assert jumps == 0 and sigma > 0
