@@ -26,8 +26,8 @@ from torch import nn
 
 import gradwatch
 from gradwatch import GradCheckReport, Layout, PartitionError, Thresholds
-from gradwatch._blame import raised_in_users_code
-from gradwatch._evaluate import CALLS_BACKWARD
+from gradwatch.common.blame import raised_in_users_code
+from gradwatch.evaluation.cost import CALLS_BACKWARD
 from gradwatch.module import checked_parameters
 
 from . import _distributed

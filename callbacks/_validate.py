@@ -2,8 +2,8 @@
 config), each naming the argument, the accepted values and the value received.
 
 An argument the callback hands to :func:`gradwatch.check_module` is checked by the engine's own
-rule (``gradwatch._validate``, ``gradwatch.Thresholds``); the schedule's are checked here. Inside
-:func:`prefixed` every message starts with ``GradientCheck:``.
+rule (``gradwatch.check.arguments``, ``gradwatch.Thresholds``); the schedule's are checked here.
+Inside :func:`prefixed` every message starts with ``GradientCheck:``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, get_args
 
-from gradwatch._validate import check_flag as check_flag  # the engine's rules, re-exported
-from gradwatch._validate import check_include as check_include
-from gradwatch._validate import is_int, reject
+from gradwatch.check.arguments import check_flag as check_flag  # the engine's rules, re-exported
+from gradwatch.check.arguments import check_include as check_include
+from gradwatch.check.arguments import is_int, reject
 
 OnFail = Literal["warn", "raise", "ignore"]
 ON_FAIL: tuple[str, ...] = get_args(OnFail)

@@ -11,7 +11,7 @@ Example:
     'pass'
 """
 
-from gradwatch._noise import JNoise
+from gradwatch.evidence.noise import JNoise
 from gradwatch.function import check_function
 from gradwatch.layout import Layout
 from gradwatch.module import check_module
@@ -41,8 +41,8 @@ __all__ = [
 
 __version__ = "0.2.0"
 
-# Last, after every other import: pays what the first check would (see gradwatch._import_time).
-from gradwatch import _import_time  # noqa: F401
+# Last, after every other import: pays what the first check would (see gradwatch.evaluation.warmup).
+from gradwatch.evaluation import warmup as _import_time  # noqa: F401
 
 
 def __getattr__(name: str) -> object:

@@ -12,13 +12,23 @@ from typing import Any
 
 import numpy as np
 
-from gradwatch import _advice, _text, report_file
-from gradwatch._evidence import AGREES, DISAGREES, NOT_JUDGED, READINGS, REASONS, RECHECKS, read
-from gradwatch._location import Location
-from gradwatch._noise import JNoise
-from gradwatch._numeric import component_errors, relative_difference
-from gradwatch._patterns import Finding
+from gradwatch import report_file
+from gradwatch.common.numeric import component_errors, relative_difference
+from gradwatch.evidence.model import (
+    AGREES,
+    DISAGREES,
+    NOT_JUDGED,
+    READINGS,
+    REASONS,
+    RECHECKS,
+    read,
+)
+from gradwatch.evidence.noise import JNoise
+from gradwatch.findings.location import Location
+from gradwatch.findings.patterns import Finding
 from gradwatch.layout import Layout, format_label
+from gradwatch.reporting import advice as _advice
+from gradwatch.reporting import text as _text
 from gradwatch.training_path import TrainingPathResult
 from gradwatch.verdict import (
     ParameterResult,

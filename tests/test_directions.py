@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gradwatch import check_module
-from gradwatch._directions import directional_step
+from gradwatch.check.directions import directional_step
 from tests.nets import GatedNet, classification_batch, cross_entropy
 
 

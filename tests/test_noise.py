@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gradwatch._noise import (
+from gradwatch.evidence.noise import (
     PROBE_DIRECTIONS,
     JNoise,
     fourth_differences,

@@ -1,0 +1,234 @@
+"""The evidence model: what each checked component's two numbers show, from measurements alone.
+
+Component i has backprop's value a_i and the two-sided estimate n_i = (J(θ+h·e_i) − J(θ−h·e_i))/2h.
+Its noise σ_i = σ_J / (√2·h) comes from J's measured noise σ_J (:mod:`gradwatch.evidence.noise`):
+each of the two evaluations carries σ_J, their difference is divided by 2h. Each component gets one
+reading (``K`` = ``NOISE_MULTIPLE``):
+
+============  =================================================================================
+reading       requires
+============  =================================================================================
+disagrees     |a − n| > K·σ_i and |a − n| / (|a| + |n|) > pass_max, also after the re-checks
+agrees        not disagrees, and max(|a|, |n|) > K·σ_i: there was a gradient to compare
+not judged    both |a| and |n| within K·σ_i ("within noise": a zero gradient as far as J can
+              tell); or the step sits on a kink that re-checks at nearby points could not leave
+              ("on a kink"); or θ_i ± h == θ_i in the check's precision ("step lost")
+============  =================================================================================
+
+A first reading of "disagrees" is never final, and a re-check clears it only by explaining the
+gap (:mod:`gradwatch.evidence.recheck`): J is read again at 2h and 4h, where a truncation error
+grows 4× per doubling; if J is smooth there and the fit explains the first reading, Richardson's
+estimate, whose noise (0.67·σ_i) is below the first reading's, is read instead ("longer steps").
+Where J'' does not agree (a kink: it halves when the step doubles at a kink sitting at θ), θ is
+moved by a small seeded jitter off the kink set, backprop is run again there, and the component is
+read at that nearby point ("off kink"), up to ``JITTER_TRIES`` times.
+
+A tensor whose components disagree, or whose errors together exceed J's noise
+(:mod:`gradwatch.evidence.tensor_test`), has J's noise measured along its own components; where it
+is larger than the noise measured first, its components are read against it. A component left within
+noise is read again at a step fitted to J's noise ("fitted step"): only a gradient that is zero
+within that step's noise stays "not judged, within noise". A tensor that fails the tensor test
+has its components read again by Richardson's estimate, so that the h² truncation of the first
+step is not taken for a shared error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from gradwatch.evidence.escalation import escalate, retest, tensor_noise
+from gradwatch.evidence.noise import NOISE_MULTIPLE
+from gradwatch.evidence.readings import (
+    AGREES,
+    DISAGREES,
+    FITTED_STEP,
+    LONGER_STEPS,
+    NOT_JUDGED,
+    OFF_KINK,
+    ON_KINK,
+    READINGS,
+    REASONS,
+    RECHECKS,
+    STEP_LOST,
+    WIDER,
+    WITHIN_NOISE,
+    Evidence,
+    Record,
+    read,
+)
+from gradwatch.evidence.recheck import Pair, reread, sub
+
+__all__ = [
+    "AGREES",
+    "DISAGREES",
+    "FITTED_STEP",
+    "LONGER_STEPS",
+    "NOISE_MULTIPLE",
+    "NOT_JUDGED",
+    "OFF_KINK",
+    "ON_KINK",
+    "READINGS",
+    "REASONS",
+    "RECHECKS",
+    "STEP_LOST",
+    "WIDER",
+    "WITHIN_NOISE",
+    "Evidence",
+    "Moved",
+    "Objective",
+    "gather_evidence",
+    "read",
+]
+
+# A kink is left by moving θ this many steps in a random direction: a kink that sat at θ then
+# lies ~1000 steps away, and the check's ±h crosses one with odds of about 1 in 1000. Each try
+# puts a unit sitting on its kink on either side with even odds (on the flat side there is no
+# gradient to compare), so three tries leave one unjudged with odds of 1 in 8.
+JITTER_STEPS = 1000.0
+JITTER_TRIES = 3
+
+
+class Objective(Protocol):
+    """J near θ, as the evidence model needs it; ``positions`` index the checked components."""
+
+    def pairs(self, positions: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """J(θ + h·e_i) and J(θ − h·e_i) for each position i and its step h."""
+        ...
+
+    def half_gaps(self, positions: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """((θ_i + h) − (θ_i − h)) / 2 as the check's precision stores it (0: the step is lost)."""
+        ...
+
+    def jittered(self, attempt: int) -> Moved | None:
+        """The same J at a nearby θ (seeded by ``attempt``), with backprop there; None when the
+        check has no backprop to run again (a fixed gradient array)."""
+        ...
+
+    def values(self, positions: np.ndarray) -> np.ndarray:
+        """θ_i at each position, in float64."""
+        ...
+
+    def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """J at θ moved by each row of ``rows`` on the positions ``support`` (the noise probes)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Moved:
+    """J at a jittered θ: its objective, backprop's value at every checked position, and J there."""
+
+    objective: Objective
+    analytic: np.ndarray
+    center: float
+
+
+def gather_evidence(
+    objective: Objective,
+    analytic: np.ndarray,
+    first: tuple[np.ndarray, np.ndarray],
+    center: float,
+    steps: np.ndarray,
+    sigma: float,
+    pass_max: float,
+    groups: np.ndarray | None = None,
+    seed: int = 0,
+    warn_max: float = 1e-3,
+) -> Evidence:
+    """Readings of every checked component from backprop's ``analytic`` values, the two-sided
+    pairs ``first`` = (J(θ+h·e_i), J(θ−h·e_i)) at ``steps`` h, J(θ) = ``center`` and J's noise
+    ``sigma``; re-checks go through ``objective``. ``groups`` (the tensor of each component; one
+    tensor when None) are what the tensor test and the noise per tensor are about; a tensor whose
+    noise floor is above ``warn_max`` is read again at the step fitted to J's noise.
+
+    Example:
+        >>> class Relu:  # J(θ) = relu(θ₀) + 2·θ₁ at θ = (0, 1): a kink in θ₀
+        ...     def __init__(self, theta): self.theta = theta
+        ...     def cost(self, t): return max(t[0], 0.0) + 2 * t[1]
+        ...     def pairs(self, at, h):
+        ...         moved = lambda s: [self.cost(self.theta + s * hk * np.eye(2)[i])
+        ...                            for i, hk in zip(at, h)]
+        ...         return np.array(moved(1)), np.array(moved(-1))
+        ...     def half_gaps(self, at, h): return np.asarray(h, float)
+        ...     def values(self, at): return self.theta[np.asarray(at)]
+        ...     def line(self, support, rows): return np.full(len(rows), 2.0)
+        ...     def jittered(self, attempt):
+        ...         moved = Relu(self.theta + [1e-4, 0.0])
+        ...         return Moved(moved, np.array([1.0, 2.0]), moved.cost(moved.theta))
+        >>> j = Relu(np.array([0.0, 1.0]))
+        >>> h = np.full(2, 1e-7)
+        >>> grad = np.array([1.0, 2.0])
+        >>> found = gather_evidence(j, grad, j.pairs([0, 1], h), 2.0, h, 1e-16, 1e-7)
+        >>> [READINGS[r] for r in found.reading], [RECHECKS[r] for r in found.recheck]
+        (['agrees', 'agrees'], ['off kink', ''])
+    """
+    analytic = np.asarray(analytic, np.float64)
+    steps = np.asarray(steps, np.float64)
+    every = np.arange(analytic.size)
+    groups = np.zeros(analytic.size, np.int64) if groups is None else np.asarray(groups)
+    gaps = objective.half_gaps(every, steps)
+    plus, minus = first
+    with np.errstate(invalid="ignore", divide="ignore"):
+        numeric = np.where(gaps > 0, (plus - minus) / (2 * np.where(gaps > 0, gaps, 1.0)), 0.0)
+        noise = np.where(gaps > 0, sigma / (np.sqrt(2) * gaps), np.inf)
+    record = Record(analytic, numeric, noise, np.full(analytic.size, float(sigma)))
+    record.reading, record.reason = read(analytic, numeric, noise, pass_max)
+    lost = ~(gaps > 0)
+    record.reading[lost], record.reason[lost] = NOT_JUDGED, STEP_LOST
+    finite = np.isfinite(analytic) & np.isfinite(numeric)
+    suspects = np.flatnonzero((record.reading == DISAGREES) & finite)
+    firsts = (plus, minus, gaps)
+    _explain(objective, record, suspects, firsts, center, steps, pass_max)
+    measured: set[int] = set()
+    tensor_noise(objective, record, groups, center, steps, seed, pass_max, measured)
+    escalate(objective, record, groups, center, steps, seed, (pass_max, warn_max))
+    retest(objective, record, groups, center, steps, pass_max)
+    tensor_noise(objective, record, groups, center, steps, seed, pass_max, measured)
+    return record.done()
+
+
+def _explain(
+    objective: Objective,
+    record: Record,
+    suspects: np.ndarray,
+    firsts: Pair,
+    center: float,
+    steps: np.ndarray,
+    pass_max: float,
+) -> None:
+    """Re-checks first disagreements at 2h and 4h: where J is smooth and the fit explains the
+    first reading, Richardson's estimate is read; elsewhere J is read off the kink."""
+    if suspects.size == 0:
+        return
+    sigma, first = record.sigma[suspects], sub(firsts, suspects)
+    smooth, estimate, spread = reread(objective, center, suspects, steps[suspects], sigma, first)
+    at = suspects[smooth]
+    values = (record.analytic[at], estimate[smooth], spread[smooth])
+    record.set(at, values, pass_max, LONGER_STEPS)
+    record.kink[suspects[~smooth]] = True
+    _off_kinks(objective, record, suspects[~smooth], steps, pass_max)
+
+
+def _off_kinks(
+    objective: Objective, record: Record, kinks: np.ndarray, steps: np.ndarray, pass_max: float
+) -> None:
+    """Reads components whose step crossed a kink at a jittered θ where J is smooth and the fit
+    explains the reading there. A component the jitter put on a flat side (a ReLU turned off: no
+    gradient to compare) is tried again at the next jitter; those no jitter frees stay "not
+    judged, on a kink"."""
+    record.reading[kinks], record.reason[kinks] = NOT_JUDGED, ON_KINK
+    for attempt in range(JITTER_TRIES):
+        if kinks.size == 0:
+            return
+        moved = objective.jittered(attempt)
+        if moved is None:
+            return
+        smooth, estimate, spread = reread(
+            moved.objective, moved.center, kinks, steps[kinks], record.sigma[kinks], None
+        )
+        at = kinks[smooth]
+        values = (moved.analytic[at], estimate[smooth], spread[smooth])
+        record.set(at, values, pass_max, OFF_KINK)
+        kinks = kinks[~smooth | (record.reading[kinks] == NOT_JUDGED)]
