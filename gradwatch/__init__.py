@@ -11,6 +11,7 @@ Example:
     'pass'
 """
 
+from gradwatch.common.version import __version__ as __version__
 from gradwatch.evidence.noise import JNoise
 from gradwatch.function import check_function
 from gradwatch.layout import Layout
@@ -20,6 +21,10 @@ from gradwatch.report import Component, GradCheckReport, PrecisionDrift
 from gradwatch.report_file import load_report, save_report
 from gradwatch.training_path import TrainingPath
 from gradwatch.verdict import ParameterResult, Thresholds, Verdict
+
+# The report's renderers: each hands the report its words when imported (see gradwatch.report).
+from gradwatch.reporting import advice as _advice  # noqa: F401  # isort: skip
+from gradwatch.reporting import text as _text  # noqa: F401  # isort: skip
 
 __all__ = [
     "Component",
@@ -38,8 +43,6 @@ __all__ = [
     "load_report",
     "save_report",
 ]
-
-__version__ = "0.2.0"
 
 # Last, after every other import: pays what the first check would (see gradwatch.evaluation.warmup).
 from gradwatch.evaluation import warmup as _import_time  # noqa: F401

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradwatch.evidence.model import DISAGREES, RECHECKS
+from gradwatch.evidence.readings import DISAGREES, RECHECKS
 from gradwatch.findings.backward_graph import (
     BackwardGraph,
     backward_graph,

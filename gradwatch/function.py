@@ -13,8 +13,9 @@ from gradwatch.check.arguments import check_epsilon, check_seed, check_threshold
 from gradwatch.check.input_errors import restated
 from gradwatch.common.numeric import auto_steps, represented_steps, two_sided_costs
 from gradwatch.diagnosis import diagnose
-from gradwatch.evidence.model import JITTER_STEPS, Moved, gather_evidence
+from gradwatch.evidence.model import JITTER_STEPS, gather_evidence
 from gradwatch.evidence.noise import measure_noise
+from gradwatch.evidence.objective import Moved
 from gradwatch.layout import Layout
 from gradwatch.report import GradCheckReport, Thresholds
 

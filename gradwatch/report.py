@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from gradwatch import report_file
 from gradwatch.common.numeric import component_errors, relative_difference
-from gradwatch.evidence.model import (
+from gradwatch.evidence.noise import JNoise
+from gradwatch.evidence.readings import (
     AGREES,
     DISAGREES,
     NOT_JUDGED,
@@ -23,12 +23,9 @@ from gradwatch.evidence.model import (
     RECHECKS,
     read,
 )
-from gradwatch.evidence.noise import JNoise
 from gradwatch.findings.location import Location
 from gradwatch.findings.patterns import Finding
 from gradwatch.layout import Layout, format_label
-from gradwatch.reporting import advice as _advice
-from gradwatch.reporting import text as _text
 from gradwatch.training_path import TrainingPathResult
 from gradwatch.verdict import (
     ParameterResult,
@@ -39,7 +36,23 @@ from gradwatch.verdict import (
     worst_verdict,
 )
 
-__all__ = ["Component", "GradCheckReport", "PrecisionDrift"]
+__all__ = ["Component", "GradCheckReport", "PrecisionDrift", "renders"]
+
+# How a report reads: its renderers (gradwatch.reporting.text and .advice, gradwatch.report_file)
+# import the report, never the reverse (the report is data). Each hands its functions over here
+# when it is imported; gradwatch/__init__ imports them all before any report can be made.
+_WORDS: dict[str, Callable[..., Any]] = {}
+
+
+def renders(**functions: Callable[..., Any]) -> None:
+    """Hands the report the functions that put it into words; called by its renderers at import.
+
+    Example:
+        >>> from gradwatch.report import _WORDS
+        >>> sorted(_WORDS)  # gradwatch/__init__ has imported every renderer
+        ['advice', 'as_dict', 'headline', 'non_finite', 'summary', 'worst_markdown']
+    """
+    _WORDS.update(functions)
 
 
 @dataclass(frozen=True)
@@ -232,20 +245,20 @@ class GradCheckReport:
 
     def headline(self) -> str:
         """One line: ``pass: difference 3.1e-09 (noise floor 4e-10), 120 of 120 components …``."""
-        return _text.headline(self)
+        return str(_WORDS["headline"](self))
 
     def worst_markdown(self, k: int = 10) -> str:
         """The ``k`` worst components as a markdown table."""
-        return _text.worst_markdown(self.worst(k))
+        return str(_WORDS["worst_markdown"](self.worst(k)))
 
     def __str__(self) -> str:
-        return _text.summary(self)
+        return str(_WORDS["summary"](self))
 
     def to_dict(self) -> dict[str, Any]:
         """A summary of plain Python values: str, int, bool, None, lists, dicts and floats (NaN
         where not judged, ±inf where measured so). :func:`gradwatch.save_report` writes it as
         standard JSON; :func:`gradwatch.load_report` gives it back."""
-        return report_file.as_dict(self)
+        return dict(_WORDS["as_dict"](self))
 
     # -- spellings of an earlier release --------------------------------------------------------
 
@@ -313,10 +326,10 @@ def _derive(report: GradCheckReport) -> None:
     }
     put(report, "per_parameter", differences)
     if report.failure is None:
-        put(report, "failure", _advice.non_finite(report))
+        put(report, "failure", _WORDS["non_finite"](report))
     verdicts = [r.verdict for r in report.parameters.values()]
     put(report, "verdict", Verdict.FAIL if report.failure else worst_verdict(verdicts))
-    put(report, "message", _advice.advice(report))
+    put(report, "message", _WORDS["advice"](report))
     path = report.training_path  # the gradient that trains: it can only make the verdict worse
     if path is not None and path.verdict is Verdict.FAIL:
         put(report, "verdict", path.verdict)

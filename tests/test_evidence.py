@@ -10,7 +10,10 @@ import pytest
 
 import gradwatch
 from gradwatch import Verdict
-from gradwatch.evidence.model import (
+from gradwatch.evidence.model import gather_evidence
+from gradwatch.evidence.noise import NOISE_MULTIPLE
+from gradwatch.evidence.objective import Moved
+from gradwatch.evidence.readings import (
     AGREES,
     DISAGREES,
     NOT_JUDGED,
@@ -19,11 +22,8 @@ from gradwatch.evidence.model import (
     REASONS,
     STEP_LOST,
     WITHIN_NOISE,
-    Moved,
-    gather_evidence,
     read,
 )
-from gradwatch.evidence.noise import NOISE_MULTIPLE
 from gradwatch.evidence.recheck import explained, extrapolate
 
 NOISE = 1e-9  # the noise of each numeric value below

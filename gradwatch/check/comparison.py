@@ -14,8 +14,10 @@ from gradwatch.check.sampling import sample_components
 from gradwatch.common.numeric import auto_steps, relative_difference
 from gradwatch.evaluation.call_plan import PROBES
 from gradwatch.evaluation.cost import ModuleCost
-from gradwatch.evidence.model import JITTER_STEPS, Evidence, Moved, gather_evidence
+from gradwatch.evidence.model import JITTER_STEPS, gather_evidence
 from gradwatch.evidence.noise import PROBE_WIDTH, JNoise, measure_noise, rounding_floor
+from gradwatch.evidence.objective import Moved
+from gradwatch.evidence.readings import Evidence
 from gradwatch.layout import Layout
 from gradwatch.partition import Exchange
 from gradwatch.report import PrecisionDrift

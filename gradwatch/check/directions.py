@@ -28,8 +28,8 @@ import torch
 from gradwatch.check.sampling import sample_components
 from gradwatch.common.numeric import relative_difference
 from gradwatch.evaluation.cost import ModuleCost
-from gradwatch.evidence.model import DISAGREES, read
 from gradwatch.evidence.noise import NOISE_MULTIPLE
+from gradwatch.evidence.readings import DISAGREES, read
 from gradwatch.layout import Layout
 from gradwatch.report import Thresholds, Verdict
 from gradwatch.reporting.text import listing

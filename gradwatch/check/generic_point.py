@@ -27,8 +27,8 @@ from torch import nn
 
 from gradwatch.check.comparison import Comparison, compare, steps_of
 from gradwatch.evaluation.cost import ModuleCost
-from gradwatch.evidence.model import NOT_JUDGED, RECHECKS
 from gradwatch.evidence.noise import NOISE_MULTIPLE
+from gradwatch.evidence.readings import NOT_JUDGED, RECHECKS
 from gradwatch.layout import Layout
 from gradwatch.partition import Exchange
 from gradwatch.precision.sites import group_names

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from gradwatch.evaluation.cost import ModuleCost
-from gradwatch.evidence.model import DISAGREES, RECHECKS
+from gradwatch.evidence.readings import DISAGREES, RECHECKS
 from gradwatch.findings.location import Location
 from gradwatch.findings.patterns import FIT_SHARE, Finding, fits, named, tolerance
 from gradwatch.report import GradCheckReport

@@ -21,7 +21,7 @@ from gradwatch.evidence.recheck import at_steps, extrapolate, fitted_steps, long
 from gradwatch.evidence.tensor_test import convicts
 
 if TYPE_CHECKING:
-    from gradwatch.evidence.model import Objective
+    from gradwatch.evidence.objective import Objective
 
 __all__ = ["escalate", "retest", "tensor_noise"]
 

@@ -34,54 +34,24 @@ step is not taken for a shared error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
-
 import numpy as np
 
 from gradwatch.evidence.escalation import escalate, retest, tensor_noise
-from gradwatch.evidence.noise import NOISE_MULTIPLE
+from gradwatch.evidence.objective import Objective
 from gradwatch.evidence.readings import (
-    AGREES,
     DISAGREES,
-    FITTED_STEP,
     LONGER_STEPS,
     NOT_JUDGED,
     OFF_KINK,
     ON_KINK,
-    READINGS,
-    REASONS,
-    RECHECKS,
     STEP_LOST,
-    WIDER,
-    WITHIN_NOISE,
     Evidence,
     Record,
     read,
 )
 from gradwatch.evidence.recheck import Pair, reread, sub
 
-__all__ = [
-    "AGREES",
-    "DISAGREES",
-    "FITTED_STEP",
-    "LONGER_STEPS",
-    "NOISE_MULTIPLE",
-    "NOT_JUDGED",
-    "OFF_KINK",
-    "ON_KINK",
-    "READINGS",
-    "REASONS",
-    "RECHECKS",
-    "STEP_LOST",
-    "WIDER",
-    "WITHIN_NOISE",
-    "Evidence",
-    "Moved",
-    "Objective",
-    "gather_evidence",
-    "read",
-]
+__all__ = ["JITTER_STEPS", "JITTER_TRIES", "gather_evidence"]
 
 # A kink is left by moving θ this many steps in a random direction: a kink that sat at θ then
 # lies ~1000 steps away, and the check's ±h crosses one with odds of about 1 in 1000. Each try
@@ -89,40 +59,6 @@ __all__ = [
 # gradient to compare), so three tries leave one unjudged with odds of 1 in 8.
 JITTER_STEPS = 1000.0
 JITTER_TRIES = 3
-
-
-class Objective(Protocol):
-    """J near θ, as the evidence model needs it; ``positions`` index the checked components."""
-
-    def pairs(self, positions: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """J(θ + h·e_i) and J(θ − h·e_i) for each position i and its step h."""
-        ...
-
-    def half_gaps(self, positions: np.ndarray, steps: np.ndarray) -> np.ndarray:
-        """((θ_i + h) − (θ_i − h)) / 2 as the check's precision stores it (0: the step is lost)."""
-        ...
-
-    def jittered(self, attempt: int) -> Moved | None:
-        """The same J at a nearby θ (seeded by ``attempt``), with backprop there; None when the
-        check has no backprop to run again (a fixed gradient array)."""
-        ...
-
-    def values(self, positions: np.ndarray) -> np.ndarray:
-        """θ_i at each position, in float64."""
-        ...
-
-    def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """J at θ moved by each row of ``rows`` on the positions ``support`` (the noise probes)."""
-        ...
-
-
-@dataclass(frozen=True)
-class Moved:
-    """J at a jittered θ: its objective, backprop's value at every checked position, and J there."""
-
-    objective: Objective
-    analytic: np.ndarray
-    center: float
 
 
 def gather_evidence(
@@ -144,6 +80,8 @@ def gather_evidence(
     noise floor is above ``warn_max`` is read again at the step fitted to J's noise.
 
     Example:
+        >>> from gradwatch.evidence.objective import Moved
+        >>> from gradwatch.evidence.readings import READINGS, RECHECKS
         >>> class Relu:  # J(θ) = relu(θ₀) + 2·θ₁ at θ = (0, 1): a kink in θ₀
         ...     def __init__(self, theta): self.theta = theta
         ...     def cost(self, t): return max(t[0], 0.0) + 2 * t[1]

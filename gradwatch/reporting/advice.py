@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gradwatch.report import GradCheckReport, renders
 from gradwatch.reporting.text import listing
-from gradwatch.verdict import Verdict
-
-if TYPE_CHECKING:
-    from gradwatch.report import GradCheckReport
-    from gradwatch.verdict import ParameterResult
+from gradwatch.verdict import ParameterResult, Verdict
 
 # What a user does about each reason a parameter was not judged.
 _REMEDY = {
@@ -179,3 +175,7 @@ def _findings(report: GradCheckReport) -> str:
     """The kind of each wrong tensor's bug, one sentence each."""
     sentences = [f.text if f.text.endswith(("?", ".")) else f.text + "." for f in report.findings]
     return "".join(f" {s}" for s in sentences)  # each begins with the parameter's own name
+
+
+# The report is data this module reads; it is handed these functions (see gradwatch.report).
+renders(advice=advice, non_finite=non_finite)

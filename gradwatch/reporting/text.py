@@ -5,16 +5,12 @@ message)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gradwatch.evidence.model import NOT_JUDGED, REASONS
-from gradwatch.verdict import Verdict
-
-if TYPE_CHECKING:
-    from gradwatch.report import Component, GradCheckReport
-    from gradwatch.verdict import ParameterResult
+from gradwatch.evidence.readings import NOT_JUDGED, REASONS
+from gradwatch.report import Component, GradCheckReport, renders
+from gradwatch.verdict import ParameterResult, Verdict
 
 
 def listing(names: Sequence[str], most: int = 4) -> str:
@@ -184,3 +180,7 @@ def _unjudged_components(report: GradCheckReport) -> list[str]:
         plural = "s" if at.size > 1 else ""
         lines.append(f"  not judged ({REASONS[code]}): {at.size} component{plural}, {first}{more}")
     return lines
+
+
+# The report is data this module reads; it is handed these functions (see gradwatch.report).
+renders(headline=headline, summary=summary, worst_markdown=worst_markdown)
