@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
-from gradwatch.check.arguments import (
+from gradwatch.arguments import (
     check_epsilon,
     check_non_negative,
     check_optional_count,

@@ -20,7 +20,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from gradwatch import GradCheckReport, PartitionError, Thresholds, check_module
-from gradwatch.check.arguments import (
+from gradwatch.arguments import (
     CHECK_MODES,
     DROPOUT_MODES,
     check_choice,

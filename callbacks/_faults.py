@@ -26,9 +26,7 @@ from torch import nn
 
 import gradwatch
 from gradwatch import GradCheckReport, Layout, PartitionError, Thresholds
-from gradwatch.common.blame import raised_in_users_code
-from gradwatch.evaluation.cost import CALLS_BACKWARD
-from gradwatch.module import checked_parameters
+from gradwatch.module import CALLS_BACKWARD, checked_parameters, raised_in_users_code
 
 from . import _distributed
 from ._distributed import UnsharedBatch

@@ -22,7 +22,7 @@ from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signatu
 from torch import nn
 from torch._C import _functorch
 
-from gradwatch.evaluation.cost import LossFn
+from gradwatch.module import LossFn
 
 _OPTIONS = (
     "return the loss from `training_step` (a tensor, or a dict with a 'loss' entry), or define "

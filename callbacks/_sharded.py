@@ -9,8 +9,7 @@ from typing import Any
 from torch import nn
 
 from gradwatch import GradCheckReport
-from gradwatch.sharded import check_sharded
-from gradwatch.sharding.replica import is_sharded
+from gradwatch.sharded import check_sharded, is_sharded
 
 from ._objective import logging_muted, objective
 

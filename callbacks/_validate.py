@@ -2,7 +2,7 @@
 config), each naming the argument, the accepted values and the value received.
 
 An argument the callback hands to :func:`gradwatch.check_module` is checked by the engine's own
-rule (``gradwatch.check.arguments``, ``gradwatch.Thresholds``); the schedule's are checked here.
+rule (``gradwatch.arguments``, ``gradwatch.Thresholds``); the schedule's are checked here.
 Inside :func:`prefixed` every message starts with ``GradientCheck:``.
 """
 
@@ -14,9 +14,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, get_args
 
-from gradwatch.check.arguments import check_flag as check_flag  # the engine's rules, re-exported
-from gradwatch.check.arguments import check_include as check_include
-from gradwatch.check.arguments import is_int, reject
+from gradwatch.arguments import check_flag as check_flag  # the engine's rules, re-exported
+from gradwatch.arguments import check_include as check_include
+from gradwatch.arguments import is_int, reject
 
 OnFail = Literal["warn", "raise", "ignore"]
 ON_FAIL: tuple[str, ...] = get_args(OnFail)

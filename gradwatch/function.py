@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gradwatch.check.arguments import check_epsilon, check_seed, check_thresholds
+from gradwatch.arguments import check_epsilon, check_seed, check_thresholds
 from gradwatch.check.input_errors import restated
 from gradwatch.common.numeric import auto_steps, represented_steps, two_sided_costs
 from gradwatch.diagnosis import diagnose

@@ -11,11 +11,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from gradwatch.check.arguments import check_seed, check_torch_dtype, renamed
+from gradwatch.arguments import check_seed, check_torch_dtype, renamed
 from gradwatch.check.eager import check_eager
 from gradwatch.check.input_errors import restated
 from gradwatch.check.scope import checked_parameters
-from gradwatch.evaluation.cost import LossFn
+from gradwatch.common.blame import raised_in_users_code
+from gradwatch.evaluation.cost import CALLS_BACKWARD, LossFn
 from gradwatch.partition import Partition
 from gradwatch.report import GradCheckReport, Thresholds
 from gradwatch.training.compiled import EagerView, eager_names
@@ -23,7 +24,17 @@ from gradwatch.training.float32_fallback import Counted, in_a_precision_j_runs, 
 from gradwatch.training.gradient_runs import compare_training_path
 from gradwatch.training_path import TrainingPath, check_training_path
 
-__all__ = ["check_module", "checked_parameters"]
+# LossFn (the type of ``loss_fn``), CALLS_BACKWARD (the refusal of a loss_fn that runs backward
+# itself) and raised_in_users_code (whose error it is) are public here, for integrations.
+__all__ = [
+    "CALLS_BACKWARD",
+    "CheckMode",
+    "DropoutMode",
+    "LossFn",
+    "check_module",
+    "checked_parameters",
+    "raised_in_users_code",
+]
 
 DropoutMode = Literal["off", "freeze"]
 CheckMode = Literal["components", "directions"]

@@ -36,7 +36,7 @@ from gradwatch.verdict import (
     worst_verdict,
 )
 
-__all__ = ["Component", "GradCheckReport", "PrecisionDrift", "renders"]
+__all__ = ["Component", "GradCheckReport", "PrecisionDrift", "coverage", "renders"]
 
 # How a report reads: its renderers (gradwatch.reporting.text and .advice, gradwatch.report_file)
 # import the report, never the reverse (the report is data). Each hands its functions over here
@@ -50,9 +50,23 @@ def renders(**functions: Callable[..., Any]) -> None:
     Example:
         >>> from gradwatch.report import _WORDS
         >>> sorted(_WORDS)  # gradwatch/__init__ has imported every renderer
-        ['advice', 'as_dict', 'headline', 'non_finite', 'summary', 'worst_markdown']
+        ['advice', 'as_dict', 'coverage', 'headline', 'non_finite', 'summary', 'worst_markdown']
     """
     _WORDS.update(functions)
+
+
+def coverage(report: GradCheckReport) -> str:
+    """What a verdict rests on, in words: ``'pass on 97% of components; not judged: 2 tensors (a,
+    b)'`` (the callback's console line and card show it).
+
+    Example:
+        >>> import numpy as np, gradwatch
+        >>> report = gradwatch.check_function(lambda t: float(t[0] ** 2), np.array([1.0, 2.0]),
+        ...                                   np.array([2.0, 0.0]), layout={"w": (1,), "b": (1,)})
+        >>> coverage(report)
+        'pass on 50% of components; not judged: 1 tensor (b)'
+    """
+    return str(_WORDS["coverage"](report))
 
 
 @dataclass(frozen=True)

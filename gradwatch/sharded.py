@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gradwatch.check.arguments import check_epsilon, check_sample, check_seed, reject
+from gradwatch.arguments import check_epsilon, check_sample, check_seed, reject
 from gradwatch.check.scope import checked_parameters
 from gradwatch.common.user_state import cast_batch
 from gradwatch.evaluation.cost import LossFn
@@ -36,7 +36,7 @@ from gradwatch.training.compiled import EagerView
 from gradwatch.training.gradient_runs import compare_training_path
 from gradwatch.training_path import TrainingPath, check_training_path
 
-__all__ = ["DivergedError", "check_budget", "check_sharded"]
+__all__ = ["DivergedError", "check_budget", "check_sharded", "is_sharded"]
 
 # What a failed sharded gradient most likely means: the model's mathematics is the replica's,
 # which the float64 check verified, so what differs is how the gradient was reduced.

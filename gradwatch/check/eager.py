@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradwatch.check.arguments import (
+from gradwatch.arguments import (
     CHECK_MODES,
     DROPOUT_MODES,
     check_choice,

@@ -32,7 +32,7 @@ def restated(
     where ``err`` goes on as it is.
 
     Example:
-        >>> from gradwatch.check.arguments import reject
+        >>> from gradwatch.arguments import reject
         >>> try:
         ...     reject("sample", "None or a positive int", -1)
         ... except ValueError as err:

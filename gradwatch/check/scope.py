@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-from gradwatch.check.arguments import check_include
+from gradwatch.arguments import check_include
 from gradwatch.layout import Layout
 from gradwatch.reporting.text import listing
 

@@ -34,7 +34,20 @@ def users_code() -> Iterator[None]:
 
 def raised_in_users_code(err: BaseException) -> bool:
     """Whether ``err``, or an exception it was raised from or while handling, came out of code
-    run inside :func:`users_code`."""
+    run inside :func:`users_code`: the user's loss, model or backward, not gradwatch (public as
+    ``gradwatch.module.raised_in_users_code``).
+
+    Example:
+        >>> import torch, gradwatch
+        >>> from gradwatch.module import raised_in_users_code
+        >>> def loss_fn(model, batch):
+        ...     return batch["labels"]
+        >>> try:
+        ...     gradwatch.check_module(torch.nn.Linear(2, 1), loss_fn, {"x": torch.ones(3, 2)})
+        ... except KeyError as err:
+        ...     print(raised_in_users_code(err))
+        True
+    """
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:

@@ -183,4 +183,4 @@ def _unjudged_components(report: GradCheckReport) -> list[str]:
 
 
 # The report is data this module reads; it is handed these functions (see gradwatch.report).
-renders(headline=headline, summary=summary, worst_markdown=worst_markdown)
+renders(coverage=coverage, headline=headline, summary=summary, worst_markdown=worst_markdown)

@@ -42,7 +42,15 @@ _DISTRIBUTED = "torch.distributed"
 
 
 def is_sharded(module: nn.Module) -> bool:
-    """Whether any parameter of ``module`` is a DTensor."""
+    """Whether any parameter of ``module`` is a DTensor (a model that
+    :func:`gradwatch.sharded.check_sharded` checks; public as ``gradwatch.sharded.is_sharded``).
+
+    Example:
+        >>> from torch import nn
+        >>> from gradwatch.sharded import is_sharded
+        >>> is_sharded(nn.Linear(2, 1))
+        False
+    """
     return any(isinstance(p, DTensor) for p in module.parameters())
 
 

@@ -1,5 +1,20 @@
-"""Argument checks shared by the public functions (and ``gradwatch.callbacks``): raised early,
-naming the argument, the accepted values and the value received."""
+"""The argument rules of gradwatch's public calls, shared with integrations (``gradwatch.callbacks``
+checks the options it hands the engine by these same rules): each raises early, naming the
+argument, the accepted values and the value received — a ``TypeError`` for a wrong type, a
+``ValueError`` for a wrong value — and returns the value in the form the engine uses.
+
+``CHECK_MODES`` are the values of ``check_module(mode=...)``, ``DROPOUT_MODES`` those of
+``dropout=``.
+
+Example:
+    >>> from gradwatch.arguments import check_epsilon
+    >>> check_epsilon(1e-6), check_epsilon("auto")
+    (1e-06, 'auto')
+    >>> check_epsilon(2.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: `epsilon` must be 'auto' or a finite float in (0, 1), e.g. 1e-7; got 2.0
+"""
 
 from __future__ import annotations
 
@@ -13,6 +28,25 @@ import torch
 
 from gradwatch.verdict import Thresholds
 
+__all__ = [
+    "CHECK_MODES",
+    "DROPOUT_MODES",
+    "check_choice",
+    "check_epsilon",
+    "check_flag",
+    "check_include",
+    "check_memory_budget",
+    "check_non_negative",
+    "check_optional_count",
+    "check_sample",
+    "check_seed",
+    "check_thresholds",
+    "check_torch_dtype",
+    "is_int",
+    "reject",
+    "renamed",
+]
+
 DROPOUT_MODES = ("off", "freeze")
 CHECK_MODES = ("components", "directions")
 
@@ -20,17 +54,38 @@ CHECK_MODES = ("components", "directions")
 def reject(
     name: str, accepted: str, value: object, error: type[Exception] = ValueError
 ) -> NoReturn:
-    """Raises ``error`` saying that argument ``name`` must be ``accepted`` and got ``value``."""
+    """Raises ``error`` saying that argument ``name`` must be ``accepted`` and got ``value``.
+
+    Example:
+        >>> reject("every_n_steps", "a positive int", 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `every_n_steps` must be a positive int; got 0
+    """
     raise error(f"`{name}` must be {accepted}; got {value!r}")
 
 
 def is_int(value: object) -> bool:
-    """An int, numpy's included; never a bool (an int to Python, never to a user)."""
+    """An int, numpy's included; never a bool (an int to Python, never to a user).
+
+    Example:
+        >>> is_int(3), is_int(np.int64(3)), is_int(True), is_int(3.0)
+        (True, True, False, False)
+    """
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def check_flag(name: str, value: object) -> bool:
-    """``True`` or ``False``."""
+    """``True`` or ``False`` (numpy's bool included), returned as a bool.
+
+    Example:
+        >>> check_flag("log_histograms", np.bool_(True))
+        True
+        >>> check_flag("log_histograms", 1)
+        Traceback (most recent call last):
+        ...
+        TypeError: `log_histograms` must be True or False; got 1
+    """
     if not isinstance(value, bool | np.bool_):
         reject(name, "True or False", value, TypeError)
     return bool(value)
@@ -38,7 +93,12 @@ def check_flag(name: str, value: object) -> bool:
 
 def check_epsilon(epsilon: object) -> float | Literal["auto"]:
     """ε must be ``"auto"`` or a finite float in (0, 1): a step of 1 or more measures a secant,
-    not a slope."""
+    not a slope.
+
+    Example:
+        >>> check_epsilon(1e-7)
+        1e-07
+    """
     if epsilon == "auto":
         return "auto"
     if isinstance(epsilon, bool) or not isinstance(epsilon, int | float | np.floating):
@@ -50,7 +110,14 @@ def check_epsilon(epsilon: object) -> float | Literal["auto"]:
 
 
 def check_thresholds(thresholds: object) -> Thresholds:
-    """``None`` means the material's bands; a mapping is read as ``Thresholds(**mapping)``."""
+    """``None`` means the material's bands; a mapping is read as ``Thresholds(**mapping)``.
+
+    Example:
+        >>> check_thresholds(None) == Thresholds()
+        True
+        >>> check_thresholds({"pass_max": 1e-6, "warn_max": 1e-3}).pass_max
+        1e-06
+    """
     if thresholds is None:
         return Thresholds()
     if isinstance(thresholds, Thresholds):
@@ -64,7 +131,16 @@ def check_thresholds(thresholds: object) -> Thresholds:
 
 
 def check_optional_count(name: str, value: object, accepted: str) -> int | None:
-    """``None`` or a positive int; ``accepted`` says so in the message."""
+    """``None`` or a positive int; ``accepted`` says so in the message.
+
+    Example:
+        >>> check_optional_count("max_batches", None, "None or a positive int") is None
+        True
+        >>> check_optional_count("max_batches", 0, "None or a positive int")
+        Traceback (most recent call last):
+        ...
+        ValueError: `max_batches` must be None or a positive int; got 0
+    """
     if value is None:
         return None
     if not is_int(value):
@@ -75,13 +151,23 @@ def check_optional_count(name: str, value: object, accepted: str) -> int | None:
 
 
 def check_sample(sample: object) -> int | None:
-    """``None`` (every component) or a positive int (a seeded sample of that many)."""
+    """``None`` (every component) or a positive int (a seeded sample of that many).
+
+    Example:
+        >>> check_sample(2000), check_sample(None)
+        (2000, None)
+    """
     return check_optional_count("sample", sample, "None (all) or a positive int, e.g. 2000")
 
 
 def renamed(old: str, new: str, old_value: Any, new_value: Any) -> Any:
     """The value of an option renamed from ``old`` to ``new`` (whose default is None): ``old``
-    still works for one release, with a DeprecationWarning; both at once is an error."""
+    still works for one release, with a DeprecationWarning; both at once is an error.
+
+    Example:
+        >>> renamed("components", "sample", None, 100)
+        100
+    """
     if old_value is None:
         return new_value
     if new_value is not None:
@@ -95,14 +181,28 @@ def renamed(old: str, new: str, old_value: Any, new_value: Any) -> Any:
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    """A string option: one of ``choices``."""
+    """A string option: one of ``choices``.
+
+    Example:
+        >>> check_choice("mode", "directions", CHECK_MODES)
+        'directions'
+        >>> check_choice("dropout", "on", DROPOUT_MODES)
+        Traceback (most recent call last):
+        ...
+        ValueError: `dropout` must be one of 'off', 'freeze'; got 'on'
+    """
     if value not in choices:
         reject(name, "one of " + ", ".join(repr(c) for c in choices), value)
     return str(value)
 
 
 def check_non_negative(name: str, value: object) -> int:
-    """A non-negative int."""
+    """A non-negative int.
+
+    Example:
+        >>> check_non_negative("first_step", 0)
+        0
+    """
     if not is_int(value):
         reject(name, "a non-negative int", value, TypeError)
     if value < 0:  # type: ignore[operator]
@@ -112,19 +212,34 @@ def check_non_negative(name: str, value: object) -> int:
 
 def check_memory_budget(memory_budget: object, default: int) -> int:
     """``None`` (``default`` bytes) or a positive int of bytes: what one batched call of the
-    check may hold."""
+    check may hold.
+
+    Example:
+        >>> check_memory_budget(None, 2**30), check_memory_budget(2**20, 2**30)
+        (1073741824, 1048576)
+    """
     accepted = f"None (default {default // 2**20} MiB) or a positive int of bytes, e.g. 2**30"
     found = check_optional_count("memory_budget", memory_budget, accepted)
     return default if found is None else found
 
 
 def check_seed(seed: object) -> int:
-    """A non-negative int seed."""
+    """A non-negative int seed.
+
+    Example:
+        >>> check_seed(0)
+        0
+    """
     return check_non_negative("seed", seed)
 
 
 def check_torch_dtype(dtype: object, name: str = "dtype") -> torch.dtype:
-    """A real floating torch dtype (torch.float64 recommended)."""
+    """A real floating torch dtype (torch.float64 recommended).
+
+    Example:
+        >>> check_torch_dtype(torch.float64)
+        torch.float64
+    """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
         reject(name, "a real floating torch dtype (torch.float64 recommended)", dtype, TypeError)
     return dtype
@@ -132,7 +247,12 @@ def check_torch_dtype(dtype: object, name: str = "dtype") -> torch.dtype:
 
 def check_include(value: object) -> tuple[str, ...] | None:
     """``None`` (every trainable parameter) or glob pattern(s) of parameter names: a str or a
-    non-empty list of non-empty strs (an empty list selects nothing to check)."""
+    non-empty list of non-empty strs (an empty list selects nothing to check).
+
+    Example:
+        >>> check_include("encoder.*"), check_include(None)
+        (('encoder.*',), None)
+    """
     accepted = "None, a glob of parameter names or a non-empty list of them, e.g. ['encoder.*']"
     if value is None:
         return None
