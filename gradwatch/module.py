@@ -16,6 +16,7 @@ from gradwatch.check.eager import check_eager
 from gradwatch.check.input_errors import restated
 from gradwatch.check.scope import checked_parameters
 from gradwatch.common.blame import raised_in_users_code
+from gradwatch.evaluation.context import CheckContext
 from gradwatch.evaluation.cost import CALLS_BACKWARD, LossFn
 from gradwatch.partition import Partition
 from gradwatch.report import GradCheckReport, Thresholds
@@ -167,8 +168,11 @@ def check_module(
             report = in_a_precision_j_runs(
                 run, counted, precision, epsilon,
                 lambda: lower_precision(
-                    view.module, loss_fn, batch, checked_parameters(view.module, include),
-                    precision, seed, dropout == "off",
+                    CheckContext(
+                        view.module, loss_fn, batch,
+                        tuple(checked_parameters(view.module, include)), precision, seed,
+                    ),
+                    dropout == "off",
                 ),
             )  # fmt: skip
         compiled = view.note(compared=path is not None)
@@ -177,9 +181,10 @@ def check_module(
         if path is None:
             return report
         start = time.perf_counter()
-        found = compare_training_path(
-            view, loss_fn, batch, report.layout.names, path, seed, getattr(torch, report.dtype)
+        reference = CheckContext(
+            view.module, loss_fn, batch, report.layout.names, getattr(torch, report.dtype), seed
         )
+        found = compare_training_path(view, reference, path)
         seconds = report.seconds + time.perf_counter() - start
         return replace(report, training_path=found, seconds=seconds)
     except Exception as err:  # an argument error found deep inside, told from here

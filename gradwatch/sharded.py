@@ -25,6 +25,7 @@ from torch import nn
 from gradwatch.arguments import check_epsilon, check_sample, check_seed, reject
 from gradwatch.check.scope import checked_parameters
 from gradwatch.common.user_state import cast_batch
+from gradwatch.evaluation.context import CheckContext
 from gradwatch.evaluation.cost import LossFn
 from gradwatch.module import CheckMode, DropoutMode, check_module
 from gradwatch.partition import Partition, PartitionError
@@ -141,8 +142,10 @@ def check_sharded(
     names = report.layout.names
     start = time.perf_counter()
     lowered, precision = training_replica(model, twin)
+    view = EagerView(lowered)
+    reference = CheckContext(view.module, mean, batches, names, getattr(torch, report.dtype), seed)
     found = compare_training_path(
-        EagerView(lowered), mean, batches, names, path, seed, getattr(torch, report.dtype),
+        view, reference, path,
         trained=lambda: sharded_gradient(model, loss_fn, batch, names, path, group),
     )  # fmt: skip
     found = replace(found, path=_describe(model, found.path, precision), cause=CAUSE)

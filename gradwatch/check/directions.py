@@ -30,6 +30,7 @@ from gradwatch.common.numeric import relative_difference
 from gradwatch.evaluation.cost import ModuleCost
 from gradwatch.evidence.noise import NOISE_MULTIPLE
 from gradwatch.evidence.readings import DISAGREES, read
+from gradwatch.evidence.recheck import richardson_noise
 from gradwatch.layout import Layout
 from gradwatch.report import Thresholds, Verdict
 from gradwatch.reporting.text import listing
@@ -47,8 +48,8 @@ LEAF = 8
 # At most this many failing tensors are localized (worst first); the rest are named.
 LOCALIZED = 3
 # Richardson's estimate (4·n(h/2) − n(h)) / 3 carries √65/3 times the noise of n(h): n(h/2)
-# carries twice that noise, and (16·4 + 1) / 9 = 65/9 of its variance remains.
-RICHARDSON_NOISE = float(np.sqrt(65.0) / 3.0)
+# carries twice that noise (the factor is derived in evidence.recheck.richardson_noise).
+RICHARDSON_NOISE = float(richardson_noise(0.5, 1.0, 2.0))
 
 
 def directional_step(epsilon: float | str, dtype: torch.dtype) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -32,11 +32,11 @@ from gradwatch.check.sampling import sample_components
 from gradwatch.check.scope import checked_parameters, hook_note, leave_out, padding_rows
 from gradwatch.common.user_state import (
     attention_fast_path_disabled,
-    cast_batch,
     dropout_disabled,
     preserved_rng,
 )
 from gradwatch.diagnosis import batch_size_of, diagnose, trace_backward
+from gradwatch.evaluation.context import CheckContext
 from gradwatch.evaluation.cost import LossFn, ModuleCost
 from gradwatch.evaluation.vectorized import DEFAULT_MEMORY_BUDGET
 from gradwatch.evidence.noise import JNoise
@@ -109,7 +109,10 @@ def check_eager(
         exchanging(partition) as split,
         progress_bar(o.progress) as ticks,
     ):
-        cost = _cost(model, loss_fn, batch, names, o.dtype, o, ticks)
+        context = CheckContext(
+            model, loss_fn, batch, tuple(names), o.dtype, o.seed, o.keep_precision, o.memory_budget
+        )
+        cost = context.cost(ticks)
         indices, measured, chosen = _components(cost, layout, o, split, left_out)
         ticks.plan(cost.evaluations + _planned(indices, layout, partition, o.drift_dtype))
         found, objective = compare(
@@ -117,12 +120,11 @@ def check_eager(
             o.bands.warn_max,
         )  # fmt: skip
         evaluations, in_training = objective.evaluations, None
-        found, spent, generic = _generic_point(
-            model, loss_fn, batch, layout, indices, found, o, split, ticks
-        )
+        found, spent, generic = _generic_point(context, layout, indices, found, o, split, ticks)
         evaluations += spent
         if o.drift_dtype is not None:
-            low = _cost(model, loss_fn, batch, names, o.drift_dtype, o, ticks, keep=False)
+            # the training precision's repeat runs the model as written
+            low = replace(context, dtype=o.drift_dtype, keep_precision=False).cost(ticks)
             in_training, spent = drift(low, layout, indices, found, split, o.seed)
             evaluations += spent
         evaluations, seconds, shared = split.finish(
@@ -133,16 +135,12 @@ def check_eager(
         if report.reading_counts["disagrees"]:  # what kind of bug, and where it enters
             graph = trace_backward(model, loss_fn, batch, names, dtype=o.dtype, seed=o.seed)
             report = diagnose(report, found.gradients, batch_size_of(batch), graph)
-            report = name_missing_terms(
-                report, model, lambda generic: _point(model, loss_fn, batch, names, o, generic)
-            )
+            report = name_missing_terms(report, model, lambda generic: _point(context, generic))
     return report
 
 
 def _generic_point(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batch: Any,
+    context: CheckContext,
     layout: Layout,
     indices: np.ndarray,
     found: Comparison,
@@ -153,24 +151,25 @@ def _generic_point(
     """``found`` with the tensors left without a gradient at θ read at the generic point where
     they are judged there (:mod:`gradwatch.check.generic_point`), the evaluations it took, and its
     note."""
+    model = context.model
     if o.mode != "components" or found.evidence is None or not scales_at_zero(model):
         return found, 0, ()  # nothing to move: no report at θ to build
     at_theta = _report(layout, indices, found, o, 0, 0.0, (), None)
     moved = to_generic_point(
-        model, lambda names: _cost(model, loss_fn, batch, names, o.dtype, o, ticks), at_theta,
+        model, lambda names: replace(context, names=tuple(names)).cost(ticks), at_theta,
         found, o.step, split, o.seed,
     )  # fmt: skip
     merged, point, spent = moved
     return merged, spent, () if point is None else (point.note,)
 
 
-def _point(
-    model: nn.Module, loss_fn: LossFn, batch: Any, names: Sequence[str], o: _Options, generic: bool
-) -> ModuleCost:
+def _point(context: CheckContext, generic: bool) -> ModuleCost:
     """J over every checked tensor at θ, or at the generic point
     (:mod:`gradwatch.check.generic_point`)."""
-    cost = _cost(model, loss_fn, batch, names, o.dtype, o, None)
-    return cost.shifted(generic_deltas(model, scales_at_zero(model), o.seed)) if generic else cost
+    cost, model = context.cost(), context.model
+    if not generic:
+        return cost
+    return cost.shifted(generic_deltas(model, scales_at_zero(model), context.seed))
 
 
 def _scope(
@@ -183,25 +182,6 @@ def _scope(
         notes.append(f"sample={sample} exceeds the {layout.size} components of θ: checked them all")
     left_out, padding = padding_rows(model, names, layout)
     return left_out, (*notes, *padding, *hook_note(model, names))
-
-
-def _cost(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batch: Any,
-    names: Sequence[str],
-    dtype: torch.dtype,
-    o: _Options,
-    ticks: Any,
-    keep: bool | None = None,
-) -> ModuleCost:
-    """J on private copies in ``dtype``, the batch cast to it (``keep``: the precision guard;
-    the options' unless told: the training precision's repeat runs the model as written)."""
-    device = next(p for n, p in model.named_parameters() if n == names[0]).device
-    return ModuleCost(
-        model, loss_fn, cast_batch(batch, dtype, device), names, dtype, o.seed, progress=ticks,
-        keep_precision=o.keep_precision if keep is None else keep, memory_budget=o.memory_budget,
-    )  # fmt: skip
 
 
 def _components(

@@ -4,7 +4,7 @@ has a float32 kernel only), the highest precision it can be evaluated in."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,11 +14,11 @@ from torch import nn
 
 from gradwatch.common.user_state import (
     attention_fast_path_disabled,
-    cast_batch,
     dropout_disabled,
     preserved_rng,
 )
-from gradwatch.evaluation.cost import LossFn, ModuleCost
+from gradwatch.evaluation.context import CheckContext
+from gradwatch.evaluation.cost import LossFn
 from gradwatch.partition import PartitionError
 from gradwatch.report import GradCheckReport
 
@@ -78,30 +78,23 @@ def in_a_precision_j_runs(
         return replace(report, notes=(found[1], *report.notes))
 
 
-def lower_precision(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batch: Any,
-    names: Sequence[str],
-    dtype: torch.dtype,
-    seed: int,
-    dropout_off: bool,
-) -> tuple[torch.dtype, str] | None:
-    """After a check in ``dtype`` raised: the highest lower precision in which J and its
-    gradient evaluate while they do not in ``dtype``, and the note that says so; None when they
-    evaluate in ``dtype`` (the check's error is another one) or in no lower precision either.
+def lower_precision(context: CheckContext, dropout_off: bool) -> tuple[torch.dtype, str] | None:
+    """After a check in ``context.dtype`` raised: the highest lower precision in which J and its
+    gradient evaluate while they do not in ``context.dtype``, and the note that says so; None
+    when they evaluate in ``context.dtype`` (the check's error is another one) or in no lower
+    precision either.
 
-    The candidates are float32 and the dtypes of the checked parameters, below ``dtype``.
+    The candidates are float32 and the dtypes of the checked parameters, below ``context.dtype``.
     """
-    params = dict(model.named_parameters())
-    device = params[names[0]].device
-    failure = _trial(model, loss_fn, batch, names, dtype, seed, dropout_off, device)
+    dtype = context.dtype
+    failure = _trial(context, dropout_off)
     if failure is None or not _about_a_dtype(failure):
         return None  # J evaluates, or fails for a reason no other precision answers (a shape)
-    own = {params[n].dtype for n in names}
+    params = dict(context.model.named_parameters())
+    own = {params[n].dtype for n in context.names}
     lower = [d for d in {torch.float32, *own} if torch.finfo(d).eps > torch.finfo(dtype).eps]
     for candidate in sorted(lower, key=lambda d: torch.finfo(d).eps):
-        if _trial(model, loss_fn, batch, names, candidate, seed, dropout_off, device) is None:
+        if _trial(replace(context, dtype=candidate), dropout_off) is None:
             return candidate, _note(dtype, candidate, failure)
     return None
 
@@ -127,25 +120,16 @@ def _about_a_dtype(error: Exception) -> bool:
     return _DTYPE_WORDS.search(f"{type(error).__name__}: {error}") is not None
 
 
-def _trial(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batch: Any,
-    names: Sequence[str],
-    dtype: torch.dtype,
-    seed: int,
-    dropout_off: bool,
-    device: torch.device,
-) -> Exception | None:
-    """The error J or its gradient raises in ``dtype`` at θ, or None when both evaluate."""
+def _trial(context: CheckContext, dropout_off: bool) -> Exception | None:
+    """The error J or its gradient raises in ``context.dtype`` at θ, or None when both
+    evaluate."""
     try:
         with (
             preserved_rng(),
             attention_fast_path_disabled(),
-            dropout_disabled(model, disable=dropout_off),
+            dropout_disabled(context.model, disable=dropout_off),
         ):
-            cost = ModuleCost(model, loss_fn, cast_batch(batch, dtype, device), names, dtype, seed)
-            cost.gradient()
+            context.cost().gradient()
     except Exception as err:  # any error: the question is only whether this dtype evaluates
         return err
     return None

@@ -27,7 +27,8 @@ from gradwatch.common.user_state import (
     preserved_rng,
     reseed,
 )
-from gradwatch.evaluation.cost import LossFn, ModuleCost
+from gradwatch.evaluation.context import CheckContext
+from gradwatch.evaluation.cost import LossFn
 from gradwatch.training.compiled import EAGER_STANCE, EagerView
 from gradwatch.training_path import (
     ParameterPath,
@@ -51,21 +52,19 @@ REALIZATIONS = 4
 
 def compare_training_path(
     view: EagerView,
-    loss_fn: LossFn,
-    batch: Any,
-    names: Sequence[str],
+    reference: CheckContext,
     path: TrainingPath,
-    seed: int,
-    reference_dtype: torch.dtype,
     trained: Trained | None = None,
 ) -> TrainingPathResult:
-    """Compares the gradient ``path`` computes with the eager gradient in ``reference_dtype``,
-    per parameter of ``names`` (named as in ``view.module``). A training path that raises (a
-    batch in another dtype than the model's, a compiler error) is not judged, and says why.
-    ``trained`` computes the gradient that trains instead of the model as given (a sharded
-    model's, after its collectives), in ``names`` order."""
+    """Compares the gradient ``path`` computes with the eager gradient of the check's
+    ``reference`` (J on ``view.module`` in the check's dtype), per parameter of
+    ``reference.names``. A training path that raises (a batch in another dtype than the
+    model's, a compiler error) is not judged, and says why. ``trained`` computes the gradient
+    that trains instead of the model as given (a sharded model's, after its collectives), in
+    ``names`` order."""
+    reference_dtype = reference.dtype
     try:
-        return _compare(view, loss_fn, batch, names, path, seed, reference_dtype, trained)
+        return _compare(view, reference, path, trained)
     except Exception as err:  # the float64 check stands; this part could not run
         first = (str(err).strip().splitlines() or [""])[0][:160]
         return TrainingPathResult(
@@ -77,15 +76,9 @@ def compare_training_path(
 
 
 def _compare(
-    view: EagerView,
-    loss_fn: LossFn,
-    batch: Any,
-    names: Sequence[str],
-    path: TrainingPath,
-    seed: int,
-    reference_dtype: torch.dtype,
-    trained_by: Trained | None = None,
+    view: EagerView, context: CheckContext, path: TrainingPath, trained_by: Trained | None = None
 ) -> TrainingPathResult:
+    loss_fn, batch, names, seed = context.loss_fn, context.batch, context.names, context.seed
     with (
         preserved_rng(),
         attention_fast_path_disabled(),
@@ -98,14 +91,7 @@ def _compare(
             tensors = [params[n] for n in names]
             device = tensors[0].device
             copied = cast_batch(batch, None, device)
-            reference = ModuleCost(
-                view.module,
-                loss_fn,
-                cast_batch(batch, reference_dtype, device),
-                names,
-                reference_dtype,
-                seed,
-            ).gradient()[1]
+            reference = context.cost().gradient()[1]
             lowered = _autocast_dtype(path, device)
             moving = [(t, _unit(t.dtype, lowered)) for t in tensors]
             eager = _EagerRuns(view.module, loss_fn, copied, names, path)
@@ -130,7 +116,7 @@ def _compare(
     return TrainingPathResult(
         path=_describe(view, tensors, lowered, path),
         compiled=bool(view.compiled),
-        reference=_name(reference_dtype),
+        reference=_name(context.dtype),
         parameters=figures,
         reason=_randomness(first, moved, figures, names),
     )
