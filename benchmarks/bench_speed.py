@@ -15,7 +15,7 @@
     ``torch.autograd.gradcheck`` over the flat θ (MLP only), then three warm checks; then the
     floor: 2n forwards at the float64 matmul rate measured there. ``mlp_cold`` (issue 23) runs
     nothing before the check, and ``mlp_cold_before`` the same with gradwatch imported as before
-    issue 23 (without ``gradwatch.evaluation.warmup``), side by side in each repeat; the full
+    issue 23 (without ``gradwatch.common.warmup``), side by side in each repeat; the full
     garbage collections and the imports inside the first call are counted. ``--first`` picks the
     cases.
 (2) sampled: ``check_module(sample=k)`` for k = 150, 1,000, 2,000 against the batched-forward
@@ -59,7 +59,7 @@ import torch
 from torch import nn
 
 if "--before-import-time" in sys.argv:  # (1)'s baseline: gradwatch imported as before issue 23
-    sys.modules["gradwatch.evaluation.warmup"] = type(sys)("gradwatch.evaluation.warmup")
+    sys.modules["gradwatch.common.warmup"] = type(sys)("gradwatch.common.warmup")
 import gradwatch
 from gradwatch.evaluation import threads as _threads
 
@@ -120,7 +120,7 @@ def fresh(kind: str) -> dict[str, Any]:
 
 FIRST_KINDS = {
     "mlp_cold": "MLP 17,226 parameters, nothing run before the check",
-    "mlp_cold_before": "the same, gradwatch imported as before issue 23 (no evaluation.warmup)",
+    "mlp_cold_before": "the same, gradwatch imported as before issue 23 (no common.warmup)",
     "mlp": "MLP 17,226 parameters",
     "cnn": "small CNN 3,002 parameters",
 }

@@ -13,7 +13,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zer
 from tqdm.auto import tqdm
 
 from gradwatch import GradCheckReport, Thresholds, Verdict
-from gradwatch.report import coverage
+from gradwatch.module import coverage
 
 from . import _card, _faults, _files, _logs, _tensorboard, _training_path
 

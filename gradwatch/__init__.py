@@ -44,8 +44,8 @@ __all__ = [
     "save_report",
 ]
 
-# Last, after every other import: pays what the first check would (see gradwatch.evaluation.warmup).
-from gradwatch.evaluation import warmup as _import_time  # noqa: F401
+# Last, after every other import: pays what the first check would (see gradwatch.common.warmup).
+from gradwatch.common import warmup as _import_time  # noqa: F401
 
 
 def __getattr__(name: str) -> object:

@@ -20,13 +20,15 @@ from gradwatch.evaluation.context import CheckContext
 from gradwatch.evaluation.cost import CALLS_BACKWARD, LossFn
 from gradwatch.partition import Partition
 from gradwatch.report import GradCheckReport, Thresholds
+from gradwatch.reporting.text import coverage
 from gradwatch.training.compiled import EagerView, eager_names
 from gradwatch.training.float32_fallback import Counted, in_a_precision_j_runs, lower_precision
 from gradwatch.training.gradient_runs import compare_training_path
 from gradwatch.training_path import TrainingPath, check_training_path
 
 # LossFn (the type of ``loss_fn``), CALLS_BACKWARD (the refusal of a loss_fn that runs backward
-# itself) and raised_in_users_code (whose error it is) are public here, for integrations.
+# itself), raised_in_users_code (whose error it is) and coverage (what a report's verdict rests
+# on, in words) are public here, for integrations.
 __all__ = [
     "CALLS_BACKWARD",
     "CheckMode",
@@ -34,6 +36,7 @@ __all__ = [
     "LossFn",
     "check_module",
     "checked_parameters",
+    "coverage",
     "raised_in_users_code",
 ]
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from gradwatch.common.numeric import component_errors, relative_difference
+from gradwatch.common.words import WORDS
 from gradwatch.evidence.noise import JNoise
 from gradwatch.evidence.readings import (
     AGREES,
@@ -36,37 +37,7 @@ from gradwatch.verdict import (
     worst_verdict,
 )
 
-__all__ = ["Component", "GradCheckReport", "PrecisionDrift", "coverage", "renders"]
-
-# How a report reads: its renderers (gradwatch.reporting.text and .advice, gradwatch.report_file)
-# import the report, never the reverse (the report is data). Each hands its functions over here
-# when it is imported; gradwatch/__init__ imports them all before any report can be made.
-_WORDS: dict[str, Callable[..., Any]] = {}
-
-
-def renders(**functions: Callable[..., Any]) -> None:
-    """Hands the report the functions that put it into words; called by its renderers at import.
-
-    Example:
-        >>> from gradwatch.report import _WORDS
-        >>> sorted(_WORDS)  # gradwatch/__init__ has imported every renderer
-        ['advice', 'as_dict', 'coverage', 'headline', 'non_finite', 'summary', 'worst_markdown']
-    """
-    _WORDS.update(functions)
-
-
-def coverage(report: GradCheckReport) -> str:
-    """What a verdict rests on, in words: ``'pass on 97% of components; not judged: 2 tensors (a,
-    b)'`` (the callback's console line and card show it).
-
-    Example:
-        >>> import numpy as np, gradwatch
-        >>> report = gradwatch.check_function(lambda t: float(t[0] ** 2), np.array([1.0, 2.0]),
-        ...                                   np.array([2.0, 0.0]), layout={"w": (1,), "b": (1,)})
-        >>> coverage(report)
-        'pass on 50% of components; not judged: 1 tensor (b)'
-    """
-    return str(_WORDS["coverage"](report))
+__all__ = ["Component", "GradCheckReport", "PrecisionDrift"]
 
 
 @dataclass(frozen=True)
@@ -259,20 +230,20 @@ class GradCheckReport:
 
     def headline(self) -> str:
         """One line: ``pass: difference 3.1e-09 (noise floor 4e-10), 120 of 120 components …``."""
-        return str(_WORDS["headline"](self))
+        return str(WORDS["headline"](self))
 
     def worst_markdown(self, k: int = 10) -> str:
         """The ``k`` worst components as a markdown table."""
-        return str(_WORDS["worst_markdown"](self.worst(k)))
+        return str(WORDS["worst_markdown"](self.worst(k)))
 
     def __str__(self) -> str:
-        return str(_WORDS["summary"](self))
+        return str(WORDS["summary"](self))
 
     def to_dict(self) -> dict[str, Any]:
         """A summary of plain Python values: str, int, bool, None, lists, dicts and floats (NaN
         where not judged, ±inf where measured so). :func:`gradwatch.save_report` writes it as
         standard JSON; :func:`gradwatch.load_report` gives it back."""
-        return dict(_WORDS["as_dict"](self))
+        return dict(WORDS["as_dict"](self))
 
     # -- spellings of an earlier release --------------------------------------------------------
 
@@ -340,10 +311,10 @@ def _derive(report: GradCheckReport) -> None:
     }
     put(report, "per_parameter", differences)
     if report.failure is None:
-        put(report, "failure", _WORDS["non_finite"](report))
+        put(report, "failure", WORDS["non_finite"](report))
     verdicts = [r.verdict for r in report.parameters.values()]
     put(report, "verdict", Verdict.FAIL if report.failure else worst_verdict(verdicts))
-    put(report, "message", _WORDS["advice"](report))
+    put(report, "message", WORDS["advice"](report))
     path = report.training_path  # the gradient that trains: it can only make the verdict worse
     if path is not None and path.verdict is Verdict.FAIL:
         put(report, "verdict", path.verdict)
@@ -368,8 +339,3 @@ def _parameters(report: GradCheckReport) -> dict[str, ParameterResult]:
                 name, a, n, noise, reading, reason, bands.warn_max, bands.pass_max
             )
     return out
-
-
-def _shown(result: ParameterResult) -> float:
-    """A parameter's difference as ``per_parameter`` shows it: NaN when not judged."""
-    return math.nan if result.verdict is Verdict.NOT_JUDGED else result.difference

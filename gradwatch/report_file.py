@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from gradwatch.common.version import __version__
-from gradwatch.report import Component, GradCheckReport, renders
+from gradwatch.common.words import renders
+from gradwatch.report import Component, GradCheckReport
 from gradwatch.verdict import ParameterResult
 
 __all__ = ["as_dict", "load_report", "save_report"]
@@ -233,5 +234,5 @@ def as_dict(report: GradCheckReport) -> dict[str, Any]:
     }
 
 
-# The report is data this module reads; it is handed these functions (see gradwatch.report).
+# The report is data this module reads; it is handed these functions (gradwatch.common.words).
 renders(as_dict=as_dict)

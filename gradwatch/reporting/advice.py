@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gradwatch.report import GradCheckReport, renders
+from gradwatch.common.words import renders
+from gradwatch.report import GradCheckReport
 from gradwatch.reporting.text import listing
 from gradwatch.verdict import ParameterResult, Verdict
 
@@ -177,5 +178,5 @@ def _findings(report: GradCheckReport) -> str:
     return "".join(f" {s}" for s in sentences)  # each begins with the parameter's own name
 
 
-# The report is data this module reads; it is handed these functions (see gradwatch.report).
+# The report is data this module reads; it is handed these functions (gradwatch.common.words).
 renders(advice=advice, non_finite=non_finite)

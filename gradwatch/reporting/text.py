@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gradwatch.common.words import renders
 from gradwatch.evidence.readings import NOT_JUDGED, REASONS
-from gradwatch.report import Component, GradCheckReport, renders
+from gradwatch.report import Component, GradCheckReport
 from gradwatch.verdict import ParameterResult, Verdict
 
 
@@ -37,7 +38,8 @@ def _tally(report: GradCheckReport, every: bool = True) -> str:
 
 
 def coverage(report: GradCheckReport) -> str:
-    """What a verdict rests on: ``'pass on 97% of components; not judged: 2 tensors (a, b)'``.
+    """What a verdict rests on: ``'pass on 97% of components; not judged: 2 tensors (a, b)'``
+    (public as ``gradwatch.module.coverage``; the callback's console line and card show it).
 
     Example:
         >>> import numpy as np, gradwatch
@@ -182,5 +184,5 @@ def _unjudged_components(report: GradCheckReport) -> list[str]:
     return lines
 
 
-# The report is data this module reads; it is handed these functions (see gradwatch.report).
-renders(coverage=coverage, headline=headline, summary=summary, worst_markdown=worst_markdown)
+# The report is data this module reads; it is handed these functions (gradwatch.common.words).
+renders(headline=headline, summary=summary, worst_markdown=worst_markdown)

@@ -1,0 +1,74 @@
+"""The house's habits (CONTRIBUTING.md, "The map of the house"): no folder of gradwatch/ holds more
+than 12 modules, and no file of gradwatch/ or callbacks/ is longer than 350 lines. Each rule is
+also run on a planted tree that breaks it, so a rule that finds nothing is seen to find."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# A folder that holds more modules than this is two concerns (CONTRIBUTING.md).
+MAX_MODULES = 12
+# A file longer than this is two concepts (CONTRIBUTING.md, STYLE.md habit 9).
+MAX_LINES = 350
+# Deprecated shims of 0.2.0, kept one release and removed in 0.3.0: not rooms of the house.
+DEPRECATED = {"gradwatch/numeric.py", "gradwatch/directions.py", "gradwatch/sampling.py"}
+
+
+def crowded_folders(package: Path, root: Path = ROOT) -> dict[str, int]:
+    """Each folder of ``package`` holding more than MAX_MODULES modules (``__init__.py`` and
+    the deprecated shims aside), with its count."""
+    found = {}
+    for folder in sorted({package, *(p.parent for p in package.rglob("*.py"))}):
+        modules = [
+            p
+            for p in folder.glob("*.py")
+            if p.name != "__init__.py" and p.relative_to(root).as_posix() not in DEPRECATED
+        ]
+        if len(modules) > MAX_MODULES:
+            found[folder.relative_to(root).as_posix()] = len(modules)
+    return found
+
+
+def long_files(*folders: Path, root: Path = ROOT) -> dict[str, int]:
+    """Each Python file under ``folders`` longer than MAX_LINES lines, with its length."""
+    found = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*.py")):
+            lines = len(path.read_text(encoding="utf-8").splitlines())
+            if lines > MAX_LINES:
+                found[path.relative_to(root).as_posix()] = lines
+    return found
+
+
+def test_no_folder_of_gradwatch_holds_more_than_12_modules() -> None:
+    assert crowded_folders(ROOT / "gradwatch") == {}
+
+
+def test_no_file_of_the_engine_or_the_callback_is_longer_than_350_lines() -> None:
+    assert long_files(ROOT / "gradwatch", ROOT / "callbacks") == {}
+
+
+def test_every_wing_is_a_package_setuptools_installs() -> None:
+    # A wing missing from pyproject's `packages` would import here and be absent once installed.
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    wings = sorted(p.parent.name for p in (ROOT / "gradwatch").glob("*/__init__.py"))
+    assert wings and [w for w in wings if f'"gradwatch.{w}"' not in text] == []
+
+
+@pytest.mark.parametrize(("modules", "crowded"), [(12, {}), (13, {"pkg/wing": 13})])
+def test_a_planted_crowded_folder_is_found(tmp_path: Path, modules: int, crowded: dict) -> None:
+    wing = tmp_path / "pkg" / "wing"
+    wing.mkdir(parents=True)
+    for path in [wing / "__init__.py", *(wing / f"m{i}.py" for i in range(modules))]:
+        path.write_text('"""A module."""\n')
+    assert crowded_folders(tmp_path / "pkg", root=tmp_path) == crowded
+
+
+@pytest.mark.parametrize(("lines", "long"), [(350, {}), (351, {"pkg/big.py": 351})])
+def test_a_planted_long_file_is_found(tmp_path: Path, lines: int, long: dict) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "big.py").write_text("x = 1\n" * lines)
+    assert long_files(tmp_path / "pkg", root=tmp_path) == long
