@@ -4,8 +4,8 @@
 
 Each model is checked on 32 digits (sklearn's ``load_digits``) for every seed, at ε = 1e-7 and
 at ``epsilon="auto"``. One letter per check: ``p`` pass, ``w`` warn, ``f`` fail, ``n`` not
-judged; then ``i`` when the message says inconclusive, ``s`` when some component is
-suspicious, ``k`` when some sit on a kink many examples share. For each ``bug:`` row, the
+judged; then ``i`` when the message says inconclusive, ``s`` when some component disagrees,
+``k`` when the step of some crossed a kink. For each ``bug:`` row, the
 recall of ``mode="directions"`` follows: the share of the tensors the bug corrupts (their
 autograd gradient differs from the correct model's) that it finds failing.
 
@@ -178,10 +178,7 @@ def _gradient(model: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> dict[st
 
 
 def found_failing(report: gradwatch.GradCheckReport) -> set[str]:
-    """The tensors whose own verdict is fail (before the per-parameter verdicts of issue 11:
-    those whose difference is in the fail band)."""
-    if not hasattr(report, "parameters"):
-        return {n for n, d in report.per_parameter.items() if d > report.thresholds.warn_max}
+    """The tensors whose own verdict is fail."""
     return {n for n, r in report.parameters.items() if r.verdict.value == "fail"}
 
 
@@ -189,8 +186,8 @@ def _letters(report: gradwatch.GradCheckReport) -> str:
     return (
         {"not judged": "n"}.get(report.verdict.value, report.verdict.value[0])
         + ("i" if "inconclusive" in report.message else "")
-        + ("s" if report.flagged_count else "")
-        + ("k" if report.off_slope_count else "")
+        + ("s" if report.reading_counts["disagrees"] else "")
+        + ("k" if report.kink_count else "")
     )
 
 

@@ -1,222 +1,248 @@
-"""A check that could not finish.
+"""Distributed runs and faults: the check shared by the processes of a data-parallel run (DDP,
+ddp_spawn: one batch, split components), the check of a model sharded under
+``ModelParallelStrategy``, the refusals at setup (strategies the check cannot read, a module
+that gives no J, collectives inside J), and what a check that raised comes to, the same in every
+process. Whose error it is and how it is told is :mod:`gradwatch._callback_faults`'s.
 
-Whose error it is decides what happens. An error of the user's code (the loss, the model's
-forward or backward), a batch J cannot use, or the machine running out of memory makes a failed
-check: a report with verdict fail and the reason, where it was raised, never a crash of training
-unless the user asked for one (``on_fail="raise"``). An error inside gradwatch itself is ours:
-a warning that says so and what to send with a bug report, no verdict, and training goes on.
+Everything goes through the Trainer's strategy (``broadcast``, ``all_gather``), so it works for
+any launcher Lightning supports and does nothing at all in a single process.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import site
-import sys
-import sysconfig
-import textwrap
-import traceback
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+import pickle
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from pytorch_lightning.utilities import move_data_to_device
+from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
 from torch import nn
 
-import gradwatch
-from gradwatch import GradCheckReport, Layout, PartitionError, Thresholds
-from gradwatch.module import CALLS_BACKWARD, checked_parameters, raised_in_users_code
-
-from . import _distributed
-from ._distributed import UnsharedBatch
-from ._objective import ObjectiveError, SkippedBatch
-
-# How much of a batch and of an error message a reason shows, and how many frames of its
-# traceback (the innermost ones, in the user's files where there are such).
-_ITEMS = 4
-_MESSAGE = 300
-_FRAMES = 3
-# Errors a check raises on purpose, or the machine's: a failed check, not a bug of gradwatch.
-_NOT_OURS: tuple[type[BaseException], ...] = (
+from gradwatch import GradCheckReport, Partition, PartitionError
+from gradwatch import _callback_faults as faults
+from gradwatch._callback_objective import (
     ObjectiveError,
-    PartitionError,
-    UnsharedBatch,
-    MemoryError,
-    getattr(torch, "OutOfMemoryError", MemoryError),
+    SkippedBatch,
+    has_custom_loss,
+    logging_muted,
+    objective,
 )
-# The code between the check and the user's: gradwatch, torch and Lightning (whose frames never
-# hold the user's bug), and the folders libraries are installed in.
-_LIGHTNING = ("pytorch_lightning", "lightning", "lightning_fabric")
-_PLUMBING = (
-    Path(gradwatch.__file__).resolve().parent,
-    Path(__file__).resolve().parent,  # gradwatch.callbacks
-    Path(torch.__file__).resolve().parent,
-    *(
-        Path(spec.origin).resolve().parent
-        for spec in map(importlib.util.find_spec, _LIGHTNING)
-        if spec is not None and spec.origin
-    ),
-)
-_LIBRARIES = tuple(
-    {
-        Path(folder).resolve()
-        for folder in [
-            *(sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")),
-            *site.getsitepackages(),
-        ]
-    }
-)
+from gradwatch.sharded import check_sharded, is_sharded
+
+# -- J from the module -------------------------------------------------------------------------
 
 
-def describe_batch(batch: Any, depth: int = 0) -> str:
-    """``tuple of 3: Tensor[8, 4] float32, Tensor[8] int64, …``: what the check was given.
-
-    Example:
-        >>> describe_batch({"x": torch.zeros(2, 3), "id": "a"})
-        'dict of 2: x: Tensor[2, 3] float32, id: str'
-    """
-    if isinstance(batch, torch.Tensor):
-        return f"Tensor{list(batch.shape)} {str(batch.dtype).removeprefix('torch.')}"
-    if depth < 2 and isinstance(batch, Mapping):
-        items = [f"{k}: {describe_batch(v, depth + 1)}" for k, v in list(batch.items())[:_ITEMS]]
-        return _listed(type(batch).__name__, len(batch), items)
-    if depth < 2 and isinstance(batch, Sequence) and not isinstance(batch, str | bytes):
-        items = [describe_batch(v, depth + 1) for v in list(batch)[:_ITEMS]]
-        return _listed(type(batch).__name__, len(batch), items)
-    return type(batch).__name__
-
-
-def _listed(kind: str, count: int, items: list[str]) -> str:
-    more = ", …" if count > len(items) else ""
-    return f"{kind} of {count}: {', '.join(items)}{more}"
-
-
-def is_ours(err: BaseException) -> bool:
-    """Whether ``err`` is an error inside gradwatch itself: not raised in the user's code (the
-    engine tags those), not one a check raises on purpose, not the machine out of memory."""
-    if raised_in_users_code(err) or isinstance(err, _NOT_OURS):
-        return False
-    return not (isinstance(err, TypeError) and str(err) == CALLS_BACKWARD)
-
-
-def _within(filename: str, folders: Sequence[Path]) -> bool:
-    path = Path(filename).resolve()
-    return any(path.is_relative_to(folder) for folder in folders)
-
-
-def _shown(filename: str) -> str:
-    relative = os.path.relpath(filename)
-    return relative if not relative.startswith("..") else os.path.join(*Path(filename).parts[-2:])
-
-
-def last_frames(err: BaseException, count: int = _FRAMES) -> list[str]:
-    """``file:line in function`` of the innermost frames of ``err``'s traceback, innermost first:
-    those in the user's files, else those in other libraries (a model from a package); never
-    gradwatch's, torch's or Lightning's (an error raised by torch itself names no frame)."""
-    frames = [
-        f for f in traceback.extract_tb(err.__traceback__) if not _within(f.filename, _PLUMBING)
-    ]
-    users = [f for f in frames if not _within(f.filename, _LIBRARIES)]
-    chosen = (users or frames)[-count:]
-    return [f"{_shown(f.filename)}:{f.lineno} in {f.name}" for f in reversed(chosen)]
-
-
-def _message(err: BaseException) -> str:
-    return textwrap.shorten(" ".join(str(err).split()), _MESSAGE, placeholder=" …")
-
-
-def reason(err: BaseException, batch: Any, where: str = "") -> str:
-    """Why the check could not finish (``where``: in which process), with what it was given and
-    where the error was raised.
-
-    Example:
-        >>> reason(ValueError("no"), torch.zeros(2))
-        "the check could not finish: ValueError: no (J on this step's batch: Tensor[2] float32)"
-    """
-    frames = last_frames(err)
-    raised = f"; raised at {', called from '.join(frames)}" if frames else ""
-    return (
-        f"the check could not finish{where}: {type(err).__name__}: {_message(err)} (J on this "
-        f"step's batch: {describe_batch(batch)}){raised}"
-    )
-
-
-def versions() -> str:
-    """The versions a bug report needs: gradwatch, torch, Lightning, Python."""
-    found = [f"gradwatch {gradwatch.__version__}", f"torch {torch.__version__}"]
-    for package in ("pytorch_lightning", "lightning"):
-        module = sys.modules.get(package)
-        if module is not None:
-            found.append(f"{package} {getattr(module, '__version__', '?')}")
-    found.append(f"Python {sys.version.split()[0]}")
-    return ", ".join(found)
-
-
-def internal_error(err: BaseException, where: str = "") -> str:
-    """One line about an error inside gradwatch (``where``: in which process, while doing what).
-
-    Example:
-        >>> internal_error(KeyError("theta")).startswith("an error inside gradwatch ")
-        True
-    """
-    frame = traceback.extract_tb(err.__traceback__)[-1:] if err.__traceback__ else []
-    at = f" at {_shown(frame[0].filename)}:{frame[0].lineno} in {frame[0].name}" if frame else ""
-    return (
-        f"an error inside gradwatch {gradwatch.__version__}{where}, not in your model or loss: "
-        f"{type(err).__name__}: {_message(err)}{at}"
-    )
-
-
-def ours_warning(
-    where: str, why: str, consequence: str, text: str, saved: Path | None, own: bool
-) -> str:
-    """The warning about an error inside gradwatch: what happened, that it is no verdict, what
-    to send with a bug report (``text``, saved in ``saved`` or shown here)."""
-    if saved is not None:
-        attach = f"the traceback saved in {saved}"
+def require_objective(module: Any) -> None:
+    """Fails at setup when ``training_step`` cannot give J and ``gradcheck_loss`` is missing."""
+    if has_custom_loss(module):
+        return
+    name = type(module).__name__
+    if not module.automatic_optimization:
+        reason = "uses manual optimization, so its `training_step` does not return the loss J"
+    elif is_param_in_hook_signature(module.training_step, "dataloader_iter", explicit=True):
+        reason = "takes `dataloader_iter` in `training_step`, so the check cannot hand it a batch"
     else:
-        attach = "the traceback below" if own else "the traceback of the process that raised it"
-    shown = f"\n{text}" if own and saved is None else ""
-    return (
-        f"{where}: {why}. This is a bug in gradwatch, not a verdict on your gradients: "
-        f"{consequence}, and training goes on. Please report it with {attach} and these "
-        f"versions: {versions()}.{shown}"
+        return
+    raise ValueError(
+        f"GradientCheck: `{name}` {reason}; define `gradcheck_loss(self, batch)` on `{name}` "
+        "returning the scalar cost J (regularization included)"
     )
 
 
-def error_text(err: BaseException, step: int, name: str) -> str:
-    """What to attach to a bug report: the versions and the whole traceback."""
-    trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    return (
-        f"gradwatch bug report: GradientCheck {name!r} at step {step}\n"
-        f"versions: {versions()}\n\n{trace}"
+def module_objective(module: Any, batch_idx: int) -> Callable[[nn.Module, Any], torch.Tensor]:
+    """J of ``module`` on a batch (see :func:`gradwatch._callback_objective.objective`); Lightning
+    passes ``batch_idx`` only to a ``training_step`` that takes it, and so does the check."""
+    with_index = is_param_in_hook_signature(module.training_step, "batch_idx", min_args=2)
+    return objective(module, batch_idx, with_index)
+
+
+# -- data-parallel runs ------------------------------------------------------------------------
+
+
+def shared(trainer: Any) -> bool:
+    """Whether the check is shared by several processes."""
+    return int(trainer.world_size) > 1
+
+
+def require_no_collectives(trainer: Any, module: nn.Module) -> None:
+    """Fails when J would run a collective in a shared check: each process evaluates J for its own
+    share of the components, a different number of times, so a collective inside J (SyncBatchNorm
+    syncing its batch statistics) would wait forever for processes that never join it."""
+    if not shared(trainer):
+        return  # one process: SyncBatchNorm has no one to sync with and is BatchNorm
+    synced = [name for name, m in module.named_modules() if isinstance(m, nn.SyncBatchNorm)]
+    if synced:
+        more = f" and {len(synced) - 3} more" if len(synced) > 3 else ""
+        raise ValueError(
+            f"GradientCheck: `{type(module).__name__}` has SyncBatchNorm layers "
+            f"({', '.join(synced[:3])}{more}) and the run has {trainer.world_size} processes; the "
+            "loss a check evaluates must not run collectives (each process evaluates J for its "
+            "own share of the components, so SyncBatchNorm would wait forever for the others). "
+            "Check the model with plain BatchNorm (Trainer(sync_batchnorm=False), no "
+            "convert_sync_batchnorm) or in a single process (devices=1)"
+        )
+
+
+def partition(trainer: Any) -> Partition | None:
+    """This process's share of the check, with a gather on the strategy's ``all_gather``."""
+    if not shared(trainer):
+        return None
+    return Partition(int(trainer.global_rank), int(trainer.world_size), _gather(trainer))
+
+
+def _gather(trainer: Any) -> Callable[[np.ndarray], np.ndarray]:
+    strategy, size = trainer.strategy, int(trainer.world_size)
+
+    def gather(values: np.ndarray) -> np.ndarray:
+        # root_device: NCCL gathers only CUDA tensors, gloo any.
+        with warnings.catch_warnings():
+            # Lightning's all_gather goes through torch.distributed.nn.functional, which torch
+            # 2.6+ calls deprecated; the user can do nothing about it.
+            warnings.filterwarnings("ignore", ".*all_gather is deprecated", FutureWarning)
+            found = strategy.all_gather(torch.from_numpy(values).to(strategy.root_device))
+        return found.reshape(size, -1).cpu().numpy()
+
+    return gather
+
+
+def same_batch(trainer: Any, batch: Any) -> Any:
+    """Process 0's batch, in every process: the shares of one check must be of one J.
+
+    Process 0 pickles the batch itself (on the CPU) and every process says whether it has it,
+    so a batch that cannot be sent fails in every process alike: the process that could not
+    raises :class:`faults.UnsharedBatch`, the others :class:`gradwatch.PartitionError`.
+    """
+    if not shared(trainer):
+        return batch
+    strategy, rank = trainer.strategy, int(trainer.global_rank)
+    problem, sent, own = "", b"", False
+    if rank == 0:
+        try:
+            sent = pickle.dumps(move_data_to_device(batch, "cpu"))
+        except Exception as err:  # any pickling failure: say it everywhere
+            problem, own = f"it does not pickle: {type(err).__name__}: {err}", True
+    sent, problem = strategy.broadcast((sent, problem), src=0)
+    if rank != 0 and not problem:
+        try:
+            batch = pickle.loads(sent)
+        except Exception as err:  # e.g. a class this process cannot import
+            problem, own = f"process {rank} cannot unpickle it: {type(err).__name__}: {err}", True
+    if strategy.reduce_boolean_decision(own, all=False):
+        if own:
+            raise faults.UnsharedBatch(
+                f"process 0's batch cannot be shared with the other processes ({problem}); "
+                "under DDP the check's batch must pickle"
+            )
+        raise PartitionError("process 0's batch could not be shared; see the error raised there")
+    return batch
+
+
+def agreed_fault(trainer: Any, err: Exception, reason: str, outcome: str) -> tuple[str, str]:
+    """The fault every process reports: the lowest process whose own part raised (rather than
+    hear of another's) tells its ``reason`` and ``outcome`` (what the check does about it:
+    ``"failed"``, ``"fatal"`` or ``"postponed"``).
+
+    Every process comes here after a failed shared check (the engine raises in all or none), so
+    the two collectives below meet.
+    """
+    if not shared(trainer):
+        return reason, outcome
+    strategy = trainer.strategy
+    own = not isinstance(err, PartitionError)
+    flags = _gather(trainer)(np.array([float(own)]))
+    raised = np.flatnonzero(flags[:, 0]).tolist()
+    source = int(raised[0]) if raised else 0
+    reason, outcome = strategy.broadcast((reason, outcome), src=source)
+    return reason, outcome
+
+
+# -- strategies, and the check of a sharded model ----------------------------------------------
+
+
+# The strategies whose model the check reads, by the class name of the strategy or of a base
+# class (the same names in `pytorch_lightning` and `lightning.pytorch`), and what each means.
+CHECKED = {
+    "SingleDeviceStrategy": "one process",
+    "DDPStrategy": "DDP: process 0's batch, the components split over the processes",
+    "ModelParallelStrategy": "FSDP2 / tensor parallel: a replica gathered in every process",
+}
+# Strategies that shard or wrap the model in a way the check cannot read, and why. Looked up
+# before CHECKED along the class's bases: DeepSpeedStrategy and XLAStrategy derive from
+# DDPStrategy.
+REFUSED = {
+    "DeepSpeedStrategy": "DeepSpeed partitions the parameters into flat buffers of its own",
+    "XLAStrategy": "XLA traces the model into graphs the check cannot evaluate in float64",
+    "FSDPStrategy": "FSDP (version 1) flattens the parameters into FlatParameters",
+}
+WHAT_WORKS = (
+    "the check runs under a single device (devices=1), strategy='ddp' or 'ddp_spawn', and "
+    "ModelParallelStrategy (FSDP2's fully_shard, tensor parallelism in configure_model); to "
+    "check the model itself, train it once on one device with GradientCheck, or call "
+    "gradwatch.check_module on an unsharded copy"
+)
+
+
+def sharded(trainer: Any) -> bool:
+    """Whether the Trainer's strategy is ``ModelParallelStrategy`` (either Lightning package)."""
+    # getattr: a stand-in Trainer of a test may have no strategy (then: not sharded).
+    strategy = getattr(trainer, "strategy", None)
+    return any(b.__name__ == "ModelParallelStrategy" for b in type(strategy).__mro__)
+
+
+def require_checkable(trainer: Any) -> None:
+    """Fails at setup, naming the strategy and what would work, when the Trainer's strategy is
+    one the check cannot read (or one it does not know)."""
+    strategy = trainer.strategy
+    name = type(strategy).__name__
+    for base in type(strategy).__mro__:
+        if base.__name__ in REFUSED:
+            why = REFUSED[base.__name__]
+            break
+        if base.__name__ in CHECKED:
+            return
+    else:
+        why = "gradwatch does not know how it places the model's parameters"
+    raise ValueError(
+        f"GradientCheck: cannot check a model trained under the strategy `{name}` ({why}), and "
+        f"refuses rather than train on without checking; {WHAT_WORKS}"
     )
 
 
-def failed_report(
-    module: nn.Module,
-    include: Sequence[str] | None,
-    why: str,
-    epsilon: float | str,
-    thresholds: Thresholds,
+def require_plain_unless_sharded(trainer: Any, module: nn.Module) -> None:
+    """Fails at the start of fit when parameters are DTensors (``fully_shard``,
+    ``parallelize_module`` applied by hand) under a strategy other than
+    ``ModelParallelStrategy``: the check would read each process's shard as the model."""
+    if sharded(trainer) or not is_sharded(module):
+        return
+    raise ValueError(
+        f"GradientCheck: `{type(module).__name__}` has DTensor parameters (sharded by "
+        f"fully_shard or parallelize_module) under the strategy `{type(trainer.strategy).__name__}`"
+        ", which does not know them; train it under ModelParallelStrategy, whose check gathers "
+        "the shards, or leave the model unsharded"
+    )
+
+
+def run(
+    check: Any, options: dict[str, Any], pl_module: Any, batch: Any, batch_idx: int
 ) -> GradCheckReport:
-    """A report of no components with verdict fail and ``why`` as its message."""
-    params = dict(module.named_parameters())
-    names = checked_parameters(module, include)
-    empty = np.zeros(0)
-    return GradCheckReport(
-        layout=Layout(tuple(names), tuple(tuple(params[n].shape) for n in names)),
-        indices=np.zeros(0, dtype=np.int64),
-        analytic=empty,
-        numeric=empty,
-        epsilon=epsilon,
-        dtype="float64",
-        evaluations=0,
-        seconds=0.0,
-        thresholds=thresholds,
-        failure=why,
-    )
+    """One check of a model under ``ModelParallelStrategy`` by the callback ``check``, with the
+    engine's ``options`` as the callback holds them: every process its own batch (J is their
+    mean), the replica gathered in every process."""
+    with logging_muted(pl_module):
+        return check_sharded(
+            pl_module,
+            module_objective(pl_module, batch_idx),
+            batch,
+            progress=check.progress,
+            replica_budget=check.replica_budget,
+            **options,
+        )
+
+
+# -- a check that raised -----------------------------------------------------------------------
 
 
 def outcome(
@@ -231,16 +257,16 @@ def outcome(
     kind = "failed"
     if isinstance(err, ObjectiveError):
         kind = "postponed" if isinstance(err, SkippedBatch) and check._loss_found else "fatal"
-    elif is_ours(err):
+    elif faults.is_ours(err):
         kind = "ours"
     where = ""
-    if _distributed.shared(trainer):
+    if shared(trainer):
         where = f" in process {trainer.global_rank} of {trainer.world_size}"
     why = {
-        "failed": lambda: reason(err, batch, where),
-        "ours": lambda: internal_error(err, where),
+        "failed": lambda: faults.reason(err, batch, where),
+        "ours": lambda: faults.internal_error(err, where),
     }.get(kind, lambda: str(err))()
-    why, kind = _distributed.agreed_fault(trainer, err, why, kind)
+    why, kind = agreed_fault(trainer, err, why, kind)
     if kind == "postponed":
         return kind, None
     if kind == "ours":
@@ -249,4 +275,6 @@ def outcome(
         raise err
     if kind == "fatal":
         raise ObjectiveError(why) from err
-    return kind, failed_report(pl_module, check.include, why, check.epsilon, check.thresholds)
+    return kind, faults.failed_report(
+        pl_module, check.include, why, check.epsilon, check.thresholds
+    )

@@ -21,7 +21,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "with `pytorch_lightning` use gradwatch.callbacks.GradientCheck"
     ) from error
 
-from ._core import GradientCheckBase
+from ._hooks import GradientCheckBase
 from ._outcome import GradientCheckError, GradientCheckWarning
 
 __all__ = ["GradientCheck", "GradientCheckError", "GradientCheckWarning"]

@@ -140,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check = run(args.fixed, "raise" if args.raise_ else "warn", log_dir=args.log_dir)
     except GradientCheckError as error:
         print(f"\nfit stopped at step {error.step}: GradientCheckError")
-        print("per-parameter differences:", error.report.per_parameter)
+        differences = {n: r.difference for n, r in error.report.parameters.items()}
+        print("per-parameter differences:", differences)
         return 1
     report = check.reports[0]
     print(f"\nverdict at step 0: {report.verdict.value}")

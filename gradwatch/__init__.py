@@ -47,17 +47,12 @@ __all__ = [
 # Last, after every other import: pays what the first check would (see gradwatch.common.warmup).
 from gradwatch.common import warmup as _import_time  # noqa: F401
 
+# Names removed in 0.3.0, with what replaces each: asked for, they say so.
+_REMOVED = {"gradient_check": "gradwatch.check_function (the check of a function of θ)"}
+
 
 def __getattr__(name: str) -> object:
-    """The names of an earlier release, for one more (with a DeprecationWarning)."""
-    if name == "gradient_check":
-        import warnings
-
-        warnings.warn(
-            "gradwatch.gradient_check is deprecated and will be removed in the next release; use "
-            "gradwatch.check_function (the check of a function of θ, beside check_module)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return check_function
+    """Only to say what replaces a removed name (AttributeError all the same)."""
+    if name in _REMOVED:
+        raise AttributeError(f"gradwatch.{name} was removed in 0.3.0; use {_REMOVED[name]}")
     raise AttributeError(f"module 'gradwatch' has no attribute {name!r}")

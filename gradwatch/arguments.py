@@ -18,10 +18,11 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, NoReturn, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -178,6 +179,33 @@ def renamed(old: str, new: str, old_value: Any, new_value: Any) -> Any:
         stacklevel=3,
     )
     return old_value
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def removed_keywords(
+    **replacements: str,
+) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """A public function whose keywords ``replacements`` names were removed: passing one raises
+    the TypeError that says what replaces it (Python's own would name the old keyword alone).
+    The signature, docstring and annotations stay the function's (``functools.wraps``)."""
+
+    def decorate(function: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(function)
+        def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            old = sorted(replacements.keys() & kwargs.keys())
+            if old:
+                raise TypeError(
+                    f"{function.__name__}() got `{old[0]}`, removed in 0.3.0; use "
+                    f"{replacements[old[0]]}"
+                )
+            return function(*args, **kwargs)
+
+        return checked
+
+    return decorate
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:

@@ -234,7 +234,7 @@ def observations(
         report.indices,
         report.analytic,
         report.numeric,
-        np.asarray(report.noise),
+        np.asarray(report.numeric_noise),
         wrong,
         known,
         batch_size,

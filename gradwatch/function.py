@@ -221,7 +221,7 @@ def _check(
         evaluations=count.evaluations,
         seconds=time.perf_counter() - start,
         thresholds=bands,
-        noise=found.noise,
+        numeric_noise=found.noise,
         readings=found.reading,
         reasons=found.reason,
         rechecks=found.recheck,

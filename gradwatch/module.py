@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from gradwatch.arguments import check_seed, check_torch_dtype, renamed
+from gradwatch.arguments import check_seed, check_torch_dtype, removed_keywords
 from gradwatch.check.eager import check_eager
 from gradwatch.check.input_errors import restated
 from gradwatch.check.scope import checked_parameters
@@ -44,6 +44,7 @@ DropoutMode = Literal["off", "freeze"]
 CheckMode = Literal["components", "directions"]
 
 
+@removed_keywords(components="`sample`")
 def check_module(
     model: nn.Module,
     loss_fn: LossFn,
@@ -63,7 +64,6 @@ def check_module(
     training_path: bool | TrainingPath = False,
     keep_precision: bool = True,
     memory_budget: int | None = None,
-    components: int | None = None,
 ) -> GradCheckReport:
     """Checks backprop of a whole module against the material's two-sided difference.
 
@@ -132,7 +132,6 @@ def check_module(
             graph, plus any copied parameter tensors. Default 1 GiB. A smaller budget means
             more, smaller calls, never the one-at-a-time loop; a call that runs out of memory
             anyway is retried in halves.
-        components: the old name of ``sample`` (deprecated).
         keep_precision: ``True`` (default): while J and its gradient are evaluated, casts in
             the model's own code to a less precise dtype (``.float()``, ``.to(torch.float32)``,
             ``dtype=`` of factories and ops) keep ``dtype``, and the notes name where (see
@@ -162,7 +161,7 @@ def check_module(
         counted = Counted(loss_fn) if callable(loss_fn) else loss_fn
         run = functools.partial(
             check_eager, view.module, counted, batch, include=include,
-            sample=renamed("components", "sample", components, sample),
+            sample=sample,
             dropout=dropout, seed=seed, thresholds=thresholds, drift_dtype=drift_dtype, mode=mode,
             partition=partition, progress=progress, keep_precision=keep_precision,
             memory_budget=memory_budget,

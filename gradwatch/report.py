@@ -5,7 +5,6 @@ point at a bug."""
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +46,8 @@ class Component:
     ``reading`` is ``"agrees"``, ``"disagrees"`` or ``"not judged"`` (``reason`` says why);
     ``recheck`` is ``""`` (the material's two-sided estimate at θ), ``"longer steps"`` (Richardson's
     estimate from the steps ε and ε/2) or ``"off kink"`` (both values at a jittered θ near a kink);
-    ``noise`` is the measured noise of ``numeric``; ``kink``: the step at θ crossed a kink;
+    ``numeric_noise`` is the measured noise of ``numeric`` (σ_i; J's own is the report's
+    ``j_noise``); ``kink``: the step at θ crossed a kink;
     ``rel_error`` is the material's formula for this one component, |a − n| / (|a| + |n|).
     """
 
@@ -61,7 +61,7 @@ class Component:
     reading: str = "agrees"
     reason: str = ""
     recheck: str = ""
-    noise: float = 0.0
+    numeric_noise: float = 0.0
     kink: bool = False
 
     @property
@@ -123,7 +123,7 @@ class GradCheckReport:
     notes: tuple[str, ...] = ()
     failure: str | None = None
     mode: str = "components"
-    noise: np.ndarray | None = field(default=None, repr=False)
+    numeric_noise: np.ndarray | None = field(default=None, repr=False)
     readings: np.ndarray | None = field(default=None, repr=False)
     reasons: np.ndarray | None = field(default=None, repr=False)
     rechecks: np.ndarray | None = field(default=None, repr=False)
@@ -139,7 +139,6 @@ class GradCheckReport:
     plain_difference: float = field(init=False)
     noise_floor: float = field(init=False)
     parameters: dict[str, ParameterResult] = field(init=False)
-    per_parameter: dict[str, float] = field(init=False)
     verdict: Verdict = field(init=False)
     message: str = field(init=False)
     abs_errors: np.ndarray = field(init=False, repr=False)
@@ -152,7 +151,7 @@ class GradCheckReport:
     # Typed views of the per-component arrays (always set by __post_init__).
     @property
     def _noise(self) -> np.ndarray:
-        return np.asarray(self.noise)
+        return np.asarray(self.numeric_noise)
 
     @property
     def _reading(self) -> np.ndarray:
@@ -208,7 +207,7 @@ class GradCheckReport:
             reading=READINGS[int(self._reading[position])],
             reason=REASONS[int(np.asarray(self.reasons)[position])],
             recheck=RECHECKS[int(np.asarray(self.rechecks)[position])],
-            noise=float(self._noise[position]),
+            numeric_noise=float(self._noise[position]),
             kink=bool(np.asarray(self.kinks)[position]),
         )
 
@@ -245,28 +244,6 @@ class GradCheckReport:
         standard JSON; :func:`gradwatch.load_report` gives it back."""
         return dict(WORDS["as_dict"](self))
 
-    # -- spellings of an earlier release --------------------------------------------------------
-
-    @property
-    def difference_without_kinks(self) -> float:
-        """Deprecated: ``difference`` (kinks are now re-checked off the kink, not left out)."""
-        _deprecated("difference_without_kinks", "difference")
-        return self.difference
-
-    @property
-    def flagged_count(self) -> int:
-        """Deprecated: ``reading_counts["disagrees"]``."""
-        _deprecated("flagged_count", 'reading_counts["disagrees"]')
-        return self.reading_counts["disagrees"]
-
-
-def _deprecated(old: str, new: str) -> None:
-    warnings.warn(
-        f"GradCheckReport.{old} is deprecated and will be removed in the next release; use {new}",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-
 
 def _normalize(report: GradCheckReport) -> None:
     """Every per-component array as a numpy array of its type; readings from the values and
@@ -274,10 +251,13 @@ def _normalize(report: GradCheckReport) -> None:
     put, n = object.__setattr__, report.indices.size
     put(report, "analytic", np.asarray(report.analytic, np.float64))
     put(report, "numeric", np.asarray(report.numeric, np.float64))
-    put(report, "noise", _codes(report.noise, n, np.float64))
+    put(report, "numeric_noise", _codes(report.numeric_noise, n, np.float64))
     if report.readings is None:  # values alone: read them against the noise given (or none)
         reading, reason = read(
-            report.analytic, report.numeric, np.asarray(report.noise), report.thresholds.pass_max
+            report.analytic,
+            report.numeric,
+            np.asarray(report.numeric_noise),
+            report.thresholds.pass_max,
         )
         put(report, "readings", reading)
         put(report, "reasons", reason)
@@ -296,7 +276,7 @@ def _derive(report: GradCheckReport) -> None:
     abs_errors, rel_errors = component_errors(report.analytic, report.numeric)
     put(report, "abs_errors", abs_errors)
     put(report, "rel_errors", rel_errors)
-    noise, reading = np.asarray(report.noise), np.asarray(report.readings)
+    noise, reading = np.asarray(report.numeric_noise), np.asarray(report.readings)
     difference, floor = judged_figures(
         report.analytic, report.numeric, noise, reading != NOT_JUDGED
     )
@@ -305,11 +285,6 @@ def _derive(report: GradCheckReport) -> None:
     plain = (np.asarray(report.plain_numeric), np.asarray(report.plain_analytic))
     put(report, "plain_difference", relative_difference(*plain))
     put(report, "parameters", _parameters(report))
-    unjudged = {n for n, r in report.parameters.items() if r.verdict is Verdict.NOT_JUDGED}
-    differences = {
-        n: math.nan if n in unjudged else r.difference for n, r in report.parameters.items()
-    }
-    put(report, "per_parameter", differences)
     if report.failure is None:
         put(report, "failure", WORDS["non_finite"](report))
     verdicts = [r.verdict for r in report.parameters.values()]
@@ -327,7 +302,7 @@ def _derive(report: GradCheckReport) -> None:
 def _parameters(report: GradCheckReport) -> dict[str, ParameterResult]:
     """Each checked parameter's result, from its components (see :mod:`gradwatch.verdict`)."""
     tensors = report.layout.tensor_of(report.indices)
-    arrays = (report.analytic, report.numeric, np.asarray(report.noise))
+    arrays = (report.analytic, report.numeric, np.asarray(report.numeric_noise))
     codes = (np.asarray(report.readings), np.asarray(report.reasons))
     out = {}
     for t, name in enumerate(report.layout.names):

@@ -18,11 +18,19 @@ __all__ = ["as_dict", "load_report", "save_report"]
 # The key that says which gradwatch wrote a file (its fields may grow between versions).
 VERSION_KEY = "gradwatch_version"
 # The key of a file's non-finite numbers: JSON has no NaN or Infinity, so each is written as
-# null and listed here under its JSON Pointer (RFC 6901), e.g. {"/per_parameter/4.bias": "nan"}.
+# null and listed here under its JSON Pointer (RFC 6901), e.g. {"/parameters/4.bias/difference":
+# "nan"}.
 NON_FINITE_KEY = "non_finite"
 # How a non-finite number is named in NON_FINITE_KEY (and, in files of gradwatch 0.2 and
 # earlier, in place of the number itself).
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+# The keys of gradwatch 0.2's files that 0.3 renamed (one name per fact: "readings" and "kinks"
+# are the report's per-component arrays, the file holds their counts), and those it dropped
+# ("per_parameter" repeated each "parameters" entry's "difference"); "coverage"'s "not_judged",
+# a list of names, beside each parameter's "not_judged", a count, is "parameters_not_judged".
+_RENAMED_0_2 = {"readings": "reading_counts", "kinks": "kink_count"}
+_RENAMED_0_2_COMPONENT = {"noise": "numeric_noise"}
+_DROPPED_0_2 = ("per_parameter",)
 
 
 def report_data(report: GradCheckReport, **context: Any) -> dict[str, Any]:
@@ -41,7 +49,7 @@ def save_report(report: GradCheckReport, path: str | os.PathLike[str], **context
 
     Every number is a JSON number, but JSON has none for NaN (a difference not judged) and
     ±infinity: such a value is written as ``null`` and listed, under its JSON Pointer, in the
-    file's ``"non_finite"`` entry (``{"/per_parameter/4.bias": "nan"}``), which
+    file's ``"non_finite"`` entry (``{"/parameters/4.bias/difference": "nan"}``), which
     :func:`load_report` reads to give the float back. Any JSON reader takes the file
     (``json.loads`` without ``parse_constant``, ``jq``, JavaScript's ``JSON.parse``).
 
@@ -73,10 +81,14 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The dict :func:`save_report` wrote: ``to_dict()``'s keys, the version, the context.
 
     Numbers come back as floats, those written as ``null`` included: a difference that was not
-    judged is ``float("nan")`` (so ``d["per_parameter"]["b"] < 1e-3`` is ``False``, never a
-    ``TypeError``) and an infinite one ``float("inf")``, as in ``report.to_dict()``; ``null``
-    that stands for no value (``"location": null``) stays ``None``. Files of gradwatch 0.2 and
-    earlier, which held these numbers as the strings ``"nan"``, ``"inf"``, load alike.
+    judged is ``float("nan")`` (so ``d["parameters"]["b"]["difference"] < 1e-3`` is ``False``,
+    never a ``TypeError``) and an infinite one ``float("inf")``, as in ``report.to_dict()``;
+    ``null`` that stands for no value (``"location": null``) stays ``None``. Files of gradwatch
+    0.2 and earlier load alike: their strings ``"nan"``, ``"inf"`` as floats, their keys under
+    0.3's names (``"readings"`` → ``"reading_counts"``, ``"kinks"`` → ``"kink_count"``, a
+    component's ``"noise"`` → ``"numeric_noise"``, ``"coverage"``'s ``"not_judged"`` →
+    ``"parameters_not_judged"``; ``"per_parameter"`` dropped: each
+    ``"parameters"`` entry has its ``"difference"``).
 
     Example:
         >>> import math, tempfile, numpy as np, gradwatch
@@ -92,6 +104,8 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"`path` must be a report file written by gradwatch.save_report; got {str(path)!r}, "
             f"which has no {VERSION_KEY!r} entry"
         )
+    if _older_than_0_3(data[VERSION_KEY]):
+        _rename_0_2(data)
     if NON_FINITE_KEY not in data:  # a file of gradwatch 0.2 or earlier: "nan" in place
         return cast(dict[str, Any], _old_non_finite(data))
     for pointer, name in data.pop(NON_FINITE_KEY).items():
@@ -123,6 +137,43 @@ def _standard(value: Any, pointer: str = "") -> tuple[Any, dict[str, str]]:
             found.update(inner)
         return items, found
     return value, found
+
+
+def _older_than_0_3(version: object) -> bool:
+    """Whether a file's version is 0.2 or earlier (a version that does not parse is not)."""
+    try:
+        major, minor = (int(part) for part in str(version).split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) < (0, 3)
+
+
+def _rename_0_2(data: dict[str, Any]) -> None:
+    """A 0.2 file's keys, in place, under 0.3's names (its JSON Pointers in NON_FINITE_KEY
+    too)."""
+    for old, new in _RENAMED_0_2.items():
+        if old in data:
+            data[new] = data.pop(old)
+    for old in _DROPPED_0_2:
+        data.pop(old, None)
+    coverage = data.get("coverage")
+    if isinstance(coverage, dict) and "not_judged" in coverage:
+        coverage["parameters_not_judged"] = coverage.pop("not_judged")
+    for component in data.get("worst") or []:
+        for old, new in _RENAMED_0_2_COMPONENT.items():
+            if old in component:
+                component[new] = component.pop(old)
+    pointers = data.get(NON_FINITE_KEY) or {}
+    kept = {}
+    for pointer, name in pointers.items():
+        parts = pointer.split("/")
+        if len(parts) > 1 and parts[1] in _DROPPED_0_2:
+            continue
+        if len(parts) == 4 and parts[1] == "worst" and parts[3] in _RENAMED_0_2_COMPONENT:
+            parts[3] = _RENAMED_0_2_COMPONENT[parts[3]]
+        kept["/".join(parts)] = name
+    if NON_FINITE_KEY in data:
+        data[NON_FINITE_KEY] = kept
 
 
 def _old_non_finite(value: Any) -> Any:
@@ -162,7 +213,7 @@ def _component_dict(c: Component) -> dict[str, Any]:
         "reading": c.reading,
         "reason": c.reason,
         "recheck": c.recheck,
-        "noise": _num(c.noise),
+        "numeric_noise": _num(c.numeric_noise),
         "kink": c.kink,
     }
 
@@ -194,12 +245,12 @@ def as_dict(report: GradCheckReport) -> dict[str, Any]:
         "dtype": report.dtype,
         "components_checked": report.components_checked,
         "components_total": report.components_total,
-        "readings": report.reading_counts,
+        "reading_counts": report.reading_counts,
         "coverage": {
             "judged_share": _num(report.judged_share),
-            "not_judged": report.parameters_with("not judged"),
+            "parameters_not_judged": report.parameters_with("not judged"),
         },
-        "kinks": report.kink_count,
+        "kink_count": report.kink_count,
         "j_noise": None
         if noise is None
         else {
@@ -218,7 +269,6 @@ def as_dict(report: GradCheckReport) -> dict[str, Any]:
         },
         "notes": list(report.notes),
         "parameters": {k: _parameter_dict(r) for k, r in report.parameters.items()},
-        "per_parameter": {k: _num(v) for k, v in report.per_parameter.items()},
         "worst": [_component_dict(c) for c in report.worst(10)],
         "findings": [f.to_dict() for f in report.findings],
         "location": None if report.location is None else report.location.to_dict(),

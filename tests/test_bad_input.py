@@ -5,6 +5,7 @@ user's model, its gradients and flags and the global RNGs are left bit-for-bit a
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import math
 import re
@@ -255,7 +256,7 @@ def test_integer_buffer_is_held_fixed_and_the_float_parameters_checked() -> None
     before = snapshot(model)
     report = check_module(model, cross_entropy, classification_batch((4,)))
     assert report.verdict is Verdict.PASS, str(report)
-    assert list(report.per_parameter) == ["fc.weight", "fc.bias"]
+    assert list(report.parameters) == ["fc.weight", "fc.bias"]
     assert changes(before, model) == []
 
 
@@ -440,8 +441,15 @@ def test_an_epsilon_below_the_spacing_of_theta_leaves_those_components_not_judge
     )
 
 
-def test_the_old_name_of_sample_still_works_with_a_warning() -> None:
+def test_the_old_name_of_sample_is_gone_and_names_the_new_one() -> None:
     model, batch = used_model()
-    with pytest.warns(DeprecationWarning, match="`components` is deprecated.*use `sample`"):
-        report = check_module(model, cross_entropy, batch, components=5)
-    assert report.components_checked == 5
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(
+        TypeError, match=r"check_module\(\) got `components`, removed in 0\.3\.0; use `sample`"
+    ):
+        check_module(model, cross_entropy, batch, components=5)
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    shown = inspect.signature(check_module).parameters  # what help() and the docs show
+    assert "components" not in shown and shown["sample"].default is None
+    with pytest.raises(TypeError, match="unexpected keyword argument 'smaple'"):
+        check_module(model, cross_entropy, batch, smaple=5)  # type: ignore[call-arg]

@@ -19,12 +19,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from gradwatch import Verdict
+from gradwatch import _callback_text as _text
 from gradwatch.callbacks import (
     GradientCheck,
     GradientCheckError,
     GradientCheckWarning,
-    _core,
-    _logs,
+    _hooks,
 )
 from tests.callback_models import (
     QUIET_LIGHTNING,
@@ -246,7 +246,7 @@ def test_a_check_puts_back_every_attribute_of_every_module_in_place() -> None:
     module, check = _Stateful(), GradientCheck(at_init=False, after_steps=())
     run = _single_process_trainer(global_step=0)
     seen, by_batch, tags, total = module.seen, module.by_batch, module.tags, module.total
-    report = _core._run(check, run, module, next(iter(loader())), 0)
+    report = _hooks._run(check, run, module, next(iter(loader())), 0)
     assert report.verdict is Verdict.PASS and module.calls_in_float64 > 0
     assert module.seen is seen and seen == ["first"] and module.aliases[0] is seen
     assert module.by_batch is by_batch and by_batch == {"kept": 1}
@@ -330,7 +330,7 @@ def test_include_that_matches_no_parameter_fails_at_setup(tmp_path: Path) -> Non
 def test_include_narrows_theta(tmp_path: Path) -> None:
     check = GradientCheck(after_steps=(), include=["net.4.*"])
     _fit(tmp_path, TinyModule(), [check], max_steps=1)
-    assert set(check.reports[0].per_parameter) == {"net.4.weight", "net.4.bias"}
+    assert set(check.reports[0].parameters) == {"net.4.weight", "net.4.bias"}
 
 
 def _broken(on_fail: Literal["warn", "raise", "ignore"]) -> tuple[Any, GradientCheck]:
@@ -349,8 +349,9 @@ def test_a_wrong_backward_fails_and_warns(tmp_path: Path) -> None:
     report = check.reports[0]
     assert report.verdict is Verdict.FAIL
     assert report.worst(1)[0].name == "hidden.bias"
-    assert report.per_parameter["hidden.bias"] > 1e-3
-    assert all(d <= 1e-7 for name, d in report.per_parameter.items() if name != "hidden.bias")
+    assert report.parameters["hidden.bias"].difference > 1e-3
+    others = [r.difference for name, r in report.parameters.items() if name != "hidden.bias"]
+    assert all(d <= 1e-7 for d in others)
 
 
 @pytest.mark.parametrize("on_fail", ["warn", "ignore"])
@@ -373,9 +374,9 @@ def test_a_failing_check_says_its_report_once(
     assert sum(text.count(report.message) for text in shown) == 1
     assert sum(text.count("worst components:") for text in shown) == 1
     if on_fail == "ignore":
-        assert ours == [] and console == [f"{head}{_logs.headline(report)}\n{report}"]
+        assert ours == [] and console == [f"{head}{_text.headline(report)}\n{report}"]
         return
-    assert console == [f"{head}{_logs.headline(report)}"]
+    assert console == [f"{head}{_text.headline(report)}"]
     (warning,) = ours
     assert str(warning.message) == f"{head}the gradient check failed.\n{report}"
     assert shown[1].startswith("gradwatch.callbacks:0: GradientCheckWarning: " + head)
@@ -400,7 +401,7 @@ def test_on_fail_raise_stops_fit_with_the_report(tmp_path: Path) -> None:
     ):
         run.fit(module, _digit_batches())
     assert run.global_step == 0
-    assert check.reports[0].per_parameter["hidden.bias"] > 1e-3
+    assert check.reports[0].parameters["hidden.bias"].difference > 1e-3
 
 
 def test_on_fail_ignore_only_logs(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
@@ -536,8 +537,8 @@ def test_state_dict_round_trip_and_old_checkpoints() -> None:
         {"epsilon": "auto"},
         {"dropout": "freeze"},
         {"seed": 1},
-        {"pass_max": 1e-6},
-        {"warn_max": 1e-2},
+        {"thresholds": {"pass_max": 1e-6}},
+        {"thresholds": {"warn_max": 1e-2}},
         {"name": "gradcheck/encoder"},
     ],
     ids=str,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import gradwatch
-from gradwatch.callbacks import _card, _tensorboard
+from gradwatch import _callback_card as _card
+from gradwatch.callbacks import _logging
 
 ROOM = _card.WIDTH - 40  # the run's lines, between the card's margins
 
@@ -60,6 +61,6 @@ def test_no_type_on_the_card_is_below_the_smallest(monkeypatch: pytest.MonkeyPat
 
 def test_the_run_is_named_as_tensorboard_names_it() -> None:
     logger = SimpleNamespace(save_dir="runs", log_dir="runs/wrong_backward/version_0")
-    assert _tensorboard.run_name(logger) == "wrong_backward/version_0"
-    assert _tensorboard.run_name(SimpleNamespace(log_dir="/tmp/logs/version_2")) == "version_2"
-    assert _tensorboard.run_name(SimpleNamespace()) == ""
+    assert _logging.run_name(logger) == "wrong_backward/version_0"
+    assert _logging.run_name(SimpleNamespace(log_dir="/tmp/logs/version_2")) == "version_2"
+    assert _logging.run_name(SimpleNamespace()) == ""

@@ -153,8 +153,17 @@ def test_the_parsers_whole_message_when_asked(
             "`every_n_steps` must be None or a positive int, e.g. 1000; got 0",
         ),
         ("sample: -3", "sample", "`sample` must be None (all) or a positive int"),
-        ("pass_max: .inf", "pass_max", "`pass_max` must be a positive finite float, e.g. 1e-7"),
-        ("warn_max: 0", "warn_max", "`warn_max` must be a positive finite float, e.g. 1e-7"),
+        (
+            "thresholds: {pass_max: .inf}",
+            "pass_max",
+            "`pass_max` must be a positive finite float, e.g. 1e-7",
+        ),
+        ("thresholds: {warn_max: 0}", "warn_max", "`warn_max` must be a positive finite float"),
+        (
+            "thresholds: {pass_max: 1.0e-2, warn_max: 1.0e-3}",
+            "warn_max",
+            "`pass_max` must not exceed `warn_max`",
+        ),
         ("seed: -1", "seed", "`seed` must be a non-negative int; got -1"),
         ("log_worst: -2", "log_worst", "`log_worst` must be a non-negative int; got -2"),
         ("name: grad check", "name", "`name` must be a non-empty str without spaces"),
@@ -170,11 +179,3 @@ def test_a_value_out_of_range_is_rejected_by_the_parser_naming_the_argument(
     assert lines == [f"error: trainer.callbacks: GradientCheck: {lines[0].split(': ', 3)[3]}", TIP]
     assert lines[0].startswith(f"error: trainer.callbacks: GradientCheck: {message}")
     assert f"`{key}`" in lines[0]
-
-
-def test_bands_out_of_order_fail_at_construction_naming_both(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    bad = _override(tmp_path, "pass_max: 1.0e-2, warn_max: 1.0e-3")
-    with pytest.raises(ValueError, match="`pass_max` must not exceed `warn_max`"):
-        example("cli").main(["fit", f"--config={CONFIG}", f"--config={bad}"])

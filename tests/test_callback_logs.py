@@ -20,7 +20,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 import gradwatch
-from gradwatch.callbacks import GradientCheck, _card, _logs, _tensorboard
+from gradwatch import _callback_card as _card
+from gradwatch import _callback_scalars as numbers
+from gradwatch import _callback_text as reading
+from gradwatch.callbacks import GradientCheck
 from tests.callback_models import (
     ANSWER,
     DETAILS,
@@ -103,7 +106,9 @@ def test_scalars_hold_the_reports_values(run: dict[str, Any]) -> None:
         assert event.value == pytest.approx(expected, rel=1e-6)
     for name in JUDGED:
         for event in events.Scalars(f"gradcheck_parameters/{name}"):
-            assert event.value == pytest.approx(reports[event.step].per_parameter[name], rel=1e-6)
+            assert event.value == pytest.approx(
+                reports[event.step].parameters[name].difference, rel=1e-6
+            )
     # BatchNorm cancels the bias before it: a zero gradient, against a few ulps of J: not judged,
     # and never shown as a value.
     assert all(reports[s].parameters["net.0.bias"].reason == "within noise" for s in STEPS)
@@ -209,7 +214,7 @@ def test_two_callbacks_on_different_layers_log_under_their_own_names(tmp_path: P
     for check, (name, layer) in zip(checks, names.items(), strict=True):
         part = name.removeprefix("gradcheck/")
         assert list(check.reports) == [0, 2]
-        assert set(check.reports[0].per_parameter) == {f"{layer}.weight", f"{layer}.bias"}
+        assert set(check.reports[0].parameters) == {f"{layer}.weight", f"{layer}.bias"}
         own = {t for t in tags["scalars"] if f"/{part}/" in t}
         assert {
             f"{name}/difference",
@@ -256,7 +261,7 @@ def test_two_callbacks_under_one_name_are_told_to_take_their_own(tmp_path: Path)
 def test_log10_of_the_difference_is_floored_at_machine_precision(
     difference: float, expected: float
 ) -> None:
-    assert _logs.log10(difference) == pytest.approx(expected, nan_ok=True)
+    assert reading.log10(difference) == pytest.approx(expected, nan_ok=True)
 
 
 def test_no_logger_prints_to_the_console_only(tmp_path: Path) -> None:
@@ -275,37 +280,37 @@ def test_a_parameter_not_judged_is_never_zero_or_pass() -> None:
     report = gradwatch.check_function(
         lambda t: float(t[0] ** 2), np.ones(2), np.array([3.0, 0.0]), layout={"w": 1, "b": 1}
     )
-    rows = _logs.parameter_rows(report)
+    rows = reading.parameter_rows(report)
     assert [(r.name, r.verdict, r.reason) for r in rows] == [
         ("w", "fail", ""),
         ("b", "not judged", "within noise"),
     ]
-    values = _logs.scalars(report)
+    values = numbers.scalars(report)
     assert math.isnan(values["gradcheck_parameters/b"])
     assert values["gradcheck_parameters/w"] == pytest.approx(0.2)
     assert values["gradcheck/verdict"] == 2.0
     content = _card.card_content(0, report, [])
     assert content.title == "FAIL at step 0"
     assert content.rows == (("fail", "w", "2.0e-01"), ("not judged", "b", "-"))
-    text = _tensorboard.report_markdown(0, report, 2)
+    text = reading.report_markdown(0, report, 2)
     assert "| b | - | **not judged** (within noise) |" in text
     assert "| b | 0" not in text and "| b | - | **pass**" not in text
 
 
 def test_a_check_that_judged_nothing_logs_not_judged() -> None:
     report = gradwatch.check_function(lambda t: 1.0, np.ones(2), np.zeros(2))
-    assert _logs.scalars(report)["gradcheck/verdict"] == -1.0
+    assert numbers.scalars(report)["gradcheck/verdict"] == -1.0
     assert _card.card_content(0, report, []).title == "NOT JUDGED at step 0"
 
 
 def test_a_check_that_could_not_finish_says_why_and_shows_no_difference() -> None:
     from torch import nn
 
-    from gradwatch.callbacks import _faults
+    from gradwatch import _callback_faults as _faults
 
     why = "the check could not finish: ValueError: the loss cannot use this batch"
     report = _faults.failed_report(nn.Linear(2, 1), None, why, 1e-7, gradwatch.Thresholds())
-    values = _logs.scalars(report)
+    values = numbers.scalars(report)
     assert values["gradcheck/verdict"] == 2.0
     assert all(math.isnan(values[t]) for t in values if "difference" in t or "_parameters" in t)
     content = _card.card_content(3, report, [_card.Point(0, 1e-9, "pass")])
@@ -313,5 +318,5 @@ def test_a_check_that_could_not_finish_says_why_and_shows_no_difference() -> Non
     assert content.failure == why
     assert [math.isnan(p.difference) for p in content.history] == [False, True]
     assert _card.render(content).shape[0] <= 450  # TensorBoard shows 215 pixels of it
-    text = _tensorboard.report_markdown(3, report, 10)
+    text = reading.report_markdown(3, report, 10)
     assert text == "### FAIL at step 3\n\nT" + why[1:]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from gradwatch.callbacks._schedule import Schedule
+from gradwatch.callbacks._options import Schedule
 
 
 @pytest.mark.parametrize(

@@ -25,9 +25,9 @@ from pytorch_lightning.strategies import (
 )
 
 from gradwatch import load_report
-from gradwatch.callbacks import GradientCheck, _sharded
-from gradwatch.callbacks._core import engine_options
-from gradwatch.callbacks._sharded import WHAT_WORKS, require_checkable
+from gradwatch.callbacks import GradientCheck, _faults
+from gradwatch.callbacks._faults import WHAT_WORKS, require_checkable
+from gradwatch.callbacks._options import engine_options
 from tests.callback_models import TinyModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,10 +140,10 @@ def test_the_options_reach_check_sharded(monkeypatch: pytest.MonkeyPatch) -> Non
         seen.update(options)
         return "report"
 
-    monkeypatch.setattr(_sharded, "check_sharded", fake)
+    monkeypatch.setattr(_faults, "check_sharded", fake)
     check = GradientCheck(replica_budget=2**20, sample=7, epsilon="auto", seed=3)
     options = engine_options(check, SimpleNamespace())
-    assert _sharded.run(check, options, TinyModule(), None, 0) == "report"
+    assert _faults.run(check, options, TinyModule(), None, 0) == "report"
     assert seen == {
         "epsilon": "auto", "include": None, "sample": 7, "dropout": "off",
         "mode": "components", "seed": 3, "thresholds": check.thresholds, "progress": True,

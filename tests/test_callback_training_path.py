@@ -92,7 +92,7 @@ def test_the_training_path_is_the_precision_plugin_s(precision_runs: dict[str, A
     found = report.training_path
     assert found is not None and found.path == path
     assert found.reference == "float64" and found.verdict is Verdict.PASS
-    assert list(found.parameters) == list(report.per_parameter)
+    assert list(found.parameters) == list(report.parameters)
 
 
 def test_the_training_path_figures_are_logged_under_the_callback_s_name(
@@ -162,7 +162,7 @@ def test_a_compiled_submodule_s_fault_fails_the_training_path_and_training_is_un
     runs = _paired(tmp_path, CompiledModule, check, max_steps=3)
     _identical(runs)
     report = check.reports[0]
-    assert list(report.per_parameter) == [
+    assert list(report.parameters) == [
         "net.first.weight",
         "net.first.bias",
         "net.last.weight",
@@ -206,7 +206,7 @@ def test_a_lightning_module_fit_compiled_is_checked_eagerly_and_compared_compile
         runs[name] = {"module": module, "trainer": run, "rng": torch.get_rng_state()}
     _identical(runs)
     report = check.reports[0]
-    assert list(report.per_parameter) == [
+    assert list(report.parameters) == [
         "net.0.weight",
         "net.0.bias",
         "net.2.weight",

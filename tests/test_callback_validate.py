@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradwatch import Thresholds, check_module
+from gradwatch import check_module
 from gradwatch.callbacks import GradientCheck
 
 STEPS = "`after_steps` must be a non-negative int or a list of them, e.g. [100, 1000]; got "
@@ -195,19 +195,15 @@ def test_bad_arguments_fail_at_construction(
         {"dropout": "on"},
         {"mode": "random"},
         {"seed": -1},
-        {"pass_max": 0.0},
-        {"pass_max": 1e-2, "warn_max": 1e-3},
+        {"thresholds": {"pass_max": 0.0}},
+        {"thresholds": {"pass_max": 1e-2, "warn_max": 1e-3}},
     ],
     ids=str,
 )
 def test_what_check_module_takes_fails_as_in_check_module(arguments: dict[str, Any]) -> None:
     # One rule per argument: the callback hands these to the engine, which checks them alike.
-    engine = dict(arguments)
-    bands = {k: engine.pop(k) for k in ("pass_max", "warn_max") if k in engine}
-    if bands:
-        engine["thresholds"] = bands
     with pytest.raises((TypeError, ValueError)) as direct:
-        check_module(nn.Linear(2, 1), lambda m, b: m(b).sum(), torch.ones(1, 2), **engine)
+        check_module(nn.Linear(2, 1), lambda m, b: m(b).sum(), torch.ones(1, 2), **arguments)
     with pytest.raises(type(direct.value)) as raised:
         GradientCheck(**arguments)
     assert str(raised.value) == f"GradientCheck: {direct.value}"
@@ -232,15 +228,16 @@ def test_defaults_are_the_materials() -> None:
     assert check.state_dict() == {"checks": []}
 
 
-def test_the_old_spellings_of_sample_and_the_bands_still_work_with_a_warning() -> None:
-    with pytest.warns(DeprecationWarning, match="`components` is deprecated.*use `sample`"):
-        check = GradientCheck(components=50)
-    assert check.sample == 50
-    with pytest.warns(DeprecationWarning, match="`pass_max` and `warn_max` are deprecated"):
-        check = GradientCheck(pass_max=1e-6)
-    assert check.thresholds == Thresholds(pass_max=1e-6, warn_max=1e-3)
-    with pytest.raises(TypeError, match="pass `sample` alone"):
-        GradientCheck(components=50, sample=60)
+@pytest.mark.parametrize(
+    ("removed", "meant"),
+    [("components", "sample"), ("pass_max", "thresholds"), ("warn_max", "thresholds")],
+)
+def test_the_options_removed_in_0_3_0_name_their_replacement(removed: str, meant: str) -> None:
+    with pytest.raises(TypeError) as raised:
+        GradientCheck(**{removed: 50})
+    assert str(raised.value).startswith(
+        f"GradientCheck: `{removed}` is no option; did you mean `{meant}`? its options: "
+    )
 
 
 # --- told as GradientCheck's, from its constructor ----------------------------------------------
@@ -280,7 +277,7 @@ def test_a_bad_value_is_raised_from_the_constructor_with_no_chain() -> None:
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
     frames = traceback.extract_tb(raised.value.__traceback__)
     assert len(frames) == 2  # this test's call, then the constructor
-    assert (Path(frames[-1].filename).name, frames[-1].name) == ("_core.py", "__init__")
+    assert (Path(frames[-1].filename).name, frames[-1].name) == ("_hooks.py", "__init__")
 
 
 def test_a_callback_pickles_and_copies_with_its_options() -> None:

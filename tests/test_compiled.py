@@ -71,7 +71,7 @@ def test_a_compiled_module_is_checked_through_its_eager_module_and_names(
     report = check_module(compiled, cross_entropy, batch())
     assert counter.counts == before  # nothing traced, compiled or run compiled
     plain = check_module(eager, cross_entropy, batch())
-    assert list(report.per_parameter) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert list(report.parameters) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert report.difference == plain.difference  # the very same computations
     assert report.verdict is Verdict.PASS
     assert report.notes[0].startswith("compiled: the module (torch.compile); checked through")
@@ -87,7 +87,7 @@ def test_include_may_name_parameters_with_or_without_the_compiled_prefix(
     _, compiled, _ = inductor_model
     for include in ("_orig_mod.2.*", "2.*"):
         report = check_module(compiled, cross_entropy, batch(), include=include)
-        assert list(report.per_parameter) == ["2.weight", "2.bias"]
+        assert list(report.parameters) == ["2.weight", "2.bias"]
 
 
 class Parent(nn.Module):

@@ -80,7 +80,7 @@ def test_a_wrong_custom_function_is_named() -> None:
     report = _check(GatedNet(bug="weight_sign").double(), (3,), 2)
     assert report.verdict.value == "fail"
     assert report.worst(1)[0].name == "gate.weight"
-    assert max(report.per_parameter, key=lambda n: report.per_parameter[n]) == "gate.weight"
+    assert max(report.parameters, key=lambda n: report.parameters[n].difference) == "gate.weight"
 
 
 @pytest.mark.parametrize("model", [Net(), GatedNet()], ids=["vectorized", "old_style_function"])
@@ -95,7 +95,7 @@ def test_components_adds_a_spot_sample() -> None:
     batch = classification_batch((16,), classes=4, examples=12)
     report = check_module(Net(), cross_entropy, batch, mode="directions", sample=40)
     assert 40 <= report.components_checked <= 40 + 6 + 16  # + largest-gradient ones, localized
-    assert set(report.per_parameter) == {n for n, _ in Net().named_parameters()}
+    assert set(report.parameters) == {n for n, _ in Net().named_parameters()}
 
 
 def test_unknown_mode_is_rejected_early() -> None:

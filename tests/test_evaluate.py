@@ -385,7 +385,7 @@ def test_a_weight_read_outside_its_layer_is_not_carried_low_rank(
     batch = classification_batch((6,))
     report = check_module(model, loss, batch)
     assert report.verdict.value == "fail"
-    assert report.per_parameter["0.weight"] > 0.1
+    assert report.parameters["0.weight"].difference > 0.1
     worst = report.worst(1)[0]
     assert worst.name == "0.weight" and worst.index[0] >= 1
     assert "low-rank nn.Linear updates for 0.weight" not in " ".join(report.notes)

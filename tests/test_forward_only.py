@@ -75,9 +75,11 @@ def test_batched_gives_the_plain_loops_verdict_and_estimates(case: str) -> None:
     np.testing.assert_array_equal(batched.analytic, plain.analytic)
     # J batched and plain differ by a few ulps (test_evaluate): the estimates, by a few ulps of J
     # over 2h, within the tolerance a reading allows for J's noise.
-    assert batched.noise is not None and plain.noise is not None
+    assert batched.numeric_noise is not None and plain.numeric_noise is not None
     gap = np.abs(batched.numeric - plain.numeric)
-    assert np.all(gap <= NOISE_MULTIPLE * np.minimum(batched.noise, plain.noise)), gap.max()
+    assert np.all(gap <= NOISE_MULTIPLE * np.minimum(batched.numeric_noise, plain.numeric_noise)), (
+        gap.max()
+    )
 
 
 @pytest.mark.parametrize("case", ["old_style_missing_term", "no_vmap_rule_1pct", "inplace_1pct"])

@@ -1,5 +1,6 @@
 """The house's habits (CONTRIBUTING.md, "The map of the house"): no folder of gradwatch/ holds more
-than 12 modules, and no file of gradwatch/ or callbacks/ is longer than 350 lines. Each rule is
+than 12 modules, callbacks/ holds at most 8 files, and no file of gradwatch/ or callbacks/ is
+longer than 350 lines. Each rule is
 also run on a planted tree that breaks it, so a rule that finds nothing is seen to find."""
 
 from __future__ import annotations
@@ -13,20 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_MODULES = 12
 # A file longer than this is two concepts (CONTRIBUTING.md, STYLE.md habit 9).
 MAX_LINES = 350
-# Deprecated shims of 0.2.0, kept one release and removed in 0.3.0: not rooms of the house.
-DEPRECATED = {"gradwatch/numeric.py", "gradwatch/directions.py", "gradwatch/sampling.py"}
+# The callback in a few files, one story each (issue 22); what needs no Lightning lives in
+# gradwatch/integration/. A ninth file is a story that belongs in one of these.
+MAX_CALLBACK_FILES = 8
 
 
 def crowded_folders(package: Path, root: Path = ROOT) -> dict[str, int]:
-    """Each folder of ``package`` holding more than MAX_MODULES modules (``__init__.py`` and
-    the deprecated shims aside), with its count."""
+    """Each folder of ``package`` holding more than MAX_MODULES modules (``__init__.py`` aside),
+    with its count."""
     found = {}
     for folder in sorted({package, *(p.parent for p in package.rglob("*.py"))}):
-        modules = [
-            p
-            for p in folder.glob("*.py")
-            if p.name != "__init__.py" and p.relative_to(root).as_posix() not in DEPRECATED
-        ]
+        modules = [p for p in folder.glob("*.py") if p.name != "__init__.py"]
         if len(modules) > MAX_MODULES:
             found[folder.relative_to(root).as_posix()] = len(modules)
     return found
@@ -49,6 +47,23 @@ def test_no_folder_of_gradwatch_holds_more_than_12_modules() -> None:
 
 def test_no_file_of_the_engine_or_the_callback_is_longer_than_350_lines() -> None:
     assert long_files(ROOT / "gradwatch", ROOT / "callbacks") == {}
+
+
+def too_many_files(folder: Path) -> int | None:
+    """The number of ``.py`` files in ``folder`` if more than MAX_CALLBACK_FILES, else None."""
+    count = len(list(folder.glob("*.py")))
+    return count if count > MAX_CALLBACK_FILES else None
+
+
+def test_the_callback_is_at_most_8_files() -> None:
+    assert too_many_files(ROOT / "callbacks") is None
+
+
+@pytest.mark.parametrize(("files", "found"), [(8, None), (9, 9)])
+def test_a_planted_ninth_callback_file_is_found(tmp_path: Path, files: int, found: int) -> None:
+    for k in range(files):
+        (tmp_path / f"m{k}.py").write_text("")
+    assert too_many_files(tmp_path) == found
 
 
 def test_every_wing_is_a_package_setuptools_installs() -> None:

@@ -62,11 +62,11 @@ def test_wrong_backward_fails_in_the_affected_parameter(bug: str) -> None:
     assert report.verdict is Verdict.FAIL
     assert report.difference > 1e-3
     assert {c.name for c in report.worst(5)} <= AFFECTED[bug]
-    for name, difference in report.per_parameter.items():
+    for name, result in report.parameters.items():
         if name in AFFECTED[bug]:
-            assert difference > 1e-3, name
+            assert result.difference > 1e-3, name
         else:
-            assert difference < 1e-7, name
+            assert result.difference < 1e-7, name
     assert any(name in report.message for name in AFFECTED[bug])
 
 
@@ -262,7 +262,7 @@ def test_theta_is_every_trainable_parameter_in_order() -> None:
     model = GatedNet()
     model.inp.bias.requires_grad_(False)
     report = check_module(model, cross_entropy, gated_batch())
-    assert list(report.per_parameter) == ["inp.weight", "gate.weight", "head.weight", "head.bias"]
+    assert list(report.parameters) == ["inp.weight", "gate.weight", "head.weight", "head.bias"]
     assert report.components_total == 12 + 20 + 10 + 2
 
 
@@ -288,7 +288,7 @@ def test_include_narrows_theta(
     torch.manual_seed(0)
     model = GatedNet("weight_sign")
     report = check_module(model, cross_entropy, gated_batch(), include=include)
-    assert list(report.per_parameter) == names
+    assert list(report.parameters) == names
     sizes = dict((n, p.numel()) for n, p in model.named_parameters())
     assert report.components_total == sum(sizes[n] for n in names)
     assert report.verdict is verdict

@@ -1,4 +1,4 @@
-"""The public surface: what ``gradwatch`` exports, and the old module names that still import."""
+"""The public surface: what ``gradwatch`` exports, and the old names that are gone."""
 
 from __future__ import annotations
 
@@ -24,9 +24,23 @@ def test_everything_exported_exists_and_is_documented() -> None:
         ("sampling", "gradwatch.check.sampling"),
     ],
 )
-def test_an_old_module_name_imports_with_a_warning(name: str, home: str) -> None:
+def test_an_old_module_name_is_gone(name: str, home: str) -> None:
     sys.modules.pop(f"gradwatch.{name}", None)
-    with pytest.warns(DeprecationWarning, match=f"gradwatch.{name} is deprecated"):
-        old = importlib.import_module(f"gradwatch.{name}")
-    new = importlib.import_module(home)
-    assert all(getattr(old, n) is getattr(new, n) for n in new.__all__)
+    with pytest.raises(ModuleNotFoundError, match=f"gradwatch.{name}"):
+        importlib.import_module(f"gradwatch.{name}")
+    assert importlib.import_module(home).__all__  # the private module stays, in its wing
+
+
+def test_the_old_name_of_check_function_is_gone_and_says_what_replaces_it() -> None:
+    with pytest.raises(
+        AttributeError,
+        match=r"gradient_check was removed in 0\.3\.0; use gradwatch\.check_function",
+    ):
+        gradwatch.gradient_check  # noqa: B018
+    assert not hasattr(gradwatch, "gradient_check")
+    with pytest.raises(AttributeError, match="no attribute 'gradient_checks'"):
+        gradwatch.gradient_checks  # noqa: B018
+
+
+def test_the_version_is_0_3_0() -> None:
+    assert gradwatch.__version__ == "0.3.0"

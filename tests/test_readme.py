@@ -31,9 +31,11 @@ def test_the_readme_is_a_front_page_in_plain_words() -> None:
 
 def test_the_readme_links_every_page_of_the_site_s_nav_and_each_link_resolves() -> None:
     text = README.read_text(encoding="utf-8")
-    linked = set(re.findall(r"\]\((docs/[\w-]+\.md)", text))
+    linked = set(re.findall(r"\]\((docs/[\w.-]+\.md)", text))
     assert all((README.parent / page).is_file() for page in linked)
-    nav = re.findall(r"^  - [^:]+: ([\w-]+\.md)$", (README.parent / "mkdocs.yml").read_text(), re.M)
+    nav = re.findall(
+        r"^  - [^:]+: ([\w.-]+\.md)$", (README.parent / "mkdocs.yml").read_text(), re.M
+    )
     assert len(nav) >= 10
     assert {f"docs/{page}" for page in nav} - {"docs/index.md", "docs/api.md"} == linked
 

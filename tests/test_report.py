@@ -41,12 +41,14 @@ def test_difference_is_the_material_formula(buggy: gradwatch.GradCheckReport) ->
     np.testing.assert_array_equal(buggy.analytic, grad)
 
 
-def test_per_parameter_is_the_formula_per_tensor(buggy: gradwatch.GradCheckReport) -> None:
-    assert list(buggy.per_parameter) == ["W", "b"]
+def test_each_parameters_difference_is_the_formula_per_tensor(
+    buggy: gradwatch.GradCheckReport,
+) -> None:
+    assert list(buggy.parameters) == ["W", "b"]
     w, grad_w = THETA[:4], THETA[:4] + OFFSETS[:4]
     expected_w = np.linalg.norm(OFFSETS[:4]) / (np.linalg.norm(w) + np.linalg.norm(grad_w))
-    assert buggy.per_parameter["W"] == pytest.approx(expected_w, rel=1e-9)
-    assert buggy.per_parameter["b"] == pytest.approx(0.3 / (5.0 + 5.3), rel=1e-9)
+    assert buggy.parameters["W"].difference == pytest.approx(expected_w, rel=1e-9)
+    assert buggy.parameters["b"].difference == pytest.approx(0.3 / (5.0 + 5.3), rel=1e-9)
 
 
 def test_worst_orders_by_abs_error_with_every_field(buggy: gradwatch.GradCheckReport) -> None:
@@ -121,7 +123,7 @@ def test_report_counts(buggy: gradwatch.GradCheckReport) -> None:
 def test_both_vectors_zero_is_nothing_judged_never_a_pass() -> None:
     report = gradwatch.check_function(lambda t: 1.0, np.ones(3), np.zeros(3))
     assert report.verdict is Verdict.NOT_JUDGED
-    assert math.isnan(report.difference) and math.isnan(report.per_parameter["theta"])
+    assert math.isnan(report.difference) and math.isnan(report.parameters["theta"].difference)
     assert report.parameters["theta"].reason == "within noise"
     assert report.message.startswith("nothing could be judged")
     assert report.headline().startswith("not judged: nothing judged; 3 of 3 components")
@@ -257,10 +259,10 @@ def test_str_is_a_readable_summary(buggy: gradwatch.GradCheckReport) -> None:
     rows = [row.split()[0] for row in table.splitlines()[2:]]
     assert rows[:3] == ["W[0,", "b[0]", "W[1,"]
     assert table.splitlines()[2].endswith("disagrees (longer steps)")
-    per_parameter = text[text.index("\nparameters:") :].splitlines()[3:]
-    assert [row.split()[0] for row in per_parameter] == ["W", "b"]
-    assert per_parameter[0].endswith("2/2/0  fail")
-    assert f"{buggy.per_parameter['b']:.2e}" in per_parameter[1]
+    rows = text[text.index("\nparameters:") :].splitlines()[3:]
+    assert [row.split()[0] for row in rows] == ["W", "b"]
+    assert rows[0].endswith("2/2/0  fail")
+    assert f"{buggy.parameters['b'].difference:.2e}" in rows[1]
 
 
 def test_to_dict_is_json_safe_and_matches_the_report(buggy: gradwatch.GradCheckReport) -> None:
@@ -272,10 +274,10 @@ def test_to_dict_is_json_safe_and_matches_the_report(buggy: gradwatch.GradCheckR
     assert (data["components_checked"], data["components_total"]) == (5, 5)
     assert data["evaluations"] == buggy.evaluations
     assert data["thresholds"] == {"pass_max": 1e-7, "warn_max": 1e-3}
-    assert data["per_parameter"] == pytest.approx(buggy.per_parameter)
+    assert "per_parameter" not in data  # each parameter's difference is in "parameters"
     assert data["parameters"]["W"] == {
         "verdict": "fail",
-        "difference": pytest.approx(buggy.per_parameter["W"]),
+        "difference": pytest.approx(buggy.parameters["W"].difference),
         "noise_floor": pytest.approx(buggy.parameters["W"].noise_floor),
         "agrees": 2,
         "disagrees": 2,
@@ -284,12 +286,14 @@ def test_to_dict_is_json_safe_and_matches_the_report(buggy: gradwatch.GradCheckR
         "tensor_test": pytest.approx(buggy.parameters["W"].tensor_test),
     }
     assert data["parameters"]["W"]["tensor_test"] > 1  # the errors are far beyond J's noise
-    assert data["readings"] == {"agrees": 2, "disagrees": 3, "not judged": 0}
+    assert data["reading_counts"] == {"agrees": 2, "disagrees": 3, "not judged": 0}
+    assert data["kink_count"] == buggy.kink_count == 0
     first = data["worst"][0]
     assert first["name"] == "W" and first["index"] == [0, 1] and first["flat_index"] == 1
     assert first["analytic"] == 2.5 and first["abs_error"] == pytest.approx(0.5)
     assert first["reading"] == "disagrees" and first["recheck"] == "longer steps"
-    assert set(first) >= {"numeric", "rel_error", "noise", "reason", "kink"}
+    assert set(first) >= {"numeric", "rel_error", "numeric_noise", "reason", "kink"}
+    assert first["numeric_noise"] == buggy.worst(1)[0].numeric_noise
 
 
 def test_to_dict_keeps_non_finite_values_as_floats() -> None:
@@ -320,7 +324,7 @@ def test_a_pass_says_what_it_rests_on() -> None:
     assert "; 2 of 2 components (50% judged): 1 agree, 1 not judged;" in report.headline()
     assert "not judged: 1 tensor (b)" in report.headline()
     assert "  coverage: pass on 50% of components; not judged: 1 tensor (b)" in str(report)
-    assert report.to_dict()["coverage"] == {"judged_share": 0.5, "not_judged": ["b"]}
+    assert report.to_dict()["coverage"] == {"judged_share": 0.5, "parameters_not_judged": ["b"]}
     twin = gradwatch.check_function(
         lambda t: float(t[0] ** 2 + t[1] ** 2), np.array([1.0, 2.0]), np.array([2.0, 4.0]),
         layout={"w": (1,), "b": (1,)},

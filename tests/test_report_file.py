@@ -31,7 +31,8 @@ def _strings(value: Any) -> list[str]:
 def not_judged() -> gradwatch.GradCheckReport:
     # J constant, its gradient zero: nothing to judge, every difference NaN.
     report = gradwatch.check_function(lambda t: 1.0, np.ones(3), np.zeros(3))
-    assert report.verdict is Verdict.NOT_JUDGED and math.isnan(report.per_parameter["theta"])
+    assert report.verdict is Verdict.NOT_JUDGED
+    assert math.isnan(report.parameters["theta"].difference)
     return report
 
 
@@ -48,14 +49,15 @@ def test_a_not_judged_difference_is_null_in_the_file_and_nan_when_loaded(
     path = gradwatch.save_report(not_judged, tmp_path / "r.json", step=3)
     text = path.read_text(encoding="utf-8")
     raw = json.loads(text, parse_constant=_refuse)  # no NaN, Infinity, -Infinity token
-    assert raw["per_parameter"] == {"theta": None} and raw["difference"] is None
-    assert raw["non_finite"]["/per_parameter/theta"] == "nan"
+    assert raw["parameters"]["theta"]["difference"] is None and raw["difference"] is None
+    assert raw["non_finite"]["/parameters/theta/difference"] == "nan"
     assert raw["non_finite"]["/difference"] == "nan"
     numbers = {k: v for k, v in raw.items() if k != "non_finite"}
     assert not {"nan", "inf", "-inf"} & set(_strings(numbers))  # no number written as a string
     data = gradwatch.load_report(path)
-    assert math.isnan(data["per_parameter"]["theta"]) and math.isnan(data["difference"])
-    assert not data["per_parameter"]["theta"] < 1e-3  # a comparison, never a TypeError
+    theta = data["parameters"]["theta"]["difference"]
+    assert math.isnan(theta) and math.isnan(data["difference"])
+    assert not theta < 1e-3  # a comparison, never a TypeError
     assert data["location"] is None and "non_finite" not in data  # null that is no number
     assert (data["verdict"], data["step"]) == ("not judged", 3)
 
@@ -83,22 +85,68 @@ def test_a_context_value_is_converted_alike_its_key_escaped(tmp_path: Path) -> N
     assert gradwatch.load_report(path)["extra"] == {"a/b~c": -math.inf}
 
 
-def test_a_file_of_0_2_with_nan_strings_loads_with_numbers_as_floats(tmp_path: Path) -> None:
+def test_a_file_of_0_2_with_nan_strings_loads_under_0_3s_names(tmp_path: Path) -> None:
     old = {
         "gradwatch_version": "0.2.0",
         "verdict": "not judged",
         "difference": "nan",
+        "readings": {"agrees": 0, "disagrees": 0, "not judged": 2},
+        "kinks": 1,
+        "parameters": {"4.bias": {"verdict": "not judged", "difference": "nan"}},
         "per_parameter": {"4.bias": "nan", "4.weight": 1.5e-9},
-        "worst": [{"name": "4.bias", "analytic": "-inf", "reason": "within noise"}],
+        "worst": [{"name": "4.bias", "analytic": "-inf", "noise": "inf", "reason": "within noise"}],
         "location": None,
     }
     path = tmp_path / "old.json"
     path.write_text(json.dumps(old), encoding="utf-8")
     data = gradwatch.load_report(path)
-    assert math.isnan(data["difference"]) and math.isnan(data["per_parameter"]["4.bias"])
-    assert data["per_parameter"]["4.weight"] == 1.5e-9
-    assert data["worst"] == [{"name": "4.bias", "analytic": -math.inf, "reason": "within noise"}]
+    assert math.isnan(data["difference"]) and math.isnan(data["parameters"]["4.bias"]["difference"])
+    assert data["reading_counts"] == {"agrees": 0, "disagrees": 0, "not judged": 2}
+    assert data["kink_count"] == 1
+    assert not {"readings", "kinks", "per_parameter"} & set(data)
+    assert data["worst"] == [
+        {
+            "name": "4.bias",
+            "analytic": -math.inf,
+            "numeric_noise": math.inf,
+            "reason": "within noise",
+        }
+    ]
     assert data["location"] is None and data["verdict"] == "not judged"
+
+
+def test_a_file_of_0_2_with_non_finite_pointers_loads_under_0_3s_names(tmp_path: Path) -> None:
+    # What builds between 0.2.0 and 0.3.0 wrote: null in place, the pointer under the old key.
+    old = {
+        "gradwatch_version": "0.2.0",
+        "difference": None,
+        "readings": {"agrees": 1, "disagrees": 0, "not judged": 1},
+        "per_parameter": {"b": None},
+        "coverage": {"judged_share": 0.5, "not_judged": ["b"]},
+        "worst": [{"name": "b", "noise": None, "rel_error": None}],
+        "non_finite": {
+            "/difference": "nan",
+            "/per_parameter/b": "nan",
+            "/worst/0/noise": "inf",
+            "/worst/0/rel_error": "nan",
+        },
+    }
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old), encoding="utf-8")
+    data = gradwatch.load_report(path)
+    assert set(data) == {"gradwatch_version", "difference", "reading_counts", "worst", "coverage"}
+    assert data["coverage"] == {"judged_share": 0.5, "parameters_not_judged": ["b"]}
+    assert math.isnan(data["difference"]) and data["reading_counts"]["agrees"] == 1
+    assert data["worst"][0]["numeric_noise"] == math.inf and "noise" not in data["worst"][0]
+    assert math.isnan(data["worst"][0]["rel_error"])
+
+
+def test_a_file_of_0_3_keeps_its_keys(tmp_path: Path) -> None:
+    # 0.3's names are not mapped again: a key of that name in a 0.3 file stays what it is.
+    report = gradwatch.check_function(lambda t: float(t @ t), np.ones(2), 2 * np.ones(2))
+    path = gradwatch.save_report(report, tmp_path / "r.json", kinks="context of the user")
+    data = gradwatch.load_report(path)
+    assert data["kinks"] == "context of the user" and data["kink_count"] == report.kink_count
 
 
 def test_context_must_not_take_the_files_own_key(tmp_path: Path) -> None:

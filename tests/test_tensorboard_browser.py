@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gradwatch.callbacks import _card, _logs
+from gradwatch import _callback_card as _card
+from gradwatch import _callback_text as _text
 from tests.browser import (
     CARDS,
     DEEP_TEXT,
@@ -53,7 +54,7 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 def _card_of(check: Any, step: int, run: str) -> _card.CardContent:
     """What the card of the check at ``step`` of ``run`` says, from the callback's reports."""
     history = [
-        _card.Point(s, _logs.difference_of(r), _logs.verdict_of(r))
+        _card.Point(s, _text.difference_of(r), _text.verdict_of(r))
         for s, r in check.reports.items()
         if s < step
     ]

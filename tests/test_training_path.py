@@ -161,7 +161,7 @@ def test_an_eager_model_in_float32_passes_and_says_nothing_was_compiled() -> Non
     assert found.verdict is Verdict.PASS and report.verdict is Verdict.PASS
     # The training path is the eager code itself: its error is the first eager run's.
     assert all(p.ratio <= 1.0 for p in found.parameters.values())
-    assert list(found.parameters) == list(report.per_parameter)
+    assert list(found.parameters) == list(report.parameters)
     assert all(0 < p.error < 1e-6 for p in found.parameters.values())
     # BatchNorm cancels the gradient of the bias before it: in float32 it is all rounding, and
     # its floor is taken at the scale of the model's gradients.

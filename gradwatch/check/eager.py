@@ -224,7 +224,7 @@ def _report(
         notes=notes,
         failure=found.failure,
         mode=o.mode,
-        noise=None if evidence is None else evidence.noise,
+        numeric_noise=None if evidence is None else evidence.noise,
         readings=None if evidence is None else evidence.reading,
         reasons=None if evidence is None else evidence.reason,
         rechecks=None if evidence is None else evidence.recheck,

@@ -121,7 +121,7 @@ def name_missing_terms(
 def _fits(report: GradCheckReport, at: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     """Where ``predicted`` is backprop's value and not J's own gradient (a component where the
     prediction is also J's gradient says nothing of the hypothesis)."""
-    tol = tolerance(report.numeric[at], np.asarray(report.noise)[at])
+    tol = tolerance(report.numeric[at], np.asarray(report.numeric_noise)[at])
     distinct = ~fits(report.numeric[at], predicted, tol)
     return np.asarray(fits(report.analytic[at], predicted, tol) & distinct)
 

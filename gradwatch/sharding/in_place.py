@@ -158,5 +158,5 @@ def check_in_place(
     return GradCheckReport(
         layout=layout, indices=indices, analytic=analytic, numeric=numeric, epsilon=epsilon,
         dtype="float64", evaluations=1 + 2 * indices.size, seconds=time.perf_counter() - start,
-        thresholds=thresholds or Thresholds(), noise=noise,
+        thresholds=thresholds or Thresholds(), numeric_noise=noise,
     )  # fmt: skip

@@ -1,4 +1,5 @@
-"""J for a LightningModule, and the quiet room it is evaluated in.
+"""J for a LightningModule, and the quiet room it is evaluated in (no Lightning imported: the
+callback says whether ``training_step`` takes ``batch_idx``).
 
 J is what the module trains on: the loss ``training_step(batch, batch_idx)`` returns (a tensor, or
 the ``"loss"`` entry of a dict), or ``gradcheck_loss(batch)`` where the module defines one. The
@@ -18,7 +19,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
 from torch import nn
 from torch._C import _functorch
 
@@ -46,25 +46,9 @@ def has_custom_loss(module: nn.Module) -> bool:
     return callable(getattr(module, "gradcheck_loss", None))
 
 
-def require_objective(module: Any) -> None:
-    """Fails at setup when ``training_step`` cannot give J and ``gradcheck_loss`` is missing."""
-    if has_custom_loss(module):
-        return
-    name = type(module).__name__
-    if not module.automatic_optimization:
-        reason = "uses manual optimization, so its `training_step` does not return the loss J"
-    elif is_param_in_hook_signature(module.training_step, "dataloader_iter", explicit=True):
-        reason = "takes `dataloader_iter` in `training_step`, so the check cannot hand it a batch"
-    else:
-        return
-    raise ValueError(
-        f"GradientCheck: `{name}` {reason}; define `gradcheck_loss(self, batch)` on `{name}` "
-        "returning the scalar cost J (regularization included)"
-    )
-
-
-def objective(module: Any, batch_idx: int) -> LossFn:
-    """``loss_fn(model, batch)`` for the engine: ``gradcheck_loss`` or ``training_step``'s loss.
+def objective(module: Any, batch_idx: int, with_index: bool = True) -> LossFn:
+    """``loss_fn(model, batch)`` for the engine: ``gradcheck_loss`` or ``training_step``'s loss
+    (``training_step(batch, batch_idx)``, or ``training_step(batch)`` unless ``with_index``).
 
     The state the module and its submodules keep is put back as it was after every evaluation
     (see :class:`_StateKeeper`): the engine evaluates J hundreds of times, many θ at once under
@@ -72,7 +56,7 @@ def objective(module: Any, batch_idx: int) -> LossFn:
     metric would also break the next call). Warnings raised under vmap are dropped (see
     :func:`_batched_quietly`). One objective serves one check.
     """
-    loss = _custom_loss if has_custom_loss(module) else _training_loss(module, batch_idx)
+    loss = _custom_loss if has_custom_loss(module) else _training_loss(batch_idx, with_index)
     keeper = _StateKeeper()
 
     def evaluation(model: nn.Module, batch: Any) -> torch.Tensor:
@@ -104,10 +88,7 @@ def _custom_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     return output
 
 
-def _training_loss(module: Any, batch_idx: int) -> LossFn:
-    # Lightning passes batch_idx only to a training_step that takes it; so do we.
-    with_index = is_param_in_hook_signature(module.training_step, "batch_idx", min_args=2)
-
+def _training_loss(batch_idx: int, with_index: bool) -> LossFn:
     def training_loss(model: nn.Module, batch: Any) -> torch.Tensor:
         step: Callable[..., Any] = model.training_step  # type: ignore[assignment]
         output = step(batch, batch_idx) if with_index else step(batch)

@@ -1,87 +1,26 @@
-"""What a check writes: how the report is read (the few functions below are the only ones that
-touch it), the tags, the scalars every logger gets, and the console summary.
+"""The callback's reading of a report, as text and numbers, without Lightning: each parameter's
+row worst first, the difference and floor of a check that may not have finished, the console
+line, the report as TensorBoard's markdown, and the advice for a pass with tensors not judged.
 
-Tags, for a callback named ``gradcheck`` (``name``, its default), fall in TensorBoard groups by
-what they are for (TensorBoard groups tags by the part before the first ``/``):
-
-- ``gradcheck/…``: the answer over time: ``difference``, ``log10_difference``, ``verdict``, and
-  the text ``report``;
-- ``gradcheck_parameters/<parameter>``: each parameter's own difference;
-- ``gradcheck_details/…``: noise floor, kinks, counts of each reading, band lines, the error
-  histogram.
-
-A callback named ``gradcheck/encoder`` writes ``gradcheck/encoder/…``,
-``gradcheck_parameters/encoder/…`` and ``gradcheck_details/encoder/…``.
+``gradwatch.callbacks`` logs what these return, :mod:`gradwatch._callback_scalars` makes its
+numbers of them and :mod:`gradwatch._callback_card` draws them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gradwatch import GradCheckReport, Verdict
+from gradwatch.report import GradCheckReport
+from gradwatch.reporting.text import coverage
+from gradwatch.verdict import Verdict
 
-# Tags after the callback's name ("gradcheck" unless told): the answer.
-DIFFERENCE = "difference"
-LOG10_DIFFERENCE = "log10_difference"
-VERDICT = "verdict"
-REPORT = "report"  # the text
-# Tags of the details group.
-NOISE_FLOOR = "noise_floor"
-LOG10_FLOOR = "log10_noise_floor"
-KINKS = "kinks"
-READING_TAGS = {  # the count of components with each reading
-    "agrees": "agreeing_components",
-    "disagrees": "disagreeing_components",
-    "not judged": "not_judged_components",
-}
-BANDS = "bands"
-LOG10_PASS_MAX = "bands/log10_pass_max"
-LOG10_WARN_MAX = "bands/log10_warn_max"
-LOG10_ABS_ERROR = "log10_abs_error"  # the histogram
-DEFAULT_NAME = "gradcheck"
-# The group of the at-a-glance images, one per callback: TensorBoard lists groups in character
-# order, capitals first, so this one comes before Lightning's `epoch` and lowercase user tags.
-CARD_GROUP = "GradientCheck"
+DEFAULT_NAME = "gradcheck"  # the callback's `name` unless told: the prefix of its tags
 NOT_JUDGED = Verdict.NOT_JUDGED.value
 # Differences below float64's machine epsilon are all "zero"; a floor keeps log10 finite and
 # the chart's axis readable.
 LOG10_FLOOR_VALUE = 1e-16
-
-
-@dataclass(frozen=True)
-class Tags:
-    """The tag names of one callback, from its ``name``.
-
-    Example:
-        >>> Tags("gradcheck/encoder").parameter("net.0.weight")
-        'gradcheck_parameters/encoder/net.0.weight'
-        >>> Tags("gradcheck").detail("kinks"), Tags("gradcheck").card
-        ('gradcheck_details/kinks', 'GradientCheck/gradcheck')
-    """
-
-    name: str
-
-    def _group(self, kind: str) -> str:
-        root, _, rest = self.name.partition("/")
-        return f"{root}_{kind}" + (f"/{rest}" if rest else "")
-
-    def main(self, tag: str) -> str:
-        return f"{self.name}/{tag}"
-
-    def parameter(self, parameter: str) -> str:
-        return f"{self._group('parameters')}/{parameter}"
-
-    def detail(self, tag: str) -> str:
-        return f"{self._group('details')}/{tag}"
-
-    @property
-    def parameters_prefix(self) -> str:
-        return self._group("parameters") + "/"
-
-    @property
-    def card(self) -> str:
-        return f"{CARD_GROUP}/{self.name}"
 
 
 def label(name: str) -> str:
@@ -92,9 +31,6 @@ def label(name: str) -> str:
         ('GradientCheck', 'GradientCheck[gradcheck/encoder]')
     """
     return "GradientCheck" if name == DEFAULT_NAME else f"GradientCheck[{name}]"
-
-
-# -- reading the report (the only functions here that touch it) ---------------------------------
 
 
 @dataclass(frozen=True)
@@ -167,27 +103,6 @@ def headline(report: GradCheckReport) -> str:
     return f"fail: {report.failure}" if unfinished(report) else report.headline()
 
 
-# -- what every logger gets ---------------------------------------------------------------------
-
-
-def scalars(report: GradCheckReport, name: str = DEFAULT_NAME) -> dict[str, float]:
-    """The scalars every logger gets: the difference and the verdict level under ``name/``, each
-    parameter's difference in the parameters group (NaN where not judged), and the noise floor
-    and counts in the details group."""
-    tags = Tags(name)
-    values = {
-        tags.main(DIFFERENCE): difference_of(report),
-        tags.main(VERDICT): level_of(verdict_of(report)),
-        tags.detail(NOISE_FLOOR): floor_of(report),
-        tags.detail(KINKS): float(report.kink_count),
-    }
-    for reading, count in report.reading_counts.items():
-        values[tags.detail(READING_TAGS[reading])] = float(count)
-    for row in parameter_rows(report):
-        values[tags.parameter(row.name)] = row.difference
-    return values
-
-
 def log10(value: float) -> float:
     """log10 of a difference, floored at machine precision; NaN for a non-finite one.
 
@@ -207,3 +122,53 @@ def console_text(
     if not whole or verdict_of(report) == "pass" or unfinished(report):
         return line
     return f"{line}\n{report}"
+
+
+def partial_pass(report: GradCheckReport) -> str:
+    """For a pass with tensors not judged: what it rests on and what to do ("" otherwise)."""
+    if report.verdict is not Verdict.PASS or not report.parameters_with(Verdict.NOT_JUDGED):
+        return ""
+    return (
+        f"the gradient check passed on what it could judge: {coverage(report)}. Their "
+        "gradients could not be told from J's noise at the step tried, or are zero by "
+        "design (a zero-initialized scale or head): check them again after some training, "
+        "or with epsilon='auto'; warn_not_judged=False silences this."
+    )
+
+
+def report_markdown(step: int, report: GradCheckReport, k: int) -> str:
+    """The text TensorBoard shows: the verdict and what to do, each parameter's reading, the
+    ``k`` worst components, the notes.
+
+    Example:
+        >>> import numpy as np, gradwatch
+        >>> report = gradwatch.check_function(lambda t: float(t @ t), np.ones(2), 2 * np.ones(2))
+        >>> report_markdown(3, report, 0).splitlines()[0].endswith("(pass <= 1e-07, fail > 1e-03)")
+        True
+    """
+    verdict = verdict_of(report).upper()
+    if unfinished(report):
+        why = str(report.failure)
+        return f"### {verdict} at step {step}\n\n{why[:1].upper()}{why[1:]}"
+    t = report.thresholds
+    parts = [
+        f"### {verdict} at step {step}: difference {difference_of(report):.1e} "
+        f"(pass <= {t.pass_max:.0e}, fail > {t.warn_max:.0e})",
+        report.message,
+        _parameter_table(parameter_rows(report)),
+    ]
+    if k > 0:
+        parts += [f"**The {k} worst components**", report.worst_markdown(k)]
+    notes = visible_notes(report)
+    if notes:
+        parts.append("**Notes**\n\n" + "\n".join(f"- {note}" for note in notes))
+    return "\n\n".join(parts)
+
+
+def _parameter_table(rows: Sequence[ParameterRow]) -> str:
+    lines = ["| parameter | difference | verdict |", "|---|---|---|"]
+    for row in rows:
+        value = f"{row.difference:.2e}" if math.isfinite(row.difference) else "-"
+        why = f" ({row.reason})" if row.reason else ""
+        lines.append(f"| {row.name} | {value} | **{row.verdict}**{why} |")
+    return "\n".join(lines)

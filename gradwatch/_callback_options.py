@@ -1,9 +1,9 @@
-"""Constructor checks of ``GradientCheck``: raised at construction (also from a LightningCLI
-config), each naming the argument, the accepted values and the value received.
-
-An argument the callback hands to :func:`gradwatch.check_module` is checked by the engine's own
-rule (``gradwatch.arguments``, ``gradwatch.Thresholds``); the schedule's are checked here.
-Inside :func:`prefixed` every message starts with ``GradientCheck:``.
+"""The callback's own option rules, without Lightning: the schedule's (``after_steps``,
+``every_n_steps``), ``name``'s, and a call the constructor would refuse (an unknown keyword, with
+the option meant; an option removed in 0.3.0, with its replacement). Each message names the
+argument, the accepted values and the value received; inside :func:`prefixed` it starts with
+``GradientCheck:``. The options the callback hands to :func:`gradwatch.check_module` are checked
+by the engine's own rules (``gradwatch.arguments``, ``gradwatch.Thresholds``), not here.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, get_args
 
-from gradwatch.arguments import check_flag as check_flag  # the engine's rules, re-exported
-from gradwatch.arguments import check_include as check_include
-from gradwatch.arguments import is_int, reject
+from gradwatch.arguments import check_optional_count, is_int, reject
 
 OnFail = Literal["warn", "raise", "ignore"]
 ON_FAIL: tuple[str, ...] = get_args(OnFail)
+# Options removed in 0.3.0 and the option that replaced each: "did you mean" names it.
+REMOVED = {"components": "sample", "pass_max": "thresholds", "warn_max": "thresholds"}
 
 
 @contextmanager
@@ -51,7 +51,8 @@ def wrong_call(cls: type, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> T
         options = [p for p in signature.parameters if p != "self"]
         for key in kwargs:
             if key not in options and not _takes_any_keyword(signature):
-                close = difflib.get_close_matches(key, options, n=1)
+                close = [REMOVED[key]] if key in REMOVED else []
+                close = close or difflib.get_close_matches(key, options, n=1)
                 meant = f" did you mean `{close[0]}`?" if close else ""
                 return TypeError(
                     f"{cls.__name__}: `{key}` is no option;{meant} its options: "
@@ -95,3 +96,8 @@ def check_name(value: object) -> str:
     if not value or any(c.isspace() for c in value):
         reject("name", accepted, value)
     return value
+
+
+def check_every_n_steps(value: object) -> int | None:
+    """``every_n_steps``: None or a positive int."""
+    return check_optional_count("every_n_steps", value, "None or a positive int, e.g. 1000")

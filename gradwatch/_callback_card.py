@@ -1,6 +1,7 @@
-"""The at-a-glance image of a check, the first card TensorBoard shows: the verdict, the
-difference of every check so far against the pass and fail bands on a log scale, and the
-parameters worst first, with their names.
+"""The callback's at-a-glance image of a check, the first card TensorBoard shows (drawn here,
+without Lightning; ``gradwatch.callbacks`` writes it): the verdict, the difference of every
+check so far against the pass and fail bands on a log scale, and the parameters worst first,
+with their names.
 
 An image rather than charts because TensorBoard's landing page (Time Series) draws one tag per
 chart, on a linear axis, smoothed: none of which suits three checks read against two bands.
@@ -18,9 +19,14 @@ from functools import cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from gradwatch import GradCheckReport
-
-from . import _logs
+from gradwatch._callback_text import (
+    ParameterRow,
+    difference_of,
+    log10,
+    parameter_rows,
+    verdict_of,
+)
+from gradwatch.report import GradCheckReport
 
 # TensorBoard shows a card in a box of about 345 × 215 CSS pixels (327 wide at 1280 × 800 with
 # its settings open): the card is drawn at twice that, 720 wide and at most 450 high, so it is
@@ -88,9 +94,9 @@ def card_content(
         >>> content.title, content.rows[0][:2]
         ('FAIL at step 5', ('fail', 'b'))
     """
-    verdict = _logs.verdict_of(report)
-    difference = _logs.difference_of(report)
-    rows = _logs.parameter_rows(report)
+    verdict = verdict_of(report)
+    difference = difference_of(report)
+    rows = parameter_rows(report)
     shown = [] if report.failure else rows[:ROWS]  # a reason there is no reading says more
     return CardContent(
         verdict=verdict,
@@ -110,11 +116,11 @@ def card_content(
     )
 
 
-def _value(row: _logs.ParameterRow) -> str:
+def _value(row: ParameterRow) -> str:
     return f"{row.difference:.1e}" if math.isfinite(row.difference) else "-"
 
 
-def _footer(rest: Sequence[_logs.ParameterRow]) -> str:
+def _footer(rest: Sequence[ParameterRow]) -> str:
     if not rest:
         return ""
     counts: dict[str, int] = {}
@@ -208,7 +214,7 @@ def _chart(draw: ImageDraw.ImageDraw, content: CardContent, top: float) -> None:
     """The difference of each check (log10) over the fail, warn and pass bands: the bands'
     names on the left, their limits on the right."""
     left, right = 96, WIDTH - 110
-    finite = [_logs.log10(p.difference) for p in content.history if math.isfinite(p.difference)]
+    finite = [log10(p.difference) for p in content.history if math.isfinite(p.difference)]
     bottom = min([BOTTOM, *(math.floor(d) for d in finite)])
     edges = [
         top,
@@ -239,7 +245,7 @@ def _points(
     spacing = (right - left) / max(len(history) - 1, 1)
     xs = [left + i * spacing if len(history) > 1 else right for i in range(len(history))]
     line = [
-        (x, _y(_logs.log10(p.difference), bottom, top))
+        (x, _y(log10(p.difference), bottom, top))
         for x, p in zip(xs, history, strict=True)
         if math.isfinite(p.difference)
     ]
@@ -250,7 +256,7 @@ def _points(
         latest = number == len(history) - 1
         r = 12 if latest else 8
         if math.isfinite(point.difference):
-            y = _y(_logs.log10(point.difference), bottom, top)
+            y = _y(log10(point.difference), bottom, top)
             box = (x - r, y - r, x + r, y + r)
             draw.ellipse(box, fill=_color(point.verdict), outline="white", width=2)
         else:  # no difference to place: a cross at the top
