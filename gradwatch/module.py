@@ -15,30 +15,18 @@ from gradwatch.arguments import check_seed, check_torch_dtype, removed_keywords
 from gradwatch.check.eager import check_eager
 from gradwatch.check.input_errors import restated
 from gradwatch.check.scope import checked_parameters
-from gradwatch.common.blame import raised_in_users_code
 from gradwatch.evaluation.context import CheckContext
-from gradwatch.evaluation.cost import CALLS_BACKWARD, LossFn
+from gradwatch.evaluation.cost import LossFn
 from gradwatch.partition import Partition
 from gradwatch.report import GradCheckReport, Thresholds
-from gradwatch.reporting.text import coverage
 from gradwatch.training.compiled import EagerView, eager_names
 from gradwatch.training.float32_fallback import Counted, in_a_precision_j_runs, lower_precision
 from gradwatch.training.gradient_runs import compare_training_path
 from gradwatch.training_path import TrainingPath, check_training_path
 
-# LossFn (the type of ``loss_fn``), CALLS_BACKWARD (the refusal of a loss_fn that runs backward
-# itself), raised_in_users_code (whose error it is) and coverage (what a report's verdict rests
-# on, in words) are public here, for integrations.
-__all__ = [
-    "CALLS_BACKWARD",
-    "CheckMode",
-    "DropoutMode",
-    "LossFn",
-    "check_module",
-    "checked_parameters",
-    "coverage",
-    "raised_in_users_code",
-]
+# LossFn (the type of ``loss_fn``), CheckMode and DropoutMode (those of ``mode`` and ``dropout``)
+# are public here with check_module, for integrations (gradwatch.integration holds the rest).
+__all__ = ["CheckMode", "DropoutMode", "LossFn", "check_module", "checked_parameters"]
 
 DropoutMode = Literal["off", "freeze"]
 CheckMode = Literal["components", "directions"]

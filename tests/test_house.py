@@ -1,10 +1,12 @@
 """The house's habits (CONTRIBUTING.md, "The map of the house"): no folder of gradwatch/ holds more
 than 12 modules, callbacks/ holds at most 8 files, and no file of gradwatch/ or callbacks/ is
-longer than 350 lines. Each rule is
-also run on a planted tree that breaks it, so a rule that finds nothing is seen to find."""
+longer than 350 lines; the callback imports no ``gradwatch._*`` module (lint-imports' contract
+names the private wings; a wildcard there cannot say "a name starting with _"). Each rule is also
+run on a planted tree that breaks it, so a rule that finds nothing is seen to find."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,42 @@ def test_every_wing_is_a_package_setuptools_installs() -> None:
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     wings = sorted(p.parent.name for p in (ROOT / "gradwatch").glob("*/__init__.py"))
     assert wings and [w for w in wings if f'"gradwatch.{w}"' not in text] == []
+
+
+def private_imports(folder: Path) -> list[str]:
+    """Each ``gradwatch._*`` module (at any depth) the files of ``folder`` import."""
+    found = []
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            found += [
+                n
+                for n in names
+                if n.startswith("gradwatch.")
+                and not n.startswith("gradwatch.callbacks")
+                and any(part.startswith("_") for part in n.split(".")[1:])
+            ]
+    return found
+
+
+def test_the_callback_imports_no_private_gradwatch_module() -> None:
+    assert private_imports(ROOT / "callbacks") == []
+
+
+def test_a_planted_private_import_is_found(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text(
+        "import gradwatch.integration.text\n"
+        "from gradwatch import _callback_text as text, check_module\n"
+        "from gradwatch.integration import faults\n"
+        "import gradwatch._evaluate\n"
+    )
+    found = ["gradwatch._callback_text", "gradwatch._evaluate"]
+    assert private_imports(tmp_path) == found
 
 
 @pytest.mark.parametrize(("modules", "crowded"), [(12, {}), (13, {"pkg/wing": 13})])

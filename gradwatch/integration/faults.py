@@ -27,10 +27,25 @@ from torch import nn
 
 import gradwatch
 from gradwatch import GradCheckReport, Layout, PartitionError, Thresholds
-from gradwatch._callback_objective import ObjectiveError
 from gradwatch.common.blame import raised_in_users_code
 from gradwatch.evaluation.cost import CALLS_BACKWARD
+from gradwatch.integration.objective import ObjectiveError
 from gradwatch.module import checked_parameters
+
+__all__ = [
+    "CALLS_BACKWARD",
+    "UnsharedBatch",
+    "describe_batch",
+    "error_text",
+    "failed_report",
+    "internal_error",
+    "is_ours",
+    "last_frames",
+    "ours_warning",
+    "raised_in_users_code",
+    "reason",
+    "versions",
+]
 
 
 class UnsharedBatch(RuntimeError):

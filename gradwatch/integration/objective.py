@@ -24,6 +24,8 @@ from torch._C import _functorch
 
 from gradwatch.module import LossFn
 
+__all__ = ["ObjectiveError", "SkippedBatch", "has_custom_loss", "logging_muted", "objective"]
+
 _OPTIONS = (
     "return the loss from `training_step` (a tensor, or a dict with a 'loss' entry), or define "
     "`gradcheck_loss(self, batch)` on `{name}` returning the scalar cost J"

@@ -19,7 +19,7 @@ from functools import cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from gradwatch._callback_text import (
+from gradwatch.integration.text import (
     ParameterRow,
     difference_of,
     log10,
@@ -27,6 +27,8 @@ from gradwatch._callback_text import (
     verdict_of,
 )
 from gradwatch.report import GradCheckReport
+
+__all__ = ["SMALLEST", "WIDTH", "CardContent", "Point", "card_content", "render", "run_lines"]
 
 # TensorBoard shows a card in a box of about 345 × 215 CSS pixels (327 wide at 1280 × 800 with
 # its settings open): the card is drawn at twice that, 720 wide and at most 450 high, so it is
@@ -86,7 +88,7 @@ def card_content(
     """What the card of the check at ``step`` of ``run`` says; ``history`` holds the earlier
     checks.
 
-    Example:
+    Examples:
         >>> import numpy as np, gradwatch
         >>> report = gradwatch.check_function(
         ...     lambda t: float(t @ t), np.ones(2), np.array([2.0, 4.0]), layout={"w": 1, "b": 1})

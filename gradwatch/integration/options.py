@@ -16,6 +16,18 @@ from typing import Any, Literal, get_args
 
 from gradwatch.arguments import check_optional_count, is_int, reject
 
+__all__ = [
+    "ON_FAIL",
+    "REMOVED",
+    "OnFail",
+    "check_every_n_steps",
+    "check_name",
+    "check_steps",
+    "prefixed",
+    "told",
+    "wrong_call",
+]
+
 OnFail = Literal["warn", "raise", "ignore"]
 ON_FAIL: tuple[str, ...] = get_args(OnFail)
 # Options removed in 0.3.0 and the option that replaced each: "did you mean" names it.

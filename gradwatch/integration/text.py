@@ -2,8 +2,8 @@
 row worst first, the difference and floor of a check that may not have finished, the console
 line, the report as TensorBoard's markdown, and the advice for a pass with tensors not judged.
 
-``gradwatch.callbacks`` logs what these return, :mod:`gradwatch._callback_scalars` makes its
-numbers of them and :mod:`gradwatch._callback_card` draws them.
+``gradwatch.callbacks`` logs what these return, :mod:`gradwatch.integration.scalars` makes its
+numbers of them and :mod:`gradwatch.integration.card` draws them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,27 @@ from dataclasses import dataclass
 from gradwatch.report import GradCheckReport
 from gradwatch.reporting.text import coverage
 from gradwatch.verdict import Verdict
+
+__all__ = [
+    "DEFAULT_NAME",
+    "LOG10_FLOOR_VALUE",
+    "NOT_JUDGED",
+    "ParameterRow",
+    "console_text",
+    "coverage",
+    "difference_of",
+    "floor_of",
+    "headline",
+    "label",
+    "level_of",
+    "log10",
+    "parameter_rows",
+    "partial_pass",
+    "report_markdown",
+    "unfinished",
+    "verdict_of",
+    "visible_notes",
+]
 
 DEFAULT_NAME = "gradcheck"  # the callback's `name` unless told: the prefix of its tags
 NOT_JUDGED = Verdict.NOT_JUDGED.value

@@ -22,9 +22,21 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from gradwatch import _callback_text as text
+from gradwatch.integration import text as text
 from gradwatch.report import GradCheckReport
 from gradwatch.verdict import Thresholds
+
+__all__ = [
+    "BANDS",
+    "CARD_GROUP",
+    "LOG10_ABS_ERROR",
+    "READING_TAGS",
+    "TRAINING_PATH",
+    "Tags",
+    "band_scalars",
+    "category",
+    "scalars",
+]
 
 # Tags after the callback's name: the answer, then those of the details group.
 DIFFERENCE, LOG10_DIFFERENCE = "difference", "log10_difference"
