@@ -35,11 +35,10 @@ def users_code() -> Iterator[None]:
 def raised_in_users_code(err: BaseException) -> bool:
     """Whether ``err``, or an exception it was raised from or while handling, came out of code
     run inside :func:`users_code`: the user's loss, model or backward, not gradwatch (public as
-    ``gradwatch.module.raised_in_users_code``).
+    ``gradwatch.integration.faults.raised_in_users_code``).
 
     Example:
         >>> import torch, gradwatch
-        >>> from gradwatch.module import raised_in_users_code
         >>> def loss_fn(model, batch):
         ...     return batch["labels"]
         >>> try:

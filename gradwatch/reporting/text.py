@@ -39,7 +39,8 @@ def _tally(report: GradCheckReport, every: bool = True) -> str:
 
 def coverage(report: GradCheckReport) -> str:
     """What a verdict rests on: ``'pass on 97% of components; not judged: 2 tensors (a, b)'``
-    (public as ``gradwatch.module.coverage``; the callback's console line and card show it).
+    (public as ``gradwatch.integration.text.coverage``; the callback's console line and card
+    show it).
 
     Example:
         >>> import numpy as np, gradwatch
