@@ -46,6 +46,7 @@ test: $(STAMP)
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m ruff format --check .
 	$(BIN)/python -m mypy gradwatch callbacks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 	$(KERNELS) $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 	$(KERNELS) $(BIN)/python -m pytest -q -p no:cacheprovider -m slow tests/test_docs.py
@@ -54,6 +55,7 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m ruff format --check .
 	$(BIN)/python -m mypy gradwatch callbacks
+	$(BIN)/lint-imports
 
 # The documentation site (mkdocs.yml: docs/ and the API reference from the docstrings) in site/;
 # --strict turns every warning (a broken link, a page outside the nav) into an error. The `docs`

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import gradwatch
-from gradwatch import _module_check
+from gradwatch.check import eager as _module_check
 from tests.generic_nets import (
     LayerScaleNet,
     ResidualNet,

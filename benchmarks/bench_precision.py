@@ -21,8 +21,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import gradwatch
-from gradwatch import _precision
-from gradwatch._evaluate import ModuleCost
+from gradwatch.evaluation.cost import ModuleCost
+from gradwatch.precision import guard as _precision
 
 
 def _best(run: Callable[[], Any], repeats: int) -> float:

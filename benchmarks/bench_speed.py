@@ -15,8 +15,9 @@
     ``torch.autograd.gradcheck`` over the flat θ (MLP only), then three warm checks; then the
     floor: 2n forwards at the float64 matmul rate measured there. ``mlp_cold`` (issue 23) runs
     nothing before the check, and ``mlp_cold_before`` the same with gradwatch imported as before
-    issue 23 (without ``gradwatch._import_time``), side by side in each repeat; the full garbage
-    collections and the imports inside the first call are counted. ``--first`` picks the cases.
+    issue 23 (without ``gradwatch.common.warmup``), side by side in each repeat; the full
+    garbage collections and the imports inside the first call are counted. ``--first`` picks the
+    cases.
 (2) sampled: ``check_module(sample=k)`` for k = 150, 1,000, 2,000 against the batched-forward
     floor: the same 2k forwards (each of the check's batch), run as batches of 50 of them, on a
     float64 copy of the model with grad mode on, in the same process, alternating with the check.
@@ -58,9 +59,9 @@ import torch
 from torch import nn
 
 if "--before-import-time" in sys.argv:  # (1)'s baseline: gradwatch imported as before issue 23
-    sys.modules["gradwatch._import_time"] = type(sys)("gradwatch._import_time")
+    sys.modules["gradwatch.common.warmup"] = type(sys)("gradwatch.common.warmup")
 import gradwatch
-from gradwatch import _threads
+from gradwatch.evaluation import threads as _threads
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import models
@@ -119,7 +120,7 @@ def fresh(kind: str) -> dict[str, Any]:
 
 FIRST_KINDS = {
     "mlp_cold": "MLP 17,226 parameters, nothing run before the check",
-    "mlp_cold_before": "the same, gradwatch imported as before issue 23 (no _import_time)",
+    "mlp_cold_before": "the same, gradwatch imported as before issue 23 (no common.warmup)",
     "mlp": "MLP 17,226 parameters",
     "cnn": "small CNN 3,002 parameters",
 }

@@ -10,8 +10,8 @@ small gradient, bugs of 1% and 0.1% of one tensor, one row 5% off, a sign flip o
 the mean cross-entropy ("1"), 1e5 times it ("1e5") and 3e5 plus it ("3e5+"). A bug is detectable
 when its error e = a − g (g: the correct twin's backprop) stands out of the noise σ_i of
 Richardson's estimate at the longest step a re-read takes (float32's step, see
-``gradwatch._recheck.longest_steps``): some |e_i| > 8σ_i, or Σ(e_i/σ_i)² above the tensor test's
-bound; and its difference D is above the pass band. Not part of the test suite.
+``gradwatch.evidence.recheck.longest_steps``): some |e_i| > 8σ_i, or Σ(e_i/σ_i)² above the tensor
+test's bound; and its difference D is above the pass band. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import gradwatch
-from gradwatch._noise import NOISE_MULTIPLE
-from gradwatch._numeric import relative_difference
-from gradwatch._recheck import longest_steps
-from gradwatch._tensor_test import chi2_bound
+from gradwatch.common.numeric import relative_difference
+from gradwatch.evidence.noise import NOISE_MULTIPLE
+from gradwatch.evidence.recheck import longest_steps
+from gradwatch.evidence.tensor_test import chi2_bound
 from tests import power_nets
 
 # The noise of Richardson's estimate from steps H and 2H, in units of σ_J / (√2·H).

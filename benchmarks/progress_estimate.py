@@ -1,7 +1,7 @@
 """How right the progress bar's time left is: a full check of a 93k-parameter MLP, with every
 chunk of evaluations recorded, and at 10%, 25%, 50%, 75% and 90% of the evaluations the time left
-the bar shows (the average rate since the evaluations run steadily, see gradwatch._progress)
-next to the time the check then really took.
+the bar shows (the average rate since the evaluations run steadily, see
+gradwatch.reporting.progress) next to the time the check then really took.
 
 Run::
 
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch import _progress
+from gradwatch.reporting import progress as _progress
 
 
 def _recorded() -> list[tuple[float, int]]:

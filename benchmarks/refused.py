@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import gradwatch
-from gradwatch._evaluate import ModuleCost
+from gradwatch.evaluation.cost import ModuleCost
 
 Built = tuple[nn.Module, Callable[[nn.Module, Any], torch.Tensor], Any]
 

@@ -2,7 +2,7 @@
 ddp_spawn: one batch, split components), the check of a model sharded under
 ``ModelParallelStrategy``, the refusals at setup (strategies the check cannot read, a module
 that gives no J, collectives inside J), and what a check that raised comes to, the same in every
-process. Whose error it is and how it is told is :mod:`gradwatch._callback_faults`'s.
+process. Whose error it is and how it is told is :mod:`gradwatch.integration.faults`'s.
 
 Everything goes through the Trainer's strategy (``broadcast``, ``all_gather``), so it works for
 any launcher Lightning supports and does nothing at all in a single process.
@@ -22,16 +22,15 @@ from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signatu
 from torch import nn
 
 from gradwatch import GradCheckReport, Partition, PartitionError
-from gradwatch import _callback_faults as faults
-from gradwatch._callback_objective import (
+from gradwatch.integration import faults as faults
+from gradwatch.integration.objective import (
     ObjectiveError,
     SkippedBatch,
     has_custom_loss,
     logging_muted,
     objective,
 )
-from gradwatch._replica import is_sharded
-from gradwatch.sharded import check_sharded
+from gradwatch.sharded import check_sharded, is_sharded
 
 # -- J from the module -------------------------------------------------------------------------
 
@@ -54,7 +53,7 @@ def require_objective(module: Any) -> None:
 
 
 def module_objective(module: Any, batch_idx: int) -> Callable[[nn.Module, Any], torch.Tensor]:
-    """J of ``module`` on a batch (see :func:`gradwatch._callback_objective.objective`); Lightning
+    """J of ``module`` on a batch (see :func:`gradwatch.integration.objective.objective`); Lightning
     passes ``batch_idx`` only to a ``training_step`` that takes it, and so does the check."""
     with_index = is_param_in_hook_signature(module.training_step, "batch_idx", min_args=2)
     return objective(module, batch_idx, with_index)

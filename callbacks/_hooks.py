@@ -21,9 +21,9 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from gradwatch import GradCheckReport, PartitionError, check_module
-from gradwatch import _callback_faults as faults
-from gradwatch import _callback_text as text
-from gradwatch._callback_objective import logging_muted
+from gradwatch.integration import faults as faults
+from gradwatch.integration import text as text
+from gradwatch.integration.objective import logging_muted
 from gradwatch.module import CheckMode, DropoutMode, checked_parameters
 from gradwatch.sharded import check_budget
 

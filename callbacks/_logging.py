@@ -1,7 +1,7 @@
 """What a check writes: the scalars to every logger; TensorBoard's card, text, histogram and
 Custom Scalars layout; and the files next to the logs (each report as JSON, a traceback for a bug
-report). What is written is :mod:`gradwatch._callback_scalars`'s (the numbers and their tags),
-:mod:`gradwatch._callback_text`'s and :mod:`gradwatch._callback_card`'s; here it is written.
+report). What is written is :mod:`gradwatch.integration.scalars`'s (the numbers and their tags),
+:mod:`gradwatch.integration.text`'s and :mod:`gradwatch.integration.card`'s; here it is written.
 
 A TensorBoard logger is told by what its writer can do, not by its class: ``pytorch_lightning``'s
 and ``lightning``'s ``TensorBoardLogger`` (and any logger whose ``experiment`` is such a writer)
@@ -26,10 +26,10 @@ from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData
 from torch.utils.tensorboard import SummaryWriter
 
 from gradwatch import GradCheckReport, Thresholds, save_report
-from gradwatch import _callback_card as card
-from gradwatch import _callback_scalars as numbers
-from gradwatch import _callback_text as text
-from gradwatch._callback_scalars import Tags
+from gradwatch.integration import card as card
+from gradwatch.integration import scalars as numbers
+from gradwatch.integration import text as text
+from gradwatch.integration.scalars import Tags
 
 # What a writer must offer to get the whole picture (its class must define them: a stand-in
 # that answers any call, as Lightning's on ranks other than zero, is no writer).

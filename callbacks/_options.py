@@ -2,8 +2,8 @@
 as a LightningCLI config sees them, the options handed to the engine, and the checkpoint key.
 
 Every option is checked at construction by one rule: the engine's for what
-:func:`gradwatch.check_module` takes (``gradwatch._validate``, ``gradwatch.Thresholds``), the
-callback's own for the rest (:mod:`gradwatch._callback_options`). This is the one file of
+:func:`gradwatch.check_module` takes (``gradwatch.arguments``, ``gradwatch.Thresholds``), the
+callback's own for the rest (:mod:`gradwatch.integration.options`). This is the one file of
 ``gradwatch.callbacks`` that imports those rules.
 
 LightningCLI parses configs with jsonargparse, which checks a value against its parameter's type
@@ -25,24 +25,24 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
 from pytorch_lightning.utilities import rank_zero_warn
 
-from gradwatch._callback_options import ON_FAIL as ON_FAIL
-from gradwatch._callback_options import OnFail as OnFail
-from gradwatch._callback_options import check_every_n_steps as check_every_n_steps
-from gradwatch._callback_options import check_name as check_name
-from gradwatch._callback_options import check_steps as check_steps
-from gradwatch._callback_options import prefixed as prefixed
-from gradwatch._callback_options import told as told
-from gradwatch._callback_options import wrong_call as wrong_call
-from gradwatch._validate import CHECK_MODES as CHECK_MODES
-from gradwatch._validate import DROPOUT_MODES as DROPOUT_MODES
-from gradwatch._validate import check_choice as check_choice
-from gradwatch._validate import check_epsilon as check_epsilon
-from gradwatch._validate import check_flag as check_flag
-from gradwatch._validate import check_include as check_include
-from gradwatch._validate import check_non_negative as check_non_negative
-from gradwatch._validate import check_sample as check_sample
-from gradwatch._validate import check_seed as check_seed
-from gradwatch._validate import check_thresholds as check_thresholds
+from gradwatch.arguments import CHECK_MODES as CHECK_MODES
+from gradwatch.arguments import DROPOUT_MODES as DROPOUT_MODES
+from gradwatch.arguments import check_choice as check_choice
+from gradwatch.arguments import check_epsilon as check_epsilon
+from gradwatch.arguments import check_flag as check_flag
+from gradwatch.arguments import check_include as check_include
+from gradwatch.arguments import check_non_negative as check_non_negative
+from gradwatch.arguments import check_sample as check_sample
+from gradwatch.arguments import check_seed as check_seed
+from gradwatch.arguments import check_thresholds as check_thresholds
+from gradwatch.integration.options import ON_FAIL as ON_FAIL
+from gradwatch.integration.options import OnFail as OnFail
+from gradwatch.integration.options import check_every_n_steps as check_every_n_steps
+from gradwatch.integration.options import check_name as check_name
+from gradwatch.integration.options import check_steps as check_steps
+from gradwatch.integration.options import prefixed as prefixed
+from gradwatch.integration.options import told as told
+from gradwatch.integration.options import wrong_call as wrong_call
 from gradwatch.training_path import TrainingPath
 from gradwatch.verdict import Thresholds
 

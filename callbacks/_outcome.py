@@ -12,8 +12,8 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zer
 from tqdm.auto import tqdm
 
 from gradwatch import GradCheckReport, Verdict
-from gradwatch import _callback_faults as faults
-from gradwatch import _callback_text as text
+from gradwatch.integration import faults as faults
+from gradwatch.integration import text as text
 
 from ._logging import write_error
 

@@ -11,7 +11,8 @@ Example:
     'pass'
 """
 
-from gradwatch._noise import JNoise
+from gradwatch.common.version import __version__ as __version__
+from gradwatch.evidence.noise import JNoise
 from gradwatch.function import check_function
 from gradwatch.layout import Layout
 from gradwatch.module import check_module
@@ -20,6 +21,10 @@ from gradwatch.report import Component, GradCheckReport, PrecisionDrift
 from gradwatch.report_file import load_report, save_report
 from gradwatch.training_path import TrainingPath
 from gradwatch.verdict import ParameterResult, Thresholds, Verdict
+
+# The report's renderers: each hands the report its words when imported (see gradwatch.report).
+from gradwatch.reporting import advice as _advice  # noqa: F401  # isort: skip
+from gradwatch.reporting import text as _text  # noqa: F401  # isort: skip
 
 __all__ = [
     "Component",
@@ -39,10 +44,8 @@ __all__ = [
     "save_report",
 ]
 
-__version__ = "0.3.0"
-
-# Last, after every other import: pays what the first check would (see gradwatch._import_time).
-from gradwatch import _import_time  # noqa: F401
+# Last, after every other import: pays what the first check would (see gradwatch.common.warmup).
+from gradwatch.common import warmup as _import_time  # noqa: F401
 
 # Names removed in 0.3.0, with what replaces each: asked for, they say so.
 _REMOVED = {"gradient_check": "gradwatch.check_function (the check of a function of θ)"}

@@ -5,11 +5,11 @@
   flip, a zero gradient where J moves, a transposed gradient, another tensor's gradient. The
   rule, for every pattern: it must predict the numeric value within ``FIT_NOISE`` measured noises
   (plus ``FIT_RELATIVE`` of the value) on at least ``FIT_SHARE`` of the tensor's wrong components,
-  and at least ``MIN_WRONG`` of them (see :mod:`gradwatch._patterns`).
+  and at least ``MIN_WRONG`` of them (see :mod:`gradwatch.findings.patterns`).
 * :func:`locate`: gradients flow backward, so a wrong backward corrupts every parameter its
   gradient reaches and no other: from each parameter's verdict and the autograd graph of J
   (:func:`trace_backward`), the modules where the first wrong gradient enters (see
-  :mod:`gradwatch._location`).
+  :mod:`gradwatch.findings.location`).
 
 Everything here is pure (numpy and torch); the report calls it.
 """
@@ -23,10 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradwatch._backward import BackwardGraph, backward_graph, module_spans, trace_backward
-from gradwatch._evidence import DISAGREES, RECHECKS
-from gradwatch._location import Location, locate
-from gradwatch._patterns import (
+from gradwatch.evidence.readings import DISAGREES, RECHECKS
+from gradwatch.findings.backward_graph import (
+    BackwardGraph,
+    backward_graph,
+    module_spans,
+    trace_backward,
+)
+from gradwatch.findings.location import Location, locate
+from gradwatch.findings.patterns import (
     FIT_NOISE,
     FIT_RELATIVE,
     FIT_SHARE,
@@ -254,8 +259,8 @@ def diagnose(
 
 def _at_one_point(report: GradCheckReport) -> dict[str, str]:
     """The verdicts the location compares. Where tensors were judged at the generic point
-    (:mod:`gradwatch._generic`), a tensor that passed at θ says nothing of a bug behind the zero
-    that cut those tensors off at θ: it constrains nothing, as one not judged."""
+    (:mod:`gradwatch.check.generic_point`), a tensor that passed at θ says nothing of a bug behind
+    the zero that cut those tensors off at θ: it constrains nothing, as one not judged."""
     verdicts = parameter_verdicts(report)
     there = np.asarray(report.rechecks) == RECHECKS.index("generic point")
     if not there.any():

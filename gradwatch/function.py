@@ -9,12 +9,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gradwatch._evidence import JITTER_STEPS, Moved, gather_evidence
-from gradwatch._noise import measure_noise
-from gradwatch._numeric import auto_steps, represented_steps, two_sided_costs
-from gradwatch._public import restated
-from gradwatch._validate import check_epsilon, check_seed, check_thresholds
+from gradwatch.arguments import check_epsilon, check_seed, check_thresholds
+from gradwatch.check.input_errors import restated
+from gradwatch.common.numeric import auto_steps, represented_steps, two_sided_costs
 from gradwatch.diagnosis import diagnose
+from gradwatch.evidence.model import JITTER_STEPS, gather_evidence
+from gradwatch.evidence.noise import measure_noise
+from gradwatch.evidence.objective import Moved
 from gradwatch.layout import Layout
 from gradwatch.report import GradCheckReport, Thresholds
 
@@ -126,7 +127,7 @@ def check_function(
 
     For every component i: dθ_approx[i] = (J(θ + ε·e_i) − J(θ − ε·e_i)) / 2ε, then the
     difference ‖dθ_approx − dθ‖₂ / (‖dθ_approx‖₂ + ‖dθ‖₂), in float64. Each component is then
-    read against J's measured noise (see :mod:`gradwatch._evidence`): it agrees, disagrees, or
+    read against J's measured noise (see :mod:`gradwatch.evidence.model`): it agrees, disagrees, or
     could not be judged, and the verdict follows from those readings.
 
     Args:

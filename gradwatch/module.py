@@ -11,19 +11,22 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from gradwatch._compiled import EagerView, eager_names
-from gradwatch._evaluate import LossFn
-from gradwatch._fallback import Counted, in_a_precision_j_runs, lower_precision
-from gradwatch._module_check import check_eager
-from gradwatch._public import restated
-from gradwatch._scope import checked_parameters
-from gradwatch._training_run import compare_training_path
-from gradwatch._validate import check_seed, check_torch_dtype, removed_keywords
+from gradwatch.arguments import check_seed, check_torch_dtype, removed_keywords
+from gradwatch.check.eager import check_eager
+from gradwatch.check.input_errors import restated
+from gradwatch.check.scope import checked_parameters
+from gradwatch.evaluation.context import CheckContext
+from gradwatch.evaluation.cost import LossFn
 from gradwatch.partition import Partition
 from gradwatch.report import GradCheckReport, Thresholds
+from gradwatch.training.compiled import EagerView, eager_names
+from gradwatch.training.float32_fallback import Counted, in_a_precision_j_runs, lower_precision
+from gradwatch.training.gradient_runs import compare_training_path
 from gradwatch.training_path import TrainingPath, check_training_path
 
-__all__ = ["check_module", "checked_parameters"]
+# LossFn (the type of ``loss_fn``), CheckMode and DropoutMode (those of ``mode`` and ``dropout``)
+# are public here with check_module, for integrations (gradwatch.integration holds the rest).
+__all__ = ["CheckMode", "DropoutMode", "LossFn", "check_module", "checked_parameters"]
 
 DropoutMode = Literal["off", "freeze"]
 CheckMode = Literal["components", "directions"]
@@ -68,7 +71,7 @@ def check_module(
 
     A compiled model (``torch.compile(model)``, ``model.compile()``, compiled submodules) is
     checked through the eager code it wraps, with the eager module's parameter names: nothing is
-    traced or run compiled (see :mod:`gradwatch._compiled`). Where J cannot be evaluated in
+    traced or run compiled (see :mod:`gradwatch.training.compiled`). Where J cannot be evaluated in
     ``dtype`` (an operation with a float32 kernel only) but can in a lower precision, the check
     runs in the highest such precision with ``epsilon="auto"``, judged against that precision's
     measured noise; the notes say so.
@@ -97,7 +100,7 @@ def check_module(
             ``"directions"`` (large models) compares random ±1 directions per tensor first,
             localizes the components of failing tensors by bisection and checks those one by
             one, plus each tensor's largest-gradient component and ``sample`` spread over
-            every tensor (default none); see :mod:`gradwatch._directions`. ``report.mode`` says
+            every tensor (default none); see :mod:`gradwatch.check.directions`. ``report.mode`` says
             which ran, the notes what the directions found.
         partition: in data-parallel training, this process's :class:`gradwatch.Partition`:
             every process calls ``check_module`` with the same arguments, evaluates its share
@@ -120,7 +123,7 @@ def check_module(
         keep_precision: ``True`` (default): while J and its gradient are evaluated, casts in
             the model's own code to a less precise dtype (``.float()``, ``.to(torch.float32)``,
             ``dtype=`` of factories and ops) keep ``dtype``, and the notes name where (see
-            :mod:`gradwatch._precision`); ``False`` runs the model as written.
+            :mod:`gradwatch.precision.guard`); ``False`` runs the model as written.
 
     Returns:
         A :class:`GradCheckReport` whose parameter names are those of ``named_parameters()``
@@ -155,8 +158,11 @@ def check_module(
             report = in_a_precision_j_runs(
                 run, counted, precision, epsilon,
                 lambda: lower_precision(
-                    view.module, loss_fn, batch, checked_parameters(view.module, include),
-                    precision, seed, dropout == "off",
+                    CheckContext(
+                        view.module, loss_fn, batch,
+                        tuple(checked_parameters(view.module, include)), precision, seed,
+                    ),
+                    dropout == "off",
                 ),
             )  # fmt: skip
         compiled = view.note(compared=path is not None)
@@ -165,9 +171,10 @@ def check_module(
         if path is None:
             return report
         start = time.perf_counter()
-        found = compare_training_path(
-            view, loss_fn, batch, report.layout.names, path, seed, getattr(torch, report.dtype)
+        reference = CheckContext(
+            view.module, loss_fn, batch, report.layout.names, getattr(torch, report.dtype), seed
         )
+        found = compare_training_path(view, reference, path)
         seconds = report.seconds + time.perf_counter() - start
         return replace(report, training_path=found, seconds=seconds)
     except Exception as err:  # an argument error found deep inside, told from here

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradwatch._numeric import same_cost
+from gradwatch.common.numeric import same_cost
 
 __all__ = ["Gather", "Partition", "PartitionError"]
 

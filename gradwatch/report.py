@@ -11,12 +11,20 @@ from typing import Any
 
 import numpy as np
 
-from gradwatch import _advice, _text, report_file
-from gradwatch._evidence import AGREES, DISAGREES, NOT_JUDGED, READINGS, REASONS, RECHECKS, read
-from gradwatch._location import Location
-from gradwatch._noise import JNoise
-from gradwatch._numeric import component_errors, relative_difference
-from gradwatch._patterns import Finding
+from gradwatch.common.numeric import component_errors, relative_difference
+from gradwatch.common.words import WORDS
+from gradwatch.evidence.noise import JNoise
+from gradwatch.evidence.readings import (
+    AGREES,
+    DISAGREES,
+    NOT_JUDGED,
+    READINGS,
+    REASONS,
+    RECHECKS,
+    read,
+)
+from gradwatch.findings.location import Location
+from gradwatch.findings.patterns import Finding
 from gradwatch.layout import Layout, format_label
 from gradwatch.training_path import TrainingPathResult
 from gradwatch.verdict import (
@@ -221,20 +229,20 @@ class GradCheckReport:
 
     def headline(self) -> str:
         """One line: ``pass: difference 3.1e-09 (noise floor 4e-10), 120 of 120 components …``."""
-        return _text.headline(self)
+        return str(WORDS["headline"](self))
 
     def worst_markdown(self, k: int = 10) -> str:
         """The ``k`` worst components as a markdown table."""
-        return _text.worst_markdown(self.worst(k))
+        return str(WORDS["worst_markdown"](self.worst(k)))
 
     def __str__(self) -> str:
-        return _text.summary(self)
+        return str(WORDS["summary"](self))
 
     def to_dict(self) -> dict[str, Any]:
         """A summary of plain Python values: str, int, bool, None, lists, dicts and floats (NaN
         where not judged, ±inf where measured so). :func:`gradwatch.save_report` writes it as
         standard JSON; :func:`gradwatch.load_report` gives it back."""
-        return report_file.as_dict(self)
+        return dict(WORDS["as_dict"](self))
 
 
 def _normalize(report: GradCheckReport) -> None:
@@ -278,10 +286,10 @@ def _derive(report: GradCheckReport) -> None:
     put(report, "plain_difference", relative_difference(*plain))
     put(report, "parameters", _parameters(report))
     if report.failure is None:
-        put(report, "failure", _advice.non_finite(report))
+        put(report, "failure", WORDS["non_finite"](report))
     verdicts = [r.verdict for r in report.parameters.values()]
     put(report, "verdict", Verdict.FAIL if report.failure else worst_verdict(verdicts))
-    put(report, "message", _advice.advice(report))
+    put(report, "message", WORDS["advice"](report))
     path = report.training_path  # the gradient that trains: it can only make the verdict worse
     if path is not None and path.verdict is Verdict.FAIL:
         put(report, "verdict", path.verdict)

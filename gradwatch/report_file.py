@@ -6,11 +6,12 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-if TYPE_CHECKING:
-    from gradwatch.report import Component, GradCheckReport
-    from gradwatch.verdict import ParameterResult
+from gradwatch.common.version import __version__
+from gradwatch.common.words import renders
+from gradwatch.report import Component, GradCheckReport
+from gradwatch.verdict import ParameterResult
 
 __all__ = ["as_dict", "load_report", "save_report"]
 
@@ -34,8 +35,6 @@ _DROPPED_0_2 = ("per_parameter",)
 
 def report_data(report: GradCheckReport, **context: Any) -> dict[str, Any]:
     """``report.to_dict()`` with the gradwatch version and ``context`` (e.g. the step) added."""
-    from gradwatch import __version__
-
     clash = sorted(set(context) & {*report.to_dict(), NON_FINITE_KEY})
     if clash:
         raise ValueError(
@@ -284,3 +283,7 @@ def as_dict(report: GradCheckReport) -> dict[str, Any]:
             "failure": drift.failure,
         },
     }
+
+
+# The report is data this module reads; it is handed these functions (gradwatch.common.words).
+renders(as_dict=as_dict)

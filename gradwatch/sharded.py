@@ -1,11 +1,11 @@
 """The gradient check of a DTensor-sharded model (FSDP2's ``fully_shard``, tensor parallelism's
 ``parallelize_module``, both on a 2-D mesh), run by every process that holds a shard.
 
-Each process gathers the model's full tensors into a plain replica (:mod:`gradwatch._replica`),
-with the user's parameter names, and the processes check it together as under DDP: each
-evaluates its share of the components (:class:`gradwatch.Partition`) and all return the same
-report. J is the loss the optimizer step minimizes: the mean over the processes of
-``loss_fn(model, batch)`` on each process's own batch (processes of one tensor-parallel group
+Each process gathers the model's full tensors into a plain replica
+(:mod:`gradwatch.sharding.replica`), with the user's parameter names, and the processes check it
+together as under DDP: each evaluates its share of the components (:class:`gradwatch.Partition`) and
+all return the same report. J is the loss the optimizer step minimizes: the mean over the processes
+of ``loss_fn(model, batch)`` on each process's own batch (processes of one tensor-parallel group
 hold the same batch, so this is the mean over the data-parallel batches).
 """
 
@@ -22,21 +22,22 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gradwatch._compiled import EagerView
-from gradwatch._evaluate import LossFn
-from gradwatch._in_place import check_in_place
-from gradwatch._replica import is_sharded, replica
-from gradwatch._scope import checked_parameters
-from gradwatch._sharded_path import sharded_gradient, training_replica
-from gradwatch._state import cast_batch
-from gradwatch._training_run import compare_training_path
-from gradwatch._validate import check_epsilon, check_sample, check_seed, reject
+from gradwatch.arguments import check_epsilon, check_sample, check_seed, reject
+from gradwatch.check.scope import checked_parameters
+from gradwatch.common.user_state import cast_batch
+from gradwatch.evaluation.context import CheckContext
+from gradwatch.evaluation.cost import LossFn
 from gradwatch.module import CheckMode, DropoutMode, check_module
 from gradwatch.partition import Partition, PartitionError
 from gradwatch.report import GradCheckReport, Thresholds
+from gradwatch.sharding.in_place import check_in_place
+from gradwatch.sharding.replica import is_sharded, replica
+from gradwatch.sharding.trained_gradient import sharded_gradient, training_replica
+from gradwatch.training.compiled import EagerView
+from gradwatch.training.gradient_runs import compare_training_path
 from gradwatch.training_path import TrainingPath, check_training_path
 
-__all__ = ["DivergedError", "check_budget", "check_sharded"]
+__all__ = ["DivergedError", "check_budget", "check_sharded", "is_sharded"]
 
 # What a failed sharded gradient most likely means: the model's mathematics is the replica's,
 # which the float64 check verified, so what differs is how the gradient was reduced.
@@ -141,8 +142,10 @@ def check_sharded(
     names = report.layout.names
     start = time.perf_counter()
     lowered, precision = training_replica(model, twin)
+    view = EagerView(lowered)
+    reference = CheckContext(view.module, mean, batches, names, getattr(torch, report.dtype), seed)
     found = compare_training_path(
-        EagerView(lowered), mean, batches, names, path, seed, getattr(torch, report.dtype),
+        view, reference, path,
         trained=lambda: sharded_gradient(model, loss_fn, batch, names, path, group),
     )  # fmt: skip
     found = replace(found, path=_describe(model, found.path, precision), cause=CAUSE)
@@ -209,7 +212,7 @@ def _in_place(
     epsilon: Any, include: Any, sample: int | None, seed: int, thresholds: Thresholds | None,
     mode: str, path: TrainingPath | None,
 ) -> GradCheckReport:  # fmt: skip
-    """The check on the shards (:mod:`gradwatch._in_place`), and the notes that say so."""
+    """The check on the shards (:mod:`gradwatch.sharding.in_place`), and the notes that say so."""
     step = check_epsilon(epsilon)
     if not isinstance(step, float):
         reject("epsilon", "a float for a check in place (replica_budget exceeded)", epsilon)

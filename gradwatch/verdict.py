@@ -1,8 +1,8 @@
 """Verdicts: how a parameter's verdict and the check's follow from the components' readings
-(:mod:`gradwatch._evidence`), and the material's bands they use.
+(:mod:`gradwatch.evidence.model`), and the material's bands they use.
 
 With D the material's formula over a parameter's judged components (those that agree or
-disagree), and the tensor test (:mod:`gradwatch._tensor_test`) over its measured components
+disagree), and the tensor test (:mod:`gradwatch.evidence.tensor_test`) over its measured components
 (judged, or read as within noise: where it convicts, D is taken over those):
 
 ===========  ========================================================================
@@ -28,9 +28,9 @@ from enum import Enum
 
 import numpy as np
 
-from gradwatch._numeric import relative_difference
-from gradwatch._readings import AGREES, DISAGREES, NOT_JUDGED, REASONS, WITHIN_NOISE
-from gradwatch._tensor_test import convicts, tensor_test
+from gradwatch.common.numeric import relative_difference
+from gradwatch.evidence.readings import AGREES, DISAGREES, NOT_JUDGED, REASONS, WITHIN_NOISE
+from gradwatch.evidence.tensor_test import convicts, tensor_test
 
 __all__ = ["ParameterResult", "Thresholds", "Verdict", "parameter_verdict", "worst_verdict"]
 
@@ -163,7 +163,7 @@ def parameter_verdict(
     pass_max: float = 0.0,
 ) -> ParameterResult:
     """One parameter's result from its components' values, noise, readings and reasons (codes of
-    :mod:`gradwatch._readings`), by the table above."""
+    :mod:`gradwatch.evidence.readings`), by the table above."""
     agrees, disagrees, skipped = (
         int(np.sum(reading == r)) for r in (AGREES, DISAGREES, NOT_JUDGED)
     )

@@ -29,13 +29,13 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from gradwatch._evaluate import _LossModule
-from gradwatch._state import (
+from gradwatch.common.user_state import (
     attention_fast_path_disabled,
     cast_batch,
     dropout_disabled,
     reseed,
 )
+from gradwatch.evaluation.cost import _LossModule
 
 _CPU = torch.device("cpu")
 Kind = Literal["factor", "sign", "zeroed", "transposed", "missing_term"]

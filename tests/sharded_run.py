@@ -22,8 +22,8 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import ModelParallelStrategy
 from torch.utils.data import DataLoader, TensorDataset
 
-from gradwatch._replica import full
 from gradwatch.callbacks import GradientCheck
+from gradwatch.sharding.replica import full
 from tests.sharded_models import MLP, Block, block_loss, fsdp, mlp_loss, tensor_parallel
 
 

@@ -12,7 +12,7 @@ import torch
 from torch.func import vmap
 from torch.nn import functional as F
 
-from gradwatch._batched_ops import BatchedOps, nll
+from gradwatch.evaluation.batched_ops import BatchedOps, nll
 
 
 def _logits(*shape: int) -> torch.Tensor:

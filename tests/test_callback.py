@@ -19,13 +19,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from gradwatch import Verdict
-from gradwatch import _callback_text as _text
 from gradwatch.callbacks import (
     GradientCheck,
     GradientCheckError,
     GradientCheckWarning,
     _hooks,
 )
+from gradwatch.integration import text as _text
 from tests.callback_models import (
     QUIET_LIGHTNING,
     CollectingModule,

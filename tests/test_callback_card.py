@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import gradwatch
-from gradwatch import _callback_card as _card
 from gradwatch.callbacks import _logging
+from gradwatch.integration import card as _card
 
 ROOM = _card.WIDTH - 40  # the run's lines, between the card's margins
 

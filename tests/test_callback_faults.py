@@ -26,9 +26,9 @@ from pytorch_lightning.callbacks import OnExceptionCheckpoint
 from torch import nn
 
 from gradwatch import PartitionError, Verdict
-from gradwatch._callback_faults import UnsharedBatch
 from gradwatch.callbacks import GradientCheck, GradientCheckError
 from gradwatch.callbacks._faults import same_batch
+from gradwatch.integration.faults import UnsharedBatch
 from tests.callback_models import (
     QUIET_LIGHTNING,
     FaultyModule,
@@ -394,11 +394,13 @@ class _Bug:
 def test_an_error_inside_gradwatch_is_ours_and_training_goes_on_untouched(
     tmp_path: Path, plain: dict[str, Any], monkeypatch: pytest.MonkeyPatch, on_fail: OnFail
 ) -> None:
-    import gradwatch._comparison
+    import gradwatch.check.comparison
 
     bug = IndexError("index 83 is out of bounds for axis 0 with size 83")
     monkeypatch.setattr(
-        gradwatch._comparison, "gather_evidence", _Bug(gradwatch._comparison.gather_evidence, bug)
+        gradwatch.check.comparison,
+        "gather_evidence",
+        _Bug(gradwatch.check.comparison.gather_evidence, bug),
     )
     logger = pl.loggers.CSVLogger(tmp_path, name="csv")
     module, check = _faulty("none"), GradientCheck(after_steps=(2, 4), on_fail=on_fail)
@@ -434,7 +436,7 @@ def test_an_error_inside_gradwatch_is_ours_and_training_goes_on_untouched(
 def test_an_error_writing_the_logs_is_ours_and_the_check_stands(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gradwatch import _callback_card as _card
+    from gradwatch.integration import card as _card
 
     monkeypatch.setattr(_card, "render", _Bug(_card.render, AttributeError("'NoneType' object")))
     check = GradientCheck(after_steps=(2,))
@@ -512,7 +514,7 @@ def test_an_error_in_the_users_model_is_a_failed_check_saying_where(
 
 
 def test_a_long_error_message_is_cut_between_words() -> None:
-    from gradwatch import _callback_faults as _faults
+    from gradwatch.integration import faults as _faults
 
     words = " ".join(f"word{i}" for i in range(100))
     shown = _faults.reason(ValueError(words), torch.zeros(1)).split("ValueError: ")[1]

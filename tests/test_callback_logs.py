@@ -20,10 +20,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 
 import gradwatch
-from gradwatch import _callback_card as _card
-from gradwatch import _callback_scalars as numbers
-from gradwatch import _callback_text as reading
 from gradwatch.callbacks import GradientCheck
+from gradwatch.integration import card as _card
+from gradwatch.integration import scalars as numbers
+from gradwatch.integration import text as reading
 from tests.callback_models import (
     ANSWER,
     DETAILS,
@@ -306,7 +306,7 @@ def test_a_check_that_judged_nothing_logs_not_judged() -> None:
 def test_a_check_that_could_not_finish_says_why_and_shows_no_difference() -> None:
     from torch import nn
 
-    from gradwatch import _callback_faults as _faults
+    from gradwatch.integration import faults as _faults
 
     why = "the check could not finish: ValueError: the loss cannot use this batch"
     report = _faults.failed_report(nn.Linear(2, 1), None, why, 1e-7, gradwatch.Thresholds())

@@ -16,8 +16,8 @@ import pytest
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
 
-from gradwatch import _progress
 from gradwatch.callbacks import GradientCheck
+from gradwatch.reporting import progress as _progress
 from tests.callback_models import QUIET_LIGHTNING, TinyModule, loader, trainer
 
 pytestmark = pytest.mark.filterwarnings(*QUIET_LIGHTNING)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from gradwatch import Verdict, check_module
-from gradwatch._compiled import EagerView, eager_names
+from gradwatch.training.compiled import EagerView, eager_names
 from tests.custom_ops import batch, cross_entropy
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gradwatch import Verdict, check_module
-from gradwatch._directions import directional_step
+from gradwatch.check.directions import directional_step
 from tests.nets import GatedNet, classification_batch, cross_entropy
 
 

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 from torch.nn.modules import module as module_hooks
 
-import gradwatch._vectorize as vectorizing
+import gradwatch.evaluation.vectorized as vectorizing
 from gradwatch import check_module
-from gradwatch._chunks import _why
-from gradwatch._evaluate import ModuleCost
-from gradwatch._state import cast_batch, dropout_disabled
+from gradwatch.common.user_state import cast_batch, dropout_disabled
+from gradwatch.evaluation.call_plan import _why
+from gradwatch.evaluation.cost import ModuleCost
 from tests.nets import GatedNet, classification_batch, cnn, cross_entropy, mlp
 from tests.refused import FillNet, ItemNet, NoRuleNet
 

@@ -10,7 +10,10 @@ import pytest
 
 import gradwatch
 from gradwatch import Verdict
-from gradwatch._evidence import (
+from gradwatch.evidence.model import gather_evidence
+from gradwatch.evidence.noise import NOISE_MULTIPLE
+from gradwatch.evidence.objective import Moved
+from gradwatch.evidence.readings import (
     AGREES,
     DISAGREES,
     NOT_JUDGED,
@@ -19,12 +22,9 @@ from gradwatch._evidence import (
     REASONS,
     STEP_LOST,
     WITHIN_NOISE,
-    Moved,
-    gather_evidence,
     read,
 )
-from gradwatch._noise import NOISE_MULTIPLE
-from gradwatch._recheck import explained, extrapolate
+from gradwatch.evidence.recheck import explained, extrapolate
 
 NOISE = 1e-9  # the noise of each numeric value below
 TOLERANCE = NOISE_MULTIPLE * NOISE
@@ -122,7 +122,7 @@ class _Relu:
         return Moved(moved, moved.grad(moved.theta), moved.cost(moved.theta))
 
 
-def _gather(j: _Relu, analytic: np.ndarray, h: float = 1e-7) -> gradwatch._evidence.Evidence:
+def _gather(j: _Relu, analytic: np.ndarray, h: float = 1e-7) -> gradwatch.evidence.model.Evidence:
     steps = np.full(3, h)
     return gather_evidence(
         j, analytic, j.pairs(np.arange(3), steps), j.cost(j.theta), steps, 1e-16, 1e-7

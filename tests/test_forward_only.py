@@ -15,9 +15,9 @@ from torch import nn
 from torch.autograd.function import Function
 
 from gradwatch import GradCheckReport, check_module
-from gradwatch._evaluate import ModuleCost
-from gradwatch._forward_only import _APPLY, functional, old_style, through_forward
-from gradwatch._noise import NOISE_MULTIPLE
+from gradwatch.evaluation.cost import ModuleCost
+from gradwatch.evaluation.forward_only import _APPLY, functional, old_style, through_forward
+from gradwatch.evidence.noise import NOISE_MULTIPLE
 from tests.nets import GatedNet, classification_batch, cross_entropy
 from tests.refused import FillNet, NoRuleNet, Scaled
 

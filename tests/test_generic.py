@@ -1,6 +1,6 @@
-"""The generic point (gradwatch._generic): designs whose gradients are zero at initialization by
-construction are judged at the init check, correct ones pass with their branches judged, bugs
-inside those branches fail there, and the model is left bit for bit as it was."""
+"""The generic point (gradwatch.check.generic_point): designs whose gradients are zero at
+initialization by construction are judged at the init check, correct ones pass with their branches
+judged, bugs inside those branches fail there, and the model is left bit for bit as it was."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch import _module_check
-from gradwatch._generic import TINY, generic_deltas, scales_at_zero
+from gradwatch.check import eager as _module_check
+from gradwatch.check.generic_point import TINY, generic_deltas, scales_at_zero
 from tests.generic_nets import (
     LayerScaleNet,
     ResidualNet,
@@ -27,7 +27,8 @@ from tests.zoo import norm_sum
 # Per design: the tensors a zero cuts off at θ, the parameters that start at zero or tiny, the
 # tensors a planted bug inside the branch fails, and where the cut-off tensors are judged: a
 # gradient exactly zero at θ only at the generic point; one 1e-6 of its size (a layer scale) is
-# still above J's noise at the step fitted to that noise (gradwatch._escalation), so at θ itself.
+# still above J's noise at the step fitted to that noise (gradwatch.evidence.escalation), so at θ
+# itself.
 DESIGNS = {
     "zero-init last BN of a residual branch": (
         ResidualNet,

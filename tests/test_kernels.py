@@ -1,6 +1,6 @@
-"""Kernels without float64, in float64 (gradwatch._kernels): ``torch._grouped_mm`` as per-group
-matrix products, against its own float32 kernel, under vmap, and in mixture-of-experts models
-checked in float64 (a tiny torch.nn one; Mixtral and Qwen2-MoE from transformers configs)."""
+"""Kernels without float64, in float64 (gradwatch.precision.float64_kernels): ``torch._grouped_mm``
+as per-group matrix products, against its own float32 kernel, under vmap, and in mixture-of-experts
+models checked in float64 (a tiny torch.nn one; Mixtral and Qwen2-MoE from transformers configs)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 from torch.func import vmap
 
 import gradwatch
-from gradwatch._kernels import composition
+from gradwatch.precision.float64_kernels import composition
 from tests.planting import plant
 
 _GROUPED = composition(torch._grouped_mm, (torch.zeros(1, dtype=torch.float64),))

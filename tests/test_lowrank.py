@@ -12,7 +12,7 @@ from torch._C._functorch import is_batchedtensor
 from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
 
-from gradwatch._lowrank import LowRankShift
+from gradwatch.evaluation.lowrank import LowRankShift
 
 
 class TanhSpy(TorchFunctionMode):

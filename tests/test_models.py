@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from gradwatch import Verdict, check_module
-from gradwatch._scope import leave_out as _leave_out
+from gradwatch.check.scope import leave_out as _leave_out
 from gradwatch.layout import Layout
 from tests.nets import ScaledGradient, classification_batch, cross_entropy
 from tests.test_module import changes, snapshot

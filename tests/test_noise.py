@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gradwatch._noise import (
+from gradwatch.evidence.noise import (
     PROBE_DIRECTIONS,
     JNoise,
     fourth_differences,
@@ -138,7 +138,7 @@ def test_a_minority_of_probes_crossing_a_jump_leaves_the_noise_unchanged(
     # The same rounding, read from the 32 - k directions that did not cross: their percentile.
     assert 0.7 * alone.sigma < noise.sigma < 1.4 * alone.sigma
     assert 0.5e-12 < noise.sigma < 2e-12
-    monkeypatch.setattr("gradwatch._noise.JUMP_FACTOR", math.inf)  # the old estimate
+    monkeypatch.setattr("gradwatch.evidence.noise.JUMP_FACTOR", math.inf)  # the old estimate
     old = _stepped(crossing)
     assert old.jumps == 0
     if crossing <= 7:  # a quarter of the directions: the 75th percentile ignored them already

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from gradwatch._numeric import (
+from gradwatch.common.numeric import (
     component_errors,
     one_sided_difference,
     relative_difference,

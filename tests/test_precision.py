@@ -13,7 +13,7 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 import gradwatch
-from gradwatch._precision import PrecisionGuard, _Keep, lowers
+from gradwatch.precision.guard import PrecisionGuard, _Keep, lowers
 from tests.zoo import RMSNorm32
 
 X64 = torch.linspace(-1, 1, 6, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""The missing product-rule term (gradwatch._product_rule): a backward of an x·g(x) activation
+"""The missing product-rule term (gradwatch.check.product_rule): a backward of an x·g(x) activation
 that returns g(x) alone is named as such and located at that activation, in a SiLU conv chain,
 in a ConvNeXt-like block (at the generic point) and in a Llama; other bugs in the same place,
 and correct models, are never named so."""
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import gradwatch
-from gradwatch._product_rule import KIND, activations
+from gradwatch.check.product_rule import KIND, activations
 from tests.generic_nets import LayerScaleNet, batch_for, cross_entropy
 from tests.planting import Kind, planted_copy
 from tests.zoo import norm_chain

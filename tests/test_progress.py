@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import gradwatch
-from gradwatch import _progress
-from gradwatch._module_check import _planned
+from gradwatch.check.eager import _planned
+from gradwatch.reporting import progress as _progress
 from tests import nets
 
 # tqdm's "elapsed<remaining": the time left, known once the total and the rate are.

@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 import gradwatch
 from gradwatch import Verdict, check_module
-from gradwatch._noise import NOISE_MULTIPLE
+from gradwatch.evidence.noise import NOISE_MULTIPLE
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,

@@ -1,5 +1,5 @@
-"""Errors about the user's inputs are raised from the public call (gradwatch/_public.py): an
-argument error found deep inside the check comes out of ``check_module`` / ``check_function``
+"""Errors about the user's inputs are raised from the public call (gradwatch/check/input_errors.py):
+an argument error found deep inside the check comes out of ``check_module`` / ``check_function``
 with no frame of ours below and no chain; a batch the model's layers cannot take is told in the
 user's own dtypes. The user's own errors and errors of ours keep their tracebacks."""
 
@@ -18,7 +18,7 @@ from torch import nn
 
 import gradwatch
 from gradwatch import Verdict, check_module
-from gradwatch._validate import removed_keywords
+from gradwatch.arguments import removed_keywords
 from tests.test_module import changes, snapshot
 
 Batch = tuple[torch.Tensor, torch.Tensor]

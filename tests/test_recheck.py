@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradwatch._noise import NOISE_MULTIPLE
-from gradwatch._recheck import (
+from gradwatch.evidence.noise import NOISE_MULTIPLE
+from gradwatch.evidence.recheck import (
     explained,
     extrapolate,
     fitted_steps,
@@ -16,7 +16,7 @@ from gradwatch._recheck import (
     multiples,
     reread,
 )
-from gradwatch._tensor_test import chi2_bound, convicts, tensor_test
+from gradwatch.evidence.tensor_test import chi2_bound, convicts, tensor_test
 
 SIGMA, H = 1e-12, 1e-4
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradwatch import Layout
-from gradwatch._sampling import sample_components
+from gradwatch.check.sampling import sample_components
 
 LAYOUT = Layout.from_mapping({"W1": (50, 20), "b1": (50,), "W2": (3, 50), "b2": (3,)})
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from gradwatch._lowrank import OutsideUse
-from gradwatch._shift import Entry, EntryShifts, shift_owner
+from gradwatch.evaluation.lowrank import OutsideUse
+from gradwatch.evaluation.output_shift import Entry, EntryShifts, shift_owner
 
 
 def _head(features: int) -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gradwatch._sites import Sites, group_names
+from gradwatch.precision.sites import Sites, group_names
 
 
 def test_group_names_merges_numbered_parts_exactly() -> None:

@@ -13,7 +13,13 @@ import torch
 from torch import nn
 
 from gradwatch import check_module
-from gradwatch._state import DROPOUT_LAYERS, cast_batch, dropout_disabled, preserved_rng, reseed
+from gradwatch.common.user_state import (
+    DROPOUT_LAYERS,
+    cast_batch,
+    dropout_disabled,
+    preserved_rng,
+    reseed,
+)
 from tests.rng import numpy_rng_state
 
 
@@ -226,7 +232,7 @@ def test_a_loss_that_writes_into_its_batch_leaves_the_users_batch_alone() -> Non
 
 def test_the_mps_stream_is_saved_reseeded_and_restored(monkeypatch: pytest.MonkeyPatch) -> None:
     """No Apple GPU here: a stand-in MPS generator shows the calls the check makes on one."""
-    import gradwatch._state as state
+    import gradwatch.common.user_state as state
 
     stream: dict[str, Any] = {"state": torch.tensor([7], dtype=torch.uint8), "seeds": []}
     monkeypatch.setattr(state, "_mps", lambda: True)

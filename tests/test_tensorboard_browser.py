@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gradwatch import _callback_card as _card
-from gradwatch import _callback_text as _text
+from gradwatch.integration import card as _card
+from gradwatch.integration import text as _text
 from tests.browser import (
     CARDS,
     DEEP_TEXT,

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from gradwatch import _threads
-from gradwatch._evaluate import ModuleCost
-from gradwatch._state import cast_batch
-from gradwatch._threads import ThreadChoice, pair_units, torch_threads
+from gradwatch.common.user_state import cast_batch
+from gradwatch.evaluation import threads as _threads
+from gradwatch.evaluation.cost import ModuleCost
+from gradwatch.evaluation.threads import ThreadChoice, pair_units, torch_threads
 from tests.nets import classification_batch, cross_entropy
 
 

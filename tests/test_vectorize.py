@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import gradwatch._vectorize as vectorize
+import gradwatch.evaluation.vectorized as vectorize
 
 
 def test_saved_bytes_counts_activations_once_and_leaves_out_the_given_tensors() -> None:

@@ -242,7 +242,7 @@ def resnet(seed: int, trained: bool = False) -> Built:
 
 
 # The residual branch at init: zero gradients by construction behind bn2's zero scale (judged
-# at the generic point, gradwatch._generic).
+# at the generic point, gradwatch.check.generic_point).
 RESNET_BRANCH = ("block.conv1.weight", "block.bn1.weight", "block.bn1.bias", "block.conv2.weight")
 
 

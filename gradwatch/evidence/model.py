@@ -1,0 +1,199 @@
+"""The evidence model: what each checked component's two numbers show, from measurements alone.
+
+Component i has backprop's value a_i and the two-sided estimate n_i = (J(θ+h·e_i) − J(θ−h·e_i))/2h.
+Its noise σ_i = σ_J / (√2·h) comes from J's measured noise σ_J (:mod:`gradwatch.evidence.noise`):
+each of the two evaluations carries σ_J, their difference is divided by 2h. Each component gets one
+reading (``K`` = ``NOISE_MULTIPLE``):
+
+============  =================================================================================
+reading       requires
+============  =================================================================================
+disagrees     |a − n| > K·σ_i and |a − n| / (|a| + |n|) > pass_max, also after the re-checks
+agrees        not disagrees, and max(|a|, |n|) > K·σ_i: there was a gradient to compare
+not judged    both |a| and |n| within K·σ_i ("within noise": a zero gradient as far as J can
+              tell); or the step sits on a kink that re-checks at nearby points could not leave
+              ("on a kink"); or θ_i ± h == θ_i in the check's precision ("step lost")
+============  =================================================================================
+
+A first reading of "disagrees" is never final, and a re-check clears it only by explaining the gap
+(:mod:`gradwatch.evidence.recheck`): J is read again at 2h and 4h, where a truncation error grows 4×
+per doubling; if J is smooth there and the fit explains the first reading, Richardson's estimate,
+whose noise (0.67·σ_i) is below the first reading's, is read instead ("longer steps"). Where J''
+does not agree (a kink: it halves when the step doubles at a kink sitting at θ), θ is moved by a
+small seeded jitter off the kink set, backprop is run again there, and the component is read at that
+nearby point ("off kink"), up to ``JITTER_TRIES`` times. At float32's step the re-check runs at h/2
+and h/4, too noisy to tell a jump in J (a routing decision of top-k experts that flips within the
+step) from a slope: a first disagreement it leaves standing is read once more at a jittered θ, at
+the first step and with the first reading's tolerance ("off kink").
+
+A tensor whose components disagree, or whose errors together exceed J's noise
+(:mod:`gradwatch.evidence.tensor_test`), has J's noise measured along its own components; where it
+is larger than the noise measured first, its components are read against it. A component left within
+noise is read again at a step fitted to J's noise ("fitted step"): only a gradient that is zero
+within that step's noise stays "not judged, within noise". A tensor that fails the tensor test
+has its components read again by Richardson's estimate, so that the h² truncation of the first
+step is not taken for a shared error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradwatch.evidence.escalation import escalate, retest, tensor_noise
+from gradwatch.evidence.objective import Objective
+from gradwatch.evidence.readings import (
+    DISAGREES,
+    LONGER_STEPS,
+    NOT_JUDGED,
+    OFF_KINK,
+    ON_KINK,
+    STEP_LOST,
+    Evidence,
+    Record,
+    read,
+)
+from gradwatch.evidence.recheck import Pair, multiples, reread, sub
+
+__all__ = ["JITTER_STEPS", "JITTER_TRIES", "gather_evidence"]
+
+# A kink is left by moving θ this many steps in a random direction: a kink that sat at θ then
+# lies ~1000 steps away, and the check's ±h crosses one with odds of about 1 in 1000. Each try
+# puts a unit sitting on its kink on either side with even odds (on the flat side there is no
+# gradient to compare), so three tries leave one unjudged with odds of 1 in 8.
+JITTER_STEPS = 1000.0
+JITTER_TRIES = 3
+
+
+def gather_evidence(
+    objective: Objective,
+    analytic: np.ndarray,
+    first: tuple[np.ndarray, np.ndarray],
+    center: float,
+    steps: np.ndarray,
+    sigma: float,
+    pass_max: float,
+    groups: np.ndarray | None = None,
+    seed: int = 0,
+    warn_max: float = 1e-3,
+) -> Evidence:
+    """Readings of every checked component from backprop's ``analytic`` values, the two-sided
+    pairs ``first`` = (J(θ+h·e_i), J(θ−h·e_i)) at ``steps`` h, J(θ) = ``center`` and J's noise
+    ``sigma``; re-checks go through ``objective``. ``groups`` (the tensor of each component; one
+    tensor when None) are what the tensor test and the noise per tensor are about; a tensor whose
+    noise floor is above ``warn_max`` is read again at the step fitted to J's noise.
+
+    Example:
+        >>> from gradwatch.evidence.objective import Moved
+        >>> from gradwatch.evidence.readings import READINGS, RECHECKS
+        >>> class Relu:  # J(θ) = relu(θ₀) + 2·θ₁ at θ = (0, 1): a kink in θ₀
+        ...     def __init__(self, theta): self.theta = theta
+        ...     def cost(self, t): return max(t[0], 0.0) + 2 * t[1]
+        ...     def pairs(self, at, h):
+        ...         moved = lambda s: [self.cost(self.theta + s * hk * np.eye(2)[i])
+        ...                            for i, hk in zip(at, h)]
+        ...         return np.array(moved(1)), np.array(moved(-1))
+        ...     def half_gaps(self, at, h): return np.asarray(h, float)
+        ...     def values(self, at): return self.theta[np.asarray(at)]
+        ...     def line(self, support, rows): return np.full(len(rows), 2.0)
+        ...     def jittered(self, attempt):
+        ...         moved = Relu(self.theta + [1e-4, 0.0])
+        ...         return Moved(moved, np.array([1.0, 2.0]), moved.cost(moved.theta))
+        >>> j = Relu(np.array([0.0, 1.0]))
+        >>> h = np.full(2, 1e-7)
+        >>> grad = np.array([1.0, 2.0])
+        >>> found = gather_evidence(j, grad, j.pairs([0, 1], h), 2.0, h, 1e-16, 1e-7)
+        >>> [READINGS[r] for r in found.reading], [RECHECKS[r] for r in found.recheck]
+        (['agrees', 'agrees'], ['off kink', ''])
+    """
+    analytic = np.asarray(analytic, np.float64)
+    steps = np.asarray(steps, np.float64)
+    every = np.arange(analytic.size)
+    groups = np.zeros(analytic.size, np.int64) if groups is None else np.asarray(groups)
+    gaps = objective.half_gaps(every, steps)
+    plus, minus = first
+    with np.errstate(invalid="ignore", divide="ignore"):
+        numeric = np.where(gaps > 0, (plus - minus) / (2 * np.where(gaps > 0, gaps, 1.0)), 0.0)
+        noise = np.where(gaps > 0, sigma / (np.sqrt(2) * gaps), np.inf)
+    record = Record(analytic, numeric, noise, np.full(analytic.size, float(sigma)))
+    record.reading, record.reason = read(analytic, numeric, noise, pass_max)
+    lost = ~(gaps > 0)
+    record.reading[lost], record.reason[lost] = NOT_JUDGED, STEP_LOST
+    finite = np.isfinite(analytic) & np.isfinite(numeric)
+    suspects = np.flatnonzero((record.reading == DISAGREES) & finite)
+    firsts = (plus, minus, gaps)
+    _explain(objective, record, suspects, firsts, center, steps, pass_max)
+    measured: set[int] = set()
+    tensor_noise(objective, record, groups, center, steps, seed, pass_max, measured)
+    escalate(objective, record, groups, center, steps, seed, (pass_max, warn_max))
+    retest(objective, record, groups, center, steps, pass_max)
+    tensor_noise(objective, record, groups, center, steps, seed, pass_max, measured)
+    return record.done()
+
+
+def _explain(
+    objective: Objective,
+    record: Record,
+    suspects: np.ndarray,
+    firsts: Pair,
+    center: float,
+    steps: np.ndarray,
+    pass_max: float,
+) -> None:
+    """Re-checks first disagreements at 2h and 4h: where J is smooth and the fit explains the
+    first reading, Richardson's estimate is read; elsewhere J is read off the kink."""
+    if suspects.size == 0:
+        return
+    sigma, first = record.sigma[suspects], sub(firsts, suspects)
+    smooth, estimate, spread = reread(objective, center, suspects, steps[suspects], sigma, first)
+    at = suspects[smooth]
+    values = (record.analytic[at], estimate[smooth], spread[smooth])
+    record.set(at, values, pass_max, LONGER_STEPS)
+    record.kink[suspects[~smooth]] = True
+    _off_kinks(objective, record, suspects[~smooth], steps, pass_max)
+    if multiples(objective.values(suspects), steps[suspects])[0] < 1:
+        _off_flips(objective, record, at[record.reading[at] == DISAGREES], steps, pass_max)
+
+
+def _off_flips(
+    objective: Objective, record: Record, at: np.ndarray, steps: np.ndarray, pass_max: float
+) -> None:
+    """First disagreements at float32's step that the re-check at h/2 and h/4 left standing are
+    read once more at a jittered θ, at the first step and with the first reading's tolerance
+    (never a wider one). A routing decision (top-k experts) that flips within the step puts a
+    jump in J there, which the short steps' noise cannot tell from a slope (a jump of ~7σ_J is
+    under the 8σ of J'' at every step, and ~12σ in the slope at h); it does not sit at the
+    jittered θ. A wrong backward disagrees there too. One try: a second measurement, not the
+    best of several."""
+    moved = objective.jittered(0) if at.size else None
+    if moved is None:
+        return
+    plus, minus = moved.objective.pairs(at, steps[at])
+    gaps = moved.objective.half_gaps(at, steps[at])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        numeric = (plus - minus) / (2 * gaps)
+        noise = record.sigma[at] / (np.sqrt(2) * gaps)
+    record.set(at, (moved.analytic[at], numeric, noise), pass_max, OFF_KINK)
+    record.kink[at] = True
+
+
+def _off_kinks(
+    objective: Objective, record: Record, kinks: np.ndarray, steps: np.ndarray, pass_max: float
+) -> None:
+    """Reads components whose step crossed a kink at a jittered θ where J is smooth and the fit
+    explains the reading there. A component the jitter put on a flat side (a ReLU turned off: no
+    gradient to compare) is tried again at the next jitter; those no jitter frees stay "not
+    judged, on a kink"."""
+    record.reading[kinks], record.reason[kinks] = NOT_JUDGED, ON_KINK
+    for attempt in range(JITTER_TRIES):
+        if kinks.size == 0:
+            return
+        moved = objective.jittered(attempt)
+        if moved is None:
+            return
+        smooth, estimate, spread = reread(
+            moved.objective, moved.center, kinks, steps[kinks], record.sigma[kinks], None
+        )
+        at = kinks[smooth]
+        values = (moved.analytic[at], estimate[smooth], spread[smooth])
+        record.set(at, values, pass_max, OFF_KINK)
+        kinks = kinks[~smooth | (record.reading[kinks] == NOT_JUDGED)]

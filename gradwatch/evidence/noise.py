@@ -1,0 +1,233 @@
+"""J's noise, measured: how far apart two evaluations of J may be for reasons other than slope.
+
+Every evaluation of J carries rounding error. How much depends on J, not only on its size: a J
+that is a small difference of large terms (a sum of normalized outputs, a loss after training)
+carries the rounding of those terms, and a J computed partly in a lower precision carries that
+precision's rounding. So the noise is measured on the J at hand:
+
+J is evaluated at five points along a random ±1 direction u, θ + k·s·u for k = 0, 1, 2, 3, 4
+(each moved component stepping by a fraction s of its own check step, s = 1/64 to start: the
+rounding of J does not depend on how far it moved, and a short stride rarely crosses a kink near
+θ). The fourth difference
+J₀ − 4J₁ + 6J₂ − 4J₃ + J₄ cancels every polynomial part of J up to degree 3, so what remains is
+noise (the degree-4 term s⁴·J⁗ is ~1e-28 at these steps), with variance (1 + 16 + 36 + 16 + 1)σ²
+= 70σ² for independent errors of size σ. The points lie on one side of θ, so a kink exactly at θ
+(a ReLU whose input is exactly 0, a max-pool tie) is not inside the stencil. Where J does not
+move at all along a direction (J rounds every point to the same value, as when J is computed in
+float32 inside a float64 check), the direction is probed again with s 16 times larger, until J
+moves: the spread found there is J's real resolution. The 75th percentile over the directions,
+divided by that percentile of |N(0, 1)|, 1.1503, is a robust σ (a direction that happens to
+cross a kink is an outlier it ignores).
+
+A jump in J (a top-k routing decision that flips, a kink, a discontinuity) that many directions
+cross would still inflate that percentile: its fourth difference is the jump's size, not
+rounding. So a direction whose fourth difference exceeds JUMP_FACTOR times the median over the
+directions is counted as crossing a jump and left out, and σ is the 75th percentile of the rest.
+The median is itself one of the rest, so at most half the directions are ever left out; where
+most of them cross jumps, the median is a jump's reading, and σ is what it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "JNoise",
+    "fourth_differences",
+    "measure_noise",
+    "noise_sigma",
+    "probe_rows",
+    "rounding_floor",
+]
+
+# The one tolerance of every reading (gradwatch.evidence.model), in units of the measured noise. A
+# Gaussian error passes 8σ with probability 1e-15, so even with σ_J underestimated by 1.5× (see
+# PROBE_DIRECTIONS) a check of 1e5 components sees a false disagreement with odds of 1 in 100
+# (5.3σ: 1e-7 each). Rounding errors are bounded tighter than a Gaussian's, and the probes move
+# θ's first layers, whose perturbations pass through every later operation, so σ_J bounds each
+# component's noise.
+NOISE_MULTIPLE = 8.0
+# How many random directions measure the noise. The 75th percentile of 32 Gaussian |errors|
+# underestimates σ by 1.5× with odds of 1.5% and by 2× with odds of 2e-4 (simulated), which the
+# noise multiple of the readings absorbs: 8σ read as 5.3σ is still passed by chance only 1e-7 of
+# the time.
+PROBE_DIRECTIONS = 32
+# How many components each direction moves: enough for J to move by many ulps, few enough that
+# the moved distance √32·h keeps the degree-4 term negligible.
+PROBE_WIDTH = 32
+# The first stride, in check steps: J's rounding is the same at any stride, while the odds that
+# a direction crosses a kink near θ (a ReLU input within reach) shrink with it. A direction along
+# which J did not move is probed again at a 16× longer stride, up to 5 times (1/64 · 16⁵ = 16384
+# steps): J rounded to float32 inside a float64 check moves within that.
+PROBE_START = 1 / 64
+PROBE_GROWTH = 16.0
+PROBE_TRIES = 6
+# The stencil's coefficients: J₀ − 4J₁ + 6J₂ − 4J₃ + J₄; the sum of their squares is 70.
+FOURTH = np.array([1.0, -4.0, 6.0, -4.0, 1.0])
+# The 75th percentile of |N(0, 1)|: turns that percentile of |noise| into a standard deviation.
+# A percentile, not the mean: a direction that crosses a kink near θ is an outlier (up to a
+# quarter of them are ignored).
+HALF_NORMAL_Q75 = 1.1503493803760079
+# A direction reads a jump, not rounding, when its |fourth difference| exceeds this many times the
+# median over the directions. For Gaussian noise the median of |N(0, 1)| is 0.674, so 10× it is
+# 6.7σ; with the sample median's own scatter, 32 Gaussian directions have one beyond it in 1.5e-4
+# of checks (simulated over 4e6), and leaving that one out lowers σ by ~5% (the 75th percentile
+# of 31 instead of 32), which the noise multiple absorbs. Rounding errors have tails lighter than
+# a Gaussian's. A jump kept because it is below this raises σ by at most 10 · 0.674 / 1.1503 ≈
+# 5.9× the bulk's; the routing flip of a float32 Mixtral read ≥ 60× the bulk's largest.
+JUMP_FACTOR = 10.0
+
+# J at θ + (rows @ e_support) for each row: rows[r, j] is the displacement of component
+# support[j] in θ's units.
+Line = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class JNoise:
+    """What was measured of J's noise.
+
+    ``sigma`` is the noise of one evaluation of J (the standard deviation of its error), measured
+    along ``directions`` probes (``flat`` of them never moved J, and carry no information);
+    ``spread`` is how far apart evaluations of J at the same θ came out (0.0 when J is
+    deterministic); ``floor`` is the least rounding any J carries, an ulp of J over √12 (J
+    rounded once to the check's precision); ``cost`` is J(θ); ``jumps`` of the directions
+    crossed a jump in J (their fourth difference beyond ``JUMP_FACTOR`` times the median) and
+    were left out of ``sigma``. ``effective`` is the noise the readings use: the largest of the
+    three.
+
+    Example:
+        >>> n = JNoise(sigma=1e-16, spread=0.0, floor=6e-17, directions=16, flat=0, cost=2.3)
+        >>> n.effective, n.deterministic
+        (1e-16, True)
+    """
+
+    sigma: float
+    spread: float
+    floor: float
+    directions: int
+    flat: int
+    cost: float = float("nan")
+    jumps: int = 0
+
+    @property
+    def effective(self) -> float:
+        """The noise of one evaluation of J that the readings use: the largest of J's measured
+        noise, the spread of evaluations at the same θ, and the rounding floor."""
+        return max(self.sigma, self.spread, self.floor)
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether evaluations at the same θ agree, to within a few ulps of J.
+
+        Rounding is a function of θ: the same evaluation at the same θ gives the same value. A
+        J that differs there draws random numbers or keeps state between calls (or runs kernels
+        that add in a varying order); its spread is noise the probes cannot tell from rounding,
+        since they see it too.
+        """
+        return self.spread <= NOISE_MULTIPLE * self.floor
+
+
+def rounding_floor(cost: float, unit: float = float(np.finfo(np.float64).eps)) -> float:
+    """The least noise a J of this value carries: rounded once to a precision of machine epsilon
+    ``unit``, its error is uniform over an ulp, of standard deviation ulp/√12.
+
+    Example:
+        >>> f"{rounding_floor(1.0):.2e}"
+        '6.41e-17'
+    """
+    if not math.isfinite(cost) or cost == 0:
+        return 0.0
+    return unit * 2.0 ** math.floor(math.log2(abs(cost))) / math.sqrt(12.0)
+
+
+def fourth_differences(values: np.ndarray) -> np.ndarray:
+    """J₀ − 4J₁ + 6J₂ − 4J₃ + J₄ of each row of five values along a line.
+
+    Example:
+        >>> fourth_differences(np.array([[0.0, 1.0, 8.0, 27.0, 64.0]]))  # k³: no noise
+        array([0.])
+    """
+    with np.errstate(invalid="ignore", over="ignore"):  # an infinite J: NaN, left out
+        return np.asarray(values, dtype=np.float64) @ FOURTH
+
+
+def probe_rows(support_steps: np.ndarray, signs: np.ndarray, stride: np.ndarray) -> np.ndarray:
+    """The displacements of the probes: for each direction d and k = 1..4, k·stride[d]·signs[d]·h.
+
+    Returns shape ``(4·len(signs), len(support_steps))``, four rows per direction.
+    """
+    k = np.arange(1, 5, dtype=np.float64)
+    scaled = signs * support_steps[None, :] * stride[:, None]
+    return (k[None, :, None] * scaled[:, None, :]).reshape(-1, support_steps.size)
+
+
+def measure_noise(
+    line: Line,
+    center: float,
+    repeats: tuple[float, ...],
+    support: np.ndarray,
+    support_steps: np.ndarray,
+    seed: int,
+    floor: float | None = None,
+) -> JNoise:
+    """Measures J's noise along random ±1 directions over the components ``support`` (each moved
+    by its step ``support_steps``), from J(θ) = ``center``; ``repeats`` are other evaluations of
+    J at θ itself (their spread is J's non-determinism).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> def line(support, rows):  # J = θ·θ at θ = 1 with noise of size 1e-12 per evaluation
+        ...     theta = 1.0 + rows.sum(axis=1)
+        ...     return theta**2 + 1e-12 * rng.standard_normal(len(rows))
+        >>> noise = measure_noise(line, 1.0, (1.0,), np.array([0]), np.array([1e-3]), 0, 1e-16)
+        >>> bool(0.3e-12 < noise.sigma < 3e-12)
+        True
+    """
+    spread = max((abs(r - center) for r in repeats), default=0.0)
+    if floor is None:
+        floor = rounding_floor(center)
+    if support.size == 0:
+        return JNoise(0.0, spread, floor, 0, 0, center)
+    rng = np.random.default_rng([seed, 7])
+    width = min(PROBE_WIDTH, support.size)
+    picks = rng.choice(support.size, width, replace=False)  # one support: one batched call
+    chosen, steps = support[picks], support_steps[picks]
+    signs = rng.choice([-1.0, 1.0], size=(PROBE_DIRECTIONS, width))
+    stride = np.full(PROBE_DIRECTIONS, PROBE_START)
+    found = np.full(PROBE_DIRECTIONS, np.nan)
+    pending = np.arange(PROBE_DIRECTIONS)
+    for _ in range(PROBE_TRIES):
+        values = line(chosen, probe_rows(steps, signs[pending], stride[pending]))
+        values = np.concatenate([np.full((pending.size, 1), center), values.reshape(-1, 4)], 1)
+        moved = np.any(values != values[:, :1], axis=1)
+        found[pending[moved]] = np.abs(fourth_differences(values[moved]))
+        pending = pending[~moved]
+        if pending.size == 0:
+            break
+        stride[pending] *= PROBE_GROWTH
+    sigma, jumps = noise_sigma(found[np.isfinite(found)])
+    return JNoise(sigma, spread, floor, PROBE_DIRECTIONS, int(pending.size), center, jumps)
+
+
+def noise_sigma(fourths: np.ndarray) -> tuple[float, int]:
+    """σ of one evaluation of J from the |fourth differences| of the directions, and how many
+    directions were left out as crossing a jump (beyond ``JUMP_FACTOR`` times their median).
+
+    Example:
+        >>> rounding = np.linspace(0.5, 1.5, 24) * np.sqrt(70.0)  # noise of σ ≈ 1
+        >>> sigma, jumps = noise_sigma(np.concatenate([rounding, np.full(8, 1e3)]))
+        >>> round(sigma, 2), jumps
+        (1.09, 8)
+    """
+    if fourths.size == 0:
+        return 0.0, 0
+    median = float(np.median(fourths))
+    # A median of 0 (J coarse, most stencils flat) gives no scale to call anything a jump by.
+    jump = fourths > JUMP_FACTOR * median if median > 0 else np.zeros(fourths.size, dtype=bool)
+    bulk = fourths[~jump]
+    sigma = float(np.quantile(bulk, 0.75) / (HALF_NORMAL_Q75 * np.sqrt(70.0)))
+    return sigma, int(jump.sum())
