@@ -498,3 +498,11 @@ def test_a_parameter_without_components_is_not_judged_with_no_reason() -> None:
         0,
         0,
     )
+
+
+def test_the_noise_floor_of_a_small_gradient_is_its_noise_over_its_size() -> None:
+    # a = n = 1e-3 with noise 1e-6: D = 0 and the floor 1e-6 / 2e-3 = 5e-4 (pass, under warn_max).
+    one = np.array([1e-3])
+    codes = np.zeros(1, np.int8)
+    result = parameter_verdict("s", one, one, np.array([1e-6]), codes, codes, 1e-3, 1e-7)
+    assert (result.verdict, result.difference, result.noise_floor) == (Verdict.PASS, 0.0, 5e-4)
