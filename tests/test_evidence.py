@@ -222,3 +222,21 @@ def test_a_jump_within_float32_steps_is_read_at_a_jittered_theta(slope: float) -
     assert found.recheck[0] == OFF_KINK and found.kink[0]
     assert found.reading[0] == (AGREES if slope == 1.0 else DISAGREES)
     assert list(found.reading[1:]) == [AGREES, AGREES]
+
+
+class _Flipping(_Relu):
+    """The first jitter puts θ₀ on relu's active side, the next ones on its flat side."""
+
+    def jittered(self, attempt: int) -> Moved | None:
+        moved = _Relu(
+            self.theta + np.array([1e-4 if attempt == 0 else -1e-4, 0.0, 0.0]), self.slope
+        )
+        return Moved(moved, moved.grad(moved.theta), moved.cost(moved.theta))
+
+
+@pytest.mark.parametrize(("slope", "reading"), [(1.0, AGREES), (2.0, DISAGREES)])
+def test_the_first_jitter_that_reads_a_kink_smoothly_settles_it(slope: float, reading: int) -> None:
+    # Read at the first jitter (active side): a later one on the flat side (no gradient there)
+    # must not overwrite that reading with "within noise".
+    found = _gather(_Flipping(np.array([0.0, 1.0, 0.5]), slope), np.array([0.0, 2.0, 0.25]))
+    assert (found.reading[0], found.recheck[0], found.analytic[0]) == (reading, OFF_KINK, slope)

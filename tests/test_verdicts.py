@@ -14,7 +14,10 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import gradwatch
+import gradwatch.evidence.readings
 from gradwatch import Verdict
+from gradwatch.common.numeric import relative_difference
+from gradwatch.verdict import parameter_verdict
 from tests.nets import ScaledGradient
 
 DIGITS = load_digits()
@@ -427,3 +430,79 @@ def test_drift_that_overflows_in_its_precision_says_why() -> None:
     assert report.drift is not None and report.drift.failure is not None
     assert "the loss J(θ) is nan" in report.drift.failure
     assert report.to_dict()["drift"]["failure"] == report.drift.failure
+
+
+# --- a parameter's verdict from its readings, on numbers with a known answer -------------------
+
+AGREE, DISAGREE, QUIET = (
+    gradwatch.evidence.readings.AGREES,
+    gradwatch.evidence.readings.DISAGREES,
+    gradwatch.evidence.readings.NOT_JUDGED,
+)
+WITHIN = gradwatch.evidence.readings.WITHIN_NOISE
+
+
+def _shared(k: int = 200) -> tuple[np.ndarray, ...]:
+    # k components agree (gradient 1, each off by 3σ with σ = 1e-9), k more read within noise
+    # (0 against 3σ): Σz² = 18k against a bound of ~4.3·2k, and D ≈ 1e-9 over all of them.
+    a = np.r_[np.ones(k), np.zeros(k)]
+    n = a + 3e-9
+    reading = np.r_[np.full(k, AGREE), np.full(k, QUIET)].astype(np.int8)
+    reason = np.r_[np.zeros(k), np.full(k, WITHIN)].astype(np.int8)
+    return a, n, np.full(2 * k, 1e-9), reading, reason
+
+
+def test_the_tensor_test_convicts_at_the_default_pass_band_of_zero_with_d_over_the_measured() -> (
+    None
+):
+    a, n, noise, reading, reason = _shared()
+    result = parameter_verdict("w", a, n, noise, reading, reason, 1e-3)  # pass_max: 0.0
+    assert (result.verdict, result.reason) == (Verdict.WARN, "errors shared across components")
+    assert result.difference == relative_difference(n, a)  # the within-noise ones count too
+    assert (result.agrees, result.disagrees, result.not_judged) == (200, 0, 200)
+
+
+def test_below_the_users_pass_band_shared_errors_pass_with_d_over_the_judged() -> None:
+    a, n, noise, reading, reason = _shared()
+    result = parameter_verdict("w", a, n, noise, reading, reason, 1e-3, 1e-7)
+    assert (result.verdict, result.reason) == (Verdict.PASS, "")
+    assert result.difference == relative_difference(n[:200], a[:200])
+    scale = np.linalg.norm(n[:200]) + np.linalg.norm(a[:200])
+    assert result.noise_floor == np.linalg.norm(noise[:200]) / scale
+
+
+@pytest.mark.parametrize(
+    ("reading", "at", "below"),
+    [((AGREE, DISAGREE), Verdict.WARN, Verdict.FAIL), ((AGREE, AGREE), Verdict.PASS, None)],
+)
+def test_d_at_warn_max_is_inside_the_band(reading, at, below) -> None:  # type: ignore[no-untyped-def]
+    # D = 0.2 / 2.2 exactly at warn_max is warn (a disagreement) or pass; just above it, fail or
+    # "too close to J's noise". The noise (1) keeps the tensor test quiet.
+    a, n, noise = np.array([1.0, 1.0]), np.array([1.0, 1.2]), np.ones(2)
+    codes, none = np.array(reading, np.int8), np.zeros(2, np.int8)
+    d = relative_difference(n, a)
+    result = parameter_verdict("w", a, n, noise, codes, none, d, 1e-7)
+    assert (result.verdict, result.reason, result.difference) == (at, "", d)
+    result = parameter_verdict("w", a, n, noise, codes, none, float(np.nextafter(d, 0)), 1e-7)
+    assert result.verdict is (below or Verdict.NOT_JUDGED)
+    assert result.reason == ("" if below else "too close to J's noise")
+
+
+def test_a_parameter_without_components_is_not_judged_with_no_reason() -> None:
+    empty = np.zeros(0)
+    codes = np.zeros(0, np.int8)
+    result = parameter_verdict("e", empty, empty, empty, codes, codes, 1e-3, 1e-7)
+    assert (result.verdict, result.reason, result.judged, result.not_judged) == (
+        Verdict.NOT_JUDGED,
+        "",
+        0,
+        0,
+    )
+
+
+def test_the_noise_floor_of_a_small_gradient_is_its_noise_over_its_size() -> None:
+    # a = n = 1e-3 with noise 1e-6: D = 0 and the floor 1e-6 / 2e-3 = 5e-4 (pass, under warn_max).
+    one = np.array([1e-3])
+    codes = np.zeros(1, np.int8)
+    result = parameter_verdict("s", one, one, np.array([1e-6]), codes, codes, 1e-3, 1e-7)
+    assert (result.verdict, result.difference, result.noise_floor) == (Verdict.PASS, 0.0, 5e-4)

@@ -1,0 +1,75 @@
+"""Escalation on J's with a known answer: a tensor the first step leaves within noise is read along
+random ±1 directions at the step fitted to J's noise and its rungs (the gate), and component by
+component only where a direction shows a gradient. J = 3e5 + …: its rounding (σ_J ≈ 1.7e-11)
+hides gradients under ~1e-3 at ε = 1e-7, while the fitted step is H₀ = (σ_J/J)^(1/3) ≈ 4e-6."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import gradwatch
+from gradwatch import Verdict
+
+LAYOUT = {"w": (7,), "b": (1,)}  # seven components: a ±1 direction never sums to zero over them
+BIG = 3e5  # J's constant part: its rounding is J's noise
+
+
+def _theta() -> np.ndarray:
+    return np.concatenate([np.zeros(7), [0.5]])
+
+
+def test_a_tensor_with_no_gradient_is_cleared_along_directions_not_read_one_by_one() -> None:
+    # J = 3e5 + 1e-12·Σw + Σw² + b² at w = 0: w's gradient (1e-12) is within the noise of every
+    # step up to float32's, along a direction too (Σ u·H·1e-12 ≈ 1e-15 against ~1e-10). The gate
+    # clears the tensor: each component keeps its first reading, none is read alone.
+    def cost(t: np.ndarray) -> float:
+        return BIG + 1e-12 * float(np.sum(t[:7])) + float(t[:7] @ t[:7]) + t[7] ** 2
+
+    report = gradwatch.check_function(cost, _theta(), np.r_[np.full(7, 1e-12), 1.0], layout=LAYOUT)
+    assert report.verdict is Verdict.PASS and report.parameters["b"].verdict is Verdict.PASS
+    assert report.parameters["w"].verdict is Verdict.NOT_JUDGED
+    for i in range(7):
+        found = report.component(i)
+        assert (found.reading, found.reason, found.recheck) == ("not judged", "within noise", "")
+
+
+def _hidden(g: float, kink: float = np.inf):  # type: ignore[no-untyped-def]
+    # J = 3e5 + g·(3w₀ − w₁ − w₂ − w₃) + 50·Σw² + relu(w₄ − kink) + b²: at w = 0 the gradient
+    # g·(3, −1, −1, −1, 0, 0, 0) sums to zero, so only a direction with mixed signs over w₀…w₃
+    # shows it; the curvature (100) makes a stencil read at the wrong steps rough, not smooth.
+    weights = np.array([3.0, -1.0, -1.0, -1.0, 0.0, 0.0, 0.0])
+
+    def cost(t: np.ndarray) -> float:
+        w = t[:7]
+        return BIG + g * float(weights @ w) + 50 * float(w @ w) + max(w[4] - kink, 0.0) + t[7] ** 2
+
+    return cost, np.r_[g * weights, 1.0]
+
+
+def test_a_detached_gradient_under_the_first_steps_noise_fails_through_the_gate() -> None:
+    # g = 2e-7: 3g is ~5000× under the first step's tolerance (~1e-3) and under the fitted step's
+    # along a direction (6·H₀·g ≈ 5e-12 against ~1.3e-10), but 256·H₀ (the gate's longest rung)
+    # shows it (2·256·H₀·g ≈ 4e-10 at the least): the tensor is read component by component
+    # there, and backprop's zero (a detached path) disagrees.
+    cost, grad = _hidden(2e-7)
+    detached = gradwatch.check_function(cost, _theta(), np.r_[np.zeros(7), 1.0], layout=LAYOUT)
+    assert detached.verdict is Verdict.FAIL, str(detached)
+    assert detached.parameters["w"].verdict is Verdict.FAIL
+    assert detached.worst(1)[0].label == "w[0]" and detached.worst(1)[0].recheck == "fitted step"
+    right = gradwatch.check_function(cost, _theta(), grad, layout=LAYOUT)
+    assert right.verdict is Verdict.PASS, str(right)
+    assert right.parameters["w"].disagrees == 0
+
+
+def test_the_gate_steps_down_a_rung_where_j_is_not_smooth_along_its_longest() -> None:
+    # A kink 5e-4 from θ along w₄: the directions at 256·H₀ (moving each component up to 2e-3)
+    # cross it, those at 16·H₀ (up to 1.2e-4) do not. g = 3e-6 shows along a direction at 16·H₀
+    # (2·16·H₀·g ≈ 4e-10 at the least, against ~1.3e-10) and not at H₀ (6·H₀·g ≈ 7e-11): the
+    # gate reads the rung below the longest, and the detached gradient fails there.
+    cost, grad = _hidden(3e-6, kink=5e-4)
+    detached = gradwatch.check_function(cost, _theta(), np.r_[np.zeros(7), 1.0], layout=LAYOUT)
+    assert detached.verdict is Verdict.FAIL, str(detached)
+    assert detached.worst(1)[0].label == "w[0]" and detached.worst(1)[0].recheck == "fitted step"
+    right = gradwatch.check_function(cost, _theta(), grad, layout=LAYOUT)
+    assert right.verdict is Verdict.PASS, str(right)
+    assert right.parameters["w"].disagrees == 0
