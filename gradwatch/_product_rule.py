@@ -100,7 +100,12 @@ def activations(model: nn.Module, run: Callable[[], Any]) -> list[tuple[str, nn.
         >>> activations(model, lambda: model(torch.randn(3, 2)))
         [('1', SiLU()), ('4', GELU(approximate='none'))]
     """
-    leaves = {id(m): name for name, m in model.named_modules() if name and not any(m.children())}
+    leaves = {  # a module with buffers (BatchNorm's running statistics) is no activation, and
+        # calling it once more could change them
+        id(m): name
+        for name, m in model.named_modules()
+        if name and not any(m.children()) and not any(True for _ in m.buffers(recurse=False))
+    }
     found: dict[str, nn.Module] = {}
     seen: set[int] = set()
 
