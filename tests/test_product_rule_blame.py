@@ -16,6 +16,7 @@ from torch import nn
 
 import gradwatch
 from gradwatch._product_rule import KIND
+from tests.planting import Kind, planted_copy
 
 SEEDS = [0, 1, 2]
 
@@ -147,3 +148,18 @@ def test_the_dropped_term_is_named_at_the_gelu_that_dropped_it(seed: int, where:
     )
     assert all(f"term of {where} (Act)" in f.text for f in named)
     assert report.location is not None and str(where) in report.location.modules
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("act", [nn.SiLU, nn.GELU, nn.Mish, nn.Hardswish])
+@pytest.mark.parametrize("kind", ["missing_term", "factor"])
+def test_each_x_times_gate_activation_is_named_only_for_its_dropped_term(
+    seed: int, act: type[nn.Module], kind: Kind
+) -> None:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(2, 16), act(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    assert _check(model, seed).verdict is gradwatch.Verdict.PASS
+    report = _check(planted_copy(model, "1", kind), seed)
+    assert report.verdict is gradwatch.Verdict.FAIL
+    named = {f.parameter for f in report.findings if f.kind == KIND}
+    assert named == ({"0.weight", "0.bias"} if kind == "missing_term" else set())
