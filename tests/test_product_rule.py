@@ -21,11 +21,20 @@ def _named(report: gradwatch.GradCheckReport) -> dict[str, str]:
     return {f.parameter: f.text for f in report.findings if f.kind == KIND}
 
 
-def test_the_activations_tried_are_those_of_the_form_x_times_a_gate() -> None:
+class _Renamed(nn.Module):
+    """x·σ(x) under a name that says nothing."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
+
+
+def test_the_activations_tried_are_those_that_compute_x_times_a_gate() -> None:
     model = nn.Sequential(
-        nn.Linear(2, 4), nn.GELU(), nn.Sequential(nn.SiLU(), nn.ReLU()), nn.Mish()
-    )
-    assert [name for name, _ in activations(model)] == ["1", "2.0", "3"]
+        nn.Linear(2, 4), nn.GELU(), nn.Sequential(nn.SiLU(), nn.ReLU()), nn.Mish(), nn.Tanh(),
+        _Renamed(), nn.Softmax(-1), nn.Hardswish(), nn.LayerNorm(4),
+    )  # fmt: skip
+    found = [name for name, _ in activations(model, lambda: model(torch.randn(5, 2)))]
+    assert found == ["1", "2.0", "3", "5", "7"]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
