@@ -82,6 +82,55 @@ class ResidualNet(nn.Module):
         return self.head(torch.tanh(x + branch).mean((2, 3)))
 
 
+class ReluBlock(nn.Module):
+    """torchvision's BasicBlock with ReLU and ``zero_init_residual``; a planted ``factors`` entry
+    scales the backward of that parameter (``"conv2.weight"``, ``"bn1.weight"``)."""
+
+    def __init__(self, c: int, factors: dict[str, float]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        nn.init.zeros_(self.bn2.weight)
+        self.factors = factors
+
+    def _p(self, name: str) -> torch.Tensor:
+        owner, attr = name.split(".")
+        value = getattr(getattr(self, owner), attr)  # a plain tensor during functional_call
+        factor = self.factors.get(name)
+        return value if factor is None else _ScaledBackward.apply(value, factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn = nn.functional.batch_norm
+        h = self.conv1(x)
+        h = bn(h, self.bn1.running_mean, self.bn1.running_var, self._p("bn1.weight"),
+               self.bn1.bias, True, 0.1, self.bn1.eps)  # fmt: skip
+        h = nn.functional.conv2d(torch.relu(h), self._p("conv2.weight"), padding=1)
+        return torch.relu(x + self.bn2(h))
+
+
+def relu_resnet(bug: str | None = None) -> nn.Sequential:
+    """A ResNet-style net: stem conv-BN-ReLU (half its outputs exactly 0: on the kink of the
+    blocks' last ReLU while their branch is 0), two ``ReluBlock``s, pool, head; ``bug`` plants
+    ×1.01 on ``"conv2"``'s gradient or a sign flip on ``"bn1"``'s weight gradient, in the first
+    block (both cut off at θ by its zero BN scale)."""
+    factors = {"conv2": {"conv2.weight": 1.01}, "bn1": {"bn1.weight": -1.0}, None: {}}[bug]
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        ReluBlock(8, factors), ReluBlock(8, {}),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+    )  # fmt: skip
+
+
+def relu_resnet_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """8 images 3×8×8 and labels of 5 classes."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(8, 3, 8, 8, generator=generator), torch.randint(
+        0, 5, (8,), generator=generator
+    )
+
+
 class LayerScaleNet(nn.Module):
     """A ConvNeXt-like block on vectors: x + γ·W₂ GELU(W₁ LayerNorm(x)), γ = 1e-6, then a head."""
 

@@ -20,11 +20,13 @@ A first reading of "disagrees" is never final, and a re-check clears it only by 
 per doubling; if J is smooth there and the fit explains the first reading, Richardson's estimate,
 whose noise (0.67·σ_i) is below the first reading's, is read instead ("longer steps"). Where J''
 does not agree (a kink: it halves when the step doubles at a kink sitting at θ), θ is moved by a
-small seeded jitter off the kink set, backprop is run again there, and the component is read at that
-nearby point ("off kink"), up to ``JITTER_TRIES`` times. At float32's step the re-check runs at h/2
-and h/4, too noisy to tell a jump in J (a routing decision of top-k experts that flips within the
-step) from a slope: a first disagreement it leaves standing is read once more at a jittered θ, at
-the first step and with the first reading's tolerance ("off kink").
+small seeded jitter off the kink set, backprop is run again there, and the component is read at
+that nearby point ("off kink"), up to ``JITTER_TRIES`` times; a disagreement there stands once a
+second jittered θ shows it too (a gap only one of them shows: "not judged, on a kink"). At
+float32's step the re-check runs at h/2 and h/4, too noisy to tell a jump in J (a routing
+decision of top-k experts that flips within the step) from a slope: a first disagreement it
+leaves standing is read once more at a jittered θ, at the first step and with the first
+reading's tolerance ("off kink").
 
 A tensor whose components disagree, or whose errors together exceed J's noise
 (:mod:`gradwatch.evidence.tensor_test`), has J's noise measured along its own components; where it
@@ -182,18 +184,48 @@ def _off_kinks(
     """Reads components whose step crossed a kink at a jittered θ where J is smooth and the fit
     explains the reading there. A component the jitter put on a flat side (a ReLU turned off: no
     gradient to compare) is tried again at the next jitter; those no jitter frees stay "not
-    judged, on a kink"."""
+    judged, on a kink". A disagreement there stands once a second jittered θ shows it too
+    (``_confirmed``)."""
     record.reading[kinks], record.reason[kinks] = NOT_JUDGED, ON_KINK
-    for attempt in range(JITTER_TRIES):
-        if kinks.size == 0:
+    pending = np.zeros(0, np.int64)
+    for attempt in range(JITTER_TRIES + 1):
+        if attempt == JITTER_TRIES:
+            kinks = np.zeros(0, np.int64)  # the last try confirms, it frees no more kinks
+        if kinks.size + pending.size == 0:
             return
         moved = objective.jittered(attempt)
         if moved is None:
             return
+        both = np.concatenate([kinks, pending])
         smooth, estimate, spread = reread(
-            moved.objective, moved.center, kinks, steps[kinks], record.sigma[kinks], None
+            moved.objective, moved.center, both, steps[both], record.sigma[both], None
         )
-        at = kinks[smooth]
+        first = (record.reading[pending], record.reason[pending])
+        at = both[smooth]
         values = (moved.analytic[at], estimate[smooth], spread[smooth])
         record.set(at, values, pass_max, OFF_KINK)
-        kinks = kinks[~smooth | (record.reading[kinks] == NOT_JUDGED)]
+        pending = _confirmed(record, pending, smooth[kinks.size :], first)
+        fresh = kinks[smooth[: kinks.size] & (record.reading[kinks] == DISAGREES)]
+        kinks = kinks[~smooth[: kinks.size] | (record.reading[kinks] == NOT_JUDGED)]
+        pending = np.concatenate([pending, fresh])
+
+
+def _confirmed(
+    record: Record, pending: np.ndarray, smooth: np.ndarray, first: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """The components of ``pending`` (a disagreement at one jittered θ) still waiting for a second
+    jittered θ where J is smooth. A jitter of 1000 steps spreads a cluster of kinks that sat at θ
+    together (the ReLUs after a zero-initialized residual branch, whose input is 0) over 1000
+    steps, so one may lie within 4h there; one whose slope changes by less than the smoothness
+    test sees (a unit behind a BN scale the jitter moved off zero to ~1e-4) can leave Richardson's
+    estimate up to ~1.5× the reading's tolerance off (a kink 4h/3 away fools both tests). A wrong
+    backward disagrees at every θ; a gap that the next θ does not show came from where θ stood:
+    such a component is "not judged, on a kink", never "agrees". Where J is not smooth at the
+    next θ, the first disagreement stays pending; at the end of the tries it stands as measured."""
+    reading, reason = first
+    done = pending[smooth]
+    split = done[record.reading[done] != DISAGREES]
+    record.reading[split], record.reason[split] = NOT_JUDGED, ON_KINK
+    keep = pending[~smooth]
+    record.reading[keep], record.reason[keep] = reading[~smooth], reason[~smooth]
+    return keep
