@@ -44,6 +44,7 @@ import numpy as np
 from gradwatch.evidence.escalation import escalate, retest, tensor_noise
 from gradwatch.evidence.objective import Objective
 from gradwatch.evidence.readings import (
+    AGREES,
     DISAGREES,
     LONGER_STEPS,
     NOT_JUDGED,
@@ -200,7 +201,7 @@ def _off_kinks(
         smooth, estimate, spread = reread(
             moved.objective, moved.center, both, steps[both], record.sigma[both], None
         )
-        first = (record.reading[pending], record.reason[pending])
+        first = _held(record, pending)
         at = both[smooth]
         values = (moved.analytic[at], estimate[smooth], spread[smooth])
         record.set(at, values, pass_max, OFF_KINK)
@@ -210,8 +211,17 @@ def _off_kinks(
         pending = np.concatenate([pending, fresh])
 
 
+def _held(record: Record, at: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The readings of ``at`` as they stand: the values, the reading and its reason."""
+    return tuple(a[at].copy() for a in _fields(record))
+
+
+def _fields(record: Record) -> tuple[np.ndarray, ...]:
+    return (record.analytic, record.numeric, record.noise, record.reading, record.reason)
+
+
 def _confirmed(
-    record: Record, pending: np.ndarray, smooth: np.ndarray, first: tuple[np.ndarray, np.ndarray]
+    record: Record, pending: np.ndarray, smooth: np.ndarray, first: tuple[np.ndarray, ...]
 ) -> np.ndarray:
     """The components of ``pending`` (a disagreement at one jittered θ) still waiting for a second
     jittered θ where J is smooth. A jitter of 1000 steps spreads a cluster of kinks that sat at θ
@@ -219,13 +229,17 @@ def _confirmed(
     steps, so one may lie within 4h there; one whose slope changes by less than the smoothness
     test sees (a unit behind a BN scale the jitter moved off zero to ~1e-4) can leave Richardson's
     estimate up to ~1.5× the reading's tolerance off (a kink 4h/3 away fools both tests). A wrong
-    backward disagrees at every θ; a gap that the next θ does not show came from where θ stood:
-    such a component is "not judged, on a kink", never "agrees". Where J is not smooth at the
-    next θ, the first disagreement stays pending; at the end of the tries it stands as measured."""
-    reading, reason = first
+    backward disagrees at every θ; a gap that the next θ reads as agreeing came from where θ
+    stood: such a component is "not judged, on a kink", never "agrees". A next θ with nothing to
+    compare (within noise: a ReLU's flat side) is no evidence either way, nor one where J is not
+    smooth: the first disagreement stays pending, and at the end of the tries stands as measured."""
     done = pending[smooth]
-    split = done[record.reading[done] != DISAGREES]
-    record.reading[split], record.reason[split] = NOT_JUDGED, ON_KINK
-    keep = pending[~smooth]
-    record.reading[keep], record.reason[keep] = reading[~smooth], reason[~smooth]
+    second = record.reading[done].copy()
+    agrees = done[second == AGREES]
+    record.reading[agrees], record.reason[agrees] = NOT_JUDGED, ON_KINK
+    waiting = ~smooth
+    waiting[smooth] = second == NOT_JUDGED
+    keep = pending[waiting]
+    for field, held in zip(_fields(record), first, strict=True):
+        field[keep] = held[waiting]
     return keep
