@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gradwatch._noise import measure_noise
+from gradwatch._noise import PROBE_START, measure_noise
 from gradwatch._readings import (
     DISAGREES,
     FITTED_STEP,
@@ -146,7 +146,7 @@ def _fitted(
     objective: Objective, record: Record, at: np.ndarray, center: float, steps: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The positions among ``at`` whose fitted step is longer than the first, and those steps."""
-    at = at[np.isfinite(record.analytic[at])]
+    at = at[np.isfinite(record.at_theta[at])]
     fitted = fitted_steps(objective.values(at), steps[at], record.sigma[at], center)
     longer = fitted > steps[at]
     return at[longer], fitted[longer]
@@ -171,7 +171,7 @@ def _directions(
     near, far = (values[0], values[1], one), (values[2], values[3], 2 * one)
     sigma = float(np.max(record.sigma[at]))
     smooth, estimate, noise = extrapolate(center, far, near, sigma)
-    along = (signs * fitted) @ record.analytic[at]
+    along = (signs * fitted) @ record.at_theta[at]
     reading, _ = read(along, estimate, noise, pass_max)
     return bool(np.all(smooth)), bool(np.any(reading != NOT_JUDGED))
 
@@ -189,8 +189,9 @@ def _each(
     smooth, estimate, spread = extrapolate(center, far, near, record.sigma[at])
     smooth &= np.isfinite(estimate)
     done = at[smooth]
-    values = (record.analytic[done], estimate[smooth], spread[smooth])
+    values = (record.at_theta[done], estimate[smooth], spread[smooth])
     record.set(done, values, pass_max, FITTED_STEP)
+    record.step[done] = fitted[smooth]
 
 
 def _failing(record: Record, groups: np.ndarray, pass_max: float) -> list[int]:
@@ -236,26 +237,53 @@ def tensor_noise(
     steps: np.ndarray,
     seed: int,
     pass_max: float,
-    measured: set[int],
+    measured: set[tuple[int, bool]],
 ) -> None:
     """J's noise along the components of each tensor that disagrees or fails the tensor test
-    (once per tensor); where it is larger than the noise behind its readings, they are read
-    against it."""
+    (once per tensor and kind of step: the first, or a longer one fitted to J's noise), at the
+    stride of their readings; where it is larger than the noise behind their readings, they are
+    read against it.
+
+    At that stride because J's rounding is not the same at every stride: where θ reaches J through
+    an intermediate rounded to a coarser grid (a float32 island, a float32 check's activations),
+    J's error is piecewise constant over moves too small to change that intermediate by an ulp,
+    and a fourth difference within one piece cancels it. A reading whose two points lie further
+    apart than that sees the whole error (a tiny Funnel's attention scores cast to float32: J's
+    noise 2.5e-12 at the first probes' stride, jumps of ~1e-9 between the ends of a 1e-7 step)."""
     asking = set(np.unique(groups[record.reading == DISAGREES]).tolist())
     asking |= set(_failing(record, groups, pass_max))
-    for g in sorted(asking - measured):
-        measured.add(g)
-        support = np.flatnonzero((groups == g) & np.isfinite(record.noise))
-        if support.size == 0:
-            continue
-        found = measure_noise(objective.line, center, (), support, steps[support], seed, 0.0)
-        at = support[record.sigma[support] < found.sigma]
-        if at.size == 0:
-            continue
-        record.noise[at] *= found.sigma / record.sigma[at]
-        record.sigma[at] = found.sigma
-        read_again = at[record.measured()[at]]
-        values = (record.analytic[read_again], record.numeric[read_again], record.noise[read_again])
-        recheck = record.recheck[read_again].copy()
-        record.set(read_again, values, pass_max, 0)
-        record.recheck[read_again] = recheck
+    longer = record.step > steps
+    for g in sorted(asking):
+        for kind in (False, True):
+            if (g, kind) in measured:
+                continue
+            support = np.flatnonzero((groups == g) & np.isfinite(record.noise) & (longer == kind))
+            if support.size == 0:
+                continue
+            measured.add((g, kind))
+            _raise_noise(objective, record, support, center, seed, pass_max)
+
+
+def _raise_noise(
+    objective: Objective,
+    record: Record,
+    support: np.ndarray,
+    center: float,
+    seed: int,
+    pass_max: float,
+) -> None:
+    """Measures J's noise along ``support``, each component moved by the step of its reading per
+    stride (the stencil's points as far apart as a reading's, its four strides spanning the 4h of
+    the longest re-check), and reads the components whose noise was smaller against it."""
+    strides = record.step[support] / PROBE_START  # measure_noise's first stride: PROBE_START
+    found = measure_noise(objective.line, center, (), support, strides, seed, 0.0)
+    at = support[record.sigma[support] < found.sigma]
+    if at.size == 0:
+        return
+    record.noise[at] *= found.sigma / record.sigma[at]
+    record.sigma[at] = found.sigma
+    read_again = at[record.measured()[at]]
+    values = (record.analytic[read_again], record.numeric[read_again], record.noise[read_again])
+    recheck = record.recheck[read_again].copy()
+    record.set(read_again, values, pass_max, 0)
+    record.recheck[read_again] = recheck

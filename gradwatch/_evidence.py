@@ -177,6 +177,7 @@ def gather_evidence(
         numeric = np.where(gaps > 0, (plus - minus) / (2 * np.where(gaps > 0, gaps, 1.0)), 0.0)
         noise = np.where(gaps > 0, sigma / (np.sqrt(2) * gaps), np.inf)
     record = Record(analytic, numeric, noise, np.full(analytic.size, float(sigma)))
+    record.step[:] = steps
     record.reading, record.reason = read(analytic, numeric, noise, pass_max)
     lost = ~(gaps > 0)
     record.reading[lost], record.reason[lost] = NOT_JUDGED, STEP_LOST
@@ -184,7 +185,7 @@ def gather_evidence(
     suspects = np.flatnonzero((record.reading == DISAGREES) & finite)
     firsts = (plus, minus, gaps)
     _explain(objective, record, suspects, firsts, center, steps, pass_max)
-    measured: set[int] = set()
+    measured: set[tuple[int, bool]] = set()
     tensor_noise(objective, record, groups, center, steps, seed, pass_max, measured)
     escalate(objective, record, groups, center, steps, seed, (pass_max, warn_max))
     retest(objective, record, groups, center, steps, pass_max)

@@ -1,0 +1,134 @@
+"""A correct tiny Funnel transformer passes when checked in float32 and as written (its attention
+scores cast to float32), and a gradient 1% off on one decoder weight fails in the same modes.
+
+Two causes of the false fails these guard (issue: the external run's ``repro_funnel_f32.py`` and
+``repro_funnel_keep_precision.py``):
+
+- J's noise along a tensor was measured at 1/64 of the first step, where J's rounding through a
+  coarser intermediate (float32 activations, a float32 island) is piecewise constant and the
+  fourth difference cancels it; the readings at the fitted step saw 4× that noise. It is now
+  measured at the stride of the readings it judges.
+- A component read off a kink kept backprop's value at the jittered θ, and a later reading at θ
+  (the fitted step) compared θ's estimate with it. It now compares with backprop at θ.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+from gradwatch._evidence import Moved, gather_evidence
+from gradwatch._readings import AGREES, DISAGREES, READINGS, RECHECKS
+
+THETA, STEP = 0.5, 1e-7
+# J's slope at θ, and the jump of size 1e-6 that sits within 5e-7 above θ: the first step and its
+# re-checks at 2h and 4h cross it, the fitted step (~6e-6 here) reads J beyond it.
+SLOPE, JUMP, WIDTH = 2.0, 1e-6, 5e-7
+
+
+class Jumpy:
+    """J(θ) = SLOPE·θ + a jump just above θ; jittered, θ lands where J is flat (a unit turned
+    off), so the reading off the kink is "within noise" and the fitted step reads at θ."""
+
+    def __init__(self, flat: bool = False) -> None:
+        self.flat = flat
+
+    def cost(self, t: float) -> float:
+        if self.flat:
+            return 1.0
+        return SLOPE * t + (JUMP if 0 < t - THETA < WIDTH else 0.0)
+
+    def pairs(self, at: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            np.array([self.cost(THETA + s) for s in h]),
+            np.array([self.cost(THETA - s) for s in h]),
+        )
+
+    def half_gaps(self, at: np.ndarray, h: np.ndarray) -> np.ndarray:
+        return np.asarray(h, np.float64)
+
+    def values(self, at: np.ndarray) -> np.ndarray:
+        return np.full(len(at), THETA)
+
+    def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return np.array([self.cost(THETA + float(r.sum())) for r in rows])
+
+    def jittered(self, attempt: int) -> Moved:
+        moved = Jumpy(flat=True)
+        return Moved(moved, np.zeros(1), 1.0)
+
+
+@pytest.mark.parametrize("planted", [False, True])
+def test_a_reading_at_theta_after_the_jitter_compares_backprop_at_theta(planted: bool) -> None:
+    j = Jumpy()
+    analytic = np.array([SLOPE * (1.01 if planted else 1.0)])
+    h = np.full(1, STEP)
+    found = gather_evidence(j, analytic, j.pairs(np.zeros(1), h), j.cost(THETA), h, 1e-16, 1e-7)
+    assert RECHECKS[found.recheck[0]] == "fitted step"
+    assert READINGS[found.reading[0]] == READINGS[DISAGREES if planted else AGREES]
+    assert found.analytic[0] == analytic[0]  # backprop at θ, not at the jittered θ (0.0)
+    assert abs(found.numeric[0] - SLOPE) < 1e-6
+
+
+def _funnel(seed: int) -> torch.nn.Module:
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    config = tf.FunnelConfig(
+        vocab_size=100, block_sizes=[1, 1], num_decoder_layers=1, d_model=32, n_head=2,
+        d_head=16, d_inner=64, hidden_act="gelu_new", max_position_embeddings=64,
+    )  # fmt: skip
+    return tf.FunnelForMaskedLM(config).train()
+
+
+class _Scale(torch.autograd.Function):
+    """The identity whose backward scales the gradient by ``factor``: the planted bug."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(w: torch.Tensor, factor: float) -> torch.Tensor:
+        return w.clone()
+
+    @staticmethod
+    def setup_context(ctx: object, inputs: tuple, output: torch.Tensor) -> None:
+        ctx.factor = inputs[1]  # type: ignore[attr-defined]
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.factor, None  # type: ignore[attr-defined]
+
+
+class _ScaleGrad(torch.nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return _Scale.apply(w, 1.01)
+
+
+PLANTED = "funnel.decoder.layers.0.ffn.linear_1"
+MODES = {"float32": {"dtype": torch.float32}, "as written": {"keep_precision": False}}
+
+
+def _loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=ids, labels=ids).loss
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tiny_funnel_passes_and_its_planted_twin_fails(mode: str, seed: int) -> None:
+    import gradwatch
+
+    ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(seed))
+    correct = gradwatch.check_module(
+        _funnel(seed), _loss, ids, sample=120, seed=seed, progress=False, **MODES[mode]
+    )
+    assert correct.verdict.value == "pass", str(correct)
+    assert correct.reading_counts["disagrees"] == 0
+    planted = _funnel(seed)
+    parametrize.register_parametrization(planted.get_submodule(PLANTED), "weight", _ScaleGrad())
+    wrong = gradwatch.check_module(
+        planted, _loss, ids, sample=120, seed=seed, progress=False, **MODES[mode]
+    )
+    assert wrong.verdict.value == "fail", str(wrong)
+    assert sorted(wrong.parameters_with("fail")) == [f"{PLANTED}.parametrizations.weight.original"]
