@@ -27,12 +27,12 @@ flips within the step) from a slope: a first disagreement it leaves standing is 
 a jittered θ, at the first step and with the first reading's tolerance ("off kink").
 
 A tensor whose components disagree, or whose errors together exceed J's noise
-(:mod:`gradwatch._tensor_test`), has J's noise measured along its own components; where it is
-larger than the noise measured first, its components are read against it. A component left within
-noise is read again at a step fitted to J's noise ("fitted step"): only a gradient that is zero
-within that step's noise stays "not judged, within noise". A tensor that fails the tensor test
-has its components read again by Richardson's estimate, so that the h² truncation of the first
-step is not taken for a shared error.
+(:mod:`gradwatch._tensor_test`), has J's noise measured along its own components, at the stride
+of their readings; where it is larger than the noise measured first, they are read against it.
+A component left within noise is read again at a step fitted to J's noise ("fitted step"): only
+a gradient that is zero within that step's noise stays "not judged, within noise". A tensor that
+fails the tensor test has its components read again by Richardson's estimate, so that the h²
+truncation of the first step is not taken for a shared error.
 """
 
 from __future__ import annotations

@@ -132,3 +132,41 @@ def test_tiny_funnel_passes_and_its_planted_twin_fails(mode: str, seed: int) -> 
     )
     assert wrong.verdict.value == "fail", str(wrong)
     assert sorted(wrong.parameters_with("fail")) == [f"{PLANTED}.parametrizations.weight.original"]
+
+
+class Staircase:
+    """J = Σθ + an error of size 1e-9 that is constant while s = Σθ stays within a cell of 1e-5:
+    J rounded through one coarse intermediate, as through a float32 activation."""
+
+    def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        s = rows.sum(axis=1)
+        cells = np.floor(s / 1e-5).astype(np.int64)
+        errors = [np.random.default_rng([int(c) + 2**40, 3]).standard_normal() for c in cells]
+        return s + 1e-9 * np.asarray(errors)
+
+
+@pytest.mark.parametrize("planted", [False, True])
+def test_a_tensors_noise_is_measured_at_the_stride_of_its_readings(planted: bool) -> None:
+    from gradwatch._escalation import tensor_noise
+    from gradwatch._noise import measure_noise
+    from gradwatch._readings import Record, read
+
+    size, first, fitted = 32, 1e-7, 1e-3
+    # Each reading at the fitted step is Richardson's estimate from J at ±H, ±2H: its error is
+    # ~0.8·σ_J/H = 8e-7 for σ_J = 1e-9. Component 0 is 4e-6 off (5σ of the true noise, but 8σ
+    # of a noise 3e-11 measured at the first probes' stride); planted, 4e-4 off.
+    analytic = np.ones(size)
+    numeric = np.ones(size)
+    numeric[0] += 4e-4 if planted else 4e-6
+    sigma = np.full(size, 3e-11)
+    noise = 0.8 * sigma / fitted
+    record = Record(analytic, numeric, noise, sigma)
+    record.reading, record.reason = read(analytic, numeric, noise, 1e-7)
+    record.step[:] = fitted
+    assert READINGS[record.reading[0]] == "disagrees"
+    groups, steps = np.zeros(size, np.int64), np.full(size, first)
+    short = measure_noise(Staircase().line, 0.0, (), np.arange(size), steps, 0, 0.0)
+    assert short.sigma < 1e-10  # at 1/64 of the first step the stencil stays within one cell
+    tensor_noise(Staircase(), record, groups, 0.0, steps, 0, 1e-7, set())  # type: ignore[arg-type]
+    assert 0.5e-9 < record.sigma[0] < 2e-9
+    assert READINGS[record.reading[0]] == ("disagrees" if planted else "agrees")
