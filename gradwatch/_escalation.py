@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gradwatch._noise import PROBE_START, measure_noise
+from gradwatch._noise import (
+    HALF_NORMAL_Q75,
+    PROBE_DIRECTIONS,
+    PROBE_WIDTH,
+    fourth_differences,
+    probe_rows,
+)
 from gradwatch._readings import (
     DISAGREES,
     FITTED_STEP,
@@ -275,15 +281,37 @@ def _raise_noise(
     """Measures J's noise along ``support``, each component moved by the step of its reading per
     stride (the stencil's points as far apart as a reading's, its four strides spanning the 4h of
     the longest re-check), and reads the components whose noise was smaller against it."""
-    strides = record.step[support] / PROBE_START  # measure_noise's first stride: PROBE_START
-    found = measure_noise(objective.line, center, (), support, strides, seed, 0.0)
-    at = support[record.sigma[support] < found.sigma]
+    found = _noise_along(objective, center, support, record.step[support], seed)
+    at = support[record.sigma[support] < found]
     if at.size == 0:
         return
-    record.noise[at] *= found.sigma / record.sigma[at]
-    record.sigma[at] = found.sigma
+    record.noise[at] *= found / record.sigma[at]
+    record.sigma[at] = found
     read_again = at[record.measured()[at]]
     values = (record.analytic[read_again], record.numeric[read_again], record.noise[read_again])
     recheck = record.recheck[read_again].copy()
     record.set(read_again, values, pass_max, 0)
     record.recheck[read_again] = recheck
+
+
+def _noise_along(
+    objective: Objective, center: float, support: np.ndarray, steps: np.ndarray, seed: int
+) -> float:
+    """J's noise from fourth differences along ``PROBE_DIRECTIONS`` random ±1 directions over
+    ``support`` (as :func:`gradwatch._noise.measure_noise`), each component moved by 1 to 2 times
+    its ``steps`` per stride, a random factor per direction: over a tensor with few checked
+    components (a bias sampled once) ±1 signs alone give only 2^width distinct lines, and the
+    75th percentile of two values is no measurement. A direction along which J did not move
+    carries no information and is left out."""
+    rng = np.random.default_rng([seed, 23])
+    width = min(PROBE_WIDTH, support.size)
+    picks = rng.choice(support.size, width, replace=False)
+    signs = rng.choice([-1.0, 1.0], size=(PROBE_DIRECTIONS, width))
+    stride = 1.0 + rng.random(PROBE_DIRECTIONS)
+    values = objective.line(support[picks], probe_rows(steps[picks], signs, stride))
+    values = np.concatenate([np.full((PROBE_DIRECTIONS, 1), center), values.reshape(-1, 4)], 1)
+    found = np.abs(fourth_differences(values[np.any(values != values[:, :1], axis=1)]))
+    found = found[np.isfinite(found)]
+    if found.size == 0:
+        return 0.0
+    return float(np.quantile(found, 0.75)) / (HALF_NORMAL_Q75 * np.sqrt(70.0))
