@@ -278,9 +278,8 @@ def _raise_noise(
     seed: int,
     pass_max: float,
 ) -> None:
-    """Measures J's noise along ``support``, each component moved by the step of its reading per
-    stride (the stencil's points as far apart as a reading's, its four strides spanning the 4h of
-    the longest re-check), and reads the components whose noise was smaller against it."""
+    """Measures J's noise along ``support`` at the stride of its readings (:func:`_noise_along`)
+    and reads the components whose noise was smaller against it."""
     found = _noise_along(objective, center, support, record.step[support], seed)
     at = support[record.sigma[support] < found]
     if at.size == 0:
@@ -298,16 +297,18 @@ def _noise_along(
     objective: Objective, center: float, support: np.ndarray, steps: np.ndarray, seed: int
 ) -> float:
     """J's noise from fourth differences along ``PROBE_DIRECTIONS`` random ±1 directions over
-    ``support`` (as :func:`gradwatch._noise.measure_noise`), each component moved by 1 to 2 times
-    its ``steps`` per stride, a random factor per direction: over a tensor with few checked
-    components (a bias sampled once) ±1 signs alone give only 2^width distinct lines, and the
-    75th percentile of two values is no measurement. A direction along which J did not move
-    carries no information and is left out."""
+    ``support`` (as :func:`gradwatch._noise.measure_noise`), each component moved by 1/4 to 1/2
+    of its ``steps`` per stride, a random factor per direction. So the stencil reaches 1 to 2
+    steps from θ, as far as a reading's points (±h) and its re-check's (2h) and no further: a kink
+    beyond (a ReLU 3 steps away) stays outside it as it does for the reading. The factor is random
+    because over a tensor with few checked components (a bias sampled once) ±1 signs alone give
+    only 2^width distinct lines, and the 75th percentile of two values is no measurement. A
+    direction along which J did not move carries no information and is left out."""
     rng = np.random.default_rng([seed, 23])
     width = min(PROBE_WIDTH, support.size)
     picks = rng.choice(support.size, width, replace=False)
     signs = rng.choice([-1.0, 1.0], size=(PROBE_DIRECTIONS, width))
-    stride = 1.0 + rng.random(PROBE_DIRECTIONS)
+    stride = (1.0 + rng.random(PROBE_DIRECTIONS)) / 4
     values = objective.line(support[picks], probe_rows(steps[picks], signs, stride))
     values = np.concatenate([np.full((PROBE_DIRECTIONS, 1), center), values.reshape(-1, 4)], 1)
     found = np.abs(fourth_differences(values[np.any(values != values[:, :1], axis=1)]))
