@@ -11,6 +11,8 @@ import numpy as np
 from gradwatch._noise import (
     HALF_NORMAL_Q75,
     PROBE_DIRECTIONS,
+    PROBE_GROWTH,
+    PROBE_TRIES,
     PROBE_WIDTH,
     fourth_differences,
     probe_rows,
@@ -303,15 +305,25 @@ def _noise_along(
     beyond (a ReLU 3 steps away) stays outside it as it does for the reading. The factor is random
     because over a tensor with few checked components (a bias sampled once) ±1 signs alone give
     only 2^width distinct lines, and the 75th percentile of two values is no measurement. A
-    direction along which J did not move carries no information and is left out."""
+    direction along which J did not move is probed again at a longer stride, as
+    :func:`~gradwatch._noise.measure_noise` does; one that never moved J is left out."""
     rng = np.random.default_rng([seed, 23])
     width = min(PROBE_WIDTH, support.size)
     picks = rng.choice(support.size, width, replace=False)
     signs = rng.choice([-1.0, 1.0], size=(PROBE_DIRECTIONS, width))
     stride = (1.0 + rng.random(PROBE_DIRECTIONS)) / 4
-    values = objective.line(support[picks], probe_rows(steps[picks], signs, stride))
-    values = np.concatenate([np.full((PROBE_DIRECTIONS, 1), center), values.reshape(-1, 4)], 1)
-    found = np.abs(fourth_differences(values[np.any(values != values[:, :1], axis=1)]))
+    found = np.full(PROBE_DIRECTIONS, np.nan)
+    pending = np.arange(PROBE_DIRECTIONS)
+    for _ in range(PROBE_TRIES):
+        rows = probe_rows(steps[picks], signs[pending], stride[pending])
+        values = objective.line(support[picks], rows).reshape(-1, 4)
+        values = np.concatenate([np.full((pending.size, 1), center), values], 1)
+        moved = np.any(values != values[:, :1], axis=1)
+        found[pending[moved]] = np.abs(fourth_differences(values[moved]))
+        pending = pending[~moved]
+        if pending.size == 0:
+            break
+        stride[pending] *= PROBE_GROWTH  # J did not move (θ or J rounded to float32): longer
     found = found[np.isfinite(found)]
     if found.size == 0:
         return 0.0
