@@ -104,6 +104,10 @@ def test_no_support_measures_nothing_but_keeps_the_floor() -> None:
     noise = measure_noise(_noisy_line(0.0, 0), 1.0, (1.0,), np.zeros(0, np.int64), np.zeros(0), 0)
     assert (noise.sigma, noise.directions) == (0.0, 0)
     assert noise.effective == rounding_floor(1.0)
+    repeated = measure_noise(
+        _noisy_line(0.0, 0), 1.0, (1.5,), np.zeros(0, np.int64), np.zeros(0), 0
+    )
+    assert repeated == JNoise(0.0, 0.5, rounding_floor(1.0), 0, 0, 1.0, 0)
 
 
 # --- Jumps in J (issue 19): a minority of probes crossing a routing flip leave σ alone ---------
