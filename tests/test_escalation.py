@@ -73,3 +73,65 @@ def test_the_gate_steps_down_a_rung_where_j_is_not_smooth_along_its_longest() ->
     right = gradwatch.check_function(cost, _theta(), grad, layout=LAYOUT)
     assert right.verdict is Verdict.PASS, str(right)
     assert right.parameters["w"].disagrees == 0
+
+
+def test_tensors_too_close_to_j_noise_are_read_again_beside_one_that_disagrees() -> None:
+    # J = 3e5 + g·θ + θ·θ at θ = 0 (σ ≈ 2.6e-4 per component at ε = 1e-7). "a", "b" and "c" (|g|
+    # ~ 0.03) have a noise floor ~1e-2 > warn_max: too close to J's noise, each read again at the
+    # fitted step on its own ("d" and "e" beside them would hide that noise if counted with
+    # theirs). "a" with a sign flip disagrees: it keeps its first readings, the others are read
+    # again. "e" (0.3 and 24 zeros within noise) is not too close: its floor counts e[0] only.
+    layout = {"a": (3,), "d": (1,), "b": (3,), "c": (3,), "e": (25,)}
+    grad = np.r_[0.03, -0.02, 0.025, 1.0, 0.03, -0.02, 0.025, -0.02, 0.04, 0.03, 0.3, np.zeros(24)]
+
+    def cost(t: np.ndarray) -> float:
+        return BIG + float(grad @ t) + float(t @ t)
+
+    wrong = grad.copy()
+    wrong[1] = -wrong[1]
+    for analytic, a_fails in ((grad, False), (wrong, True)):
+        report = gradwatch.check_function(cost, np.zeros(grad.size), analytic, layout=layout)
+        verdicts = {name: p.verdict for name, p in report.parameters.items()}
+        a = Verdict.FAIL if a_fails else Verdict.PASS
+        assert verdicts == {
+            "a": a,
+            "d": Verdict.PASS,
+            "b": Verdict.PASS,
+            "c": Verdict.PASS,
+            "e": Verdict.PASS,
+        }, str(report)
+        rechecks = [report.component(i).recheck for i in range(11)]
+        first = "" if a_fails else "fitted step"
+        assert rechecks == [first, "longer steps" if a_fails else first, first, ""] + [
+            "fitted step"
+        ] * 6 + [""], str(report)
+        assert report.component(1).reading == ("disagrees" if a_fails else "agrees")
+
+
+def test_the_ladder_climbs_while_a_tensor_stays_too_close_to_j_noise() -> None:
+    # J = 3e5 + g·x + x·x, x = θ − θ₀. At the fitted step (noise ~4.7e-6 per component) "b"
+    # (|g| ~ 1e-3, judged at the first step) and "c" (|g| ~ 1e-4, within noise, read through the
+    # gate) stay too close to J's noise: each climbs to the next rung (noise ~3e-7), where 1% of
+    # b[1] and 5% of c[1] (≥ 2e-5 and 1e-5) disagree. b[3] (θ₀ = 1e20: its step is lost) is read at
+    # no step. "d" (g = 1) beside them has a noise floor far under warn_max.
+    layout = {"d": (1,), "b": (4,), "c": (3,)}
+    grad = np.r_[1.0, 1e-3, -2e-3, 1.5e-3, 0.01, 1e-4, -2e-4, 1.5e-4]
+    theta = np.r_[np.zeros(4), 1e20, np.zeros(3)]
+
+    def cost(t: np.ndarray) -> float:
+        x = t - theta
+        return BIG + float(grad @ x) + float(x @ x)
+
+    wrong = grad * np.r_[1.0, 1.0, 1.01, 1.0, 1.0, 1.0, 1.05, 1.0]
+    for analytic, fails in ((grad, False), (wrong, True)):
+        report = gradwatch.check_function(cost, theta, analytic, layout=layout)
+        bug = Verdict.FAIL if fails else Verdict.PASS
+        verdicts = {name: p.verdict for name, p in report.parameters.items()}
+        assert verdicts == {"d": Verdict.PASS, "b": bug, "c": bug}, str(report)
+        lost = report.component(4)
+        assert (lost.reading, lost.reason, lost.recheck) == ("not judged", "step lost", "")
+        for i in (1, 2, 3, 5, 6, 7):
+            found = report.component(i)
+            assert found.recheck == "fitted step" and found.numeric_noise < 1e-6, str(report)
+            flipped = fails and i in (2, 6)
+            assert found.reading == ("disagrees" if flipped else "agrees"), str(report)

@@ -201,6 +201,16 @@ def test_a_lost_step_is_not_judged() -> None:
     assert report.component(0).reading == "agrees"
 
 
+def test_a_lost_step_measures_nothing() -> None:
+    # θ₁ = 1e10: θ₁ ± 1e-7 == θ₁, so J(θ+h) = J(θ−h) measures no slope: its numeric value is 0,
+    # with infinite noise, not a number that could be read as a gradient.
+    found = _gather(_Relu(np.array([0.5, 1e10, 0.5])), np.array([1.0, 2.0, 0.25]))
+    assert (found.reading[1], found.reason[1]) == (NOT_JUDGED, STEP_LOST)
+    assert found.numeric[1] == 0.0 and found.first_numeric[1] == 0.0
+    assert found.noise[1] == np.inf
+    assert list(found.reading[[0, 2]]) == [AGREES, AGREES]
+
+
 def test_a_material_example_at_a_large_step_is_truncation_not_a_bug() -> None:
     # J = θ³ at θ = 1, ε = 0.01: the two-sided estimate 3.0001 is off by ε²·J‴/6 = 1e-4.
     report = gradwatch.check_function(

@@ -104,6 +104,10 @@ def test_no_support_measures_nothing_but_keeps_the_floor() -> None:
     noise = measure_noise(_noisy_line(0.0, 0), 1.0, (1.0,), np.zeros(0, np.int64), np.zeros(0), 0)
     assert (noise.sigma, noise.directions) == (0.0, 0)
     assert noise.effective == rounding_floor(1.0)
+    repeated = measure_noise(
+        _noisy_line(0.0, 0), 1.0, (1.5,), np.zeros(0, np.int64), np.zeros(0), 0
+    )
+    assert repeated == JNoise(0.0, 0.5, rounding_floor(1.0), 0, 0, 1.0, 0)
 
 
 # --- Jumps in J (issue 19): a minority of probes crossing a routing flip leave σ alone ---------
@@ -161,3 +165,17 @@ def test_no_probe_is_a_jump_without_a_scale_to_compare_with() -> None:
     # Most stencils read exactly 0 (J coarse): the median gives no scale, nothing is left out.
     sigma, jumps = noise_sigma(np.array([0.0, 0.0, 0.0, 5.0]))
     assert jumps == 0 and sigma > 0
+
+
+def test_sigma_is_the_bulk_q75_over_the_half_normal_q75_of_a_fourth_difference() -> None:
+    # A fourth difference of iid noise σ has σ·√70 (1² + 4² + 6² + 4² + 1²); |·|'s 0.75 quantile is
+    # HALF_NORMAL_Q75 times that. No fourth difference: no noise measured, no jump.
+    q75 = 1.1503493803760079 * math.sqrt(70.0)
+    sigma, jumps = noise_sigma(np.full(5, 3.0 * q75))
+    assert sigma == pytest.approx(3.0, rel=1e-12) and jumps == 0
+    assert noise_sigma(np.zeros(0)) == (0.0, 0)
+
+
+def test_no_repeat_at_theta_is_no_spread() -> None:
+    noise = measure_noise(_noisy_line(1e-12, 0), 0.0, (), np.arange(8), np.full(8, 1e-4), 0, 0.0)
+    assert noise.spread == 0.0 and noise.effective == noise.sigma > 0
