@@ -4,9 +4,10 @@ judged, bugs inside those branches fail there, and the model is left bit for bit
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -210,3 +211,37 @@ def test_a_sampled_branch_with_a_bug_still_fails_at_the_generic_point() -> None:
     assert set(report.parameters_with("fail")) <= {"conv1.weight", "bn1.weight", "bn1.bias"}
     assert report.parameters_with("fail")
     _generic_note(report)
+
+
+class _Line:
+    """J(θ) = c·θ₀ on a 3-vector θ, with backprop saying ``grad`` (a fake ModuleCost)."""
+
+    def __init__(self, c: float, grad: float, shift: torch.Tensor | None = None) -> None:
+        self.c, self.grad, self.evaluations = c, grad, 1
+        self.theta = [torch.zeros(3, dtype=torch.float64) + (0 if shift is None else shift)]
+
+    def gradient(self) -> tuple[float, list[torch.Tensor]]:
+        return 0.0, [torch.tensor([self.grad, 0.0, 0.0], dtype=torch.float64)]
+
+    def moved(self, deltas: list[torch.Tensor]) -> _Line:
+        return _Line(self.c, self.grad, self.theta[0] + deltas[0])
+
+    def value(self) -> float:
+        return self.c * float(self.theta[0][0])
+
+
+@pytest.mark.parametrize(("grad", "read"), [(-1.0, True), (1.0, False), (0.0, False)])
+def test_a_tensor_is_visited_where_j_and_backprop_disagree_on_it(grad: float, read: bool) -> None:
+    # Along the checked component, J changes by 2h·c and backprop says 2h·grad: with the
+    # tolerance 8·√2·σ_J at 3h, each side alone stays under it (2h); a sign flip's gap (4h) does
+    # not, and the tensor is visited. A backprop that agrees, or one that is 0 where J's own
+    # change is under the tolerance, leaves it (a reading there would say "within noise").
+    from gradwatch.check.generic_point import _moving
+    from gradwatch.partition import Exchange
+
+    h = 1e-7
+    sigma = 3 * h / (8 * 2**0.5)
+    report = mock.Mock(j_noise=mock.Mock(effective=sigma))
+    there = cast(Any, _Line(1.0, grad))
+    names, _ = _moving(there, ["w"], [np.array([0])], report, h, Exchange(None), 0)
+    assert names == (["w"] if read else [])

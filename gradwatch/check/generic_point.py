@@ -165,12 +165,12 @@ def _moving(
 ) -> tuple[list[str], int]:
     """The tensors ``names`` (θ of ``there``, the generic point) whose gradient there exceeds
     J's noise on their ``checked`` components (flat positions in each tensor: those a reading
-    there reads), by backprop or by J itself along a seeded ±1 direction over them (a backward
-    that drops the gradient shows in the latter), and the evaluations it took: the others would
-    cost two evaluations per component to read as not judged again (a bias that a
-    normalization cancels; in a sampled check, the taps of a 3x3 kernel that only ever see a
-    1x1 map's zero padding, whatever the generic point moved). Process 0's measurements decide,
-    in every process."""
+    there reads), by backprop, by J itself along a seeded ±1 direction over them (a backward
+    that drops the gradient shows there) or by the gap between the two, and the evaluations it
+    took: the others would cost two evaluations per component to read as not judged again (a
+    bias that a normalization cancels; in a sampled check, the taps of a 3x3 kernel that only
+    ever see a 1x1 map's zero padding, whatever the generic point moved). Process 0's
+    measurements decide, in every process."""
     if report.j_noise is None:
         return names, 0
     center, grads = there.gradient()
@@ -188,10 +188,13 @@ def _moving(
             )
             ends.append(shifted.value())
             spent += shifted.evaluations
-        measured += [abs(ends[0] - ends[1]), 2 * abs(float((move * grad).sum()))]
+        change = ends[0] - ends[1], 2 * float((move * grad).sum())  # by J, by backprop
+        measured += [abs(change[0]), abs(change[1]), abs(change[0] - change[1])]
     _, agreed = split.agree((center,), np.asarray(measured, np.float64))
-    # Both changes of J carry the noise of two evaluations: √2·σ_J, read with the tolerance.
-    beyond = agreed.reshape(-1, 2).max(1) > NOISE_MULTIPLE * math.sqrt(2) * report.j_noise.effective
+    # J's change carries the noise of two evaluations, √2·σ_J, and so does its gap to backprop's
+    # (a reading, not each side alone: a sign flip of a gradient under the tolerance on either
+    # side still shows there); read with the tolerance.
+    beyond = agreed.reshape(-1, 3).max(1) > NOISE_MULTIPLE * math.sqrt(2) * report.j_noise.effective
     return [n for n, b in zip(names, beyond, strict=True) if b], spent
 
 
