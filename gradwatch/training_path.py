@@ -130,7 +130,8 @@ class ParameterPath:
     could be compared (``judged``: False where the eager gradient itself is not finite).
     ``zero_to_rounding``: the reference is no larger than the eager error, so in this precision
     the gradient is all rounding (a bias BatchNorm cancels), and the floor is taken at the
-    scale of the model's gradients."""
+    scale of the model's gradients. ``hook``: where the parameter carries gradient hooks
+    (``Parameter.register_hook``) and fails, what they do to its gradient, else empty."""
 
     error: float
     eager_error: float
@@ -138,6 +139,7 @@ class ParameterPath:
     precision: str
     judged: bool = True
     zero_to_rounding: bool = False
+    hook: str = ""
 
     @property
     def allowed(self) -> float:
@@ -219,6 +221,12 @@ class TrainingPathResult:
 
     def _blame(self, name: str, what: str) -> str:
         p = self.parameters[name]
+        if p.hook:  # what trains passes through the hook; the checked gradient does not
+            return (
+                f"{name}: {p.hook}: the gradient that trains passes through the hook, J's "
+                "backprop (checked in float64) does not; if the hook is meant (clipping, "
+                "scaling), this is its effect, else remove it"
+            )
         cause = self.cause or ("a compiler or kernel bug" if self.compiled else "a kernel bug")
         if not math.isfinite(p.error):
             return f"{name}: {what} gradient is not finite where eager {p.precision} is; {cause}"
@@ -253,6 +261,7 @@ class TrainingPathResult:
                     "passed": p.passed,
                     "judged": p.judged,
                     "zero_to_rounding": p.zero_to_rounding,
+                    "hook": p.hook,
                 }
                 for n, p in self.parameters.items()
             },

@@ -4,8 +4,10 @@ judged, bugs inside those branches fail there, and the model is left bit for bit
 
 from __future__ import annotations
 
+from typing import Any, cast
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -166,3 +168,80 @@ def test_tensors_without_a_gradient_at_the_generic_point_either_cost_a_few_evalu
     assert unjudged and report.reading_counts == before.reading_counts
     # one backprop and a pair of evaluations along one direction per tensor, nothing more
     assert report.evaluations == before.evaluations + 1 + 2 * len(unjudged)
+
+
+def _padded_conv() -> tuple[nn.Module, Any, Any]:
+    """A 3x3 convolution on 1x1 maps: its eight outer taps read only zero padding, so their
+    gradient is zero at every point; then BatchNorm (a bias at zero by default) and a head."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+        nn.Linear(4, 3),
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    batch = (
+        torch.randn(8, 4, 1, 1, generator=generator),
+        torch.randint(0, 3, (8,), generator=generator),
+    )
+    return net, cross_entropy, batch
+
+
+def test_a_sample_of_taps_without_a_gradient_anywhere_is_not_read_at_the_generic_point() -> None:
+    # sample=10 picks six taps of 0.weight, all outer ones: the tensor is not judged at θ, and a
+    # generic point cannot change that. Only the components a reading there would read decide
+    # whether it is visited (not the whole tensor, whose centre taps move J).
+    net, loss, batch = _padded_conv()
+    report = gradwatch.check_module(net, loss, batch, sample=10, progress=False)
+    taps = report.indices[report.indices < net[0].weight.numel()] % 9
+    assert taps.size and 4 not in taps  # 4: the centre tap
+    assert report.parameters["0.weight"].verdict.value == "not judged"
+    with mock.patch.object(_module_check, "scales_at_zero", lambda model: []):
+        before = gradwatch.check_module(net, loss, batch, sample=10, progress=False)
+    assert report.reading_counts == before.reading_counts
+    assert report.evaluations == before.evaluations + 1 + 2  # backprop, one direction
+    assert not any("generic point" in n for n in report.notes)
+
+
+def test_a_sampled_branch_with_a_bug_still_fails_at_the_generic_point() -> None:
+    torch.manual_seed(0)
+    net = DESIGNS["zero-init last BN of a residual branch"][0](True)
+    batch = batch_for(net, 0)
+    report = gradwatch.check_module(net, cross_entropy, batch, sample=60, progress=False)
+    assert report.verdict is gradwatch.Verdict.FAIL
+    assert set(report.parameters_with("fail")) <= {"conv1.weight", "bn1.weight", "bn1.bias"}
+    assert report.parameters_with("fail")
+    _generic_note(report)
+
+
+class _Line:
+    """J(θ) = c·θ₀ on a 3-vector θ, with backprop saying ``grad`` (a fake ModuleCost)."""
+
+    def __init__(self, c: float, grad: float, shift: torch.Tensor | None = None) -> None:
+        self.c, self.grad, self.evaluations = c, grad, 1
+        self.theta = [torch.zeros(3, dtype=torch.float64) + (0 if shift is None else shift)]
+
+    def gradient(self) -> tuple[float, list[torch.Tensor]]:
+        return 0.0, [torch.tensor([self.grad, 0.0, 0.0], dtype=torch.float64)]
+
+    def moved(self, deltas: list[torch.Tensor]) -> _Line:
+        return _Line(self.c, self.grad, self.theta[0] + deltas[0])
+
+    def value(self) -> float:
+        return self.c * float(self.theta[0][0])
+
+
+@pytest.mark.parametrize(("grad", "read"), [(-1.0, True), (1.0, False), (0.0, False)])
+def test_a_tensor_is_visited_where_j_and_backprop_disagree_on_it(grad: float, read: bool) -> None:
+    # Along the checked component, J changes by 2h·c and backprop says 2h·grad: with the
+    # tolerance 8·√2·σ_J at 3h, each side alone stays under it (2h); a sign flip's gap (4h) does
+    # not, and the tensor is visited. A backprop that agrees, or one that is 0 where J's own
+    # change is under the tolerance, leaves it (a reading there would say "within noise").
+    from gradwatch.check.generic_point import _moving
+    from gradwatch.partition import Exchange
+
+    h = 1e-7
+    sigma = 3 * h / (8 * 2**0.5)
+    report = mock.Mock(j_noise=mock.Mock(effective=sigma))
+    there = cast(Any, _Line(1.0, grad))
+    names, _ = _moving(there, ["w"], [np.array([0])], report, h, Exchange(None), 0)
+    assert names == (["w"] if read else [])

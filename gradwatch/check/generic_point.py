@@ -122,14 +122,18 @@ def to_generic_point(
     if not names or not moved or found.evidence is None:
         return found, None, 0
     deltas = generic_deltas(model, moved, seed)
-    names, spent = _moving(cost_of(names).shifted(deltas), names, report, step, split, seed)
+    layout, tensor_of = report.layout, report.layout.tensor_of(report.indices)
+    offsets = np.asarray(layout.offsets)
+    checked = [
+        report.indices[tensor_of == t] - offsets[t] for t in map(layout.names.index, names)
+    ]  # the components of each tensor that a reading there would read
+    there = cost_of(names).shifted(deltas)
+    names, spent = _moving(there, names, checked, report, step, split, seed)
     if not names:
         return found, None, spent
-    layout, tensor_of = report.layout, report.layout.tensor_of(report.indices)
     wanted = [layout.names.index(n) for n in names]
     positions = np.flatnonzero(np.isin(tensor_of, wanted))
     sub = Layout(tuple(names), tuple(layout.shapes[t] for t in wanted))
-    offsets = np.asarray(layout.offsets)
     local = report.indices[positions] - offsets[tensor_of[positions]]
     sub_index = np.asarray(sub.offsets)[np.searchsorted(wanted, tensor_of[positions])]
     there = cost_of(names).shifted(deltas)
@@ -153,16 +157,20 @@ def to_generic_point(
 def _moving(
     there: ModuleCost,
     names: list[str],
+    checked: list[np.ndarray],
     report: GradCheckReport,
     step: float | str,
     split: Exchange,
     seed: int,
 ) -> tuple[list[str], int]:
     """The tensors ``names`` (θ of ``there``, the generic point) whose gradient there exceeds
-    J's noise, by backprop or by J itself along a seeded ±1 direction over the tensor (a
-    backward that drops the gradient shows in the latter), and the evaluations it took: the
-    others would cost two evaluations per component to read as not judged again (a bias that
-    a normalization cancels). Process 0's measurements decide, in every process."""
+    J's noise on their ``checked`` components (flat positions in each tensor: those a reading
+    there reads), by backprop, by J itself along a seeded ±1 direction over them (a backward
+    that drops the gradient shows there) or by the gap between the two, and the evaluations it
+    took: the others would cost two evaluations per component to read as not judged again (a
+    bias that a normalization cancels; in a sampled check, the taps of a 3x3 kernel that only
+    ever see a 1x1 map's zero padding, whatever the generic point moved). Process 0's
+    measurements decide, in every process."""
     if report.j_noise is None:
         return names, 0
     center, grads = there.gradient()
@@ -170,7 +178,9 @@ def _moving(
     measured, spent = [], there.evaluations
     for k, (theta, grad) in enumerate(zip(there.theta, grads, strict=True)):
         sign = torch.randint(0, 2, theta.shape, generator=generator).to(theta) * 2 - 1
-        move = steps_of(theta, step) * sign
+        mask = torch.zeros(theta.numel(), dtype=torch.bool)
+        mask[torch.as_tensor(checked[k], dtype=torch.long)] = True
+        move = steps_of(theta, step) * sign * mask.view(theta.shape).to(theta.device)
         ends = []
         for direction in (move, -move):
             shifted = there.moved(
@@ -178,10 +188,13 @@ def _moving(
             )
             ends.append(shifted.value())
             spent += shifted.evaluations
-        measured += [abs(ends[0] - ends[1]), 2 * abs(float((move * grad).sum()))]
+        change = ends[0] - ends[1], 2 * float((move * grad).sum())  # by J, by backprop
+        measured += [abs(change[0]), abs(change[1]), abs(change[0] - change[1])]
     _, agreed = split.agree((center,), np.asarray(measured, np.float64))
-    # Both changes of J carry the noise of two evaluations: √2·σ_J, read with the tolerance.
-    beyond = agreed.reshape(-1, 2).max(1) > NOISE_MULTIPLE * math.sqrt(2) * report.j_noise.effective
+    # J's change carries the noise of two evaluations, √2·σ_J, and so does its gap to backprop's
+    # (a reading, not each side alone: a sign flip of a gradient under the tolerance on either
+    # side still shows there); read with the tolerance.
+    beyond = agreed.reshape(-1, 3).max(1) > NOISE_MULTIPLE * math.sqrt(2) * report.j_noise.effective
     return [n for n, b in zip(names, beyond, strict=True) if b], spent
 
 

@@ -30,6 +30,7 @@ from gradwatch.common.user_state import (
 from gradwatch.evaluation.context import CheckContext
 from gradwatch.evaluation.cost import LossFn
 from gradwatch.training.compiled import EAGER_STANCE, EagerView
+from gradwatch.training.hooks import hooks_named
 from gradwatch.training_path import (
     ParameterPath,
     TrainingPath,
@@ -117,7 +118,7 @@ def _compare(
         path=_describe(view, tensors, lowered, path),
         compiled=bool(view.compiled),
         reference=_name(context.dtype),
-        parameters=figures,
+        parameters=hooks_named(figures, tensors, reference, trained),
         reason=_randomness(first, moved, figures, names),
     )
 
