@@ -36,13 +36,14 @@ class _Routed:
         self, theta: np.ndarray, factor: float, flips: tuple[float, ...], flat: float = math.inf
     ) -> None:
         self.theta, self.factor, self.flips, self.flat = theta, factor, flips, flat
+        self.slope = SLOPE
 
     def cost(self, t: np.ndarray) -> float:
         jumps = sum(JUMP * float(t[0] < p) for p in self.flips)
-        return SLOPE * min(t[0], self.flat) + jumps + 2 * t[1] + 0.25 * t[2] ** 2
+        return self.slope * min(t[0], self.flat) + jumps + 2 * t[1] + 0.25 * t[2] ** 2
 
     def grad(self, t: np.ndarray) -> np.ndarray:
-        return np.array([self.factor * SLOPE * float(t[0] < self.flat), 2.0, 0.5 * t[2]])
+        return np.array([self.factor * self.slope * float(t[0] < self.flat), 2.0, 0.5 * t[2]])
 
     def pairs(self, at: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         e = np.eye(3)
@@ -64,6 +65,7 @@ class _Routed:
             self.theta + np.array([0.1 * (attempt + 1), 0.0, 0.0]),
             self.factor, self.flips, self.flat,
         )  # fmt: skip
+        moved.slope = self.slope
         return Moved(moved, moved.grad(moved.theta), moved.cost(moved.theta))
 
 
@@ -126,3 +128,13 @@ def test_a_truncation_the_short_steps_measure_clears_the_gap() -> None:
         assert (found.reading[0], found.recheck[0]) == (reading, LONGER_STEPS if factor == 1.0
                                                          else OFF_KINK)  # fmt: skip
         assert found.reason[0] != WITHIN_NOISE
+
+
+def test_a_gradient_the_short_steps_see_and_agree_with_is_read_there() -> None:
+    # A slope of 1e-2 (700σ of the first reading), 12σ off at h from the flip: h/2 and h/4 see
+    # it (far beyond their noise) and agree with backprop, as they always could.
+    j = _Routed(np.array([0.0, 1.0, 0.5]), 1.0, (-3e-3,))
+    j.slope = 1e-2
+    found = _gather(j)
+    assert (found.reading[0], found.recheck[0]) == (AGREES, LONGER_STEPS)
+    assert not found.kink[0]

@@ -155,13 +155,16 @@ def _explain(
     short = multiples(objective.values(suspects), steps[suspects])[0] < 1
     unexplained = np.zeros(0, np.int64)
     if short:
-        # Richardson's noise at h/2 and h/4 is ~5x the first reading's: it explains the gap only
-        # where the truncation it measures, n(h) − g, is itself beyond that noise, never by its
-        # wider tolerance (a sign-flipped gradient 17σ off at h read "within noise" there).
+        # Richardson's noise at h/2 and h/4 is ~5x the first reading's. Where it reads the
+        # component within noise, it saw no gradient, which does not explain the gap the first
+        # reading saw (a sign-flipped gradient 17σ off at h read so), unless the truncation it
+        # measures, n(h) − g, is itself beyond that noise: such a component is read at a
+        # jittered θ with the first reading's tolerance.
         truncation = np.abs(slope(first) - estimate)
         measured = truncation > NOISE_MULTIPLE * np.hypot(record.noise[suspects], spread)
-        unexplained = suspects[smooth & ~measured]
-        smooth &= measured
+        blind = read(record.analytic[suspects], estimate, spread, pass_max)[0] == NOT_JUDGED
+        unexplained = suspects[smooth & blind & ~measured]
+        smooth &= ~blind | measured
     at = suspects[smooth]
     values = (record.analytic[at], estimate[smooth], spread[smooth])
     record.set(at, values, pass_max, LONGER_STEPS)
