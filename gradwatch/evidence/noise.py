@@ -57,11 +57,13 @@ __all__ = [
 # component's noise.
 NOISE_MULTIPLE = 8.0
 # How many random directions measure the noise: PROBE_DIRECTIONS / 2 directions and their
-# mirrors. The 75th percentile of 32 Gaussian |errors| underestimates σ by 1.5× with odds of 1.5%
-# and by 2× with odds of 2e-4 (simulated), which the noise multiple of the readings absorbs: 8σ
+# mirrors. The 75th percentile of 64 Gaussian |errors| underestimates σ by 1.5× with odds of 8e-4
+# and by 2× never in 1e6 checks (simulated), which the noise multiple of the readings absorbs: 8σ
 # read as 5.3σ is still passed by chance only 1e-7 of the time. (A direction and its mirror share
 # only J(θ), 1 of the 70 parts of each fourth difference's variance: they count as independent.)
-PROBE_DIRECTIONS = 32
+# 32 pairs, not 16: 64 directions cut σ's scatter by √2 (with 16 pairs, J with a large constant
+# part read 25% noisier at one seed of tests/test_power.py, and a 0.1% bug there passed).
+PROBE_DIRECTIONS = 64
 # How many components each direction moves: enough for J to move by many ulps, few enough that
 # the moved distance √32·h keeps the degree-4 term negligible.
 PROBE_WIDTH = 32
@@ -84,14 +86,13 @@ HALF_NORMAL_Q75 = 1.1503493803760079
 PAIR_MIN_MEDIAN = 0.3757445949145003
 HALF_NORMAL_MEDIAN = 0.6744897501960817
 # A direction reads a jump, not rounding, when its |fourth difference| exceeds this many times
-# that median (10.8σ of a fourth difference). 16 Gaussian pairs have a direction beyond it in
-# 1.3e-4 of checks (simulated over 4e6; the median of 16 smaller halves scatters more than that
-# of 32 directions, hence 16 and not 10), and leaving that one out lowers σ by ~5% (the 75th
-# percentile of 31 instead of 32), which the noise multiple absorbs. Rounding errors have tails
-# lighter than a Gaussian's. A jump kept because it is below this raises σ by at most
-# 16 · 0.6745 / 1.1503 ≈ 9.4× the bulk's; the routing flips of float32 Mixtrals read ≥ 60× the
-# bulk's largest.
-JUMP_FACTOR = 16.0
+# that median (8.1σ of a fourth difference). 32 Gaussian pairs have a direction beyond it in 8e-5
+# of checks (simulated over 1e6; the median of 32 smaller halves scatters more than that of 64
+# directions, hence 12 and not 10), and leaving that one out lowers σ by ~3% (the 75th percentile
+# of 63 instead of 64), which the noise multiple absorbs. Rounding errors have tails lighter than
+# a Gaussian's. A jump kept because it is below this raises σ by at most 12 · 0.6745 / 1.1503 ≈
+# 7× the bulk's; the routing flips of float32 Mixtrals read ≥ 60× the bulk's largest.
+JUMP_FACTOR = 12.0
 
 # J at θ + (rows @ e_support) for each row: rows[r, j] is the displacement of component
 # support[j] in θ's units.
@@ -237,11 +238,11 @@ def noise_sigma(fourths: np.ndarray, coarse: bool = False) -> tuple[float, int]:
     float64 residue of adding multiples of the grid), and give no scale to call a jump by.
 
     Example:
-        >>> rounding = np.linspace(0.5, 1.5, 32).reshape(16, 2) * np.sqrt(70.0)  # σ ≈ 1
-        >>> rounding[:8, 0] = 1e3  # a jump on one side of θ, crossed by 8 of the 16 pairs
+        >>> rounding = np.linspace(0.5, 1.5, 64).reshape(32, 2) * np.sqrt(70.0)  # σ ≈ 1
+        >>> rounding[:20, 0] = 1e3  # a jump on one side of θ, crossed by 20 of the 32 pairs
         >>> sigma, jumps = noise_sigma(rounding)
         >>> round(sigma, 2), jumps
-        (1.14, 8)
+        (1.16, 20)
     """
     fourths = np.asarray(fourths, dtype=np.float64)
     finite = fourths[np.isfinite(fourths)]
