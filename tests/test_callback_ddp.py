@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from gradwatch import Verdict
 from gradwatch.callbacks import GradientCheck
+from gradwatch.evidence.noise import PROBE_DIRECTIONS
 from tests.callback_models import (
     QUIET_LIGHTNING,
     FaultyModule,
@@ -137,11 +138,11 @@ def test_processes_share_one_check_equal_to_a_single_process_check(tmp_path: Pat
     (note,) = [n for n in two.notes if n.startswith("split over 2 processes")]
     counts = [int(c) for c in note.split("evaluations per process: ")[1].split(", ")]
     assert sum(counts) == two.evaluations
-    # What every process runs alike (J's noise probes, 32 directions × 4, and the readings
+    # What every process runs alike (J's noise probes, 4 per direction, and the readings
     # along random directions that escalation and the noise per tensor take) is counted in
     # both; the rest, the components' pairs, is shared out.
     replicated = sum(counts) - one.evaluations
-    probes = 32 * 4
+    probes = PROBE_DIRECTIONS * 4
     assert probes <= replicated and replicated - probes < 0.5 * (one.evaluations - probes)
     assert all(count - replicated < 0.6 * (one.evaluations - replicated) for count in counts)
 

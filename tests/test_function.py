@@ -10,6 +10,7 @@ import pytest
 
 import gradwatch
 from gradwatch import Layout, Verdict
+from gradwatch.evidence.noise import PROBE_DIRECTIONS
 from tests.nets import LAYOUT, NumpyNet
 
 
@@ -113,7 +114,7 @@ def test_each_evaluation_nudges_one_component() -> None:
     # The noise probes move θ along ±1 directions by whole numbers of steps; every other
     # evaluation nudges one component.
     probes = [t for t, m in zip(seen, moved, strict=True) if m.size > 1]
-    assert len(probes) == 32 * 4
+    assert len(probes) == PROBE_DIRECTIONS * 4
     for t in probes:
         steps = (t - theta) / 1e-3
         np.testing.assert_allclose(np.abs(steps), np.abs(steps).max(), rtol=1e-9)

@@ -127,26 +127,31 @@ def _moe_model(kind: str, seed: int) -> nn.Module:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("kind", ["Mixtral", "Qwen2-MoE"])
 @pytest.mark.parametrize("planted", [False, True], ids=["correct", "sign-flipped expert act"])
-def test_hugging_face_mixtures_of_experts_are_checked_in_float64(kind: str, planted: bool) -> None:
+def test_hugging_face_mixtures_of_experts_are_checked_in_float64(
+    kind: str, planted: bool, seed: int
+) -> None:
+    # Issue 19: the default experts implementation passes with >= 80% of components judged
+    # (95-97% at seeds 0-2), and a sign-flipped expert activation fails at its own tensor.
     from tests.zoo_hf import _causal_lm_loss, _ids
 
-    model = _moe_model(kind, seed=0)
+    model = _moe_model(kind, seed)
     assert model.config._experts_implementation in (None, "grouped_mm")  # the default
     if planted:
         plant(model, "model.layers.0.mlp.experts.act_fn", "sign")
-    report = gradwatch.check_module(model, _causal_lm_loss, _ids(0), sample=800, progress=False)
+    report = gradwatch.check_module(model, _causal_lm_loss, _ids(seed), sample=800, progress=False)
     assert report.dtype == "float64"
     assert any("model.layers.{0,1}.mlp.experts: torch._grouped_mm" in n for n in report.notes)
     counts = report.reading_counts
+    assert counts["agrees"] + counts["disagrees"] >= 0.8 * report.components_checked
     if planted:
         assert report.verdict is gradwatch.Verdict.FAIL
         assert "model.layers.0.mlp.experts.gate_up_proj" in report.parameters_with("fail")
     else:
         assert report.verdict is gradwatch.Verdict.PASS
         assert counts["disagrees"] == 0
-        assert counts["agrees"] >= 0.8 * report.components_checked
 
 
 @pytest.mark.parametrize("seed", [1, 4])  # with jitters of 1000 float32 steps: warn, fail
@@ -189,34 +194,45 @@ def _as_written(model: nn.Module, seed: int) -> gradwatch.GradCheckReport:
 def test_as_written_hugging_face_mixtures_of_experts_pass_in_float32(kind: str, seed: int) -> None:
     # Qwen2-MoE at seed 0: a routing decision flips 0.6-1.2e-3 from θ on embed_tokens[8, 11],
     # a jump of ~17σ_J that every step of the re-check (h, h/2, h/4) crosses; read at a jittered
-    # θ at the first step, the component agrees (it used to fail the check).
+    # θ at the first step, the component agrees (it used to fail the check). Mixtral at seed 3
+    # and Qwen2-MoE at seed 1: a jittered θ sat next to a flip of its own (one component each),
+    # and the second jittered θ agrees. J's noise is float32's rounding (2-7e-7), not a flip's:
+    # at Mixtral's seed 2 one flip is crossed by one half of each of the 32 probe pairs (read as
+    # rounding before the probes were mirrored: 1.0e-5, and the planted bug passed).
     report = _as_written(_moe_model(kind, seed), seed)
     assert report.dtype == "float32" and report.epsilon == "auto"
     assert report.verdict is gradwatch.Verdict.PASS, str(report)
+    assert report.j_noise is not None and report.j_noise.sigma < 1e-6
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["Mixtral", "Qwen2-MoE"])
-def test_as_written_a_sign_flipped_expert_activation_fails_in_float32_hf(kind: str) -> None:
-    model = plant(_moe_model(kind, 0), "model.layers.0.mlp.experts.act_fn", "sign")
-    report = _as_written(model, 0)
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_as_written_a_sign_flipped_expert_activation_fails_in_float32_hf(
+    kind: str, seed: int
+) -> None:
+    # Qwen2-MoE at seeds 1 and 3 passed: its expert components 17σ off at h read "within noise"
+    # at h/2 and h/4, whose tolerance is 5x the first reading's; read at jittered θs with the
+    # first one's, they disagree (3-20 components at seeds 0-3), at the planted tensor itself.
+    model = plant(_moe_model(kind, seed), "model.layers.0.mlp.experts.act_fn", "sign")
+    report = _as_written(model, seed)
     assert report.dtype == "float32" and report.verdict is gradwatch.Verdict.FAIL, str(report)
-    assert "model.embed_tokens.weight" in report.parameters_with("fail")
+    assert "model.layers.0.mlp.experts.gate_up_proj" in report.parameters_with("fail")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("planted", [False, True], ids=["correct", "sign-flipped expert act"])
 def test_as_written_noise_probes_crossing_a_routing_flip_hide_no_bug(planted: bool) -> None:
-    # Mixtral at seed 1: 11 of the 32 noise probes cross one top-k routing flip (8 on the
-    # default kernels; fourth differences ~1.6e-4 against <= 2.6e-6). Read as rounding (8 or
-    # more reach the 75th percentile) they made J's noise 1.7e-5 and left 9 of 200 components
-    # judged, and the planted bug passed; left out as jumps, J's noise is the rounding's 2e-7,
-    # the bug fails and its correct twin passes.
+    # Mixtral at seed 1: 11 of 32 unpaired noise probes crossed one top-k routing flip (15 of
+    # the 64 mirrored ones; fourth differences ~1.6e-4 against <= 2.6e-6). Read as rounding
+    # (8 or more reach the 75th percentile) they made J's noise 1.7e-5 and left 9 of 200
+    # components judged, and the planted bug passed; left out as jumps, J's noise is the
+    # rounding's 2e-7, the bug fails and its correct twin passes.
     model = _moe_model("Mixtral", 1)
     if planted:
         plant(model, "model.layers.0.mlp.experts.act_fn", "sign")
     report = _as_written(model, 1)
-    assert report.j_noise is not None and 8 <= report.j_noise.jumps < 16
+    assert report.j_noise is not None and 8 <= report.j_noise.jumps <= 32  # one half per pair
     assert report.j_noise.sigma < 1e-6
     assert f"{report.j_noise.jumps} crossing a jump in J left out" in str(report)
     if planted:

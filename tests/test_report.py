@@ -12,6 +12,7 @@ import pytest
 
 import gradwatch
 from gradwatch import Thresholds, Verdict
+from gradwatch.evidence.noise import PROBE_DIRECTIONS
 
 THETA = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
 LAYOUT = {"W": (2, 2), "b": (1,)}
@@ -112,11 +113,11 @@ def test_report_counts(buggy: gradwatch.GradCheckReport) -> None:
     assert buggy.components_total == 5
     assert buggy.epsilon == 1e-3
     assert buggy.dtype == "float64"
-    # two per component, J(θ) twice (is J deterministic?), four along each of the 32 directions
+    # two per component, J(θ) twice (is J deterministic?), four along each of the directions
     # that measure J's noise, four per component that disagreed at first (J(θ ± 2ε) and
     # J(θ ± 4ε), the re-check at longer steps), and J's noise again along each of the two
     # tensors that disagree
-    assert buggy.evaluations == 2 * 5 + 2 + 32 * 4 + 4 * 3 + 2 * 32 * 4
+    assert buggy.evaluations == 2 * 5 + 2 + PROBE_DIRECTIONS * 4 + 4 * 3 + 2 * PROBE_DIRECTIONS * 4
     assert buggy.reading_counts == {"agrees": 2, "disagrees": 3, "not judged": 0}
 
 

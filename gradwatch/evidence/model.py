@@ -23,10 +23,12 @@ does not agree (a kink: it halves when the step doubles at a kink sitting at θ)
 small seeded jitter off the kink set, backprop is run again there, and the component is read at
 that nearby point ("off kink"), up to ``JITTER_TRIES`` times; a disagreement there stands once a
 second jittered θ shows it too (a gap only one of them shows: "not judged, on a kink"). At
-float32's step the re-check runs at h/2 and h/4, too noisy to tell a jump in J (a routing
-decision of top-k experts that flips within the step) from a slope: a first disagreement it
-leaves standing is read once more at a jittered θ, at the first step and with the first
-reading's tolerance ("off kink").
+float32's step the re-check runs at h/2 and h/4, with ~5× the first reading's noise: too noisy
+to tell a jump in J (a routing decision of top-k experts that flips within the step) from a
+slope, it clears a gap only where the truncation it measures, n(h) − g, is beyond that noise. A
+first disagreement it does not explain so, or leaves standing, is read at a jittered θ, at the
+first step and with the first reading's tolerance ("off kink"), and stands once a second
+jittered θ shows it too.
 
 A tensor whose components disagree, or whose errors together exceed J's noise
 (:mod:`gradwatch.evidence.tensor_test`), has J's noise measured along its own components; where it
@@ -42,6 +44,7 @@ from __future__ import annotations
 import numpy as np
 
 from gradwatch.evidence.escalation import escalate, retest, tensor_noise
+from gradwatch.evidence.noise import NOISE_MULTIPLE
 from gradwatch.evidence.objective import Objective
 from gradwatch.evidence.readings import (
     AGREES,
@@ -55,7 +58,7 @@ from gradwatch.evidence.readings import (
     Record,
     read,
 )
-from gradwatch.evidence.recheck import Pair, multiples, reread, sub
+from gradwatch.evidence.recheck import Pair, multiples, reread, slope, sub
 
 __all__ = ["JITTER_STEPS", "JITTER_TRIES", "gather_evidence"]
 
@@ -143,40 +146,71 @@ def _explain(
     pass_max: float,
 ) -> None:
     """Re-checks first disagreements at 2h and 4h: where J is smooth and the fit explains the
-    first reading, Richardson's estimate is read; elsewhere J is read off the kink."""
+    first reading, Richardson's estimate is read; elsewhere J is read off the kink. At float32's
+    step (h/2 and h/4), what the fit leaves unexplained is read off a flip (``_off_flips``)."""
     if suspects.size == 0:
         return
     sigma, first = record.sigma[suspects], sub(firsts, suspects)
     smooth, estimate, spread = reread(objective, center, suspects, steps[suspects], sigma, first)
+    short = multiples(objective.values(suspects), steps[suspects])[0] < 1
+    unexplained = np.zeros(0, np.int64)
+    if short:
+        # Richardson's noise at h/2 and h/4 is ~5x the first reading's. Where it reads the
+        # component within noise, it saw no gradient, which does not explain the gap the first
+        # reading saw (a sign-flipped gradient 17σ off at h read so), unless the truncation it
+        # measures, n(h) − g, is itself beyond that noise: such a component is read at a
+        # jittered θ with the first reading's tolerance.
+        truncation = np.abs(slope(first) - estimate)
+        measured = truncation > NOISE_MULTIPLE * np.hypot(record.noise[suspects], spread)
+        blind = read(record.analytic[suspects], estimate, spread, pass_max)[0] == NOT_JUDGED
+        unexplained = suspects[smooth & blind & ~measured]
+        smooth &= ~blind | measured
     at = suspects[smooth]
     values = (record.analytic[at], estimate[smooth], spread[smooth])
     record.set(at, values, pass_max, LONGER_STEPS)
-    record.kink[suspects[~smooth]] = True
-    _off_kinks(objective, record, suspects[~smooth], steps, pass_max)
-    if multiples(objective.values(suspects), steps[suspects])[0] < 1:
-        _off_flips(objective, record, at[record.reading[at] == DISAGREES], steps, pass_max)
+    kinks = suspects[~smooth & ~np.isin(suspects, unexplained)]
+    record.kink[kinks] = True
+    _off_kinks(objective, record, kinks, steps, pass_max)
+    if short:
+        standing = at[record.reading[at] == DISAGREES]
+        _off_flips(objective, record, np.concatenate([unexplained, standing]), steps, pass_max)
 
 
 def _off_flips(
     objective: Objective, record: Record, at: np.ndarray, steps: np.ndarray, pass_max: float
 ) -> None:
-    """First disagreements at float32's step that the re-check at h/2 and h/4 left standing are
-    read once more at a jittered θ, at the first step and with the first reading's tolerance
-    (never a wider one). A routing decision (top-k experts) that flips within the step puts a
+    """First disagreements at float32's step where J is smooth over h/2 and h/4 are read at a
+    jittered θ, at the first step and with the first reading's tolerance (never a wider one):
+    the re-check at h/2 and h/4 has ~5× the first reading's noise, so it can neither explain a
+    gap nor convict it. A routing decision (top-k experts) that flips within the step puts a
     jump in J there, which the short steps' noise cannot tell from a slope (a jump of ~7σ_J is
     under the 8σ of J'' at every step, and ~12σ in the slope at h); it does not sit at the
-    jittered θ. A wrong backward disagrees there too. One try: a second measurement, not the
-    best of several."""
-    moved = objective.jittered(0) if at.size else None
-    if moved is None:
-        return
-    plus, minus = moved.objective.pairs(at, steps[at])
-    gaps = moved.objective.half_gaps(at, steps[at])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        numeric = (plus - minus) / (2 * gaps)
-        noise = record.sigma[at] / (np.sqrt(2) * gaps)
-    record.set(at, (moved.analytic[at], numeric, noise), pass_max, OFF_KINK)
-    record.kink[at] = True
+    jittered θ. A wrong backward disagrees there too, and at a second jittered θ: a disagreement
+    stands once the second shows it too (a jittered θ may sit next to a flip of its own, as one
+    of 200 components of float32 Mixtrals did), is "not judged, on a kink" where the second
+    agrees, and stands as first measured where the second has nothing to compare."""
+    for attempt in range(2):
+        if at.size == 0:
+            return
+        held = _held(record, at)
+        moved = objective.jittered(attempt)
+        if moved is None:
+            return
+        plus, minus = moved.objective.pairs(at, steps[at])
+        gaps = moved.objective.half_gaps(at, steps[at])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            numeric = (plus - minus) / (2 * gaps)
+            noise = record.sigma[at] / (np.sqrt(2) * gaps)
+        record.set(at, (moved.analytic[at], numeric, noise), pass_max, OFF_KINK)
+        record.kink[at] = True
+        if attempt:
+            cleared = at[record.reading[at] == AGREES]
+            record.reading[cleared], record.reason[cleared] = NOT_JUDGED, ON_KINK
+            silent = record.reading[at] == NOT_JUDGED
+            silent[record.reason[at] == ON_KINK] = False
+            for field, first in zip(_fields(record), held, strict=True):
+                field[at[silent]] = first[silent]
+        at = at[record.reading[at] == DISAGREES]
 
 
 def _off_kinks(

@@ -21,10 +21,15 @@ cross a kink is an outlier it ignores).
 
 A jump in J (a top-k routing decision that flips, a kink, a discontinuity) that many directions
 cross would still inflate that percentile: its fourth difference is the jump's size, not
-rounding. So a direction whose fourth difference exceeds JUMP_FACTOR times the median over the
-directions is counted as crossing a jump and left out, and σ is the 75th percentile of the rest.
-The median is itself one of the rest, so at most half the directions are ever left out; where
-most of them cross jumps, the median is a jump's reading, and σ is what it is.
+rounding. So the directions come in mirrored pairs, u and −u, whose stencils lie on either side
+of θ: a jump reachable from θ lies on one side only, so at most one half of each pair crosses it,
+however many pairs do (a flip near θ is crossed by about half of all directions, as often a
+majority as not). The smaller half of each pair is rounding, and the median of those smaller
+halves, scaled by how the smaller of two |N(0, 1)| relates to one, is a median of |fourth
+difference| that no single jump reaches. A direction whose fourth difference exceeds
+JUMP_FACTOR times that median is counted as crossing a jump and left out, and σ is the 75th
+percentile of the rest. Where more than half the pairs cross jumps on both sides (several
+flips), the median is a jump's reading, and σ is what it is.
 """
 
 from __future__ import annotations
@@ -51,11 +56,14 @@ __all__ = [
 # θ's first layers, whose perturbations pass through every later operation, so σ_J bounds each
 # component's noise.
 NOISE_MULTIPLE = 8.0
-# How many random directions measure the noise. The 75th percentile of 32 Gaussian |errors|
-# underestimates σ by 1.5× with odds of 1.5% and by 2× with odds of 2e-4 (simulated), which the
-# noise multiple of the readings absorbs: 8σ read as 5.3σ is still passed by chance only 1e-7 of
-# the time.
-PROBE_DIRECTIONS = 32
+# How many random directions measure the noise: PROBE_DIRECTIONS / 2 directions and their
+# mirrors. The 75th percentile of 64 Gaussian |errors| underestimates σ by 1.5× with odds of 8e-4
+# and by 2× never in 1e6 checks (simulated), which the noise multiple of the readings absorbs: 8σ
+# read as 5.3σ is still passed by chance only 1e-7 of the time. (A direction and its mirror share
+# only J(θ), 1 of the 70 parts of each fourth difference's variance: they count as independent.)
+# 32 pairs, not 16: 64 directions cut σ's scatter by √2 (with 16 pairs, J with a large constant
+# part read 25% noisier at one seed of tests/test_power.py, and a 0.1% bug there passed).
+PROBE_DIRECTIONS = 64
 # How many components each direction moves: enough for J to move by many ulps, few enough that
 # the moved distance √32·h keeps the degree-4 term negligible.
 PROBE_WIDTH = 32
@@ -72,14 +80,19 @@ FOURTH = np.array([1.0, -4.0, 6.0, -4.0, 1.0])
 # A percentile, not the mean: a direction that crosses a kink near θ is an outlier (up to a
 # quarter of them are ignored).
 HALF_NORMAL_Q75 = 1.1503493803760079
-# A direction reads a jump, not rounding, when its |fourth difference| exceeds this many times the
-# median over the directions. For Gaussian noise the median of |N(0, 1)| is 0.674, so 10× it is
-# 6.7σ; with the sample median's own scatter, 32 Gaussian directions have one beyond it in 1.5e-4
-# of checks (simulated over 4e6), and leaving that one out lowers σ by ~5% (the 75th percentile
-# of 31 instead of 32), which the noise multiple absorbs. Rounding errors have tails lighter than
-# a Gaussian's. A jump kept because it is below this raises σ by at most 10 · 0.674 / 1.1503 ≈
-# 5.9× the bulk's; the routing flip of a float32 Mixtral read ≥ 60× the bulk's largest.
-JUMP_FACTOR = 10.0
+# The median of the smaller of two |N(0, 1)|: Φ⁻¹(1 − 1/(2√2)), where P(both > t) = 1/2. The
+# median of the pairs' smaller halves over this, times the median of |N(0, 1)| (0.6745), is the
+# median of one direction's |fourth difference|, read from halves that no single jump reaches.
+PAIR_MIN_MEDIAN = 0.3757445949145003
+HALF_NORMAL_MEDIAN = 0.6744897501960817
+# A direction reads a jump, not rounding, when its |fourth difference| exceeds this many times
+# that median (8.1σ of a fourth difference). 32 Gaussian pairs have a direction beyond it in 8e-5
+# of checks (simulated over 1e6; the median of 32 smaller halves scatters more than that of 64
+# directions, hence 12 and not 10), and leaving that one out lowers σ by ~3% (the 75th percentile
+# of 63 instead of 64), which the noise multiple absorbs. Rounding errors have tails lighter than
+# a Gaussian's. A jump kept because it is below this raises σ by at most 12 · 0.6745 / 1.1503 ≈
+# 7× the bulk's; the routing flips of float32 Mixtrals read ≥ 60× the bulk's largest.
+JUMP_FACTOR = 12.0
 
 # J at θ + (rows @ e_support) for each row: rows[r, j] is the displacement of component
 # support[j] in θ's units.
@@ -196,38 +209,51 @@ def measure_noise(
     width = min(PROBE_WIDTH, support.size)
     picks = rng.choice(support.size, width, replace=False)  # one support: one batched call
     chosen, steps = support[picks], support_steps[picks]
-    signs = rng.choice([-1.0, 1.0], size=(PROBE_DIRECTIONS, width))
+    half = rng.choice([-1.0, 1.0], size=(PROBE_DIRECTIONS // 2, width))
+    signs = np.concatenate([half, -half])  # direction d and its mirror, d + PROBE_DIRECTIONS / 2
     stride = np.full(PROBE_DIRECTIONS, PROBE_START)
     found = np.full(PROBE_DIRECTIONS, np.nan)
     pending = np.arange(PROBE_DIRECTIONS)
+    coarse = False  # whether J stood still along a direction: its grid is coarse at the stride
     for _ in range(PROBE_TRIES):
         values = line(chosen, probe_rows(steps, signs[pending], stride[pending]))
         values = np.concatenate([np.full((pending.size, 1), center), values.reshape(-1, 4)], 1)
         moved = np.any(values != values[:, :1], axis=1)
         found[pending[moved]] = np.abs(fourth_differences(values[moved]))
         pending = pending[~moved]
+        coarse = coarse or pending.size > 0
         if pending.size == 0:
             break
         stride[pending] *= PROBE_GROWTH
-    sigma, jumps = noise_sigma(found[np.isfinite(found)])
+    sigma, jumps = noise_sigma(found.reshape(2, -1).T, coarse)
     return JNoise(sigma, spread, floor, PROBE_DIRECTIONS, int(pending.size), center, jumps)
 
 
-def noise_sigma(fourths: np.ndarray) -> tuple[float, int]:
-    """σ of one evaluation of J from the |fourth differences| of the directions, and how many
-    directions were left out as crossing a jump (beyond ``JUMP_FACTOR`` times their median).
+def noise_sigma(fourths: np.ndarray, coarse: bool = False) -> tuple[float, int]:
+    """σ of one evaluation of J from the |fourth differences| of mirrored pairs of directions (one
+    row per pair; NaN where a direction measured nothing), and how many directions were left out
+    as crossing a jump (beyond ``JUMP_FACTOR`` times the median read from the pairs' smaller
+    halves). Where J is ``coarse`` (it stood still along a direction at the first stride), its
+    fourth differences are steps of its grid, the smaller half of a pair often none (0, or the
+    float64 residue of adding multiples of the grid), and give no scale to call a jump by.
 
     Example:
-        >>> rounding = np.linspace(0.5, 1.5, 24) * np.sqrt(70.0)  # noise of σ ≈ 1
-        >>> sigma, jumps = noise_sigma(np.concatenate([rounding, np.full(8, 1e3)]))
+        >>> rounding = np.linspace(0.5, 1.5, 64).reshape(32, 2) * np.sqrt(70.0)  # σ ≈ 1
+        >>> rounding[:20, 0] = 1e3  # a jump on one side of θ, crossed by 20 of the 32 pairs
+        >>> sigma, jumps = noise_sigma(rounding)
         >>> round(sigma, 2), jumps
-        (1.09, 8)
+        (1.16, 20)
     """
-    if fourths.size == 0:
+    fourths = np.asarray(fourths, dtype=np.float64)
+    finite = fourths[np.isfinite(fourths)]
+    if finite.size == 0:
         return 0.0, 0
-    median = float(np.median(fourths))
-    # A median of 0 (J coarse, most stencils flat) gives no scale to call anything a jump by.
-    jump = fourths > JUMP_FACTOR * median if median > 0 else np.zeros(fourths.size, dtype=bool)
-    bulk = fourths[~jump]
+    smaller = np.fmin(fourths[:, 0], fourths[:, 1])  # NaN only where neither half measured
+    smaller = smaller[np.isfinite(smaller)]
+    median = float(np.median(smaller)) * HALF_NORMAL_MEDIAN / PAIR_MIN_MEDIAN
+    # A median of 0 (most smaller halves flat) gives no scale either.
+    scaled = median > 0 and not coarse
+    jump = finite > JUMP_FACTOR * median if scaled else np.zeros(finite.size, dtype=bool)
+    bulk = finite[~jump]
     sigma = float(np.quantile(bulk, 0.75) / (HALF_NORMAL_Q75 * np.sqrt(70.0)))
     return sigma, int(jump.sum())

@@ -37,6 +37,7 @@ __all__ = [
     "fitted_steps",
     "longest_steps",
     "richardson_noise",
+    "slope",
     "sub",
 ]
 
