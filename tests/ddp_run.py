@@ -16,9 +16,11 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from gradwatch.callbacks import GradientCheck
 from tests.callback_models import TinyModule, loader
+from tests.process_group import destroy_at_exit
 
 
 def main(out: Path) -> None:
+    destroy_at_exit()  # else a gloo thread can abort this process at exit (tests/process_group.py)
     pl.seed_everything(0, verbose=False)
     check = GradientCheck(after_steps=(2,))
     trainer = pl.Trainer(

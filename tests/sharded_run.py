@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gradwatch.callbacks import GradientCheck
 from gradwatch.sharding.replica import full
+from tests.process_group import destroy_at_exit
 from tests.sharded_models import MLP, Block, block_loss, fsdp, mlp_loss, tensor_parallel
 
 
@@ -61,6 +62,7 @@ def _data(plan: str) -> DataLoader:
 
 
 def main(out: Path, plan: str, check: bool) -> None:
+    destroy_at_exit()  # else a gloo thread can abort this process at exit (tests/process_group.py)
     pl.seed_everything(0, verbose=False)
     torch.set_num_threads(1)  # two processes on two cores
     callbacks = [GradientCheck(after_steps=(2,), training_path=True)] if check else []

@@ -31,6 +31,7 @@ from tests.callback_models import (
     raised_at,
     trainer,
 )
+from tests.process_group import DestroyAtExit
 
 pytestmark = [
     pytest.mark.slow,
@@ -85,13 +86,15 @@ def _read(root: Path, name: str) -> list[Any]:
 
 
 def _ddp(root: Path, callbacks: list[pl.Callback], max_steps: int) -> pl.Trainer:
+    # DestroyAtExit first: its setup runs in each worker before a callback's setup can raise.
+    # Without it a worker could abort at exit after a good run (see tests/process_group.py).
     return pl.Trainer(
         accelerator="cpu",
         devices=2,
         strategy="ddp_spawn",
         max_steps=max_steps,
         logger=CSVLogger(root, name="csv"),
-        callbacks=callbacks,
+        callbacks=[DestroyAtExit(), *callbacks],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
