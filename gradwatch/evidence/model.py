@@ -29,12 +29,12 @@ leaves standing is read once more at a jittered θ, at the first step and with t
 reading's tolerance ("off kink").
 
 A tensor whose components disagree, or whose errors together exceed J's noise
-(:mod:`gradwatch.evidence.tensor_test`), has J's noise measured along its own components; where it
-is larger than the noise measured first, its components are read against it. A component left within
-noise is read again at a step fitted to J's noise ("fitted step"): only a gradient that is zero
-within that step's noise stays "not judged, within noise". A tensor that fails the tensor test
-has its components read again by Richardson's estimate, so that the h² truncation of the first
-step is not taken for a shared error.
+(:mod:`gradwatch.evidence.tensor_test`), has J's noise measured along its own components, at the
+stride of their readings; where it is larger than the noise measured first, they are read against
+it. A component left within noise is read again at a step fitted to J's noise ("fitted step"): only
+a gradient that is zero within that step's noise stays "not judged, within noise". A tensor that
+fails the tensor test has its components read again by Richardson's estimate, so that the h²
+truncation of the first step is not taken for a shared error.
 """
 
 from __future__ import annotations
@@ -118,6 +118,7 @@ def gather_evidence(
         numeric = np.where(gaps > 0, (plus - minus) / (2 * np.where(gaps > 0, gaps, 1.0)), 0.0)
         noise = np.where(gaps > 0, sigma / (np.sqrt(2) * gaps), np.inf)
     record = Record(analytic, numeric, noise, np.full(analytic.size, float(sigma)))
+    record.step[:] = steps
     record.reading, record.reason = read(analytic, numeric, noise, pass_max)
     lost = ~(gaps > 0)
     record.reading[lost], record.reason[lost] = NOT_JUDGED, STEP_LOST
@@ -125,7 +126,7 @@ def gather_evidence(
     suspects = np.flatnonzero((record.reading == DISAGREES) & finite)
     firsts = (plus, minus, gaps)
     _explain(objective, record, suspects, firsts, center, steps, pass_max)
-    measured: set[int] = set()
+    measured: set[tuple[int, bool]] = set()
     tensor_noise(objective, record, groups, center, steps, seed, pass_max, measured)
     escalate(objective, record, groups, center, steps, seed, (pass_max, warn_max))
     retest(objective, record, groups, center, steps, pass_max)
