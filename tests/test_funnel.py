@@ -115,18 +115,23 @@ class _ScaleGrad(torch.nn.Module):
 PLANTED = "funnel.decoder.layers.0.ffn.linear_1"
 MODES = {"float32": {"dtype": torch.float32}, "as written": {"keep_precision": False}}
 # As written, the attention scores are cast to float32 (FunnelRelMultiheadAttention): J is a
-# staircase at the scale of the first step itself (a score's ulp, ~6e-8, per ~1e-7 of θ), whose
-# rare jumps the 75th percentile of the fourth differences does not see. At seed 1 a correct
-# component is read "disagrees (off kink)" at the generic point (decoder attention.r_kernel,
-# 0.036 for 3.2e-4), at seed 2 "disagrees (longer steps)"; seed 0 passes. Not fixed here.
+# staircase at the scale of the first step itself (a score's ulp, ~6e-8, per ~1e-7 of θ). Along a
+# tensor, about a third of the noise directions cross a stair, and J's jump rule (a direction
+# beyond 10× the median is a routing flip, not rounding) leaves some of them out: at seed 1 a
+# correct component is read "disagrees (off kink)" at the generic point (decoder
+# attention.r_kernel[23, 0, 0], 0.036 for 3.2e-4), at seed 2 "disagrees (longer steps)" (encoder
+# ffn.layer_norm.bias[25], 0.0019 for 0.0025). Counting the stairs as noise passes seed 0 at
+# sample=300 but hides a sign-flipped expert activation in inp.bias and inp.weight of the float32
+# MoE (tests/test_kernels.py): not done. Seed 0 passes as written and its planted twin fails.
 AS_WRITTEN = pytest.mark.xfail(
     reason="as written, J's float32 staircase at the first step is underestimated", strict=False
 )
 CASES = [
     *(pytest.param("float32", seed, id=f"float32-{seed}") for seed in (0, 1, 2)),
+    pytest.param("as written", 0, id="as-written-0"),
     *(
         pytest.param("as written", seed, marks=AS_WRITTEN, id=f"as-written-{seed}")
-        for seed in (0, 1, 2)
+        for seed in (1, 2)
     ),
 ]
 
