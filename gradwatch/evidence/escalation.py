@@ -30,7 +30,7 @@ from gradwatch.evidence.tensor_test import convicts
 if TYPE_CHECKING:
     from gradwatch.evidence.objective import Objective
 
-__all__ = ["escalate", "retest", "tensor_noise"]
+__all__ = ["escalate", "read_fitted", "retest", "tensor_noise"]
 
 
 # Random ±1 directions a tensor's components left within noise are read along at the fitted step,
@@ -125,7 +125,7 @@ def _ladder(
     for _ in range(RUNGS):
         if at.size == 0:
             return
-        _each(objective, record, at, fitted, center, pass_max)
+        read_fitted(objective, record, at, fitted, center, pass_max)
         if (record.reading[group] == DISAGREES).any():
             return
         if _noisy(record, np.where(group, 0, -1), warn_max, group).size == 0:
@@ -186,7 +186,7 @@ def _directions(
     return bool(np.all(smooth)), bool(np.any(reading != NOT_JUDGED))
 
 
-def _each(
+def read_fitted(
     objective: Objective,
     record: Record,
     at: np.ndarray,

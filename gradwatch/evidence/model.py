@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradwatch.evidence.escalation import escalate, retest, tensor_noise
+from gradwatch.evidence.escalation import escalate, read_fitted, retest, tensor_noise
 from gradwatch.evidence.objective import Objective
 from gradwatch.evidence.readings import (
     AGREES,
@@ -55,7 +55,7 @@ from gradwatch.evidence.readings import (
     Record,
     read,
 )
-from gradwatch.evidence.recheck import Pair, multiples, reread, sub
+from gradwatch.evidence.recheck import Pair, fitted_steps, multiples, reread, sub
 
 __all__ = ["JITTER_STEPS", "JITTER_TRIES", "gather_evidence"]
 
@@ -131,6 +131,7 @@ def gather_evidence(
     escalate(objective, record, groups, center, steps, seed, (pass_max, warn_max))
     retest(objective, record, groups, center, steps, pass_max)
     tensor_noise(objective, record, groups, center, steps, seed, pass_max, measured)
+    _at_longer_steps(objective, record, center, steps, pass_max)
     return record.done()
 
 
@@ -156,6 +157,30 @@ def _explain(
     _off_kinks(objective, record, suspects[~smooth], steps, pass_max)
     if multiples(objective.values(suspects), steps[suspects])[0] < 1:
         _off_flips(objective, record, at[record.reading[at] == DISAGREES], steps, pass_max)
+
+
+def _at_longer_steps(
+    objective: Objective, record: Record, center: float, steps: np.ndarray, pass_max: float
+) -> None:
+    """Reads a disagreement that stands at the first step's scale once more at θ, at the step
+    fitted to J's noise (Richardson's estimate from H and 2H, against backprop at θ) where J is
+    smooth there. Its tolerance is the first reading's times h/H, narrower: a wrong backward's gap
+    is the same at every step and stands; a gap that shrinks as 1/step was J's noise at the short
+    step (a float32 staircase whose stairs the noise probes partly read as jumps). Where J is not
+    smooth at H, or the gap stands there too, the first reading stands as measured."""
+    at = np.flatnonzero((record.reading == DISAGREES) & np.isfinite(record.at_theta))
+    at = at[~(record.step[at] > steps[at])]  # a reading at a fitted step is that step's already
+    fitted = fitted_steps(objective.values(at), steps[at], record.sigma[at], center)
+    longer = fitted > steps[at]
+    at, fitted = at[longer], fitted[longer]
+    if at.size == 0:
+        return
+    held = (*_held(record, at), record.recheck[at].copy(), record.step[at].copy())
+    read_fitted(objective, record, at, fitted, center, pass_max)
+    stands = record.reading[at] == DISAGREES  # a bug: its first reading is the one to show
+    fields = (*_fields(record), record.recheck, record.step)
+    for field, first in zip(fields, held, strict=True):
+        field[at[stands]] = first[stands]
 
 
 def _off_flips(
