@@ -126,22 +126,9 @@ PLANTED = "funnel.decoder.layers.0.ffn.linear_1"
 # 0.0025). Counting the stairs as noise would hide a sign-flipped expert in the float32 MoE
 # (tests/test_kernels.py); instead such a disagreement is read once more at the fitted step, where
 # a stair's gap shrinks as 1/step and a wrong backward's does not (tests/test_longer_steps.py).
-# Under ATEN_CPU_CAPABILITY=default (the second kernel path), as written at seed 2 a correct
-# component still disagrees (encoder attention.v_head.bias[18] "longer steps", 0.0012 for 0.0020):
-# the fitted step did not clear it. It passes on the default AVX2 path: not yet robust, so xfail.
-KERNEL_PATH = pytest.mark.xfail(
-    reason="as written at seed 2, a correct v_head.bias component disagrees on the default "
-    "(non-vectorized) kernel path",
-    strict=False,
-)
 MODES = {"float32": {"dtype": torch.float32}, "as written": {"keep_precision": False}}
 CASES = [
-    pytest.param(
-        mode,
-        seed,
-        id=f"{mode.replace(' ', '-')}-{seed}",
-        marks=KERNEL_PATH if (mode, seed) == ("as written", 2) else (),
-    )
+    pytest.param(mode, seed, id=f"{mode.replace(' ', '-')}-{seed}")
     for mode in MODES
     for seed in (0, 1, 2)
 ]

@@ -17,7 +17,7 @@ from gradwatch.evidence.readings import (
     Record,
     read,
 )
-from gradwatch.evidence.recheck import fitted_steps
+from gradwatch.evidence.recheck import fitted_steps, longest_steps
 
 SLOPE, STEP, SIGMA, CENTER = 2.0, 1e-7, 1e-10, 1.0
 # The first reading's numeric value, 0.02 off the slope: 28σ of its noise σ/(√2·h) = 7e-4, as a
@@ -27,13 +27,15 @@ FITTED = float(fitted_steps(np.zeros(1), np.full(1, STEP), SIGMA, CENTER)[0])  #
 
 
 class Line:
-    """J = CENTER + SLOPE·x, with a kink at x = ``kink`` (J turns by 5 per unit of x there)."""
+    """J = CENTER + SLOPE·x, with a kink at x = ``kink`` (J turns by 5 per unit of x there) and a
+    narrow bump of 1e-6 at x = ``bump`` (a stair that one evaluation lands on)."""
 
-    def __init__(self, kink: float = np.inf) -> None:
-        self.kink = kink
+    def __init__(self, kink: float = np.inf, bump: float = np.inf) -> None:
+        self.kink, self.bump = kink, bump
 
     def cost(self, x: float) -> float:
-        return CENTER + SLOPE * x + 5.0 * max(x - self.kink, 0.0)
+        stair = 1e-6 if abs(x - self.bump) < 0.1 * FITTED else 0.0
+        return CENTER + SLOPE * x + 5.0 * max(x - self.kink, 0.0) + stair
 
     def pairs(self, at: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.array([self.cost(s) for s in h]), np.array([self.cost(-s) for s in h])
@@ -73,6 +75,18 @@ def test_a_gap_that_shrinks_with_the_step_clears_and_a_bugs_stands(planted: bool
 def test_where_j_is_not_smooth_at_the_longer_step_the_first_reading_stands() -> None:
     record = _read(Line(kink=1.5 * FITTED), SLOPE)
     assert (record.reading[0], record.recheck[0], record.numeric[0]) == (DISAGREES, 0, FIRST)
+
+
+@pytest.mark.parametrize("planted", [False, True])
+def test_where_j_is_not_smooth_at_the_fitted_step_a_longer_rung_reads_it(planted: bool) -> None:
+    # The bump sits at 2H: J'' at H and 2H disagree. At float32's step (4.9e-3, 16H capped) and
+    # twice it J is smooth: read there, the correct gradient agrees and the planted one stands.
+    record = _read(Line(bump=2 * FITTED), SLOPE * (0.99 if planted else 1.0))
+    if planted:
+        assert (record.reading[0], record.recheck[0], record.numeric[0]) == (DISAGREES, 0, FIRST)
+    else:
+        assert (record.reading[0], record.recheck[0]) == (AGREES, FITTED_STEP)
+        assert record.step[0] == float(longest_steps(np.zeros(1))[0])
 
 
 def test_a_reading_at_a_fitted_step_or_one_no_shorter_is_not_read_again() -> None:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradwatch.evidence.escalation import escalate, read_fitted, retest, tensor_noise
+from gradwatch.evidence.escalation import RUNG, RUNGS, escalate, read_fitted, retest, tensor_noise
 from gradwatch.evidence.objective import Objective
 from gradwatch.evidence.readings import (
     AGREES,
@@ -55,7 +55,14 @@ from gradwatch.evidence.readings import (
     Record,
     read,
 )
-from gradwatch.evidence.recheck import Pair, fitted_steps, multiples, reread, sub
+from gradwatch.evidence.recheck import (
+    Pair,
+    fitted_steps,
+    longest_steps,
+    multiples,
+    reread,
+    sub,
+)
 
 __all__ = ["JITTER_STEPS", "JITTER_TRIES", "gather_evidence"]
 
@@ -167,7 +174,9 @@ def _at_longer_steps(
     smooth there. Its tolerance is the first reading's times h/H, narrower: a wrong backward's gap
     is the same at every step and stands; a gap that shrinks as 1/step was J's noise at the short
     step (a float32 staircase whose stairs the noise probes partly read as jumps). Where J is not
-    smooth at H, or the gap stands there too, the first reading stands as measured."""
+    smooth at H, it is read at ``RUNG`` times longer steps, up to float32's step, as the ladder
+    of escalation does; where it is smooth at none, or the gap stands, the first reading stands
+    as measured."""
     at = np.flatnonzero((record.reading == DISAGREES) & np.isfinite(record.at_theta))
     at = at[~(record.step[at] > steps[at])]  # a reading at a fitted step is that step's already
     fitted = fitted_steps(objective.values(at), steps[at], record.sigma[at], center)
@@ -176,8 +185,16 @@ def _at_longer_steps(
     if at.size == 0:
         return
     held = (*_held(record, at), record.recheck[at].copy(), record.step[at].copy())
-    read_fitted(objective, record, at, fitted, center, pass_max)
-    stands = record.reading[at] == DISAGREES  # a bug: its first reading is the one to show
+    left, steps_left = at, fitted
+    for _ in range(RUNGS):  # not smooth at H: RUNG times H, points off the stairs H landed on
+        read_fitted(objective, record, left, steps_left, center, pass_max)
+        longest = longest_steps(objective.values(left))
+        longer = (record.step[left] != steps_left) & (steps_left < longest)
+        left, steps_left = left[longer], np.minimum(steps_left * RUNG, longest)[longer]
+        if left.size == 0:
+            break
+    read = record.step[at] != held[-1]
+    stands = (record.reading[at] == DISAGREES) | ~read  # a bug's first reading is the one to show
     fields = (*_fields(record), record.recheck, record.step)
     for field, first in zip(fields, held, strict=True):
         field[at[stands]] = first[stands]
