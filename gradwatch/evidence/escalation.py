@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gradwatch.evidence.noise import (
+    HALF_NORMAL_Q75,
+    JUMP_FACTOR,
     PROBE_DIRECTIONS,
     PROBE_WIDTH,
     fourth_differences,
-    noise_sigma,
     probe_rows,
     rounding_floor,
 )
@@ -331,5 +332,11 @@ def _noise_along(
         found[pending[moved]] = np.abs(fourth_differences(values[moved]))
         pending = pending[~moved]
         stride[pending] *= 2.0
-    # The same estimate as J's noise measured first: a direction crossing a jump is left out.
-    return noise_sigma(found[np.isfinite(found)])[0]
+    # J's first noise's rule, on single directions: one beyond JUMP_FACTOR times the median
+    # crossed a jump (a routing flip) and is left out, at most half of them.
+    found = found[np.isfinite(found)]
+    if found.size == 0:
+        return 0.0
+    median = float(np.median(found))
+    bulk = found[found <= JUMP_FACTOR * median] if median > 0 else found
+    return float(np.quantile(bulk, 0.75) / (HALF_NORMAL_Q75 * np.sqrt(70.0)))
