@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gradwatch.evidence.noise import measure_noise
+from gradwatch.evidence.noise import (
+    HALF_NORMAL_Q75,
+    JUMP_FACTOR,
+    PROBE_DIRECTIONS,
+    PROBE_WIDTH,
+    fourth_differences,
+    probe_rows,
+    rounding_floor,
+)
 from gradwatch.evidence.readings import (
     DISAGREES,
     FITTED_STEP,
@@ -23,7 +31,7 @@ from gradwatch.evidence.tensor_test import convicts
 if TYPE_CHECKING:
     from gradwatch.evidence.objective import Objective
 
-__all__ = ["escalate", "retest", "tensor_noise"]
+__all__ = ["escalate", "read_fitted", "retest", "tensor_noise"]
 
 
 # Random ±1 directions a tensor's components left within noise are read along at the fitted step,
@@ -38,6 +46,9 @@ GATE_DIRECTIONS = 2
 # 2H) stops a step where higher terms show.
 RUNG = 16.0
 RUNGS = 3
+# A tensor's noise is read at its readings' stride (_noise_along): a direction along which J did
+# not move is read once more at twice the stride, which reaches the 4h of the re-check, no further.
+REACH_TRIES = 2
 
 
 def escalate(
@@ -115,7 +126,7 @@ def _ladder(
     for _ in range(RUNGS):
         if at.size == 0:
             return
-        _each(objective, record, at, fitted, center, pass_max)
+        read_fitted(objective, record, at, fitted, center, pass_max)
         if (record.reading[group] == DISAGREES).any():
             return
         if _noisy(record, np.where(group, 0, -1), warn_max, group).size == 0:
@@ -146,7 +157,7 @@ def _fitted(
     objective: Objective, record: Record, at: np.ndarray, center: float, steps: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The positions among ``at`` whose fitted step is longer than the first, and those steps."""
-    at = at[np.isfinite(record.analytic[at])]
+    at = at[np.isfinite(record.at_theta[at])]
     fitted = fitted_steps(objective.values(at), steps[at], record.sigma[at], center)
     longer = fitted > steps[at]
     return at[longer], fitted[longer]
@@ -171,12 +182,12 @@ def _directions(
     near, far = (values[0], values[1], one), (values[2], values[3], 2 * one)
     sigma = float(np.max(record.sigma[at]))
     smooth, estimate, noise = extrapolate(center, far, near, sigma)
-    along = (signs * fitted) @ record.analytic[at]
+    along = (signs * fitted) @ record.at_theta[at]
     reading, _ = read(along, estimate, noise, pass_max)
     return bool(np.all(smooth)), bool(np.any(reading != NOT_JUDGED))
 
 
-def _each(
+def read_fitted(
     objective: Objective,
     record: Record,
     at: np.ndarray,
@@ -189,8 +200,9 @@ def _each(
     smooth, estimate, spread = extrapolate(center, far, near, record.sigma[at])
     smooth &= np.isfinite(estimate)
     done = at[smooth]
-    values = (record.analytic[done], estimate[smooth], spread[smooth])
+    values = (record.at_theta[done], estimate[smooth], spread[smooth])
     record.set(done, values, pass_max, FITTED_STEP)
+    record.step[done] = fitted[smooth]
 
 
 def _failing(record: Record, groups: np.ndarray, pass_max: float) -> list[int]:
@@ -236,26 +248,95 @@ def tensor_noise(
     steps: np.ndarray,
     seed: int,
     pass_max: float,
-    measured: set[int],
+    measured: set[tuple[int, bool]],
 ) -> None:
     """J's noise along the components of each tensor that disagrees or fails the tensor test
-    (once per tensor); where it is larger than the noise behind its readings, they are read
-    against it."""
+    (once per tensor and kind of step: the first, or a longer one fitted to J's noise), at the
+    stride of their readings; where it is larger than the noise behind their readings, they are
+    read against it.
+
+    At that stride because J's rounding is not the same at every stride: where θ reaches J through
+    an intermediate rounded to a coarser grid (a float32 island, a float32 check's activations),
+    J's error is piecewise constant over moves too small to change that intermediate by an ulp,
+    and a fourth difference within one piece cancels it. A reading whose two points lie further
+    apart than that sees the whole error (a tiny Funnel's attention scores cast to float32: J's
+    noise 2.5e-12 at the first probes' stride, jumps of ~1e-9 between the ends of a 1e-7 step)."""
     asking = set(np.unique(groups[record.reading == DISAGREES]).tolist())
     asking |= set(_failing(record, groups, pass_max))
-    for g in sorted(asking - measured):
-        measured.add(g)
-        support = np.flatnonzero((groups == g) & np.isfinite(record.noise))
-        if support.size == 0:
-            continue
-        found = measure_noise(objective.line, center, (), support, steps[support], seed, 0.0)
-        at = support[record.sigma[support] < found.sigma]
-        if at.size == 0:
-            continue
-        record.noise[at] *= found.sigma / record.sigma[at]
-        record.sigma[at] = found.sigma
-        read_again = at[record.measured()[at]]
-        values = (record.analytic[read_again], record.numeric[read_again], record.noise[read_again])
-        recheck = record.recheck[read_again].copy()
-        record.set(read_again, values, pass_max, 0)
-        record.recheck[read_again] = recheck
+    longer = record.step > steps
+    for g in sorted(asking):
+        for kind in (False, True):
+            if (g, kind) in measured:
+                continue
+            support = np.flatnonzero((groups == g) & np.isfinite(record.noise) & (longer == kind))
+            if support.size == 0:
+                continue
+            measured.add((g, kind))
+            _raise_noise(objective, record, support, center, seed, pass_max)
+
+
+def _raise_noise(
+    objective: Objective,
+    record: Record,
+    support: np.ndarray,
+    center: float,
+    seed: int,
+    pass_max: float,
+) -> None:
+    """Measures J's noise along ``support`` at the stride of its readings (:func:`_noise_along`),
+    never below J's rounding floor in float64 (J rounded once), and reads the components whose
+    noise was smaller against it."""
+    gaps = objective.half_gaps(support, record.step[support])
+    found = max(_noise_along(objective, center, support, gaps, seed), rounding_floor(center))
+    at = support[record.sigma[support] < found]
+    if at.size == 0:
+        return
+    record.noise[at] *= found / record.sigma[at]
+    record.sigma[at] = found
+    read_again = at[record.measured()[at]]
+    values = (record.analytic[read_again], record.numeric[read_again], record.noise[read_again])
+    recheck = record.recheck[read_again].copy()
+    record.set(read_again, values, pass_max, 0)
+    record.recheck[read_again] = recheck
+
+
+def _noise_along(
+    objective: Objective, center: float, support: np.ndarray, steps: np.ndarray, seed: int
+) -> float:
+    """J's noise from fourth differences along ``PROBE_DIRECTIONS`` random ±1 directions over
+    ``support`` (as :func:`gradwatch.evidence.noise.measure_noise`), each component moved by 1/4 to
+    1/2 of its reading's half gap ``steps`` per stride, a random factor per direction: the stencil
+    reaches 1 to 2 steps from θ, as far as a reading's points (±h) and its re-check's (2h). The
+    factor is random because over a tensor with few checked components (a bias sampled once) ±1
+    signs alone give only 2^width distinct lines, and the 75th percentile of two values is no
+    measurement. A direction along which J did not move (θ rounded back to itself, or J's
+    resolution coarser than the move) is probed once more at twice the stride, reaching the 4h of
+    the re-check and no further: J is read only where the readings read it (beyond, a direction
+    crosses the kinks the readings never crossed, and a flat J, a saturated hardtanh, would
+    measure a kink as noise). One that still did not move J carries no information and is left
+    out."""
+    rng = np.random.default_rng([seed, 23])
+    width = min(PROBE_WIDTH, support.size)
+    picks = rng.choice(support.size, width, replace=False)
+    signs = rng.choice([-1.0, 1.0], size=(PROBE_DIRECTIONS, width))
+    stride = (1.0 + rng.random(PROBE_DIRECTIONS)) / 4
+    found = np.full(PROBE_DIRECTIONS, np.nan)
+    pending = np.arange(PROBE_DIRECTIONS)
+    for _ in range(REACH_TRIES):
+        if pending.size == 0:
+            break
+        rows = probe_rows(steps[picks], signs[pending], stride[pending])
+        values = objective.line(support[picks], rows).reshape(-1, 4)
+        values = np.concatenate([np.full((pending.size, 1), center), values], 1)
+        moved = np.any(values != values[:, :1], axis=1)
+        found[pending[moved]] = np.abs(fourth_differences(values[moved]))
+        pending = pending[~moved]
+        stride[pending] *= 2.0
+    # J's first noise's rule, on single directions: one beyond JUMP_FACTOR times the median
+    # crossed a jump (a routing flip) and is left out, at most half of them.
+    found = found[np.isfinite(found)]
+    if found.size == 0:
+        return 0.0
+    median = float(np.median(found))
+    bulk = found[found <= JUMP_FACTOR * median] if median > 0 else found
+    return float(np.quantile(bulk, 0.75) / (HALF_NORMAL_Q75 * np.sqrt(70.0)))

@@ -31,19 +31,19 @@ first step and with the first reading's tolerance ("off kink"), and stands once 
 jittered θ shows it too.
 
 A tensor whose components disagree, or whose errors together exceed J's noise
-(:mod:`gradwatch.evidence.tensor_test`), has J's noise measured along its own components; where it
-is larger than the noise measured first, its components are read against it. A component left within
-noise is read again at a step fitted to J's noise ("fitted step"): only a gradient that is zero
-within that step's noise stays "not judged, within noise". A tensor that fails the tensor test
-has its components read again by Richardson's estimate, so that the h² truncation of the first
-step is not taken for a shared error.
+(:mod:`gradwatch.evidence.tensor_test`), has J's noise measured along its own components, at the
+stride of their readings; where it is larger than the noise measured first, they are read against
+it. A component left within noise is read again at a step fitted to J's noise ("fitted step"): only
+a gradient that is zero within that step's noise stays "not judged, within noise". A tensor that
+fails the tensor test has its components read again by Richardson's estimate, so that the h²
+truncation of the first step is not taken for a shared error.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gradwatch.evidence.escalation import escalate, retest, tensor_noise
+from gradwatch.evidence.escalation import RUNG, RUNGS, escalate, read_fitted, retest, tensor_noise
 from gradwatch.evidence.noise import NOISE_MULTIPLE
 from gradwatch.evidence.objective import Objective
 from gradwatch.evidence.readings import (
@@ -58,7 +58,15 @@ from gradwatch.evidence.readings import (
     Record,
     read,
 )
-from gradwatch.evidence.recheck import Pair, multiples, reread, slope, sub
+from gradwatch.evidence.recheck import (
+    Pair,
+    fitted_steps,
+    longest_steps,
+    multiples,
+    reread,
+    slope,
+    sub,
+)
 
 __all__ = ["JITTER_STEPS", "JITTER_TRIES", "gather_evidence"]
 
@@ -121,6 +129,7 @@ def gather_evidence(
         numeric = np.where(gaps > 0, (plus - minus) / (2 * np.where(gaps > 0, gaps, 1.0)), 0.0)
         noise = np.where(gaps > 0, sigma / (np.sqrt(2) * gaps), np.inf)
     record = Record(analytic, numeric, noise, np.full(analytic.size, float(sigma)))
+    record.step[:] = steps
     record.reading, record.reason = read(analytic, numeric, noise, pass_max)
     lost = ~(gaps > 0)
     record.reading[lost], record.reason[lost] = NOT_JUDGED, STEP_LOST
@@ -128,11 +137,12 @@ def gather_evidence(
     suspects = np.flatnonzero((record.reading == DISAGREES) & finite)
     firsts = (plus, minus, gaps)
     _explain(objective, record, suspects, firsts, center, steps, pass_max)
-    measured: set[int] = set()
+    measured: set[tuple[int, bool]] = set()
     tensor_noise(objective, record, groups, center, steps, seed, pass_max, measured)
     escalate(objective, record, groups, center, steps, seed, (pass_max, warn_max))
     retest(objective, record, groups, center, steps, pass_max)
     tensor_noise(objective, record, groups, center, steps, seed, pass_max, measured)
+    _at_longer_steps(objective, record, center, steps, pass_max)
     return record.done()
 
 
@@ -174,6 +184,40 @@ def _explain(
     if short:
         standing = at[record.reading[at] == DISAGREES]
         _off_flips(objective, record, np.concatenate([unexplained, standing]), steps, pass_max)
+
+
+def _at_longer_steps(
+    objective: Objective, record: Record, center: float, steps: np.ndarray, pass_max: float
+) -> None:
+    """Reads a disagreement that stands at the first step's scale once more at θ, at the step
+    fitted to J's noise (Richardson's estimate from H and 2H, against backprop at θ) where J is
+    smooth there. Its tolerance is the first reading's times h/H, narrower: a wrong backward's gap
+    is the same at every step and stands; a gap that shrinks as 1/step was J's noise at the short
+    step (a float32 staircase whose stairs the noise probes partly read as jumps). Where J is not
+    smooth at H, it is read at ``RUNG`` times longer steps, up to float32's step, as the ladder
+    of escalation does; where it is smooth at none, or the gap stands, the first reading stands
+    as measured."""
+    at = np.flatnonzero((record.reading == DISAGREES) & np.isfinite(record.at_theta))
+    at = at[~(record.step[at] > steps[at])]  # a reading at a fitted step is that step's already
+    fitted = fitted_steps(objective.values(at), steps[at], record.sigma[at], center)
+    longer = fitted > steps[at]
+    at, fitted = at[longer], fitted[longer]
+    if at.size == 0:
+        return
+    held = (*_held(record, at), record.recheck[at].copy(), record.step[at].copy())
+    left, steps_left = at, fitted
+    for _ in range(RUNGS):  # not smooth at H: RUNG times H, points off the stairs H landed on
+        read_fitted(objective, record, left, steps_left, center, pass_max)
+        longest = longest_steps(objective.values(left))
+        longer = (record.step[left] != steps_left) & (steps_left < longest)
+        left, steps_left = left[longer], np.minimum(steps_left * RUNG, longest)[longer]
+        if left.size == 0:
+            break
+    read = record.step[at] != held[-1]
+    stands = (record.reading[at] == DISAGREES) | ~read  # a bug's first reading is the one to show
+    fields = (*_fields(record), record.recheck, record.step)
+    for field, first in zip(fields, held, strict=True):
+        field[at[stands]] = first[stands]
 
 
 def _off_flips(

@@ -93,11 +93,18 @@ class Record:
     ) -> None:
         self.analytic, self.numeric, self.noise = analytic.copy(), numeric.copy(), noise.copy()
         self.first_numeric, self.sigma = numeric.copy(), sigma.copy()
+        # Backprop's value at θ itself: a reading off a kink replaces ``analytic`` with backprop's
+        # at the jittered θ, and a later reading at θ (the fitted step) must compare with θ's own.
+        self.at_theta = analytic.copy()
         size = analytic.size
         self.reading = np.zeros(size, np.int8)
         self.reason = np.zeros(size, np.int8)
         self.recheck = np.zeros(size, np.int8)
         self.kink = np.zeros(size, bool)
+        # The step each reading was taken at (the first step until a longer one is read): J's
+        # noise behind a reading is measured at that stride
+        # (gradwatch.evidence.escalation.tensor_noise).
+        self.step = np.full(size, np.nan)
 
     def set(
         self,

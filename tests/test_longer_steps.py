@@ -1,0 +1,96 @@
+"""A disagreement that stands at the first step is read once more at the step fitted to J's noise
+(``gradwatch.evidence.model._at_longer_steps``): a gap that shrinks as 1/step was J's noise at
+the short step (a float32 staircase, the as-written Funnel of ``tests/test_funnel.py``) and
+clears there, under a narrower tolerance; a wrong backward's gap is the same at every step and
+stands, with its first reading shown."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradwatch.evidence.model import _at_longer_steps
+from gradwatch.evidence.readings import (
+    AGREES,
+    DISAGREES,
+    FITTED_STEP,
+    Record,
+    read,
+)
+from gradwatch.evidence.recheck import fitted_steps, longest_steps
+
+SLOPE, STEP, SIGMA, CENTER = 2.0, 1e-7, 1e-10, 1.0
+# The first reading's numeric value, 0.02 off the slope: 28σ of its noise σ/(√2·h) = 7e-4, as a
+# stair of J crossed by the first step reads.
+FIRST = SLOPE + 0.02
+FITTED = float(fitted_steps(np.zeros(1), np.full(1, STEP), SIGMA, CENTER)[0])  # 4.6e-4
+
+
+class Line:
+    """J = CENTER + SLOPE·x, with a kink at x = ``kink`` (J turns by 5 per unit of x there) and a
+    narrow bump of 1e-6 at x = ``bump`` (a stair that one evaluation lands on)."""
+
+    def __init__(self, kink: float = np.inf, bump: float = np.inf) -> None:
+        self.kink, self.bump = kink, bump
+
+    def cost(self, x: float) -> float:
+        stair = 1e-6 if abs(x - self.bump) < 0.1 * FITTED else 0.0
+        return CENTER + SLOPE * x + 5.0 * max(x - self.kink, 0.0) + stair
+
+    def pairs(self, at: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.array([self.cost(s) for s in h]), np.array([self.cost(-s) for s in h])
+
+    def half_gaps(self, at: np.ndarray, h: np.ndarray) -> np.ndarray:
+        return np.asarray(h, np.float64)
+
+    def values(self, at: np.ndarray) -> np.ndarray:
+        return np.zeros(len(at))
+
+    def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return np.array([self.cost(float(r.sum())) for r in rows])
+
+
+def _read(j: Line, analytic: float, step: float = STEP, at_fitted: bool = False) -> Record:
+    a, n = np.array([analytic]), np.array([FIRST])
+    noise = np.full(1, SIGMA / (np.sqrt(2) * step))
+    record = Record(a, n, noise, np.full(1, SIGMA))
+    record.reading, record.reason = read(a, n, noise, 1e-7)
+    record.step[:] = FITTED if at_fitted else step
+    assert record.reading[0] == DISAGREES
+    _at_longer_steps(j, record, CENTER, np.full(1, step), 1e-7)  # type: ignore[arg-type]
+    return record
+
+
+@pytest.mark.parametrize("planted", [False, True])
+def test_a_gap_that_shrinks_with_the_step_clears_and_a_bugs_stands(planted: bool) -> None:
+    record = _read(Line(), SLOPE * (0.99 if planted else 1.0))
+    if planted:  # 1% off at every step: the first reading stands, values and all
+        assert (record.reading[0], record.recheck[0]) == (DISAGREES, 0)
+        assert record.numeric[0] == FIRST and record.step[0] == STEP
+    else:
+        assert (record.reading[0], record.recheck[0]) == (AGREES, FITTED_STEP)
+        assert abs(record.numeric[0] - SLOPE) < 1e-9 and record.step[0] == FITTED
+
+
+def test_where_j_is_not_smooth_at_the_longer_step_the_first_reading_stands() -> None:
+    record = _read(Line(kink=1.5 * FITTED), SLOPE)
+    assert (record.reading[0], record.recheck[0], record.numeric[0]) == (DISAGREES, 0, FIRST)
+
+
+@pytest.mark.parametrize("planted", [False, True])
+def test_where_j_is_not_smooth_at_the_fitted_step_a_longer_rung_reads_it(planted: bool) -> None:
+    # The bump sits at 2H: J'' at H and 2H disagree. At float32's step (4.9e-3, 16H capped) and
+    # twice it J is smooth: read there, the correct gradient agrees and the planted one stands.
+    record = _read(Line(bump=2 * FITTED), SLOPE * (0.99 if planted else 1.0))
+    if planted:
+        assert (record.reading[0], record.recheck[0], record.numeric[0]) == (DISAGREES, 0, FIRST)
+    else:
+        assert (record.reading[0], record.recheck[0]) == (AGREES, FITTED_STEP)
+        assert record.step[0] == float(longest_steps(np.zeros(1))[0])
+
+
+def test_a_reading_at_a_fitted_step_or_one_no_shorter_is_not_read_again() -> None:
+    # Already at the fitted step: the longer step is the one it was read at.
+    assert _read(Line(), SLOPE, at_fitted=True).numeric[0] == FIRST
+    # A first step as long as the fitted one (1e-3 > 4.6e-4): nothing longer to read at.
+    assert _read(Line(), SLOPE, step=1e-3).numeric[0] == FIRST
