@@ -289,3 +289,19 @@ def test_the_first_jitter_that_reads_a_kink_smoothly_settles_it(slope: float, re
     # must not overwrite that reading with "within noise".
     found = _gather(_Flipping(np.array([0.0, 1.0, 0.5]), slope), np.array([0.0, 2.0, 0.25]))
     assert (found.reading[0], found.recheck[0], found.analytic[0]) == (reading, OFF_KINK, slope)
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_a_non_finite_gradient_disagrees_as_first_read_with_no_re_check(bad: float) -> None:
+    # J = θ·θ: backprop's value of component 1 is not a number. No longer step can explain that
+    # gap, so it is not re-checked: it disagrees at its first reading (n = −2 at ε = 1e-7), and the
+    # finite components beside it agree.
+    theta = np.array([0.5, -1.0, 2.0])
+    grad = 2 * theta
+    grad[1] = bad
+    report = gradwatch.check_function(lambda t: float(t @ t), theta, grad)
+    assert report.verdict is Verdict.FAIL
+    found = report.component(1)
+    assert (found.reading, found.reason, found.recheck) == ("disagrees", "", "")
+    assert found.numeric == pytest.approx(-2.0, abs=1e-6)
+    assert [report.component(i).reading for i in (0, 2)] == ["agrees", "agrees"]
