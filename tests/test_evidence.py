@@ -403,3 +403,18 @@ def test_a_gap_at_float32s_step_is_read_at_a_jittered_theta_with_the_first_toler
     assert found.noise[1] == pytest.approx(1e-6 / (np.sqrt(2) * 5e-3))
     assert found.numeric[1] - found.analytic[1] == pytest.approx(1e-3, rel=1e-6)
     assert list(found.reading[[0, 2]]) == [AGREES, AGREES]
+
+
+def test_a_wrong_gradient_at_the_first_step_is_re_read_at_longer_steps_not_off_a_flip() -> None:
+    # J = θ·θ with backprop 1% off on θ₁, grad a function (a jittered θ could be read): at
+    # ε = 1e-7 the re-check runs at 2h and 4h, where the gap stands; it is not read again at a
+    # jittered θ, which only a re-check at float32's step (h/2 and h/4) asks for.
+    theta = np.array([0.5, -1.0, 2.0])
+
+    def grad(t: np.ndarray) -> np.ndarray:
+        return 2 * t * np.array([1.0, 1.01, 1.0])
+
+    report = gradwatch.check_function(lambda t: float(t @ t), theta, grad)
+    found = report.component(1)
+    assert (found.reading, found.recheck, found.kink) == ("disagrees", "longer steps", False)
+    assert report.verdict is Verdict.FAIL
