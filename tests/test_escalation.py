@@ -257,3 +257,23 @@ def test_the_gate_directions_are_drawn_from_the_check_seed() -> None:
     alone = {i // 2 for i, (_, _, recheck) in enumerate(first) if recheck == "fitted step"}
     assert 0 < len(alone) < k
     assert all(reading != "disagrees" for reading, _, _ in first)
+
+
+def test_a_tensor_failing_the_tensor_test_by_truncation_is_read_again_by_richardson() -> None:
+    # J = 3e7 + Σθ³ at ε = 2e-3: each first reading carries the h² truncation h²·J‴/6 = 4e-6, ~6σ
+    # of its noise (J's rounding ~1e-9): under every component's 8σ, yet together (100 of them)
+    # far beyond the tensor's noise. The tensor test asks for a re-read at 2h and 4h, whose
+    # Richardson estimate has no h² term: it passes. A shared error of 1e-5 (relative) stays
+    # beyond the re-read's noise: the tensor warns, as the material's band says for its D.
+    theta = np.linspace(0.5, 1.5, 100)
+
+    def cost(t: np.ndarray) -> float:
+        return 3e7 + float(np.sum(t**3))
+
+    right = gradwatch.check_function(cost, theta, 3 * theta**2, epsilon=2e-3)
+    assert right.verdict is Verdict.PASS, str(right)
+    assert right.parameters["theta"].agrees == 100 and right.parameters["theta"].tensor_test < 1
+    assert {right.component(i).recheck for i in range(100)} == {"longer steps"}
+    wrong = gradwatch.check_function(cost, theta, 3 * theta**2 * (1 + 1e-5), epsilon=2e-3)
+    assert wrong.verdict is Verdict.WARN, str(wrong)
+    assert wrong.parameters["theta"].disagrees > 0 and wrong.parameters["theta"].tensor_test > 1
