@@ -260,20 +260,27 @@ def test_the_gate_directions_are_drawn_from_the_check_seed() -> None:
 
 
 def test_a_tensor_failing_the_tensor_test_by_truncation_is_read_again_by_richardson() -> None:
-    # J = 3e7 + Σθ³ at ε = 2e-3: each first reading carries the h² truncation h²·J‴/6 = 4e-6, ~6σ
-    # of its noise (J's rounding ~1e-9): under every component's 8σ, yet together (100 of them)
-    # far beyond the tensor's noise. The tensor test asks for a re-read at 2h and 4h, whose
-    # Richardson estimate has no h² term: it passes. A shared error of 1e-5 (relative) stays
-    # beyond the re-read's noise: the tensor warns, as the material's band says for its D.
-    theta = np.linspace(0.5, 1.5, 100)
+    # J = 3e7 + Σθ³ + Σb² at ε = 2e-3: each first reading of θ carries the h² truncation
+    # h²·J‴/6 = 4e-6, ~6σ of its noise (J's rounding ~1e-9): under every component's 8σ, yet
+    # together (100 of them) far beyond the tensor's noise. The tensor test asks for a re-read of
+    # θ at 2h and 4h, whose Richardson estimate has no h² term: it passes. b (no truncation) is
+    # not re-read. A shared error of 1e-5 (relative) stays beyond the re-read's noise: θ warns,
+    # as the material's band says for its D.
+    theta = np.r_[np.linspace(0.5, 1.5, 100), 0.5, -1.0, 2.0]
+    layout = {"theta": (100,), "b": (3,)}
 
     def cost(t: np.ndarray) -> float:
-        return 3e7 + float(np.sum(t**3))
+        return 3e7 + float(np.sum(t[:100] ** 3)) + float(t[100:] @ t[100:])
 
-    right = gradwatch.check_function(cost, theta, 3 * theta**2, epsilon=2e-3)
+    grad = np.r_[3 * theta[:100] ** 2, 2 * theta[100:]]
+    right = gradwatch.check_function(cost, theta, grad, epsilon=2e-3, layout=layout)
     assert right.verdict is Verdict.PASS, str(right)
     assert right.parameters["theta"].agrees == 100 and right.parameters["theta"].tensor_test < 1
-    assert {right.component(i).recheck for i in range(100)} == {"longer steps"}
-    wrong = gradwatch.check_function(cost, theta, 3 * theta**2 * (1 + 1e-5), epsilon=2e-3)
+    rechecks = [right.component(i).recheck for i in range(103)]
+    assert rechecks == ["longer steps"] * 100 + [""] * 3
+    wrong = gradwatch.check_function(
+        cost, theta, grad * np.r_[np.full(100, 1 + 1e-5), 1, 1, 1], epsilon=2e-3, layout=layout
+    )
     assert wrong.verdict is Verdict.WARN, str(wrong)
     assert wrong.parameters["theta"].disagrees > 0 and wrong.parameters["theta"].tensor_test > 1
+    assert wrong.parameters["b"].verdict is Verdict.PASS
