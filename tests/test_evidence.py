@@ -289,3 +289,132 @@ def test_the_first_jitter_that_reads_a_kink_smoothly_settles_it(slope: float, re
     # must not overwrite that reading with "within noise".
     found = _gather(_Flipping(np.array([0.0, 1.0, 0.5]), slope), np.array([0.0, 2.0, 0.25]))
     assert (found.reading[0], found.recheck[0], found.analytic[0]) == (reading, OFF_KINK, slope)
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_a_non_finite_gradient_disagrees_as_first_read_with_no_re_check(bad: float) -> None:
+    # J = θ·θ: backprop's value of component 1 is not a number. No longer step can explain that
+    # gap, so it is not re-checked: it disagrees at its first reading (n = −2 at ε = 1e-7), and the
+    # finite components beside it agree.
+    theta = np.array([0.5, -1.0, 2.0])
+    grad = 2 * theta
+    grad[1] = bad
+    report = gradwatch.check_function(lambda t: float(t @ t), theta, grad)
+    assert report.verdict is Verdict.FAIL
+    found = report.component(1)
+    assert (found.reading, found.reason, found.recheck) == ("disagrees", "", "")
+    assert found.numeric == pytest.approx(-2.0, abs=1e-6)
+    assert [report.component(i).reading for i in (0, 2)] == ["agrees", "agrees"]
+
+
+class _Tries(_Relu):
+    """J = relu(θ₀) + relu(θ₁) + ¼·θ₂² at θ = (0, 0, 0.5): two kinks at θ. Backprop's slope of
+    the second ReLU is ×``slope``. Jitter ``attempt`` moves θ₀ and θ₁ by ``OFFSETS[attempt]``:
+    θ₀ lands on its flat side (no gradient: within noise) at the first two tries and the last,
+    on its slope at the third; θ₁ on its slope at every try."""
+
+    OFFSETS = ((-1e-4, 1e-4), (-1e-4, 2e-4), (1e-4, 3e-4), (-2e-4, 4e-4))
+
+    def cost(self, t: np.ndarray) -> float:
+        return max(t[0], 0.0) + max(t[1], 0.0) + 0.25 * t[2] ** 2
+
+    def grad(self, t: np.ndarray) -> np.ndarray:
+        return np.array([float(t[0] > 0), self.slope * float(t[1] > 0), 0.5 * t[2]])
+
+    def jittered(self, attempt: int) -> Moved | None:
+        moved = _Tries(self.theta + np.r_[self.OFFSETS[attempt], 0.0], self.slope)
+        return Moved(moved, moved.grad(moved.theta), moved.cost(moved.theta))
+
+
+@pytest.mark.parametrize("slope", [1.0, 2.0])
+def test_a_kink_is_tried_at_each_jitter_until_one_reads_it(slope: float) -> None:
+    # θ₀ is read at the third jittered θ (the first two leave it within noise), and only there:
+    # the last try, which confirms θ₁'s disagreement (a wrong backward) when there is one, frees
+    # no more kinks. θ₁ agrees at the first try, or disagrees there and at the second.
+    j = _Tries(np.array([0.0, 0.0, 0.5]), slope)
+    found = _gather(j, j.grad(j.theta))
+    assert found.kink[:2].all() and list(found.recheck[:2]) == [OFF_KINK, OFF_KINK]
+    assert found.reading[0] == AGREES and found.numeric[0] == pytest.approx(1.0, abs=1e-8)
+    assert found.reading[1] == (AGREES if slope == 1.0 else DISAGREES)
+    assert found.analytic[1] == slope and found.reading[2] == AGREES
+
+
+class _Local(_Tries):
+    """As ``_Tries``, with backprop's slope of the second ReLU doubled only below θ₁ = 1.5e-4 (a
+    gap that comes from where θ stands), and only four jittered θ's to read at."""
+
+    def grad(self, t: np.ndarray) -> np.ndarray:
+        return np.array(
+            [float(t[0] > 0), (1.0 + float(t[1] < 1.5e-4)) * float(t[1] > 0), 0.5 * t[2]]
+        )
+
+    def jittered(self, attempt: int) -> Moved | None:
+        moved = _Local(self.theta + np.r_[self.OFFSETS[attempt], 0.0])
+        moved.OFFSETS = self.OFFSETS
+        return Moved(moved, moved.grad(moved.theta), moved.cost(moved.theta))
+
+
+@pytest.mark.parametrize(
+    ("later", "reading", "reason"),
+    [(3e-4, NOT_JUDGED, ON_KINK), (0.0, DISAGREES, 0)],
+    ids=["agrees-later", "on-the-kink-at-every-later-try"],
+)
+def test_a_first_gap_off_a_kink_waits_through_rough_tries(
+    later: float, reading: int, reason: int
+) -> None:
+    # θ₁'s first jittered θ (1e-4) reads the doubled slope. The second sits on the kink again (J
+    # rough there): no evidence either way, the gap waits. At the third, 3e-4, the slope agrees:
+    # the gap came from where θ stood ("not judged, on a kink"). Where every later θ sits on the
+    # kink, the first gap stands as measured after the last of the four tries.
+    j = _Local(np.array([0.0, 0.0, 0.5]))
+    j.OFFSETS = ((-1e-4, 1e-4), (1e-4, 0.0), (1e-4, later), (1e-4, later))
+    found = _gather(j, j.grad(j.theta))
+    assert (found.reading[1], found.reason[1], found.recheck[1]) == (reading, reason, OFF_KINK)
+    assert found.reading[0] == AGREES and found.reading[2] == AGREES
+
+
+class _Flip(_Relu):
+    """J = 2θ₁ + 40θ₁³ + ¼·θ₂² + θ₀ at θ = (0, 0, 0.5), with backprop's value for θ₁ wrong (2.5)
+    at θ only, as where a routing decision flips within the step; right at the jittered θ of each
+    ``attempt`` (θ₁ moved by 1e-4·(attempt + 1))."""
+
+    def cost(self, t: np.ndarray) -> float:
+        return t[0] + 2 * t[1] + 40 * t[1] ** 3 + 0.25 * t[2] ** 2
+
+    def grad(self, t: np.ndarray) -> np.ndarray:
+        return np.array([1.0, 2.0 + 120 * t[1] ** 2, 0.5 * t[2]])
+
+    def jittered(self, attempt: int) -> Moved | None:
+        moved = _Flip(self.theta + np.array([0.0, 1e-4 * (attempt + 1), 0.0]))
+        return Moved(moved, moved.grad(moved.theta), moved.cost(moved.theta))
+
+
+def test_a_gap_at_float32s_step_is_read_at_a_jittered_theta_with_the_first_tolerance() -> None:
+    # h = 5e-3: 4h passes float32's step, so the re-check runs at h/2 and h/4, where θ₁'s gap
+    # stands. At the jittered θ the step's truncation, 40·h² = 1e-3, is within the first
+    # reading's tolerance 8·σ/(√2·h) = 1.13e-3 (σ = 1e-6): it agrees there, off the flip.
+    j = _Flip(np.array([0.0, 0.0, 0.5]))
+    steps = np.full(3, 5e-3)
+    analytic = np.array([1.0, 2.5, 0.25])
+    found = gather_evidence(
+        j, analytic, j.pairs(np.arange(3), steps), j.cost(j.theta), steps, 1e-6, 1e-7
+    )
+    assert (found.reading[1], found.recheck[1]) == (AGREES, OFF_KINK) and found.kink[1]
+    assert found.noise[1] == pytest.approx(1e-6 / (np.sqrt(2) * 5e-3))
+    assert found.numeric[1] - found.analytic[1] == pytest.approx(1e-3, rel=1e-6)
+    assert list(found.reading[[0, 2]]) == [AGREES, AGREES]
+
+
+def test_a_wrong_gradient_at_the_first_step_is_re_read_at_longer_steps_not_off_a_flip() -> None:
+    # J = θ·θ with backprop 1% off on θ₁, grad a function (a jittered θ could be read): at
+    # ε = 1e-7 the re-check runs at 2h and 4h, where the gap stands; it is not read again at a
+    # jittered θ, which only a re-check at float32's step (h/2 and h/4) asks for.
+    theta = np.array([0.5, -1.0, 2.0])
+
+    def grad(t: np.ndarray) -> np.ndarray:
+        return 2 * t * np.array([1.0, 1.01, 1.0])
+
+    report = gradwatch.check_function(lambda t: float(t @ t), theta, grad)
+    found = report.component(1)
+    assert (found.reading, found.recheck, found.kink) == ("disagrees", "longer steps", False)
+    assert report.verdict is Verdict.FAIL

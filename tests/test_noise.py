@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gradwatch.evidence.noise import (
+    HALF_NORMAL_Q75,
     PROBE_DIRECTIONS,
     JNoise,
     fourth_differences,
@@ -220,3 +221,19 @@ def test_sigma_is_the_bulk_q75_over_the_half_normal_q75_of_a_fourth_difference()
 def test_no_repeat_at_theta_is_no_spread() -> None:
     noise = measure_noise(_noisy_line(1e-12, 0), 0.0, (), np.arange(8), np.full(8, 1e-4), 0, 0.0)
     assert noise.spread == 0.0 and noise.effective == noise.sigma > 0
+
+
+def test_a_j_that_moves_only_after_four_growths_of_the_stride_is_found_there() -> None:
+    # J = float32(1 + x) read along one component with a step of 1e-10: an ulp of float32 at 1
+    # (u = 1.2e-7) is ~1200 steps, so J stays at 1 for the strides 1/64, 1/4, 4 and 64 (the
+    # stencil's farthest point, 4·64 steps, is 2.6e-8 < u/4) and moves at 1024 (4·1024 steps =
+    # 4.1e-7). Every direction is found there, its fourth difference one or two ulps.
+    u = float(np.finfo(np.float32).eps)
+
+    def line(support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return (np.float32(1.0) + rows[:, 0].astype(np.float32)).astype(np.float64)
+
+    noise = measure_noise(line, 1.0, (), np.arange(1), np.full(1, 1e-10), 0, 0.0)
+    assert noise.flat == 0 and noise.directions == PROBE_DIRECTIONS
+    per_fourth = HALF_NORMAL_Q75 * math.sqrt(70.0)  # σ from a 75th percentile of |fourths|
+    assert u / per_fourth <= noise.sigma <= 2 * u / per_fourth
