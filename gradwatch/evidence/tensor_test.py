@@ -25,8 +25,9 @@ __all__ = ["FALSE_ALARM", "NOISE_MARGIN", "chi2_bound", "convicts", "tensor_test
 FALSE_ALARM = 1e-7
 # The standard normal quantile at 1 − FALSE_ALARM (one-sided: only a large S convicts).
 _Z = 5.199337582605575
-# σ_J is estimated from 32 probes; it is low by 1.5× with odds of 1.5% and by 2× with odds of
-# 2e-4 (gradwatch.evidence.noise.PROBE_DIRECTIONS). The bound is widened by that 2× on σ, 4× on S,
+# σ_J is estimated from PROBE_DIRECTIONS = 64 probes (gradwatch.evidence.noise, mirrored pairs);
+# from 32 it would be low by 1.5× with odds of 1.5% and by 2× with odds of 2e-4, and more probes
+# only make those odds smaller. The bound is widened by that 2× on σ, 4× on S,
 # so an underestimated σ_J does not turn J's noise into a disagreement: with σ 2× low the test still
 # errs only at FALSE_ALARM.
 NOISE_MARGIN = 2.0

@@ -37,7 +37,7 @@ def expected_evaluations(pairs: int, tensors: int) -> int:
 
     Example:
         >>> expected_evaluations(100, 4)
-        341
+        469
     """
     return 2 * pairs + 2 * tensors + 3 + 4 * PROBE_DIRECTIONS + 2
 
