@@ -223,22 +223,19 @@ def test_a_kink_along_one_component_does_not_hide_a_detached_gradient_beside_it(
     assert detached.verdict is Verdict.FAIL, str(detached)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 19: with epsilon='auto' the first step is the step fitted to J's rounding, so "
-    "escalation (which asks for a fitted step longer than the first) never runs, and a gradient "
-    "within noise at that step is never read at the rungs 16× and 256× longer that the default "
-    "step escalates to",
-)
 def test_the_auto_step_escalates_like_the_default_step() -> None:
     # c = 5e-6 on w₀: within noise at H₀ (tolerance ~3e-5), clear at 256·H₀. At ε = 1e-7 the
-    # gate finds it and a detached w₀ fails; at ε = "auto" (= H₀ for this J) it should too.
+    # gate finds it and a detached w₀ fails; at ε = "auto" (= H₀ for this J) too, where the
+    # escalation starts a rung up (a read at H₀ again would tell nothing). The right one passes.
     cost = _one_gradient(5e-6)
     for epsilon in (1e-7, "auto"):
-        detached = gradwatch.check_function(
-            cost, _theta(), np.r_[np.zeros(7), 1.0], layout=LAYOUT, epsilon=epsilon
+        right, detached = (
+            gradwatch.check_function(
+                cost, _theta(), np.r_[g0, np.zeros(6), 1.0], layout=LAYOUT, epsilon=epsilon
+            )
+            for g0 in (5e-6, 0.0)
         )
+        assert right.verdict is Verdict.PASS, (epsilon, str(right))
         assert detached.verdict is Verdict.FAIL, (epsilon, str(detached))
 
 

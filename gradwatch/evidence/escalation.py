@@ -156,9 +156,13 @@ def _noisy(record: Record, groups: np.ndarray, warn_max: float, among: np.ndarra
 def _fitted(
     objective: Objective, record: Record, at: np.ndarray, center: float, steps: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The positions among ``at`` whose fitted step is longer than the first, and those steps."""
+    """The positions among ``at`` whose fitted step is longer than the first, and those steps.
+    Where the first step is the fitted step already (``epsilon="auto"``), escalation starts a rung
+    (``RUNG``) higher, up to float32's step: a read at the same step would tell nothing new."""
     at = at[np.isfinite(record.at_theta[at])]
-    fitted = fitted_steps(objective.values(at), steps[at], record.sigma[at], center)
+    values = objective.values(at)
+    fitted = fitted_steps(values, steps[at], record.sigma[at], center)
+    fitted = np.where(fitted > steps[at], fitted, np.minimum(fitted * RUNG, longest_steps(values)))
     longer = fitted > steps[at]
     return at[longer], fitted[longer]
 
