@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gradwatch.evidence.readings import DISAGREES, FITTED_STEP, NOT_JUDGED, Record, read
+from gradwatch.evidence.readings import (
+    DISAGREES,
+    FITTED_STEP,
+    NOT_JUDGED,
+    ON_KINK,
+    WITHIN_NOISE,
+    Record,
+    read,
+)
 from gradwatch.evidence.recheck import at_steps, extrapolate, fitted_steps, longest_steps
 
 if TYPE_CHECKING:
@@ -47,10 +55,11 @@ def escalate(
     step can neither clear nor convict it). Components within noise are read first along
     ``GATE_DIRECTIONS`` random directions over them per tensor (four evaluations each), at the
     fitted step and ``RUNG`` times longer ones: where every direction is zero within the noise of
-    each, or J is not smooth along them, they stay "not judged, within noise".
-    Elsewhere each is read alone, by Richardson's estimate from that step and its double, where J
-    is smooth over both, on a ladder of longer steps while the tensor stays too close to J's noise
-    (``RUNG``, ``RUNGS``)."""
+    each at a rung where J is smooth along them, they stay "not judged, within noise".
+    Elsewhere (a direction shows a gradient, or J is smooth along them at no rung) each is read
+    alone, by Richardson's estimate from that step and its double, where J is smooth over both,
+    on a ladder of longer steps while the tensor stays too close to J's noise (``RUNG``,
+    ``RUNGS``); one smooth at none of its own steps is "not judged, on a kink"."""
     warn_max = bands[1]
     rng = np.random.default_rng([seed, 19])
     noisy = _noisy(record, groups, warn_max, record.recheck == 0)
@@ -77,7 +86,8 @@ def _gate(
 ) -> None:
     """Reads a tensor's components within noise along random directions, at the longest step of
     the ladder first (the least noise) and shorter ones where J is not smooth along it; where a
-    direction shows a gradient, each component is read alone (``_ladder``)."""
+    direction shows a gradient, each component is read alone (``_ladder``), and where J is
+    smooth along them at no rung, too (``_alone``)."""
     at, fitted = start
     longest = longest_steps(objective.values(at))
     tried: list[float] = []
@@ -91,6 +101,28 @@ def _gate(
             _ladder(objective, record, group, (at, fitted), center, bands)
         if smooth:
             return
+    _alone(objective, record, group, (at, fitted), center, bands)
+
+
+def _alone(
+    objective: Objective,
+    record: Record,
+    group: np.ndarray,
+    start: tuple[np.ndarray, np.ndarray],
+    center: float,
+    bands: tuple[float, float],
+) -> None:
+    """Where J is rough along the gate's directions at every rung (a kink within reach of one
+    component crosses every direction, since each moves them all), reads each component alone
+    (``_ladder``): along its own e_i it crosses only its own kinks. One along which J is rough
+    at every step it was read at is "not judged, on a kink": no step fitted to J's noise read it.
+    """
+    at = start[0]
+    _ladder(objective, record, group, start, center, bands)
+    # Nothing before escalation reads a component at a fitted step: one whose re-check is not
+    # FITTED_STEP was smooth (and finite) at no step it was read at alone.
+    rough = at[(record.recheck[at] != FITTED_STEP) & (record.reason[at] == WITHIN_NOISE)]
+    record.reason[rough] = ON_KINK
 
 
 def _ladder(
