@@ -221,9 +221,10 @@ def test_a_kink_along_one_component_does_not_hide_a_detached_gradient_beside_it(
     c: float, kink: float, along: int
 ) -> None:
     # J is rough along the gate's directions at every rung, so no direction clears or convicts
-    # w: each component is read alone at H₀, where w₀'s reading does not cross the kink (it is
-    # along w_along only) and c is clear. The kinked component is rough at every step read alone:
-    # "not judged, on a kink"; the others are zero within the fitted step's noise.
+    # w: each component is read alone, from the longest rung (256·H₀) down, where its reading
+    # crosses only its own kinks. w₀ shows c there and is read on the ladder from H₀; the five
+    # zeros are zero within the longest rung's noise (the least of any reading); the kinked
+    # component is rough at every rung: "not judged, on a kink".
     cost = _one_gradient(c, kink=kink, along=along)
     right = gradwatch.check_function(cost, _theta(), np.r_[c, np.zeros(6), 1.0], layout=LAYOUT)
     detached = gradwatch.check_function(cost, _theta(), np.r_[np.zeros(7), 1.0], layout=LAYOUT)
@@ -234,6 +235,8 @@ def test_a_kink_along_one_component_does_not_hide_a_detached_gradient_beside_it(
         expected = [(first, "", "fitted step")] + [zero] * 6
         expected[along] = ("not judged", "on a kink", "")
         assert _readings(report, 7) == expected, str(report)
+        noise = [report.component(i).numeric_noise for i in range(7) if i != along]
+        assert len(set(noise[1:])) == 1 and noise[1] <= noise[0], str(report)
 
 
 def test_the_auto_step_escalates_like_the_default_step() -> None:

@@ -113,15 +113,26 @@ def _alone(
     bands: tuple[float, float],
 ) -> None:
     """Where J is rough along the gate's directions at every rung (a kink within reach of one
-    component crosses every direction, since each moves them all), reads each component alone
-    (``_ladder``): along its own e_i it crosses only its own kinks. One along which J is rough
-    at every step it was read at is "not judged, on a kink": no step fitted to J's noise read it.
-    """
-    at = start[0]
-    _ladder(objective, record, group, start, center, bands)
-    # Nothing before escalation reads a component at a fitted step: one whose re-check is not
-    # FITTED_STEP was smooth (and finite) at no step it was read at alone.
-    rough = at[(record.recheck[at] != FITTED_STEP) & (record.reason[at] == WITHIN_NOISE)]
+    component crosses every direction, since each moves them all), reads each component alone,
+    as the gate reads a tensor: along its own e_i it crosses only its own kinks. From the longest
+    rung down, each is read at the first where J is smooth along it (the least noise); one that
+    shows a gradient there is read on the ladder from its fitted step, as the gate's would be
+    (``_ladder``); one rough at every rung is "not judged, on a kink"."""
+    at, fitted = start
+    longest = longest_steps(objective.values(at))
+    pending, previous = np.ones(at.size, bool), np.full(at.size, np.inf)
+    for k in range(RUNGS - 1, -1, -1):
+        steps = np.minimum(fitted * RUNG**k, longest)
+        now = pending & (steps < previous)  # not where the cap made it a longer rung's step
+        previous = steps
+        if now.any():
+            read_fitted(objective, record, at[now], steps[now], center, bands[0])
+        # Nothing before escalation reads a component at a fitted step: FITTED_STEP marks those
+        # smooth (and finite) at this rung's step.
+        pending &= record.recheck[at] != FITTED_STEP
+    signal = ~pending & (record.reading[at] != NOT_JUDGED)
+    _ladder(objective, record, group, (at[signal], fitted[signal]), center, bands)
+    rough = at[pending & (record.reason[at] == WITHIN_NOISE)]
     record.reason[rough] = ON_KINK
 
 
