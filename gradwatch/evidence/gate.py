@@ -56,10 +56,11 @@ def escalate(
     ``GATE_DIRECTIONS`` random directions over them per tensor (four evaluations each), at the
     fitted step and ``RUNG`` times longer ones: where every direction is zero within the noise of
     each at a rung where J is smooth along them, they stay "not judged, within noise".
-    Elsewhere (a direction shows a gradient, or J is smooth along them at no rung) each is read
-    alone, by Richardson's estimate from that step and its double, where J is smooth over both,
-    on a ladder of longer steps while the tensor stays too close to J's noise (``RUNG``,
-    ``RUNGS``); one smooth at none of its own steps is "not judged, on a kink"."""
+    Elsewhere each is read alone, by Richardson's estimate from that step and its double, where
+    J is smooth over both, on a ladder of longer steps while the tensor stays too close to J's
+    noise (``RUNG``, ``RUNGS``). Where J is smooth along the directions at no rung, each is read
+    alone as they were, from the longest rung down (``_alone``): one smooth at no rung is "not
+    judged, on a kink"."""
     warn_max = bands[1]
     rng = np.random.default_rng([seed, 19])
     noisy = _noisy(record, groups, warn_max, record.recheck == 0)
