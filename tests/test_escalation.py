@@ -237,6 +237,9 @@ def test_a_kink_along_one_component_does_not_hide_a_detached_gradient_beside_it(
         assert _readings(report, 7) == expected, str(report)
         noise = [report.component(i).numeric_noise for i in range(7) if i != along]
         assert len(set(noise[1:])) == 1 and noise[1] <= noise[0], str(report)
+    # The detached w₀ disagrees at H₀, the ladder's first step: 256× the zeros' noise (at 256·H₀).
+    w0, zero = detached.component(0), detached.component(1)
+    assert w0.numeric_noise == pytest.approx(256 * zero.numeric_noise, rel=1e-9)
 
 
 def test_the_auto_step_escalates_like_the_default_step() -> None:
@@ -299,3 +302,31 @@ def test_a_tensor_failing_the_tensor_test_by_truncation_is_read_again_by_richard
     assert wrong.verdict is Verdict.WARN, str(wrong)
     assert wrong.parameters["theta"].disagrees > 0 and wrong.parameters["theta"].tensor_test > 1
     assert wrong.parameters["b"].verdict is Verdict.PASS
+
+
+@pytest.mark.parametrize(("g0", "verdict"), [(1e-2, Verdict.PASS), (0.0, Verdict.FAIL)])
+def test_a_rough_gate_reads_a_component_alone_once_at_each_step_the_cap_leaves(
+    g0: float, verdict: Verdict
+) -> None:
+    # A float32 J as _float32_cost's, with a kink 2e-3 from θ along w₄: the gate's directions
+    # cross it at float32's step (4.9e-3) and at H₀ (3.1e-3), so each component is read alone,
+    # from the longest rung down. w₄ is rough alone too: read once at float32's step (16·H₀ and
+    # 256·H₀ are both capped to it) and once at H₀, ±H and ±2H each, then "on a kink". c = 1e-2
+    # on w₀ (within noise at the first step, tolerance ~2) is read there: a detached one fails.
+    f32, alone = np.float32, []
+
+    def cost(t: np.ndarray) -> float:
+        if np.count_nonzero(t[:7]) == 1 and abs(t[4]) > 1e-3 and t[7] == 0.5:
+            alone.append(abs(float(t[4])))  # w₄ moved alone, beyond the first step's reach
+        w = t[:7].astype(f32)
+        kinked = max(w[4] - f32(2e-3), f32(0))
+        return float(f32(1) + f32(1e-2) * w[0] + w @ w + kinked + f32(t[7]) ** 2)
+
+    report = gradwatch.check_function(cost, _theta(), np.r_[g0, np.zeros(6), 1.0], layout=LAYOUT)
+    assert report.verdict is verdict and report.parameters["w"].verdict is verdict, str(report)
+    assert report.component(0).reading == ("agrees" if g0 else "disagrees")
+    assert _readings(report, 7)[4] == ("not judged", "on a kink", "")
+    cap = float(np.cbrt(np.finfo(np.float32).eps))
+    h0, *rest = sorted(set(alone))  # H₀ ≈ 3.1e-3 (σ_J ≈ 3e-8 at J ≈ 1), then cap, 2H₀, 2·cap
+    assert h0 < cap and rest == pytest.approx([cap, 2 * h0, 2 * cap], rel=1e-6)
+    assert [alone.count(s) for s in [h0, *rest]] == [2, 2, 2, 2]  # ±, once per step
