@@ -138,12 +138,12 @@ def test_the_ladder_climbs_while_a_tensor_stays_too_close_to_j_noise() -> None:
             assert found.reading == ("disagrees" if flipped else "agrees"), str(report)
 
 
-def _one_gradient(c: float, kink: float = np.inf):  # type: ignore[no-untyped-def]
-    # J = 3e5 + c·w₀ + Σw² + relu(w₄ − kink) + b²: one component of w carries a gradient, so
+def _one_gradient(c: float, kink: float = np.inf, along: int = 4):  # type: ignore[no-untyped-def]
+    # J = 3e5 + c·w₀ + Σw² + relu(w_along − kink) + b²: one component of w carries a gradient, so
     # every ±1 direction over w reads it at full size, |Σ u_i·H·g_i| = H·c, whatever its signs.
     def cost(t: np.ndarray) -> float:
         w = t[:7]
-        return BIG + c * w[0] + float(w @ w) + max(w[4] - kink, 0.0) + t[7] ** 2
+        return BIG + c * w[0] + float(w @ w) + max(w[along] - kink, 0.0) + t[7] ** 2
 
     return cost
 
@@ -206,21 +206,40 @@ def test_a_rung_the_cap_makes_the_same_as_a_longer_one_is_skipped_not_read_again
         assert [seen.count(s) for s in steps] == [4, 4]  # ±H per direction, once per rung
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 19: where a kink within 2·H₀ of θ makes J rough along the gate's directions at "
-    "every rung, the tensor's components within noise are never read alone, so a detached "
-    "gradient beside the kink passes (a component read alone at H₀ would not cross it)",
+@pytest.mark.parametrize(
+    ("c", "kink", "along"),
+    [
+        # A kink 4e-6 from θ along w₄: within H₀ (~6e-6), so the gate's directions cross it at
+        # every rung; c = 1.2e-3 is within noise at the first step (tolerance ~1.7e-3).
+        (1.2e-3, 4e-6, 4),
+        # A kink 8e-6 from θ along w₂: beyond H₀, within 2·H₀ (the directions' ±2H points cross
+        # it at every rung); c = 1e-4, 17× under the first step's tolerance.
+        (1e-4, 8e-6, 2),
+    ],
 )
-def test_a_kink_along_one_component_does_not_hide_a_detached_gradient_beside_it() -> None:
-    # A kink 4e-6 from θ along w₄ (within 2·H₀ = 1.2e-5, beyond 2·H₀/16): c = 1.2e-3 on w₀ is
-    # within noise at the first step (tolerance ~1.7e-3) and clear at H₀ read alone.
-    cost = _one_gradient(1.2e-3, kink=4e-6)
-    right = gradwatch.check_function(cost, _theta(), np.r_[1.2e-3, np.zeros(6), 1.0], layout=LAYOUT)
+def test_a_kink_along_one_component_does_not_hide_a_detached_gradient_beside_it(
+    c: float, kink: float, along: int
+) -> None:
+    # J is rough along the gate's directions at every rung, so no direction clears or convicts
+    # w: each component is read alone, from the longest rung (256·H₀) down, where its reading
+    # crosses only its own kinks. w₀ shows c there and is read on the ladder from H₀; the five
+    # zeros are zero within the longest rung's noise (the least of any reading); the kinked
+    # component is rough at every rung: "not judged, on a kink".
+    cost = _one_gradient(c, kink=kink, along=along)
+    right = gradwatch.check_function(cost, _theta(), np.r_[c, np.zeros(6), 1.0], layout=LAYOUT)
     detached = gradwatch.check_function(cost, _theta(), np.r_[np.zeros(7), 1.0], layout=LAYOUT)
-    assert right.verdict is Verdict.PASS, str(right)
-    assert detached.verdict is Verdict.FAIL, str(detached)
+    assert right.verdict is Verdict.PASS and right.parameters["w"].verdict is Verdict.PASS
+    assert detached.verdict is Verdict.FAIL and detached.parameters["w"].verdict is Verdict.FAIL
+    for report, first in ((right, "agrees"), (detached, "disagrees")):
+        zero = ("not judged", "within noise", "fitted step")
+        expected = [(first, "", "fitted step")] + [zero] * 6
+        expected[along] = ("not judged", "on a kink", "")
+        assert _readings(report, 7) == expected, str(report)
+        noise = [report.component(i).numeric_noise for i in range(7) if i != along]
+        assert len(set(noise[1:])) == 1 and noise[1] <= noise[0], str(report)
+    # The detached w₀ disagrees at H₀, the ladder's first step: 256× the zeros' noise (at 256·H₀).
+    w0, zero = detached.component(0), detached.component(1)
+    assert w0.numeric_noise == pytest.approx(256 * zero.numeric_noise, rel=1e-9)
 
 
 def test_the_auto_step_escalates_like_the_default_step() -> None:
@@ -283,3 +302,31 @@ def test_a_tensor_failing_the_tensor_test_by_truncation_is_read_again_by_richard
     assert wrong.verdict is Verdict.WARN, str(wrong)
     assert wrong.parameters["theta"].disagrees > 0 and wrong.parameters["theta"].tensor_test > 1
     assert wrong.parameters["b"].verdict is Verdict.PASS
+
+
+@pytest.mark.parametrize(("g0", "verdict"), [(1e-2, Verdict.PASS), (0.0, Verdict.FAIL)])
+def test_a_rough_gate_reads_a_component_alone_once_at_each_step_the_cap_leaves(
+    g0: float, verdict: Verdict
+) -> None:
+    # A float32 J as _float32_cost's, with a kink 2e-3 from θ along w₄: the gate's directions
+    # cross it at float32's step (4.9e-3) and at H₀ (3.1e-3), so each component is read alone,
+    # from the longest rung down. w₄ is rough alone too: read once at float32's step (16·H₀ and
+    # 256·H₀ are both capped to it) and once at H₀, ±H and ±2H each, then "on a kink". c = 1e-2
+    # on w₀ (within noise at the first step, tolerance ~2) is read there: a detached one fails.
+    f32, alone = np.float32, []
+
+    def cost(t: np.ndarray) -> float:
+        if np.count_nonzero(t[:7]) == 1 and abs(t[4]) > 1e-3 and t[7] == 0.5:
+            alone.append(abs(float(t[4])))  # w₄ moved alone, beyond the first step's reach
+        w = t[:7].astype(f32)
+        kinked = max(w[4] - f32(2e-3), f32(0))
+        return float(f32(1) + f32(1e-2) * w[0] + w @ w + kinked + f32(t[7]) ** 2)
+
+    report = gradwatch.check_function(cost, _theta(), np.r_[g0, np.zeros(6), 1.0], layout=LAYOUT)
+    assert report.verdict is verdict and report.parameters["w"].verdict is verdict, str(report)
+    assert report.component(0).reading == ("agrees" if g0 else "disagrees")
+    assert _readings(report, 7)[4] == ("not judged", "on a kink", "")
+    cap = float(np.cbrt(np.finfo(np.float32).eps))
+    h0, *rest = sorted(set(alone))  # H₀ ≈ 3.1e-3 (σ_J ≈ 3e-8 at J ≈ 1), then cap, 2H₀, 2·cap
+    assert h0 < cap and rest == pytest.approx([cap, 2 * h0, 2 * cap], rel=1e-6)
+    assert [alone.count(s) for s in [h0, *rest]] == [2, 2, 2, 2]  # ±, once per step

@@ -29,7 +29,7 @@ from tests.zoo import norm_sum
 # Per design: the tensors a zero cuts off at θ, the parameters that start at zero or tiny, the
 # tensors a planted bug inside the branch fails, and where the cut-off tensors are judged: a
 # gradient exactly zero at θ only at the generic point; one 1e-6 of its size (a layer scale) is
-# still above J's noise at the step fitted to that noise (gradwatch.evidence.escalation), so at θ
+# still above J's noise at the step fitted to that noise (gradwatch.evidence.gate), so at θ
 # itself.
 DESIGNS = {
     "zero-init last BN of a residual branch": (

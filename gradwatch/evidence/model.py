@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradwatch.evidence.escalation import RUNG, RUNGS, escalate, read_fitted, retest, tensor_noise
+from gradwatch.evidence.escalation import retest, tensor_noise
+from gradwatch.evidence.gate import RUNG, RUNGS, escalate, read_fitted
 from gradwatch.evidence.noise import NOISE_MULTIPLE
 from gradwatch.evidence.objective import Objective
 from gradwatch.evidence.readings import (
