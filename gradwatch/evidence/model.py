@@ -36,7 +36,8 @@ stride of their readings; where it is larger than the noise measured first, they
 it. A component left within noise is read again at a step fitted to J's noise ("fitted step"): only
 a gradient that is zero within that step's noise stays "not judged, within noise". A tensor that
 fails the tensor test has its components read again by Richardson's estimate, so that the h²
-truncation of the first step is not taken for a shared error.
+truncation of the first step is not taken for a shared error. A tensor that J's noise at its fitted
+readings' stride leaves too close to J's noise is read at longer steps (``stride.farther``).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ from gradwatch.evidence.recheck import (
     slope,
     sub,
 )
-from gradwatch.evidence.stride import noise_at
+from gradwatch.evidence.stride import farther, noise_at
 
 __all__ = ["JITTER_STEPS", "JITTER_TRIES", "gather_evidence"]
 
@@ -143,6 +144,7 @@ def gather_evidence(
     escalate(objective, record, groups, center, steps, seed, (pass_max, warn_max))
     retest(objective, record, groups, center, steps, pass_max)
     tensor_noise(objective, record, groups, center, steps, seed, pass_max, measured)
+    farther(objective, record, groups, center, steps, seed, (pass_max, warn_max))
     _at_longer_steps(objective, record, center, steps, pass_max, groups, seed)
     return record.done()
 

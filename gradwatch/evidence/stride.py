@@ -8,14 +8,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-# The probes along a tensor's components that tensor_noise takes, at a given stride.
-from gradwatch.evidence.escalation import _noise_along
+# The probes along a tensor's components that tensor_noise takes, and the ladder's rule.
+from gradwatch.evidence.escalation import RUNG, RUNGS, _noise_along, _noisy, read_fitted
 from gradwatch.evidence.noise import rounding_floor
+from gradwatch.evidence.readings import DISAGREES, FITTED_STEP, Record
+from gradwatch.evidence.recheck import longest_steps
 
 if TYPE_CHECKING:
     from gradwatch.evidence.objective import Objective
 
-__all__ = ["noise_at"]
+__all__ = ["farther", "noise_at"]
 
 
 def noise_at(
@@ -38,3 +40,44 @@ def noise_at(
     """
     gaps = objective.half_gaps(support, steps)
     return max(_noise_along(objective, center, support, gaps, seed), rounding_floor(center))
+
+
+def farther(
+    objective: Objective,
+    record: Record,
+    groups: np.ndarray,
+    center: float,
+    steps: np.ndarray,
+    seed: int,
+    bands: tuple[float, float],
+) -> None:
+    """Reads a tensor that J's noise at its fitted readings' stride (``tensor_noise``, after the
+    ladder) left too close to J's noise, with no disagreement, at ``RUNG`` times longer steps up
+    to float32's step, each rung against J's noise at its own stride, while it stays so: the
+    ladder of escalation stopped where it did by the noise it had then. (A float32 Funnel's
+    planted ×1.01 tensor at the generic point: 1.67e-3 off for a tolerance of 1.33e-3 at 3.4e-3,
+    where the ladder stopped; J's noise at that stride read 1.3× higher, and the tensor stood
+    "too close to J's noise", its bug passing. At float32's step it is read with 0.7× the
+    noise.)"""
+    pass_max, warn_max = bands
+    fitted = (record.recheck == FITTED_STEP) & (record.step > steps)
+    noisy = _noisy(record, groups, warn_max, fitted)
+    for g in np.unique(groups[noisy]):
+        at = noisy[groups[noisy] == g]
+        rung = record.step[at]
+        for _ in range(RUNGS):
+            longest = longest_steps(objective.values(at))
+            at, rung, longest = at[rung < longest], rung[rung < longest], longest[rung < longest]
+            if at.size == 0:
+                break
+            rung, held = np.minimum(rung * RUNG, longest), record.sigma[at].copy()
+            found = noise_at(objective, center, at, rung, seed)
+            record.sigma[at] = np.maximum(held, found)
+            read_fitted(objective, record, at, rung, center, pass_max)
+            unread = record.step[at] != rung  # not smooth there: its reading stays, and its noise
+            record.sigma[at[unread]] = held[unread]
+            mine = groups == g
+            if (record.reading[mine] == DISAGREES).any():
+                break
+            if _noisy(record, np.where(mine, 0, -1), warn_max, mine).size == 0:
+                break
