@@ -214,34 +214,49 @@ def test_a_sampled_branch_with_a_bug_still_fails_at_the_generic_point() -> None:
 
 
 class _Line:
-    """J(θ) = c·θ₀ on a 3-vector θ, with backprop saying ``grad`` (a fake ModuleCost)."""
+    """J(θ) = 1 + c·θ₀ on a 3-vector θ, with backprop saying ``grad`` (a fake ModuleCost)."""
 
     def __init__(self, c: float, grad: float, shift: torch.Tensor | None = None) -> None:
         self.c, self.grad, self.evaluations = c, grad, 1
         self.theta = [torch.zeros(3, dtype=torch.float64) + (0 if shift is None else shift)]
 
     def gradient(self) -> tuple[float, list[torch.Tensor]]:
-        return 0.0, [torch.tensor([self.grad, 0.0, 0.0], dtype=torch.float64)]
+        return 1.0, [torch.tensor([self.grad, 0.0, 0.0], dtype=torch.float64)]
 
     def moved(self, deltas: list[torch.Tensor]) -> _Line:
         return _Line(self.c, self.grad, self.theta[0] + deltas[0])
 
     def value(self) -> float:
-        return self.c * float(self.theta[0][0])
+        return 1.0 + self.c * float(self.theta[0][0])
 
 
-@pytest.mark.parametrize(("grad", "read"), [(-1.0, True), (1.0, False), (0.0, False)])
-def test_a_tensor_is_visited_where_j_and_backprop_disagree_on_it(grad: float, read: bool) -> None:
-    # Along the checked component, J changes by 2h·c and backprop says 2h·grad: with the
-    # tolerance 8·√2·σ_J at 3h, each side alone stays under it (2h); a sign flip's gap (4h) does
-    # not, and the tensor is visited. A backprop that agrees, or one that is 0 where J's own
-    # change is under the tolerance, leaves it (a reading there would say "within noise").
-    from gradwatch.check.generic_point import _moving
+# J's noise 1e-15 on J = 1: the fitted step is (1e-15)^(1/3) = 1e-5, and a reading there reads a
+# component the first step leaves within noise at 256× that, H = 2.56e-3, first (the gate of
+# gradwatch.evidence.escalation); the visit test reads J and backprop at H. Its tolerance is
+# 8·√2·σ_J = 1.13e-14: along the checked component J changes by 2H·c, backprop says 2H·grad.
+_SIGMA, _H = 1e-15, 256 * 1e-5
+VISITS = {
+    # 2h·1e-9 = 2e-16 at the first step 1e-7, J's and backprop's, both far under the tolerance
+    # (J does not move there: a float32 Funnel's planted tensor went unvisited so and passed);
+    # 5e-12 at H: a reading there judges it. A backward that drops it shows at H too.
+    "small gradient, first step blind": (1e-9, 1e-9, True),
+    "dropped gradient": (1e-9, 0.0, True),
+    # 2H·2e-12 = 1.02e-14: each side under the tolerance at H, a sign flip's gap (2e-14) not.
+    "sign flip at the tolerance": (2e-12, -2e-12, True),
+    "agrees at the tolerance": (2e-12, 2e-12, False),  # within noise at every rung
+    "no gradient anywhere": (0.0, 0.0, False),  # the padding taps: visiting would cost, not judge
+}
+
+
+@pytest.mark.parametrize("case", VISITS)
+def test_a_tensor_is_visited_where_a_reading_there_would_judge_it(case: str) -> None:
+    from gradwatch.check.generic_point import _moving, _reach
     from gradwatch.partition import Exchange
 
-    h = 1e-7
-    sigma = 3 * h / (8 * 2**0.5)
-    report = mock.Mock(j_noise=mock.Mock(effective=sigma))
-    there = cast(Any, _Line(1.0, grad))
-    names, _ = _moving(there, ["w"], [np.array([0])], report, h, Exchange(None), 0)
-    assert names == (["w"] if read else [])
+    c, grad, read = VISITS[case]
+    reach = _reach(torch.zeros(3, dtype=torch.float64), 1e-7, _SIGMA, 1.0)
+    assert torch.allclose(reach, torch.full((3,), _H, dtype=torch.float64))
+    report = mock.Mock(j_noise=mock.Mock(effective=_SIGMA))
+    there = cast(Any, _Line(c, grad))
+    names, spent = _moving(there, ["w"], [np.array([0])], report, 1e-7, Exchange(None), 0)
+    assert names == (["w"] if read else []) and spent == 1 + 2

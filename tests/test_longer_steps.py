@@ -6,9 +6,12 @@ stands, with its first reading shown."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 
+from gradwatch.evidence import model
 from gradwatch.evidence.model import _at_longer_steps
 from gradwatch.evidence.readings import (
     AGREES,
@@ -94,3 +97,56 @@ def test_a_reading_at_a_fitted_step_or_one_no_shorter_is_not_read_again() -> Non
     assert _read(Line(), SLOPE, at_fitted=True).numeric[0] == FIRST
     # A first step as long as the fitted one (1e-3 > 4.6e-4): nothing longer to read at.
     assert _read(Line(), SLOPE, step=1e-3).numeric[0] == FIRST
+
+
+class Stairs:
+    """J = CENTER + SLOPE·x plus an error of 1e-9·N(0, 1) constant over each cell of 1e-5 in x
+    (``key`` seeds the cells): J rounded through one coarse intermediate, as through the float32
+    attention scores of an as-written Funnel. The first step (1e-7) stays within one cell, where
+    J's noise is what the first probes measured (``SIGMA``, 1e-10); the fitted step (4.6e-4)
+    spans ~46 cells, and J's noise at its stride is the cells' 1e-9."""
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+
+    def cost(self, x: np.ndarray) -> np.ndarray:
+        cells = np.floor(np.asarray(x, np.float64) / 1e-5).astype(np.int64)
+        rngs = (np.random.default_rng([int(c) + 2**40, self.key]) for c in cells)
+        return CENTER + SLOPE * np.asarray(x) + 1e-9 * np.array([r.standard_normal() for r in rngs])
+
+    def pairs(self, at: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.cost(np.asarray(h)), self.cost(-np.asarray(h))
+
+    def half_gaps(self, at: np.ndarray, h: np.ndarray) -> np.ndarray:
+        return np.asarray(h, np.float64)
+
+    def values(self, at: np.ndarray) -> np.ndarray:
+        return np.zeros(len(at))
+
+    def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return self.cost(rows.sum(axis=1))
+
+
+@pytest.mark.parametrize("key", [1, 2, 3])
+@pytest.mark.parametrize("planted", [False, True])
+def test_a_reread_is_judged_against_j_noise_at_its_own_stride(planted: bool, key: int) -> None:
+    # Richardson's estimate at H carries the cells' error, ~2e-6 here: against J's noise at H's
+    # stride (measured 0.8e-9 to 1.3e-9 over cell keys 0-11 and seeds 0-3) the correct gradient
+    # agrees; against the first probes' 1e-10 it stood disagreeing at these keys (below). A
+    # gradient 1% off is 0.02 off at every step: its first reading stands, its noise with it.
+    analytic = SLOPE * (0.99 if planted else 1.0)
+    record = _read(Stairs(key), analytic)  # type: ignore[arg-type]
+    if planted:
+        assert (record.reading[0], record.recheck[0], record.step[0]) == (DISAGREES, 0, STEP)
+        assert record.numeric[0] == FIRST and record.sigma[0] == SIGMA
+    else:
+        assert (record.reading[0], record.recheck[0], record.step[0]) == (
+            AGREES,
+            FITTED_STEP,
+            FITTED,
+        )
+        assert 0.5e-9 < record.sigma[0] < 2e-9
+    # The cause: the same re-read against the first stride's noise leaves the first reading.
+    with mock.patch.object(model, "noise_at", lambda *args: 0.0):
+        record = _read(Stairs(key), SLOPE)  # type: ignore[arg-type]
+    assert (record.reading[0], record.recheck[0], record.sigma[0]) == (DISAGREES, 0, SIGMA)

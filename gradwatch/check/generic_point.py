@@ -27,8 +27,10 @@ from torch import nn
 
 from gradwatch.check.comparison import Comparison, compare, steps_of
 from gradwatch.evaluation.cost import ModuleCost
+from gradwatch.evidence.gate import RUNG, RUNGS
 from gradwatch.evidence.noise import NOISE_MULTIPLE
 from gradwatch.evidence.readings import NOT_JUDGED, RECHECKS
+from gradwatch.evidence.recheck import fitted_steps, longest_steps
 from gradwatch.layout import Layout
 from gradwatch.partition import Exchange
 from gradwatch.precision.sites import group_names
@@ -166,21 +168,24 @@ def _moving(
     """The tensors ``names`` (θ of ``there``, the generic point) whose gradient there exceeds
     J's noise on their ``checked`` components (flat positions in each tensor: those a reading
     there reads), by backprop, by J itself along a seeded ±1 direction over them (a backward
-    that drops the gradient shows there) or by the gap between the two, and the evaluations it
-    took: the others would cost two evaluations per component to read as not judged again (a
-    bias that a normalization cancels; in a sampled check, the taps of a 3x3 kernel that only
-    ever see a 1x1 map's zero padding, whatever the generic point moved). Process 0's
-    measurements decide, in every process."""
+    that drops the gradient shows there) or by the gap between the two, each moved by the
+    longest step a reading there takes (``_reach``), and the evaluations it took: the others
+    would cost two evaluations per component to read as not judged again (a bias that a
+    normalization cancels; in a sampled check, the taps of a 3x3 kernel that only ever see a
+    1x1 map's zero padding, whatever the generic point moved). Process 0's measurements decide,
+    in every process."""
     if report.j_noise is None:
         return names, 0
     center, grads = there.gradient()
     generator = torch.Generator().manual_seed(seed * 7919 + 4049)
     measured, spent = [], there.evaluations
+    sigma = report.j_noise.effective
     for k, (theta, grad) in enumerate(zip(there.theta, grads, strict=True)):
         sign = torch.randint(0, 2, theta.shape, generator=generator).to(theta) * 2 - 1
         mask = torch.zeros(theta.numel(), dtype=torch.bool)
         mask[torch.as_tensor(checked[k], dtype=torch.long)] = True
-        move = steps_of(theta, step) * sign * mask.view(theta.shape).to(theta.device)
+        reach = _reach(theta, step, sigma, center)
+        move = reach * sign * mask.view(theta.shape).to(theta.device)
         ends = []
         for direction in (move, -move):
             shifted = there.moved(
@@ -189,13 +194,31 @@ def _moving(
             ends.append(shifted.value())
             spent += shifted.evaluations
         change = ends[0] - ends[1], 2 * float((move * grad).sum())  # by J, by backprop
-        measured += [abs(change[0]), abs(change[1]), abs(change[0] - change[1])]
+        # Backprop's side is the size its ±1 sum has whatever the signs, 2·‖H·a‖: backprop
+        # needs no direction, and over a few sampled components a sum cancels by chance.
+        along = 2 * float(torch.linalg.vector_norm((move * grad).double()))
+        measured += [abs(change[0]), along, abs(change[0] - change[1])]
     _, agreed = split.agree((center,), np.asarray(measured, np.float64))
     # J's change carries the noise of two evaluations, √2·σ_J, and so does its gap to backprop's
     # (a reading, not each side alone: a sign flip of a gradient under the tolerance on either
     # side still shows there); read with the tolerance.
-    beyond = agreed.reshape(-1, 3).max(1) > NOISE_MULTIPLE * math.sqrt(2) * report.j_noise.effective
+    beyond = agreed.reshape(-1, 3).max(1) > NOISE_MULTIPLE * math.sqrt(2) * sigma
     return [n for n, b in zip(names, beyond, strict=True) if b], spent
+
+
+def _reach(theta: torch.Tensor, step: float | str, sigma: float, center: float) -> torch.Tensor:
+    """The longest step a reading at the generic point takes on each component of ``theta``: a
+    component the first step leaves within noise is read along random directions at the step
+    fitted to J's noise times ``RUNG``^(``RUNGS`` − 1) first, capped at float32's step
+    (``gradwatch.evidence.escalation``), never shorter than the first step. A visit decided at
+    the first step alone missed what those readings judge: a float32 Funnel's planted ×1.01
+    tensor, along whose six sampled components J did not move at 1e-7, went unvisited and
+    passed (read there, it fails)."""
+    values = theta.detach().double().cpu().numpy().ravel()
+    first = steps_of(theta, step).detach().double().cpu().numpy().ravel()
+    fitted = fitted_steps(values, first, sigma, center) * RUNG ** (RUNGS - 1)
+    reach = np.maximum(np.minimum(fitted, longest_steps(values)), first)
+    return torch.from_numpy(reach.reshape(theta.shape)).to(theta)
 
 
 def _merged(

@@ -36,7 +36,8 @@ stride of their readings; where it is larger than the noise measured first, they
 it. A component left within noise is read again at a step fitted to J's noise ("fitted step"): only
 a gradient that is zero within that step's noise stays "not judged, within noise". A tensor that
 fails the tensor test has its components read again by Richardson's estimate, so that the h²
-truncation of the first step is not taken for a shared error.
+truncation of the first step is not taken for a shared error. A tensor that J's noise at its fitted
+readings' stride leaves too close to J's noise is read at longer steps (``stride.farther``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from gradwatch.evidence.recheck import (
     slope,
     sub,
 )
+from gradwatch.evidence.stride import farther, noise_at
 
 __all__ = ["JITTER_STEPS", "JITTER_TRIES", "gather_evidence"]
 
@@ -143,7 +145,8 @@ def gather_evidence(
     escalate(objective, record, groups, center, steps, seed, (pass_max, warn_max))
     retest(objective, record, groups, center, steps, pass_max)
     tensor_noise(objective, record, groups, center, steps, seed, pass_max, measured)
-    _at_longer_steps(objective, record, center, steps, pass_max)
+    farther(objective, record, groups, center, steps, seed, (pass_max, warn_max))
+    _at_longer_steps(objective, record, center, steps, pass_max, groups, seed)
     return record.done()
 
 
@@ -188,7 +191,13 @@ def _explain(
 
 
 def _at_longer_steps(
-    objective: Objective, record: Record, center: float, steps: np.ndarray, pass_max: float
+    objective: Objective,
+    record: Record,
+    center: float,
+    steps: np.ndarray,
+    pass_max: float,
+    groups: np.ndarray | None = None,
+    seed: int = 0,
 ) -> None:
     """Reads a disagreement that stands at the first step's scale once more at θ, at the step
     fitted to J's noise (Richardson's estimate from H and 2H, against backprop at θ) where J is
@@ -197,7 +206,11 @@ def _at_longer_steps(
     step (a float32 staircase whose stairs the noise probes partly read as jumps). Where J is not
     smooth at H, it is read at ``RUNG`` times longer steps, up to float32's step, as the ladder
     of escalation does; where it is smooth at none, or the gap stands, the first reading stands
-    as measured."""
+    as measured.
+
+    A re-read's smoothness test and tolerance rest on J's noise along its tensor (``groups``)
+    at its own stride where that is larger than the first's (see ``tensor_noise``): against the
+    first stride's, a correct as-written Funnel read 9.5σ off at H, or not smooth at any rung."""
     at = np.flatnonzero((record.reading == DISAGREES) & np.isfinite(record.at_theta))
     at = at[~(record.step[at] > steps[at])]  # a reading at a fitted step is that step's already
     fitted = fitted_steps(objective.values(at), steps[at], record.sigma[at], center)
@@ -205,9 +218,15 @@ def _at_longer_steps(
     at, fitted = at[longer], fitted[longer]
     if at.size == 0:
         return
-    held = (*_held(record, at), record.recheck[at].copy(), record.step[at].copy())
+    groups = np.zeros(record.sigma.size, np.int64) if groups is None else groups
+    first_sigma = record.sigma.copy()
+    held = (*_held(record, at), *(a[at].copy() for a in (record.recheck, first_sigma, record.step)))
     left, steps_left = at, fitted
     for _ in range(RUNGS):  # not smooth at H: RUNG times H, points off the stairs H landed on
+        for g in np.unique(groups[left]):
+            mine = groups[left] == g
+            found = noise_at(objective, center, left[mine], steps_left[mine], seed)
+            record.sigma[left[mine]] = np.maximum(first_sigma[left[mine]], found)
         read_fitted(objective, record, left, steps_left, center, pass_max)
         longest = longest_steps(objective.values(left))
         longer = (record.step[left] != steps_left) & (steps_left < longest)
@@ -216,7 +235,7 @@ def _at_longer_steps(
             break
     read = record.step[at] != held[-1]
     stands = (record.reading[at] == DISAGREES) | ~read  # a bug's first reading is the one to show
-    fields = (*_fields(record), record.recheck, record.step)
+    fields = (*_fields(record), record.recheck, record.sigma, record.step)
     for field, first in zip(fields, held, strict=True):
         field[at[stands]] = first[stands]
 

@@ -1,0 +1,96 @@
+"""Readings at a longer step rest on J's noise at that step's stride (gradwatch.evidence.stride):
+a tensor that the noise measured at its fitted readings' stride leaves too close to J's noise is
+read at longer rungs (``farther``), where a planted 1% bug disagrees and the correct gradient
+agrees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradwatch.evidence.readings import AGREES, DISAGREES, FITTED_STEP, Record, read
+from gradwatch.evidence.recheck import longest_steps
+from gradwatch.evidence.stride import farther
+
+CENTER, FIRST, FITTED = 1.0, 1e-7, 3e-4
+SLOPES = np.array([0.2, 0.05, 0.05, 0.05])
+# J's error: 1e-7·N(0, 1), constant over cells of 1e-5 (J rounded through a coarse intermediate,
+# as a float32 check's); at the fitted step's stride and beyond, J's noise is that 1e-7.
+NOISE, CELL = 1e-7, 1e-5
+
+
+class Stairs:
+    """J = CENTER + SLOPES·x plus the cells' error (``key`` seeds them)."""
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+
+    def _error(self, cells: np.ndarray) -> float:
+        if not cells.any():
+            return 0.0  # θ itself: J(θ) is CENTER
+        seed = [int(c) + 2**40 for c in cells] + [self.key]
+        return NOISE * float(np.random.default_rng(seed).standard_normal())
+
+    def _cost(self, x: np.ndarray) -> float:
+        return CENTER + float(SLOPES @ x) + self._error(np.floor(x / CELL).astype(np.int64))
+
+    def pairs(self, at: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        eye = np.eye(SLOPES.size)
+        plus = [self._cost(s * eye[i]) for i, s in zip(at, h, strict=True)]
+        minus = [self._cost(-s * eye[i]) for i, s in zip(at, h, strict=True)]
+        return np.array(plus), np.array(minus)
+
+    def half_gaps(self, at: np.ndarray, h: np.ndarray) -> np.ndarray:
+        return np.asarray(h, np.float64)
+
+    def values(self, at: np.ndarray) -> np.ndarray:
+        return np.zeros(len(at))
+
+    def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        full = np.zeros((len(rows), SLOPES.size))
+        full[:, support] = rows
+        return np.array([self._cost(x) for x in full])
+
+
+def _at_fitted(analytic: np.ndarray, noise: float = 0.95 * NOISE / FITTED) -> Record:
+    """The tensor as the ladder left it, read at the fitted step. With J's noise there (1e-7),
+    Richardson's noise is 0.95·σ/H = 3.2e-4 a component and the tensor's noise floor 1.4e-3: too
+    close to J's noise (above the warn band 1e-3), every component agreeing (the planted 1% bug's
+    largest gap, 2e-3, is under the tolerance 2.5e-3)."""
+    noises = np.full(SLOPES.size, noise)
+    record = Record(analytic, SLOPES.copy(), noises, np.full(SLOPES.size, NOISE))
+    record.reading, record.reason = read(analytic, SLOPES, noises, 1e-7)
+    record.recheck[:], record.step[:] = FITTED_STEP, FITTED
+    return record
+
+
+def _farther(record: Record, key: int) -> None:
+    groups, steps = np.zeros(SLOPES.size, np.int64), np.full(SLOPES.size, FIRST)
+    farther(Stairs(key), record, groups, CENTER, steps, key, (1e-7, 1e-3))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("key", [0, 1, 2])
+@pytest.mark.parametrize("planted", [False, True])
+def test_a_tensor_too_close_to_j_noise_is_read_at_longer_rungs(planted: bool, key: int) -> None:
+    record = _at_fitted(SLOPES * (1.01 if planted else 1.0))
+    assert (record.reading == AGREES).all()
+    _farther(record, key)
+    # One rung up: 16·H = 4.8e-3, under float32's step; J's noise there ~1e-7, so the noise of
+    # each reading is ~2e-5 and the tolerance ~1.6e-4: the bug's gaps (2e-3, 5e-4) stand out.
+    longer = min(16 * FITTED, float(longest_steps(np.zeros(1))[0]))
+    assert np.all(record.step == longer) and np.all(record.recheck == FITTED_STEP)
+    assert np.all((record.sigma > 0.5 * NOISE) & (record.sigma < 2 * NOISE))
+    assert list(record.reading) == [DISAGREES if planted else AGREES] * SLOPES.size
+    if not planted:
+        assert np.abs(record.numeric - SLOPES).max() < 8 * record.noise.max()
+
+
+@pytest.mark.parametrize(("factor", "noise"), [(1.02, 3.2e-4), (1.0, 1e-5)])
+def test_a_disagreeing_or_judged_tensor_is_not_read_farther(factor: float, noise: float) -> None:
+    # 2% off: 4e-3 beyond the tolerance 2.5e-3, a disagreement that convicts it already; a noise
+    # of 1e-5 a component: its floor (4e-5) is within the warn band, it is judged as it is.
+    record = _at_fitted(SLOPES * factor, noise)
+    before = record.numeric.copy(), record.reading.copy()
+    _farther(record, 0)
+    assert np.all(record.step == FITTED) and np.all(record.sigma == NOISE)
+    assert np.array_equal(record.numeric, before[0]) and np.array_equal(record.reading, before[1])
