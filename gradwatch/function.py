@@ -13,9 +13,10 @@ from gradwatch.arguments import check_epsilon, check_seed, check_thresholds
 from gradwatch.check.input_errors import restated
 from gradwatch.common.numeric import auto_steps, represented_steps, two_sided_costs
 from gradwatch.diagnosis import diagnose
-from gradwatch.evidence.model import JITTER_STEPS, gather_evidence
-from gradwatch.evidence.noise import measure_noise
+from gradwatch.evidence.model import JITTER_STEPS
+from gradwatch.evidence.noise import NoiseProbes
 from gradwatch.evidence.objective import Moved
+from gradwatch.evidence.probing import gather_with_probes
 from gradwatch.layout import Layout
 from gradwatch.report import GradCheckReport, Thresholds
 
@@ -206,9 +207,9 @@ def _check(
     again = j.value()
     moving = np.flatnonzero((plus != center) | (minus != center))
     probed = moving if moving.size else every  # J's noise where J moves, if anywhere
-    noise = measure_noise(j.line, center, (again,), probed, steps[probed], seed)
-    found = gather_evidence(
-        j, analytic, (plus, minus), center, steps, noise.effective, bands.pass_max,
+    probes = NoiseProbes(j.line, center, (again,), probed, steps[probed], seed)
+    found, noise = gather_with_probes(
+        j, analytic, (plus, minus), center, steps, probes, bands.pass_max,
         names.tensor_of(every), seed, bands.warn_max,
     )  # fmt: skip
     report = GradCheckReport(

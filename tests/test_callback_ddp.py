@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader
 
 from gradwatch import Verdict
 from gradwatch.callbacks import GradientCheck
-from gradwatch.evidence.noise import PROBE_DIRECTIONS
 from tests.callback_models import (
     QUIET_LIGHTNING,
     FaultyModule,
@@ -145,7 +144,7 @@ def test_processes_share_one_check_equal_to_a_single_process_check(tmp_path: Pat
     # along random directions that escalation and the noise per tensor take) is counted in
     # both; the rest, the components' pairs, is shared out.
     replicated = sum(counts) - one.evaluations
-    probes = PROBE_DIRECTIONS * 4
+    probes = two.j_noise.directions * 4
     assert probes <= replicated and replicated - probes < 0.5 * (one.evaluations - probes)
     assert all(count - replicated < 0.6 * (one.evaluations - replicated) for count in counts)
 

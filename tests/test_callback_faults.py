@@ -394,13 +394,13 @@ class _Bug:
 def test_an_error_inside_gradwatch_is_ours_and_training_goes_on_untouched(
     tmp_path: Path, plain: dict[str, Any], monkeypatch: pytest.MonkeyPatch, on_fail: OnFail
 ) -> None:
-    import gradwatch.check.comparison
+    import gradwatch.evidence.probing
 
     bug = IndexError("index 83 is out of bounds for axis 0 with size 83")
     monkeypatch.setattr(
-        gradwatch.check.comparison,
+        gradwatch.evidence.probing,
         "gather_evidence",
-        _Bug(gradwatch.check.comparison.gather_evidence, bug),
+        _Bug(gradwatch.evidence.probing.gather_evidence, bug),
     )
     logger = pl.loggers.CSVLogger(tmp_path, name="csv")
     module, check = _faulty("none"), GradientCheck(after_steps=(2, 4), on_fail=on_fail)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import gradwatch
+import gradwatch.evidence.probing
 from gradwatch import Verdict, check_module
 from gradwatch.arguments import removed_keywords
 from tests.test_module import changes, snapshot
@@ -133,7 +134,7 @@ def test_an_error_of_ours_keeps_its_frames(monkeypatch: pytest.MonkeyPatch) -> N
     def broken(*args: Any, **kwargs: Any) -> Any:
         return None + 1  # type: ignore[operator]
 
-    monkeypatch.setattr(gradwatch.function, "gather_evidence", broken)
+    monkeypatch.setattr(gradwatch.evidence.probing, "gather_evidence", broken)
     with pytest.raises(TypeError, match="unsupported operand") as raised:
         gradwatch.check_function(lambda t: float(t @ t), np.ones(2), 2 * np.ones(2))
     assert _last_frame(raised.value).name == "broken"

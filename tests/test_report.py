@@ -12,7 +12,7 @@ import pytest
 
 import gradwatch
 from gradwatch import Thresholds, Verdict
-from gradwatch.evidence.noise import PROBE_DIRECTIONS
+from gradwatch.evidence.noise import FIRST_PAIRS, PROBE_DIRECTIONS
 
 THETA = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
 LAYOUT = {"W": (2, 2), "b": (1,)}
@@ -117,7 +117,10 @@ def test_report_counts(buggy: gradwatch.GradCheckReport) -> None:
     # that measure J's noise, four per component that disagreed at first (J(θ ± 2ε) and
     # J(θ ± 4ε), the re-check at longer steps), and J's noise again along each of the two
     # tensors that disagree
-    assert buggy.evaluations == 2 * 5 + 2 + PROBE_DIRECTIONS * 4 + 4 * 3 + 2 * PROBE_DIRECTIONS * 4
+    # J's noise from the first pairs alone: every gap is far from its tolerance, no reading asks
+    probes = 2 * FIRST_PAIRS * 4
+    assert buggy.j_noise.directions == 2 * FIRST_PAIRS
+    assert buggy.evaluations == 2 * 5 + 2 + probes + 4 * 3 + 2 * PROBE_DIRECTIONS * 4
     assert buggy.reading_counts == {"agrees": 2, "disagrees": 3, "not judged": 0}
 
 

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from gradwatch import GradCheckReport, Partition, PartitionError, check_module
-from gradwatch.evidence.noise import PROBE_DIRECTIONS
 from gradwatch.partition import _with_first_of_each_tensor
 from tests.nets import GatedNet, classification_batch, cnn, cross_entropy, mlp
 
@@ -204,7 +203,7 @@ def test_each_process_evaluates_its_share() -> None:
     # Half of the pairs each, plus J(θ), the gradient and one component per tensor to decide how
     # to evaluate it (the first of the tensor a share begins inside); the probes (4 per direction)
     # that measure J's noise run in every process.
-    probes = PROBE_DIRECTIONS * 4
+    probes = report.j_noise.directions * 4
     assert all(count - probes < 0.6 * (alone.evaluations - probes) for count in counts)
 
 

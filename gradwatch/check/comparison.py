@@ -15,8 +15,15 @@ from gradwatch.common.numeric import auto_steps, relative_difference
 from gradwatch.evaluation.call_plan import PROBES
 from gradwatch.evaluation.cost import ModuleCost
 from gradwatch.evidence.model import JITTER_STEPS, gather_evidence
-from gradwatch.evidence.noise import PROBE_WIDTH, JNoise, measure_noise, rounding_floor
+from gradwatch.evidence.noise import (
+    PROBE_WIDTH,
+    JNoise,
+    NoiseProbes,
+    measure_noise,
+    rounding_floor,
+)
 from gradwatch.evidence.objective import Moved
+from gradwatch.evidence.probing import gather_with_probes
 from gradwatch.evidence.readings import Evidence
 from gradwatch.layout import Layout
 from gradwatch.partition import Exchange
@@ -189,18 +196,20 @@ def compare(
     if not math.isfinite(center):
         failure = f"the loss J(θ) is {center}: fix the forward pass before checking gradients"
         return Comparison(None, analytic, numeric, analytic, {}, None, center, failure), objective
-    if measured is None:
+    if measured is None:  # J's noise from the first pairs, and every pair where a reading asks
         support = probe_support(objective, (plus != center) | (minus != center))
         floor = rounding_floor(center, torch.finfo(cost.theta[0].dtype).eps)
-        noise = measure_noise(
-            objective.line, center, (again,), support, steps[support], seed, floor
-        )
+        probes = NoiseProbes(objective.line, center, (again,), support, steps[support], seed, floor)
+        found, noise = gather_with_probes(
+            objective, analytic, (plus, minus), center, steps, probes, pass_max,
+            objective.tensors, seed, warn_max,
+        )  # fmt: skip
     else:
         noise = replace(measured, spread=max(measured.spread, abs(again - center)))
-    found = gather_evidence(
-        objective, analytic, (plus, minus), center, steps, noise.effective, pass_max,
-        objective.tensors, seed, warn_max,
-    )  # fmt: skip
+        found = gather_evidence(
+            objective, analytic, (plus, minus), center, steps, noise.effective, pass_max,
+            objective.tensors, seed, warn_max,
+        )  # fmt: skip
     full = {n: g.to(torch.float64).cpu().numpy() for n, g in zip(layout.names, grads, strict=True)}
     comparison = Comparison(
         found, found.analytic, found.numeric, analytic, full, noise, center, None

@@ -42,6 +42,7 @@ import numpy as np
 
 __all__ = [
     "JNoise",
+    "NoiseProbes",
     "fourth_differences",
     "measure_noise",
     "noise_sigma",
@@ -64,6 +65,13 @@ NOISE_MULTIPLE = 8.0
 # 32 pairs, not 16: 64 directions cut σ's scatter by √2 (with 16 pairs, J with a large constant
 # part read 25% noisier at one seed of tests/test_power.py, and a 0.1% bug there passed).
 PROBE_DIRECTIONS = 64
+# How many of those pairs a check measures first. The rest are measured only where they could
+# change a verdict (gradwatch.evidence.probing: a reading within the first pairs' scatter of its
+# threshold) or where the first pairs cross a jump (FIRST_JUMP_FACTOR). The 75th percentile of 32
+# Gaussian |errors| reads σ 1.5× low with odds of 1.4% and 2× low with 1.4e-4 (simulated over
+# 2e5: the odds tensor_test.NOISE_MARGIN and NOISE_MULTIPLE are set for), 1.5× high with 1.4e-3.
+# 128 evaluations fewer: a third of the zoo's smallest checks.
+FIRST_PAIRS = 16
 # How many components each direction moves: enough for J to move by many ulps, few enough that
 # the moved distance √32·h keeps the degree-4 term negligible.
 PROBE_WIDTH = 32
@@ -93,6 +101,12 @@ HALF_NORMAL_MEDIAN = 0.6744897501960817
 # a Gaussian's. A jump kept because it is below this raises σ by at most 12 · 0.6745 / 1.1503 ≈
 # 7× the bulk's; the routing flips of float32 Mixtrals read ≥ 60× the bulk's largest.
 JUMP_FACTOR = 12.0
+# The first pairs ask for the rest when a direction exceeds this many times the median read from
+# their 16 smaller halves (or J stood still along one): 16 Gaussian pairs have one beyond it in
+# 1.4% of checks (simulated over 4e5), which then cost 128 evaluations more. Unasked, no direction
+# reaches JUMP_FACTOR, so the jump rule, calibrated on 32 pairs, only ever runs over 32 pairs:
+# where flips are common (a float32 mixture of experts: ≥ 60× the bulk) every pair is measured.
+FIRST_JUMP_FACTOR = 8.0
 
 # J at θ + (rows @ e_support) for each row: rows[r, j] is the displacement of component
 # support[j] in θ's units.
@@ -189,7 +203,8 @@ def measure_noise(
 ) -> JNoise:
     """Measures J's noise along random ±1 directions over the components ``support`` (each moved
     by its step ``support_steps``), from J(θ) = ``center``; ``repeats`` are other evaluations of
-    J at θ itself (their spread is J's non-determinism).
+    J at θ itself (their spread is J's non-determinism). Every pair is measured (a check that
+    reads its components first measures the first pairs alone: :class:`NoiseProbes`).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -197,36 +212,105 @@ def measure_noise(
         ...     theta = 1.0 + rows.sum(axis=1)
         ...     return theta**2 + 1e-12 * rng.standard_normal(len(rows))
         >>> noise = measure_noise(line, 1.0, (1.0,), np.array([0]), np.array([1e-3]), 0, 1e-16)
-        >>> bool(0.3e-12 < noise.sigma < 3e-12)
-        True
+        >>> bool(0.3e-12 < noise.sigma < 3e-12), noise.directions
+        (True, 64)
     """
-    spread = max((abs(r - center) for r in repeats), default=0.0)
-    if floor is None:
-        floor = rounding_floor(center)
-    if support.size == 0:
-        return JNoise(0.0, spread, floor, 0, 0, center)
-    rng = np.random.default_rng([seed, 7])
-    width = min(PROBE_WIDTH, support.size)
-    picks = rng.choice(support.size, width, replace=False)  # one support: one batched call
-    chosen, steps = support[picks], support_steps[picks]
-    half = rng.choice([-1.0, 1.0], size=(PROBE_DIRECTIONS // 2, width))
-    signs = np.concatenate([half, -half])  # direction d and its mirror, d + PROBE_DIRECTIONS / 2
-    stride = np.full(PROBE_DIRECTIONS, PROBE_START)
-    found = np.full(PROBE_DIRECTIONS, np.nan)
-    pending = np.arange(PROBE_DIRECTIONS)
-    coarse = False  # whether J stood still along a direction: its grid is coarse at the stride
-    for _ in range(PROBE_TRIES):
-        values = line(chosen, probe_rows(steps, signs[pending], stride[pending]))
-        values = np.concatenate([np.full((pending.size, 1), center), values.reshape(-1, 4)], 1)
-        moved = np.any(values != values[:, :1], axis=1)
-        found[pending[moved]] = np.abs(fourth_differences(values[moved]))
-        pending = pending[~moved]
-        coarse = coarse or pending.size > 0
-        if pending.size == 0:
-            break
-        stride[pending] *= PROBE_GROWTH
-    sigma, jumps = noise_sigma(found.reshape(2, -1).T, coarse)
-    return JNoise(sigma, spread, floor, PROBE_DIRECTIONS, int(pending.size), center, jumps)
+    return NoiseProbes(line, center, repeats, support, support_steps, seed, floor).every()
+
+
+class NoiseProbes:
+    """J's noise measured in two parts over the same ``PROBE_DIRECTIONS`` directions (drawn once
+    from the seed): the first ``FIRST_PAIRS`` mirrored pairs, and the rest where asked.
+
+    :meth:`first` measures the first pairs, and the rest at once where those cross a jump or J
+    stood still along one of them (the jump rule needs every pair's median: see
+    ``FIRST_JUMP_FACTOR``); :meth:`every` measures whatever pairs are left. The arguments are
+    :func:`measure_noise`'s.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> def line(support, rows):  # J = θ·θ at θ = 1 with noise of size 1e-12 per evaluation
+        ...     return (1.0 + rows.sum(axis=1)) ** 2 + 1e-12 * rng.standard_normal(len(rows))
+        >>> probes = NoiseProbes(line, 1.0, (), np.array([0]), np.array([1e-3]), 0, 1e-16)
+        >>> probes.first().directions, probes.every().directions
+        (32, 64)
+    """
+
+    def __init__(
+        self,
+        line: Line,
+        center: float,
+        repeats: tuple[float, ...],
+        support: np.ndarray,
+        support_steps: np.ndarray,
+        seed: int,
+        floor: float | None = None,
+    ) -> None:
+        self._line, self._center = line, center
+        self._spread = max((abs(r - center) for r in repeats), default=0.0)
+        self._floor = rounding_floor(center) if floor is None else floor
+        rng = np.random.default_rng([seed, 7])
+        width = min(PROBE_WIDTH, support.size)
+        picks = rng.choice(support.size, width, replace=False)  # one support: one batched call
+        self._chosen, self._steps = support[picks], support_steps[picks]
+        half = rng.choice([-1.0, 1.0], size=(PROBE_DIRECTIONS // 2, width))
+        # direction d and its mirror, d + PROBE_DIRECTIONS / 2
+        self._signs = np.concatenate([half, -half])
+        self._found = np.full(PROBE_DIRECTIONS, np.nan)
+        self._flat = np.zeros(PROBE_DIRECTIONS, dtype=bool)
+        self._pairs = 0 if support.size else PROBE_DIRECTIONS // 2  # pairs measured so far
+        self._coarse = False  # whether J stood still along a direction: its grid is coarse there
+
+    def first(self) -> JNoise:
+        """J's noise from the first ``FIRST_PAIRS`` pairs, or from every pair where they asked."""
+        self._measure(FIRST_PAIRS)
+        fourths = self._fourths()
+        finite = fourths[np.isfinite(fourths)]
+        smaller = np.fmin(fourths[:, 0], fourths[:, 1])
+        median = float(np.nanmedian(smaller)) if np.isfinite(smaller).any() else 0.0
+        median *= HALF_NORMAL_MEDIAN / PAIR_MIN_MEDIAN
+        if self._coarse or np.any(finite > FIRST_JUMP_FACTOR * median):
+            return self.every()
+        return self._noise()
+
+    def every(self) -> JNoise:
+        """J's noise from all ``PROBE_DIRECTIONS`` directions."""
+        self._measure(PROBE_DIRECTIONS // 2)
+        return self._noise()
+
+    def _measure(self, pairs: int) -> None:
+        """Measures pairs up to ``pairs`` (those not measured yet): one batched call per stride."""
+        half = PROBE_DIRECTIONS // 2
+        new = np.arange(self._pairs, max(pairs, self._pairs))
+        if new.size == 0:
+            return
+        self._pairs = int(new[-1]) + 1
+        pending = np.concatenate([new, new + half])
+        stride = np.full(pending.size, PROBE_START)
+        for _ in range(PROBE_TRIES):
+            rows = probe_rows(self._steps, self._signs[pending], stride)
+            values = self._line(self._chosen, rows).reshape(-1, 4)
+            values = np.concatenate([np.full((pending.size, 1), self._center), values], 1)
+            moved = np.any(values != values[:, :1], axis=1)
+            self._found[pending[moved]] = np.abs(fourth_differences(values[moved]))
+            pending, stride = pending[~moved], stride[~moved]
+            self._coarse = self._coarse or pending.size > 0
+            if pending.size == 0:
+                break
+            stride *= PROBE_GROWTH
+        self._flat[pending] = True
+
+    def _fourths(self) -> np.ndarray:
+        """The |fourth differences| of the pairs measured, one row per pair."""
+        return self._found.reshape(2, -1).T[: self._pairs]
+
+    def _noise(self) -> JNoise:
+        directions = 2 * self._pairs if self._chosen.size else 0
+        if directions == 0:
+            return JNoise(0.0, self._spread, self._floor, 0, 0, self._center)
+        sigma, jumps = noise_sigma(self._fourths(), self._coarse)
+        flat = int(self._flat.reshape(2, -1).T[: self._pairs].sum())
+        return JNoise(sigma, self._spread, self._floor, directions, flat, self._center, jumps)
 
 
 def noise_sigma(fourths: np.ndarray, coarse: bool = False) -> tuple[float, int]:

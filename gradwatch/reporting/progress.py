@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from tqdm.auto import tqdm
 
-from gradwatch.evidence.noise import PROBE_DIRECTIONS
+from gradwatch.evidence.noise import FIRST_PAIRS
 
 # A check shorter than this shows no bar at all (tqdm's `delay`): most checks of small models
 # end well within it, and their report says how long they took.
@@ -32,14 +32,15 @@ def expected_evaluations(pairs: int, tensors: int) -> int:
     """The evaluations of J a check of ``pairs`` components over ``tensors`` tensors makes: two
     per component, the first pair of each tensor once more (plainly, to validate the batched
     way), J(θ) twice and the gradient's (which also measures its memory), and four along each
-    direction that measures J's noise (their first two once more, like a tensor's first pair).
-    Re-checks (at half the step, off kinks) come on top, where a component asks for them.
+    direction of the first pairs that measure J's noise (their first two once more, like a
+    tensor's first pair). Re-checks (at half the step, off kinks) and the rest of the noise's
+    pairs come on top, where a component asks for them.
 
     Example:
         >>> expected_evaluations(100, 4)
-        469
+        341
     """
-    return 2 * pairs + 2 * tensors + 3 + 4 * PROBE_DIRECTIONS + 2
+    return 2 * pairs + 2 * tensors + 3 + 4 * 2 * FIRST_PAIRS + 2
 
 
 # The time left is shown from the first chunk of more than this many evaluations (the batched

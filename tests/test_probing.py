@@ -1,0 +1,144 @@
+"""J's noise from the first pairs, and every pair where a reading asks: the first pairs ask for the
+rest where they cross a jump or J stands still; a reading within MARGIN of its threshold asks;
+the rest are the same directions a check measuring every pair takes."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import pytest
+
+import gradwatch
+from gradwatch import Verdict
+from gradwatch.evidence.noise import FIRST_PAIRS, PROBE_DIRECTIONS, NoiseProbes, measure_noise
+from gradwatch.evidence.probing import MARGIN, asks_for_more
+from gradwatch.evidence.readings import AGREES, Evidence
+
+STEP = 1e-4
+
+
+def _rounding(sigma: float, f: Any = lambda rows: np.sin(rows.sum(axis=1))) -> Any:
+    """A line whose error of size ``sigma`` is a function of the point (as rounding is)."""
+
+    def line(support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        errors = [
+            np.random.default_rng(
+                int.from_bytes(hashlib.blake2b(r.tobytes()).digest()[:8])
+            ).normal()
+            for r in rows
+        ]
+        return f(rows) + sigma * np.asarray(errors)
+
+    return line
+
+
+def _probes(line: Any) -> NoiseProbes:
+    return NoiseProbes(line, 0.0, (), np.arange(32), np.full(32, STEP), 0, 0.0)
+
+
+def test_the_first_pairs_alone_then_the_rest_are_the_directions_of_every_pair() -> None:
+    probes = _probes(_rounding(1e-12))
+    first = probes.first()
+    assert first.directions == 2 * FIRST_PAIRS and first.jumps == 0
+    assert 0.5e-12 < first.sigma < 2e-12
+    # The rest measured later: the same directions, so the same σ as a check measuring every pair
+    every = probes.every()
+    assert every.directions == PROBE_DIRECTIONS
+    alone = measure_noise(_rounding(1e-12), 0.0, (), np.arange(32), np.full(32, STEP), 0, 0.0)
+    assert every == alone and every.sigma != first.sigma
+
+
+def test_a_jump_crossed_by_the_first_pairs_asks_for_every_pair_at_once() -> None:
+    # A step of 1e-8 on one side of θ (where the first moved component has gone beyond 1.5
+    # strides): one half of each pair crosses it; its fourth differences are 3e-8, the others'
+    # ~1e-12·√70.
+    smooth = _rounding(1e-12)
+    stepped = _rounding(1e-12, lambda r: np.sin(r.sum(axis=1)) + 1e-8 * (r[:, 0] > 1.5 * STEP / 64))
+    noise = _probes(stepped).first()
+    assert noise.directions == PROBE_DIRECTIONS and noise.jumps == PROBE_DIRECTIONS // 2
+    # Left out, the jumps leave the rounding's σ (every pair of the smooth line, for comparison).
+    assert 0.7 < noise.sigma / _probes(smooth).every().sigma < 1.5
+
+
+def test_a_j_that_stands_still_along_a_first_direction_asks_for_every_pair() -> None:
+    q = 1e-6  # J rounded to multiples of q: at strides of 1e-9 it does not move
+
+    def line(support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return np.round((0.123456789 + rows.sum(axis=1)) / q) * q
+
+    center = float(np.round(0.123456789 / q) * q)
+    probes = NoiseProbes(line, center, (), np.arange(32), np.full(32, 1e-9), 0, 0.0)
+    assert probes.first().directions == PROBE_DIRECTIONS
+
+
+def _one(numeric: float, noise: float = 1e-3) -> Evidence:
+    one = np.ones(1)
+    codes = np.full(1, AGREES, np.int8), np.zeros(1, np.int8), np.zeros(1, np.int8)
+    return Evidence(one, np.array([numeric]), one * noise, *codes, one > 1, one)
+
+
+# gap in units of the tolerance 8σ: within MARGIN of 1 either way asks, beyond it does not (at 3,
+# the one-component tensor's test is 24²/134.8 = 4.3 times its bound: beyond MARGIN² too).
+@pytest.mark.parametrize(
+    ("gap", "asks"),
+    [(0.25, False), (0.6, False), (0.75, True), (1.0, True), (1.4, True), (3.0, False)],
+)
+def test_a_component_within_the_margin_of_its_tolerance_asks(gap: float, asks: bool) -> None:
+    assert asks_for_more(_one(1.0 + gap * 8e-3), np.zeros(1, int), 1e-7) is asks
+
+
+def test_a_gap_within_the_pass_band_never_asks() -> None:
+    # 6σ with σ = 1e-9: a relative gap of 3e-9, under the pass band 1e-7; it cannot disagree.
+    assert asks_for_more(_one(1.0 + 6e-9, 1e-9), np.zeros(1, int), 1e-7) is False
+    assert asks_for_more(_one(1.0 + 6e-9, 1e-9), np.zeros(1, int), 1e-9) is True
+
+
+# 400 components each off by z·σ: S / bound = z²·400 / 2264 (1.59 at 3σ); each gap z/8 < 1/MARGIN.
+@pytest.mark.parametrize(("z", "asks"), [(1.5, False), (2.5, True), (3.0, True), (4.5, False)])
+def test_a_tensor_within_the_margin_of_its_bound_asks(z: float, asks: bool) -> None:
+    a = np.full(400, 1.0)
+    codes = np.full(400, AGREES, np.int8), np.zeros(400, np.int8), np.zeros(400, np.int8)
+    evidence = Evidence(a, a + z * 1e-9, np.full(400, 1e-9), *codes, a > 1, a)
+    assert z / 8 < 1 / MARGIN
+    assert asks_for_more(evidence, np.zeros(400, int), 1e-12) is asks
+    assert asks_for_more(evidence, np.zeros(400, int), 1e-7) is False  # D under the pass band
+
+
+def _noisy(sigma: float, f: Any) -> Any:
+    def cost(t: np.ndarray) -> float:
+        digest = hashlib.blake2b(np.asarray(t, np.float64).tobytes(), digest_size=8).digest()
+        return float(f(t)) + sigma * float(
+            np.random.default_rng(int.from_bytes(digest)).standard_normal()
+        )
+
+    return cost
+
+
+SIGMA, EPSILON = 1e-12, 1e-3  # ε = 1e-3 on a linear J: no truncation, the fitted step no longer
+NOISE = SIGMA / (np.sqrt(2) * EPSILON)  # of the two-sided estimate
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.1])
+@pytest.mark.parametrize(("error", "directions"), [(0.0, 32), (6.0, 64), (40.0, 32)])
+def test_a_check_takes_every_pair_where_a_reading_sits_near_its_tolerance(
+    shift: float, error: float, directions: int
+) -> None:
+    # J = s·θ over 40 components with σ_J = 1e-12, slopes of 1400–2800σ_i; backprop's θ₀ off by
+    # `error`·σ_i. Right, and 40σ off (a twin that fails: 2.8%), every reading is far from its
+    # tolerance: the first pairs alone. At 6σ the reading is within MARGIN of its 8σ: every pair.
+    # (`shift` moves θ: other rounding errors.)
+    slopes = np.linspace(1.0, 2.0, 40) * 1e-6
+    cost = _noisy(SIGMA, lambda t: float(slopes @ t))
+    theta = np.linspace(-1.0, 1.0, 40) + shift
+    grad = slopes + error * NOISE * (np.arange(40) == 0)
+    report = gradwatch.check_function(
+        cost, theta, grad, epsilon=EPSILON, layout={"a": (1,), "b": (39,)}
+    )
+    assert report.j_noise.directions == directions
+    assert SIGMA / 2 < report.j_noise.sigma < 2 * SIGMA
+    if error < 8.0:
+        assert report.verdict is Verdict.PASS
+    else:
+        assert report.verdict is Verdict.FAIL and report.parameters_with("fail") == ["a"]
