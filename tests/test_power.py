@@ -311,3 +311,43 @@ def test_a_tensor_failing_the_tensor_test_is_read_against_its_noise_at_its_readi
     assert np.all((ratio > 30) & (ratio < 300)) and np.ptp(ratio) == 0
     assert list(found.reading) == [DISAGREES if planted else AGREES] * 50
     assert list(found.recheck) == [LONGER_STEPS if planted else 0] * 50
+
+
+class _Jittered:
+    """J = 2·θ₀ at every θ, whose k-th jittered θ has backprop ``analytic[k]`` there; the attempts
+    asked for are kept."""
+
+    def __init__(self, analytic: list[float]) -> None:
+        self.analytic, self.asked = analytic, []  # type: ignore[var-annotated]
+
+    def pairs(self, at: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return 2.0 * h, -2.0 * h
+
+    def half_gaps(self, at: np.ndarray, h: np.ndarray) -> np.ndarray:
+        return np.asarray(h, np.float64)
+
+    def jittered(self, attempt: int):  # type: ignore[no-untyped-def]
+        from gradwatch.evidence.objective import Moved
+
+        self.asked.append(attempt)
+        return Moved(self, np.array([self.analytic[attempt]]), 0.0)
+
+
+@pytest.mark.parametrize("second", [2.2, 2.0])
+def test_a_gap_off_a_flip_is_read_at_two_jittered_thetas_and_no_third(second: float) -> None:
+    # Backprop 10% off at the first jittered θ: a disagreement that stands where the second shows
+    # it too, and "not judged, on a kink" where the second agrees; a third θ (where it agrees)
+    # is never asked for.
+    from gradwatch.evidence.model import _off_flips
+    from gradwatch.evidence.readings import DISAGREES, NOT_JUDGED, OFF_KINK, ON_KINK, Record, read
+
+    j, steps = _Jittered([2.2, second, 2.0]), np.full(1, 5e-3)
+    a, n, noise = np.array([2.2]), np.array([2.0]), np.full(1, 1e-10 / (np.sqrt(2) * 5e-3))
+    record = Record(a, n, noise, np.full(1, 1e-10))
+    record.reading, record.reason = read(a, n, noise, 1e-7)
+    _off_flips(j, record, np.zeros(1, np.int64), steps, 1e-7)  # type: ignore[arg-type]
+    assert j.asked == [0, 1] and record.recheck[0] == OFF_KINK
+    stands = second != 2.0
+    assert (record.reading[0], record.reason[0]) == (
+        (DISAGREES, 0) if stands else (NOT_JUDGED, ON_KINK)
+    )

@@ -17,15 +17,17 @@ from gradwatch.evidence.recheck import (
     reread,
 )
 from gradwatch.evidence.tensor_test import chi2_bound, convicts, tensor_test
-from tests import test_longer_steps
+from tests import test_flip_rechecks, test_longer_steps
 
 SIGMA, H = 1e-12, 1e-4
 
-# The re-read of a standing disagreement at the step fitted to J's noise
-# (gradwatch.evidence.model._at_longer_steps) is tested in tests/test_longer_steps.py, outside
-# [tool.mutmut]'s test selection (a file added there resets the stored results): its tests are
-# collected here too, so that the mutation run reaches them.
-globals().update({k: v for k, v in vars(test_longer_steps).items() if k.startswith("test_")})
+# The re-reads of model.py that came after [tool.mutmut]'s test selection was set, a standing
+# disagreement read at the step fitted to J's noise (_at_longer_steps) and a float32 gap read off
+# a flip (_explain, _off_flips), are tested in tests/test_longer_steps.py and
+# tests/test_flip_rechecks.py, outside it (a file added to it resets the stored results): their
+# tests are collected here too, so that the mutation run reaches them.
+for _module in (test_longer_steps, test_flip_rechecks):
+    globals().update({k: v for k, v in vars(_module).items() if k.startswith("test_")})
 
 
 def _pair(slope: float, curvature: float, s: float) -> tuple[np.ndarray, ...]:
