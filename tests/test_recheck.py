@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gradwatch.evidence.noise import NOISE_MULTIPLE
+from gradwatch.evidence.readings import DISAGREES, LONGER_STEPS, NOT_JUDGED, OFF_KINK
 from gradwatch.evidence.recheck import (
     explained,
     extrapolate,
@@ -179,3 +180,41 @@ def test_reread_reads_richardson_and_explains_the_first_reading_when_asked(expla
     first = (plus + np.array([1e-3, 0.0]), minus, h)
     smooth, _, _ = reread(_Cubic(theta), 9.0, at, h, sigma, first, **options)
     assert bool(smooth[1]) and bool(smooth[0]) is (not explain)
+
+
+class _CubeAtZero(test_flip_rechecks._Routed):
+    """J = 100·θ₀³ at θ₀ = 0 (no slope, a truncation of 100·h² = 2.5e-3 at float32's step h),
+    backprop 3e2·θ₀² + ``factor``."""
+
+    def cost(self, t: np.ndarray) -> float:
+        return 100 * t[0] ** 3 + 2 * t[1] + 0.25 * t[2] ** 2
+
+    def grad(self, t: np.ndarray) -> np.ndarray:
+        return np.array([300 * t[0] ** 2 + self.factor, 2.0, 0.5 * t[2]])
+
+
+@pytest.mark.parametrize(
+    ("kind", "factor", "reading", "recheck"),
+    [
+        ("cube", 0.0, NOT_JUDGED, LONGER_STEPS),
+        ("cube", 3e-3, DISAGREES, OFF_KINK),
+        ("line", 0.0, DISAGREES, OFF_KINK),
+    ],
+    ids=["truncation", "truncation-and-bug", "detached"],
+)
+def test_a_gap_at_float32s_step_is_cleared_by_the_truncation_it_measures_only(
+    kind: str, factor: float, reading: int, recheck: int
+) -> None:
+    # Each first reading is ~30σ or more off, and h/2 and h/4 see no gradient (within 8 times
+    # their noise, 6.1e-4). J = 100·θ₀³: the gap is the truncation n(h) − g = 2.5e-3, measured
+    # beyond that noise: read there, within noise (backprop 3e-3 disagrees there, and at the
+    # jittered θs). J = 4.5e-4·θ₀ with backprop 0 (detached): n(h) − g = 0 explains nothing,
+    # though n(h) + g would; at the jittered θs the gap stands.
+    theta = np.array([0.0, 1.0, 0.5])
+    if kind == "cube":
+        j = _CubeAtZero(theta, factor, ())
+    else:
+        j = test_flip_rechecks._Routed(theta, factor, ())
+        j.slope = 4.5e-4
+    found = test_flip_rechecks._gather(j)
+    assert (found.reading[0], found.recheck[0]) == (reading, recheck)
