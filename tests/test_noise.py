@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from gradwatch.evidence.noise import (
+    HALF_NORMAL_MEDIAN,
     HALF_NORMAL_Q75,
+    JUMP_FACTOR,
+    PAIR_MIN_MEDIAN,
     PROBE_DIRECTIONS,
     JNoise,
     fourth_differences,
@@ -237,6 +240,42 @@ def test_a_j_that_moves_only_after_four_growths_of_the_stride_is_found_there() -
     assert noise.flat == 0 and noise.directions == PROBE_DIRECTIONS
     per_fourth = HALF_NORMAL_Q75 * math.sqrt(70.0)  # σ from a 75th percentile of |fourths|
     assert u / per_fourth <= noise.sigma <= 2 * u / per_fourth
+
+
+@pytest.mark.parametrize("factor", [30.0, 1e3, None])
+def test_a_jump_is_beyond_twelve_times_the_median_of_one_direction(factor: float | None) -> None:
+    # 20 of 32 pairs cross a jump on one side; every smaller half reads 1, so one direction's
+    # median is 0.6745 / 0.3757 = 1.8 and a jump lies beyond 21.5: at 30 and 1e3 they are left
+    # out. At exactly 12 times that median (None) they are not beyond it, and count.
+    edge = JUMP_FACTOR * (1.0 * HALF_NORMAL_MEDIAN / PAIR_MIN_MEDIAN)
+    fourths = np.ones((32, 2))
+    fourths[:20, 0] = edge if factor is None else factor
+    sigma, jumps = noise_sigma(fourths)
+    q75 = 1.0 if factor is not None else edge  # of the 64, or of the 44 left
+    assert (sigma, jumps) == (
+        q75 / (HALF_NORMAL_Q75 * math.sqrt(70.0)),
+        0 if factor is None else 20,
+    )
+
+
+def test_a_j_that_stood_still_along_one_direction_has_no_scale_for_jumps() -> None:
+    # Direction 0 leaves J at J(θ) at the first stride (J's grid is coarse there) and moves at
+    # 16 times it. 20 directions read 1e3, the rest 1: no jump rule, σ is the q75 of all 64.
+    calls: list[int] = []
+
+    def line(support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        calls.append(len(rows) // 4)
+        if len(calls) > 1:
+            return np.array([0.0, 0.0, 0.0, 1.0])
+        fourth = np.where((np.arange(64) >= 1) & (np.arange(64) <= 20), 1e3, 1.0)
+        out = np.zeros((64, 4))
+        out[:, 3] = fourth
+        out[0] = 0.0
+        return out.ravel()
+
+    noise = measure_noise(line, 0.0, (), np.arange(8), np.full(8, 1e-7), 0, 0.0)
+    assert calls == [64, 1] and noise.jumps == 0
+    assert noise.sigma == 1e3 / (HALF_NORMAL_Q75 * math.sqrt(70.0))
 
 
 class _Probed:
