@@ -178,3 +178,176 @@ def test_noise_is_measured_on_the_tensor_that_reaches_a_float32_op(seed: int) ->
     model.factor = 1.01  # 1% off, behind the same float32 step
     wrong = gradwatch.check_module(model, loss, batch, seed=seed)
     assert wrong.verdict is Verdict.FAIL and "out.weight" in wrong.parameters_with(Verdict.FAIL)
+
+
+# --- escalation's re-reads, one function at a time, on J = Σθ³ -------------------------------
+
+
+class _Cubes:
+    """J = Σθ³ along single components: n(h) = 3θ² + h², the h² truncation that Richardson's
+    estimate removes."""
+
+    def __init__(self, theta: np.ndarray) -> None:
+        self.theta = theta
+        self.center = float(np.sum(theta**3))
+
+    def pairs(self, at: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t = self.theta[at]
+        return self.center + (t + h) ** 3 - t**3, self.center + (t - h) ** 3 - t**3
+
+    def half_gaps(self, at: np.ndarray, h: np.ndarray) -> np.ndarray:
+        return np.asarray(h, np.float64)
+
+    def values(self, at: np.ndarray) -> np.ndarray:
+        return self.theta[np.asarray(at)]
+
+
+def test_a_failing_tensor_with_nothing_left_to_re_read_does_not_stop_the_next() -> None:
+    # Two tensors fail the tensor test (ten components at 6σ each, S/bound 1.7), none disagrees.
+    # The first (tensor 0: a set of small ints iterates in order) was read at the fitted step
+    # already: no first-step component is left, it stays as read. The second's gaps are the h²
+    # truncation of its first step: re-read at 2h and 4h, it agrees, by Richardson's estimate.
+    from gradwatch.evidence.escalation import retest
+    from gradwatch.evidence.readings import AGREES, FITTED_STEP, LONGER_STEPS, Record, read
+    from gradwatch.evidence.tensor_test import convicts
+
+    theta, h = np.r_[np.ones(10), np.linspace(0.5, 1.0, 10)], 1e-3
+    j = _Cubes(theta)
+    a = 3 * theta**2
+    noise = np.r_[np.full(10, 1e-6), np.full(10, h**2 / 6)]
+    n = a + np.r_[6 * noise[:10], np.full(10, h**2)]
+    record = Record(a, n, noise, noise * np.sqrt(2) * h)
+    record.reading, record.reason = read(a, n, noise, 1e-7)
+    record.recheck[:10] = FITTED_STEP
+    groups, steps = np.repeat([0, 1], 10), np.full(20, h)
+    assert (record.reading == AGREES).all()
+    assert all(convicts(a, n, noise, groups == g, 1e-7) for g in (0, 1))
+    retest(j, record, groups, j.center, steps, 1e-7)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(record.numeric[:10], n[:10])
+    assert list(record.recheck) == [FITTED_STEP] * 10 + [LONGER_STEPS] * 10
+    np.testing.assert_allclose(record.numeric[10:], a[10:], rtol=1e-9)
+    assert (record.reading == AGREES).all()
+
+
+def test_a_fitted_reading_is_richardsons_from_h_and_2h_and_keeps_its_step() -> None:
+    # J = Σθ³ at H = 1e-3 and 2e-3: the estimate is 3θ² without the h² term, its noise that of
+    # Richardson's at a ratio of 1/2, and the step it was read at is kept (J's noise along the
+    # tensor is measured at that stride).
+    from gradwatch.evidence.escalation import read_fitted
+    from gradwatch.evidence.readings import AGREES, FITTED_STEP, Record
+    from gradwatch.evidence.recheck import richardson_noise
+
+    theta, sigma = np.array([0.5, 1.0]), 1e-12
+    j, fitted = _Cubes(theta), np.array([1e-3, 2e-3])
+    a = 3 * theta**2
+    record = Record(a, a, np.full(2, 1e-9), np.full(2, sigma))
+    read_fitted(j, record, np.arange(2), fitted, j.center, 1e-7)  # type: ignore[arg-type]
+    np.testing.assert_allclose(record.numeric, a, rtol=1e-9)
+    noise = richardson_noise(0.5, sigma / (np.sqrt(2) * 2 * fitted), sigma / (np.sqrt(2) * fitted))
+    np.testing.assert_allclose(record.noise, noise, rtol=1e-12)
+    assert list(record.recheck) == [FITTED_STEP] * 2 and list(record.reading) == [AGREES] * 2
+    np.testing.assert_array_equal(record.step, fitted)
+
+
+def test_the_ladder_climbs_with_the_components_left_within_noise_only() -> None:
+    # θ = (1, 0) of J = Σθ³ at H = 1e-4: the first agrees at H and keeps that step; the second
+    # (no gradient) stays within noise and climbs to 16·H and to float32's step. A component
+    # whose step is float32's already has no longer step to be read at.
+    from gradwatch.evidence.escalation import _fitted, _ladder
+    from gradwatch.evidence.readings import AGREES, FITTED_STEP, NOT_JUDGED, Record
+    from gradwatch.evidence.recheck import longest_steps
+
+    theta, h = np.array([1.0, 0.0]), 1e-4
+    j, a = _Cubes(theta), 3 * theta**2
+    record = Record(a, a, np.full(2, 1e-9), np.full(2, 1e-12))
+    start = (np.arange(2), np.full(2, h))
+    _ladder(j, record, np.ones(2, bool), start, j.center, (1e-7, 1e-3))  # type: ignore[arg-type]
+    assert list(record.reading) == [AGREES, NOT_JUDGED]
+    assert list(record.recheck) == [FITTED_STEP] * 2
+    np.testing.assert_array_equal(record.step, [h, longest_steps(np.zeros(1))[0]])
+    capped = longest_steps(theta)
+    at, fitted = _fitted(j, record, np.arange(2), j.center, capped)  # type: ignore[arg-type]
+    assert at.size == 0 and fitted.size == 0
+
+
+class _Slopes:
+    """J = Σ slope_i·θ_i at θ = 0, J(θ) = 0, and a rounding of 1e-14 (about 100 times the 1e-16
+    measured first) along any probe of a tensor's own noise."""
+
+    def __init__(self, slope: np.ndarray) -> None:
+        self.slope, self.rng = slope, np.random.default_rng(5)
+
+    def pairs(self, at: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.slope[at] * h, -self.slope[at] * h
+
+    def half_gaps(self, at: np.ndarray, h: np.ndarray) -> np.ndarray:
+        return np.asarray(h, np.float64)
+
+    def values(self, at: np.ndarray) -> np.ndarray:
+        return np.zeros(len(at))
+
+    def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return rows @ self.slope[support] + 1e-14 * self.rng.standard_normal(len(rows))
+
+
+@pytest.mark.parametrize("planted", [False, True])
+def test_a_tensor_failing_the_tensor_test_is_read_against_its_noise_at_its_readings_stride(
+    planted: bool,
+) -> None:
+    # Fifty slopes read 5σ off (of the 1e-16 first measured): together they fail the tensor test.
+    # J's noise along the tensor, probed at the readings' stride h, is ~100× that: read against
+    # it, every component agrees at its first step. Backprop 1% off (a bug) disagrees at ~140σ.
+    from gradwatch.evidence.model import gather_evidence
+    from gradwatch.evidence.readings import AGREES, DISAGREES, LONGER_STEPS
+
+    h, sigma = 1e-7, 1e-16
+    a = np.linspace(1e-3, 2e-3, 50)
+    j = _Slopes(a + 5 * sigma / (np.sqrt(2) * h))
+    analytic = a * (1.01 if planted else 1.0)
+    steps = np.full(50, h)
+    first = j.pairs(np.arange(50), steps)
+    found = gather_evidence(j, analytic, first, 0.0, steps, sigma, 1e-7)  # type: ignore[arg-type]
+    ratio = found.noise / (sigma / (np.sqrt(2) * h))
+    assert np.all((ratio > 30) & (ratio < 300)) and np.ptp(ratio) == 0
+    assert list(found.reading) == [DISAGREES if planted else AGREES] * 50
+    assert list(found.recheck) == [LONGER_STEPS if planted else 0] * 50
+
+
+class _Jittered:
+    """J = 2·θ₀ at every θ, whose k-th jittered θ has backprop ``analytic[k]`` there; the attempts
+    asked for are kept."""
+
+    def __init__(self, analytic: list[float]) -> None:
+        self.analytic, self.asked = analytic, []  # type: ignore[var-annotated]
+
+    def pairs(self, at: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return 2.0 * h, -2.0 * h
+
+    def half_gaps(self, at: np.ndarray, h: np.ndarray) -> np.ndarray:
+        return np.asarray(h, np.float64)
+
+    def jittered(self, attempt: int):  # type: ignore[no-untyped-def]
+        from gradwatch.evidence.objective import Moved
+
+        self.asked.append(attempt)
+        return Moved(self, np.array([self.analytic[attempt]]), 0.0)
+
+
+@pytest.mark.parametrize("second", [2.2, 2.0])
+def test_a_gap_off_a_flip_is_read_at_two_jittered_thetas_and_no_third(second: float) -> None:
+    # Backprop 10% off at the first jittered θ: a disagreement that stands where the second shows
+    # it too, and "not judged, on a kink" where the second agrees; a third θ (where it agrees)
+    # is never asked for.
+    from gradwatch.evidence.model import _off_flips
+    from gradwatch.evidence.readings import DISAGREES, NOT_JUDGED, OFF_KINK, ON_KINK, Record, read
+
+    j, steps = _Jittered([2.2, second, 2.0]), np.full(1, 5e-3)
+    a, n, noise = np.array([2.2]), np.array([2.0]), np.full(1, 1e-10 / (np.sqrt(2) * 5e-3))
+    record = Record(a, n, noise, np.full(1, 1e-10))
+    record.reading, record.reason = read(a, n, noise, 1e-7)
+    _off_flips(j, record, np.zeros(1, np.int64), steps, 1e-7)  # type: ignore[arg-type]
+    assert j.asked == [0, 1] and record.recheck[0] == OFF_KINK
+    stands = second != 2.0
+    assert (record.reading[0], record.reason[0]) == (
+        (DISAGREES, 0) if stands else (NOT_JUDGED, ON_KINK)
+    )

@@ -233,6 +233,17 @@ def test_thresholds_validation(kwargs: dict, error: type[Exception], match: str)
         Thresholds(**kwargs)
 
 
+def test_thresholds_store_their_bands_as_floats_and_may_be_equal() -> None:
+    # An int band is stored as the float it was checked as; a warn band equal to the pass band
+    # leaves no warn verdict, which is not an error. The message starts with the argument.
+    bands = Thresholds(pass_max=1, warn_max=2)
+    assert (type(bands.pass_max), type(bands.warn_max)) == (float, float)
+    same = Thresholds(pass_max=1e-3, warn_max=1e-3)
+    assert same.classify(1e-3) is Verdict.PASS and same.classify(1.1e-3) is Verdict.FAIL
+    with pytest.raises(ValueError, match=r"^`pass_max` must not exceed `warn_max` \(pass <="):
+        Thresholds(pass_max=1e-2, warn_max=1e-3)
+
+
 def test_thresholds_of_the_wrong_type_are_rejected() -> None:
     with pytest.raises(TypeError, match=r"`thresholds` must be None, a gradwatch.Thresholds"):
         report_for(THETA, thresholds=1e-7)
