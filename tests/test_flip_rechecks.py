@@ -138,3 +138,58 @@ def test_a_gradient_the_short_steps_see_and_agree_with_is_read_there() -> None:
     found = _gather(j)
     assert (found.reading[0], found.recheck[0]) == (AGREES, LONGER_STEPS)
     assert not found.kink[0]
+
+
+class _Asked(_Routed):
+    """``tests._Routed``, keeping the jittered θs asked for."""
+
+    def jittered(self, attempt: int):  # type: ignore[no-untyped-def]
+        self.__dict__.setdefault("asked", []).append(attempt)
+        return super().jittered(attempt)
+
+
+class _CubeAtZero(_Asked):
+    """J = 100·θ₀³ at θ₀ = 0 (no slope, a truncation of 100·h² = 2.5e-3 at float32's step h),
+    backprop 3e2·θ₀² + ``factor``."""
+
+    def cost(self, t: np.ndarray) -> float:
+        return 100 * t[0] ** 3 + 2 * t[1] + 0.25 * t[2] ** 2
+
+    def grad(self, t: np.ndarray) -> np.ndarray:
+        return np.array([300 * t[0] ** 2 + self.factor, 2.0, 0.5 * t[2]])
+
+
+# A slope of 1e-2 with six flips of J (17σ each) 1e-3 above θ₀, inside h/4: J'' at h/2 and h/4
+# differ (−JT/s²), and Richardson's estimate across them is slope − (7/3)·JT/h.
+KINKED = 1e-2 - 7 / 3 * 6 * JUMP / STEP
+
+
+@pytest.mark.parametrize(
+    ("kind", "factor", "reading", "recheck", "asked"),
+    [
+        ("cube", 0.0, NOT_JUDGED, LONGER_STEPS, []),
+        ("cube", 3e-3, DISAGREES, OFF_KINK, [0, 1]),
+        ("line", 0.0, DISAGREES, OFF_KINK, [0, 1]),
+        ("kink", KINKED / 1e-2, DISAGREES, OFF_KINK, [0, 1]),
+    ],
+    ids=["truncation", "truncation-and-bug", "detached", "kinked"],
+)
+def test_a_gap_at_float32s_step_is_cleared_by_the_truncation_it_measures_only(
+    kind: str, factor: float, reading: int, recheck: int, asked: list[int]
+) -> None:
+    # Each first reading is ~30σ or more off. J = 100·θ₀³: h/2 and h/4 see no gradient (within
+    # 8 times their noise, 6.1e-4), and the gap is the truncation n(h) − g = 2.5e-3, measured
+    # beyond that noise: read there, within noise (backprop 3e-3 disagrees there, and at two
+    # jittered θs). J = 4.5e-4·θ₀ with backprop 0 (detached): n(h) − g = 0 explains nothing,
+    # though n(h) + g would: read at two jittered θs, no more, the gap stands. J with flips
+    # inside h/4: not smooth there, read off the kink, even where backprop is what Richardson's
+    # estimate across the flips reads (a wrong backward; 1e-2 at the jittered θs).
+    theta = np.array([0.0, 1.0, 0.5])
+    j = _CubeAtZero(theta, factor, ()) if kind == "cube" else _Asked(theta, factor, ())
+    if kind == "line":
+        j.slope = 4.5e-4
+    if kind == "kink":
+        j.flips, j.slope = (1e-3,) * 6, 1e-2
+    found = _gather(j)
+    assert (found.reading[0], found.recheck[0]) == (reading, recheck)
+    assert j.__dict__.get("asked", []) == asked

@@ -217,11 +217,17 @@ class CountingLoss:
 
 
 def test_stateful_loss_is_reported_not_deterministic() -> None:
-    report = check_module(mlp(), CountingLoss(drift=1e-6), classification_batch((4,)))
+    report = check_module(mlp(), CountingLoss(drift=1e-5), classification_batch((4,)))
     assert report.verdict is Verdict.NOT_JUDGED
     assert report.message.startswith("nothing could be judged")
     assert "J is not deterministic" in report.message and "remove state" in report.message
     assert "J not deterministic: spread" in str(report)
+    # A tenth of that drift leaves two components of 57 standing out of J's spread at the generic
+    # point's longer steps: they agree, and the pass says it rests on 4% of the components.
+    report = check_module(mlp(), CountingLoss(drift=1e-6), classification_batch((4,)))
+    assert report.verdict is Verdict.PASS, str(report)
+    assert "J is not deterministic" in report.message and "remove state" in report.message
+    assert "coverage: pass on 4% of components" in str(report)
 
 
 # --- precision ---------------------------------------------------------------------------------

@@ -233,7 +233,7 @@ def test_a_fitted_reading_is_richardsons_from_h_and_2h_and_keeps_its_step() -> N
     # J = Σθ³ at H = 1e-3 and 2e-3: the estimate is 3θ² without the h² term, its noise that of
     # Richardson's at a ratio of 1/2, and the step it was read at is kept (J's noise along the
     # tensor is measured at that stride).
-    from gradwatch.evidence.escalation import read_fitted
+    from gradwatch.evidence.gate import read_fitted
     from gradwatch.evidence.readings import AGREES, FITTED_STEP, Record
     from gradwatch.evidence.recheck import richardson_noise
 
@@ -253,7 +253,7 @@ def test_the_ladder_climbs_with_the_components_left_within_noise_only() -> None:
     # θ = (1, 0) of J = Σθ³ at H = 1e-4: the first agrees at H and keeps that step; the second
     # (no gradient) stays within noise and climbs to 16·H and to float32's step. A component
     # whose step is float32's already has no longer step to be read at.
-    from gradwatch.evidence.escalation import _fitted, _ladder
+    from gradwatch.evidence.gate import _fitted, _ladder
     from gradwatch.evidence.readings import AGREES, FITTED_STEP, NOT_JUDGED, Record
     from gradwatch.evidence.recheck import longest_steps
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from gradwatch.evidence.noise import NOISE_MULTIPLE
-from gradwatch.evidence.readings import DISAGREES, LONGER_STEPS, NOT_JUDGED, OFF_KINK
 from gradwatch.evidence.recheck import (
     explained,
     extrapolate,
@@ -18,17 +17,8 @@ from gradwatch.evidence.recheck import (
     reread,
 )
 from gradwatch.evidence.tensor_test import chi2_bound, convicts, tensor_test
-from tests import test_flip_rechecks, test_longer_steps
 
 SIGMA, H = 1e-12, 1e-4
-
-# The re-reads of model.py that came after [tool.mutmut]'s test selection was set, a standing
-# disagreement read at the step fitted to J's noise (_at_longer_steps) and a float32 gap read off
-# a flip (_explain, _off_flips), are tested in tests/test_longer_steps.py and
-# tests/test_flip_rechecks.py, outside it (a file added to it resets the stored results): their
-# tests are collected here too, so that the mutation run reaches them.
-for _module in (test_longer_steps, test_flip_rechecks):
-    globals().update({k: v for k, v in vars(_module).items() if k.startswith("test_")})
 
 
 def _pair(slope: float, curvature: float, s: float) -> tuple[np.ndarray, ...]:
@@ -180,58 +170,3 @@ def test_reread_reads_richardson_and_explains_the_first_reading_when_asked(expla
     first = (plus + np.array([1e-3, 0.0]), minus, h)
     smooth, _, _ = reread(_Cubic(theta), 9.0, at, h, sigma, first, **options)
     assert bool(smooth[1]) and bool(smooth[0]) is (not explain)
-
-
-class _Asked(test_flip_rechecks._Routed):
-    """``tests.test_flip_rechecks._Routed``, keeping the jittered θs asked for."""
-
-    def jittered(self, attempt: int):  # type: ignore[no-untyped-def]
-        self.__dict__.setdefault("asked", []).append(attempt)
-        return super().jittered(attempt)
-
-
-class _CubeAtZero(_Asked):
-    """J = 100·θ₀³ at θ₀ = 0 (no slope, a truncation of 100·h² = 2.5e-3 at float32's step h),
-    backprop 3e2·θ₀² + ``factor``."""
-
-    def cost(self, t: np.ndarray) -> float:
-        return 100 * t[0] ** 3 + 2 * t[1] + 0.25 * t[2] ** 2
-
-    def grad(self, t: np.ndarray) -> np.ndarray:
-        return np.array([300 * t[0] ** 2 + self.factor, 2.0, 0.5 * t[2]])
-
-
-# A slope of 1e-2 with six flips of J (17σ each) 1e-3 above θ₀, inside h/4: J'' at h/2 and h/4
-# differ (−JT/s²), and Richardson's estimate across them is slope − (7/3)·JT/h.
-KINKED = 1e-2 - 7 / 3 * 6 * test_flip_rechecks.JUMP / test_flip_rechecks.STEP
-
-
-@pytest.mark.parametrize(
-    ("kind", "factor", "reading", "recheck", "asked"),
-    [
-        ("cube", 0.0, NOT_JUDGED, LONGER_STEPS, []),
-        ("cube", 3e-3, DISAGREES, OFF_KINK, [0, 1]),
-        ("line", 0.0, DISAGREES, OFF_KINK, [0, 1]),
-        ("kink", KINKED / 1e-2, DISAGREES, OFF_KINK, [0, 1]),
-    ],
-    ids=["truncation", "truncation-and-bug", "detached", "kinked"],
-)
-def test_a_gap_at_float32s_step_is_cleared_by_the_truncation_it_measures_only(
-    kind: str, factor: float, reading: int, recheck: int, asked: list[int]
-) -> None:
-    # Each first reading is ~30σ or more off. J = 100·θ₀³: h/2 and h/4 see no gradient (within
-    # 8 times their noise, 6.1e-4), and the gap is the truncation n(h) − g = 2.5e-3, measured
-    # beyond that noise: read there, within noise (backprop 3e-3 disagrees there, and at two
-    # jittered θs). J = 4.5e-4·θ₀ with backprop 0 (detached): n(h) − g = 0 explains nothing,
-    # though n(h) + g would: read at two jittered θs, no more, the gap stands. J with flips
-    # inside h/4: not smooth there, read off the kink, even where backprop is what Richardson's
-    # estimate across the flips reads (a wrong backward; 1e-2 at the jittered θs).
-    theta = np.array([0.0, 1.0, 0.5])
-    j = _CubeAtZero(theta, factor, ()) if kind == "cube" else _Asked(theta, factor, ())
-    if kind == "line":
-        j.slope = 4.5e-4
-    if kind == "kink":
-        j.flips, j.slope = (1e-3,) * 6, 1e-2
-    found = test_flip_rechecks._gather(j)
-    assert (found.reading[0], found.recheck[0]) == (reading, recheck)
-    assert j.__dict__.get("asked", []) == asked
