@@ -45,7 +45,10 @@ def test_as_written_their_float32_islands_are_judged_only_at_a_step_fitted_to_th
     assert report.plain_difference > 0.5
     judged = [report.component(p) for p in range(report.components_checked)]
     judged = [c for c in judged if c.reading != "not judged"]
-    assert judged and all(c.recheck == "fitted step" for c in judged)
+    # GPT-2's tensors that no step judges at θ are read at the generic point (its zero biases
+    # moved off zero), there too at the steps fitted to float32's noise
+    assert any(c.recheck == "fitted step" for c in judged)
+    assert all(c.recheck in ("fitted step", "generic point") for c in judged)
     assert report.difference > 1e-5
     assert any("a cast to float32 as written" in note for note in report.notes)
 
