@@ -5,6 +5,7 @@ the rest are the same directions a check measuring every pair takes."""
 from __future__ import annotations
 
 import hashlib
+import warnings
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,14 @@ import gradwatch
 from gradwatch import Verdict
 from gradwatch.evidence.noise import FIRST_PAIRS, PROBE_DIRECTIONS, NoiseProbes, measure_noise
 from gradwatch.evidence.probing import MARGIN, asks_for_more
-from gradwatch.evidence.readings import AGREES, Evidence
+from gradwatch.evidence.readings import (
+    AGREES,
+    NOT_JUDGED,
+    ON_KINK,
+    WITHIN_NOISE,
+    Evidence,
+    read,
+)
 
 STEP = 1e-4
 
@@ -142,3 +150,53 @@ def test_a_check_takes_every_pair_where_a_reading_sits_near_its_tolerance(
         assert report.verdict is Verdict.PASS
     else:
         assert report.verdict is Verdict.FAIL and report.parameters_with("fail") == ["a"]
+
+
+def _diluted(numeric: float, analytic: float = 0.0, noise: float = 1.0) -> Evidence:
+    """One component (a, n, σ) beside 200 that agree exactly in the same tensor: the tensor's test
+    stays far under its bound (12² / chi2_bound(201) = 0.11), so the component's rule alone asks."""
+    a, n = np.r_[analytic, np.ones(200)], np.r_[numeric, np.ones(200)]
+    codes = np.full(201, AGREES, np.int8), np.zeros(201, np.int8), np.zeros(201, np.int8)
+    return Evidence(a, n, np.r_[noise, np.ones(200)], *codes, a > 2, n)
+
+
+# readings.read disagrees where |a − n| > 8σ and the relative gap > pass_max, both strict. A gap of
+# exactly 1/MARGIN of the tolerance reaches it only where σ_J is more than MARGIN too high: it does
+# not ask; exactly MARGIN falls to it where σ_J is MARGIN too low: it asks. A relative gap exactly
+# at the pass band (|1 − 3| / 4 = 0.5) cannot disagree: it does not ask, its gap at the tolerance.
+@pytest.mark.parametrize(
+    ("numeric", "analytic", "noise", "pass_max", "asks"),
+    [(8 / MARGIN, 0.0, 1.0, 1e-7, False), (8 * MARGIN, 0.0, 1.0, 1e-7, True),
+     (3.0, 1.0, 0.25, 0.5, False), (3.0, 1.0, 0.25, 0.49, True)],
+)  # fmt: skip
+def test_a_component_exactly_at_the_margin_or_the_pass_band(
+    numeric: float, analytic: float, noise: float, pass_max: float, asks: bool
+) -> None:
+    gap = abs(analytic - numeric) / (8 * noise)
+    assert gap in (1 / MARGIN, MARGIN, 1.0)  # exactly, in floats
+    assert asks_for_more(_diluted(numeric, analytic, noise), np.zeros(201, int), pass_max) is asks
+
+
+@pytest.mark.parametrize(("reason", "asks"), [(WITHIN_NOISE, True), (ON_KINK, False)])
+def test_a_tensor_of_components_within_noise_asks_and_one_on_a_kink_does_not(
+    reason: int, asks: bool
+) -> None:
+    # 400 zeros read 3σ off: each "not judged, within noise" (3e-9 under the tolerance 8e-9), a
+    # measured value that the tensor test counts (S / bound = 1.59, within MARGIN²); the same
+    # values "on a kink" are no measurement: the tensor has nothing to test.
+    a, n, s = np.zeros(400), np.full(400, 3e-9), np.full(400, 1e-9)
+    reading, within = read(a, n, s, 1e-7)
+    assert (reading == NOT_JUDGED).all() and (within == WITHIN_NOISE).all()
+    codes = reading, np.full(400, reason, np.int8), np.zeros(400, np.int8)
+    evidence = Evidence(a, n, s, *codes, a > 1, n)
+    assert asks_for_more(evidence, np.zeros(400, int), 1e-7) is asks
+
+
+def test_a_component_with_no_gradient_on_either_side_neither_asks_nor_warns() -> None:
+    # a = n = 0 (a parameter J does not use) in a tensor of its own: its relative gap is 0/0, no
+    # gap; beside it, one component 2σ off. No RuntimeWarning reaches the user's console.
+    a, n, s = np.array([1.0, 0.0]), np.array([1.002, 0.0]), np.full(2, 1e-3)
+    evidence = Evidence(a, n, s, *read(a, n, s, 1e-7), np.zeros(2, np.int8), a > 2, n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert asks_for_more(evidence, np.array([0, 1]), 1e-7) is False
