@@ -94,3 +94,29 @@ def test_a_disagreeing_or_judged_tensor_is_not_read_farther(factor: float, noise
     _farther(record, 0)
     assert np.all(record.step == FITTED) and np.all(record.sigma == NOISE)
     assert np.array_equal(record.numeric, before[0]) and np.array_equal(record.reading, before[1])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="stride.farther measures J's noise at a longer rung's stride across a ReLU kink that "
+    "the rung's reading crosses (σ 3e-11 → 1e-4): the smoothness test then passes, and the reading "
+    "across the kink (Richardson's 0.3 for a slope of 1e-5) fails a correct gradient",
+)
+@pytest.mark.parametrize("kink", [5e-4, 1e-3])
+def test_a_kink_beyond_a_correct_components_fitted_reading_does_not_fail_it(kink: float) -> None:
+    # J = 3e5 + 1e-5·w₀ + Σw² + relu(w₀ − kink) + b², a kink 4e-6 along w₄ (1e-3: none). w₀ is
+    # within noise at the first step and reads 1e-5 at 16·H₀ (≈ 1e-4); 256·H₀ crosses its kink,
+    # rough. Its detached twin fails (tests/test_escalation.py); the right gradient must pass.
+    import gradwatch
+    from gradwatch import Verdict
+
+    near = 4e-6 if kink < 1e-3 else np.inf
+
+    def cost(t: np.ndarray) -> float:
+        w = t[:7]
+        kinks = max(w[4] - near, 0.0) + max(w[0] - kink, 0.0)
+        return 3e5 + 1e-5 * w[0] + float(w @ w) + kinks + t[7] ** 2
+
+    theta, analytic = np.r_[np.zeros(7), 0.5], np.r_[1e-5, np.zeros(6), 1.0]
+    report = gradwatch.check_function(cost, theta, analytic, layout={"w": (7,), "b": (1,)})
+    assert report.verdict is Verdict.PASS, str(report)
