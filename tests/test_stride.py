@@ -10,7 +10,7 @@ import pytest
 
 from gradwatch.evidence.readings import AGREES, DISAGREES, FITTED_STEP, Record, read
 from gradwatch.evidence.recheck import longest_steps
-from gradwatch.evidence.stride import farther
+from gradwatch.evidence.stride import farther, noise_at
 
 CENTER, FIRST, FITTED = 1.0, 1e-7, 3e-4
 SLOPES = np.array([0.2, 0.05, 0.05, 0.05])
@@ -94,6 +94,27 @@ def test_a_disagreeing_or_judged_tensor_is_not_read_farther(factor: float, noise
     _farther(record, 0)
     assert np.all(record.step == FITTED) and np.all(record.sigma == NOISE)
     assert np.array_equal(record.numeric, before[0]) and np.array_equal(record.reading, before[1])
+
+
+@pytest.mark.parametrize("key", [0, 1])
+def test_each_rung_reads_against_its_own_noise_past_a_tensor_at_the_cap_already(key: int) -> None:
+    # Tensor 0 (component 0) was read at float32's step already: nothing farther, and the next is
+    # still read. Tensor 1: components 1 and 2 climb from H = 3e-4 to 16·H and to float32's step
+    # (a warn band of 1e-4 leaves the tensor too close to J's noise at 16·H), each rung against
+    # J's noise at its own stride (a first noise of 2.5e-8 is below it); component 3, at
+    # float32's step already, keeps its reading.
+    cap = float(longest_steps(np.zeros(1))[0])
+    record = _at_fitted(SLOPES.copy())
+    record.noise[0], record.sigma[:] = 1e-3, NOISE / 4
+    record.step[[0, 3]] = cap
+    before = record.numeric.copy()
+    groups, steps = np.array([0, 1, 1, 1]), np.full(SLOPES.size, FIRST)
+    farther(Stairs(key), record, groups, CENTER, steps, key, (1e-7, 1e-4))  # type: ignore[arg-type]
+    np.testing.assert_array_equal(record.step, [cap, cap, cap, cap])
+    assert record.numeric[0] == before[0] and record.numeric[3] == before[3]
+    found = noise_at(Stairs(key), CENTER, np.array([1, 2]), np.full(2, cap), key)  # type: ignore[arg-type]
+    assert found > NOISE / 4 and list(record.sigma) == [NOISE / 4, found, found, NOISE / 4]
+    assert (record.reading == AGREES).all()
 
 
 @pytest.mark.xfail(
