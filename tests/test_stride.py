@@ -117,6 +117,24 @@ def test_each_rung_reads_against_its_own_noise_past_a_tensor_at_the_cap_already(
     assert (record.reading == AGREES).all()
 
 
+class _Quartic(Stairs):
+    """Stairs + 1000·x₂⁴: smooth at H = 3e-4 along component 2 (J'' at H and 2H 5e-4 apart),
+    rough at 16·H (0.14 apart, 30× the noise of J'' there); no gradient at θ."""
+
+    def _cost(self, x: np.ndarray) -> float:
+        return super()._cost(x) + 1000 * x[2] ** 4
+
+
+def test_a_component_rough_at_a_longer_rung_keeps_its_reading_and_its_noise() -> None:
+    record = _at_fitted(SLOPES.copy())
+    before = record.numeric.copy()
+    groups, steps = np.zeros(SLOPES.size, np.int64), np.full(SLOPES.size, FIRST)
+    farther(_Quartic(0), record, groups, CENTER, steps, 0, (1e-7, 1e-3))  # type: ignore[arg-type]
+    np.testing.assert_array_equal(record.step, [16 * FITTED, 16 * FITTED, FITTED, 16 * FITTED])
+    assert record.numeric[2] == before[2] and record.sigma[2] == NOISE
+    assert (record.reading == AGREES).all()
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="stride.farther measures J's noise at a longer rung's stride across a ReLU kink that "
