@@ -125,14 +125,30 @@ class _Quartic(Stairs):
         return super()._cost(x) + 1000 * x[2] ** 4
 
 
-def test_a_component_rough_at_a_longer_rung_keeps_its_reading_and_its_noise() -> None:
+# Under a warn band of 1e-4, component 2's noise (3.2e-4 at H) keeps the tensor too close to J's
+# noise at 16·H: the others climb to float32's step too.
+@pytest.mark.parametrize("warn_max", [1e-3, 1e-4])
+def test_a_component_rough_at_a_longer_rung_keeps_its_reading_and_its_noise(
+    warn_max: float,
+) -> None:
     record = _at_fitted(SLOPES.copy())
     before = record.numeric.copy()
     groups, steps = np.zeros(SLOPES.size, np.int64), np.full(SLOPES.size, FIRST)
-    farther(_Quartic(0), record, groups, CENTER, steps, 0, (1e-7, 1e-3))  # type: ignore[arg-type]
-    np.testing.assert_array_equal(record.step, [16 * FITTED, 16 * FITTED, FITTED, 16 * FITTED])
+    farther(_Quartic(0), record, groups, CENTER, steps, 0, (1e-7, warn_max))  # type: ignore[arg-type]
+    top = 16 * FITTED if warn_max == 1e-3 else float(longest_steps(np.zeros(1))[0])
+    np.testing.assert_array_equal(record.step, [top, top, FITTED, top])
     assert record.numeric[2] == before[2] and record.sigma[2] == NOISE
     assert (record.reading == AGREES).all()
+
+
+def test_a_tensor_that_disagrees_at_a_rung_does_not_stop_the_next() -> None:
+    # The planted 1% bug in two tensors of two components, each too close to J's noise at H: the
+    # first disagrees at 16·H, and the second is read there too.
+    record = _at_fitted(SLOPES * 1.01)
+    groups, steps = np.array([0, 0, 1, 1]), np.full(SLOPES.size, FIRST)
+    farther(Stairs(0), record, groups, CENTER, steps, 0, (1e-7, 1e-3))  # type: ignore[arg-type]
+    np.testing.assert_array_equal(record.step, [16 * FITTED] * SLOPES.size)
+    assert (record.reading == DISAGREES).all()
 
 
 @pytest.mark.xfail(
