@@ -112,12 +112,14 @@ def test_tensors_too_close_to_j_noise_are_read_again_beside_one_that_disagrees()
         assert report.component(1).reading == ("disagrees" if a_fails else "agrees")
 
 
-def test_the_ladder_climbs_while_a_tensor_stays_too_close_to_j_noise() -> None:
+@pytest.mark.parametrize("d", [1.0, -1.0])
+def test_the_ladder_climbs_while_a_tensor_stays_too_close_to_j_noise(d: float) -> None:
     # J = 3e5 + g·x + x·x, x = θ − θ₀. At the fitted step (noise ~4.7e-6 per component) "b"
     # (|g| ~ 1e-3, judged at the first step) and "c" (|g| ~ 1e-4, within noise, read through the
     # gate) stay too close to J's noise: each climbs to the next rung (noise ~3e-7), where 1% of
     # b[1] and 5% of c[1] (≥ 2e-5 and 1e-5) disagree. b[3] (θ₀ = 1e20: its step is lost) is read at
-    # no step. "d" (g = 1) beside them has a noise floor far under warn_max.
+    # no step. "d" (g = 1) beside them has a noise floor far under warn_max; its sign flipped
+    # (d = −1), it fails, and b and c climb all the same.
     layout = {"d": (1,), "b": (4,), "c": (3,)}
     grad = np.r_[1.0, 1e-3, -2e-3, 1.5e-3, 0.01, 1e-4, -2e-4, 1.5e-4]
     theta = np.r_[np.zeros(4), 1e20, np.zeros(3)]
@@ -128,10 +130,12 @@ def test_the_ladder_climbs_while_a_tensor_stays_too_close_to_j_noise() -> None:
 
     wrong = grad * np.r_[1.0, 1.0, 1.01, 1.0, 1.0, 1.0, 1.05, 1.0]
     for analytic, fails in ((grad, False), (wrong, True)):
+        analytic = analytic * np.r_[d, np.ones(7)]
         report = gradwatch.check_function(cost, theta, analytic, layout=layout)
         bug = Verdict.FAIL if fails else Verdict.PASS
         verdicts = {name: p.verdict for name, p in report.parameters.items()}
-        assert verdicts == {"d": Verdict.PASS, "b": bug, "c": bug}, str(report)
+        flip = Verdict.PASS if d > 0 else Verdict.FAIL
+        assert verdicts == {"d": flip, "b": bug, "c": bug}, str(report)
         lost = report.component(4)
         assert (lost.reading, lost.reason, lost.recheck) == ("not judged", "step lost", "")
         for i in (1, 2, 3, 5, 6, 7):
