@@ -5,11 +5,14 @@ hides gradients under ~1e-3 at ε = 1e-7, while the fitted step is H₀ = (σ_J/
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
 import gradwatch
 from gradwatch import Verdict
+from tests.test_power import _Cubes
 
 LAYOUT = {"w": (7,), "b": (1,)}  # seven components: a ±1 direction never sums to zero over them
 BIG = 3e5  # J's constant part: its rounding is J's noise
@@ -109,12 +112,14 @@ def test_tensors_too_close_to_j_noise_are_read_again_beside_one_that_disagrees()
         assert report.component(1).reading == ("disagrees" if a_fails else "agrees")
 
 
-def test_the_ladder_climbs_while_a_tensor_stays_too_close_to_j_noise() -> None:
+@pytest.mark.parametrize("d", [1.0, -1.0])
+def test_the_ladder_climbs_while_a_tensor_stays_too_close_to_j_noise(d: float) -> None:
     # J = 3e5 + g·x + x·x, x = θ − θ₀. At the fitted step (noise ~4.7e-6 per component) "b"
     # (|g| ~ 1e-3, judged at the first step) and "c" (|g| ~ 1e-4, within noise, read through the
     # gate) stay too close to J's noise: each climbs to the next rung (noise ~3e-7), where 1% of
     # b[1] and 5% of c[1] (≥ 2e-5 and 1e-5) disagree. b[3] (θ₀ = 1e20: its step is lost) is read at
-    # no step. "d" (g = 1) beside them has a noise floor far under warn_max.
+    # no step. "d" (g = 1) beside them has a noise floor far under warn_max; its sign flipped
+    # (d = −1), it fails, and b and c climb all the same.
     layout = {"d": (1,), "b": (4,), "c": (3,)}
     grad = np.r_[1.0, 1e-3, -2e-3, 1.5e-3, 0.01, 1e-4, -2e-4, 1.5e-4]
     theta = np.r_[np.zeros(4), 1e20, np.zeros(3)]
@@ -125,10 +130,12 @@ def test_the_ladder_climbs_while_a_tensor_stays_too_close_to_j_noise() -> None:
 
     wrong = grad * np.r_[1.0, 1.0, 1.01, 1.0, 1.0, 1.0, 1.05, 1.0]
     for analytic, fails in ((grad, False), (wrong, True)):
+        analytic = analytic * np.r_[d, np.ones(7)]
         report = gradwatch.check_function(cost, theta, analytic, layout=layout)
         bug = Verdict.FAIL if fails else Verdict.PASS
         verdicts = {name: p.verdict for name, p in report.parameters.items()}
-        assert verdicts == {"d": Verdict.PASS, "b": bug, "c": bug}, str(report)
+        flip = Verdict.PASS if d > 0 else Verdict.FAIL
+        assert verdicts == {"d": flip, "b": bug, "c": bug}, str(report)
         lost = report.component(4)
         assert (lost.reading, lost.reason, lost.recheck) == ("not judged", "step lost", "")
         for i in (1, 2, 3, 5, 6, 7):
@@ -369,3 +376,82 @@ def test_a_tensors_noise_is_measured_once_per_kind_of_step_over_that_kind_only(
     assert measured == {(0, False), (0, True), (2, True)}
     assert record.sigma[0] == record.sigma[2] == sigma < record.sigma[1] == record.sigma[3]
     assert list(record.reading) == [DISAGREES, AGREES, AGREES, AGREES]
+
+
+@pytest.mark.parametrize("kink", [np.inf, 4e-6])
+def test_a_tensor_that_disagrees_does_not_stop_another_tensors_ladder(kink: float) -> None:
+    # c = 5e-6 on w₀: within noise at the first step and at H₀ (tolerance ~3e-5), clear at 16·H₀.
+    # The gate's directions (no kink) or w₀ read alone (a kink 4e-6 from θ along w₄ makes every
+    # direction rough) show it; the ladder reads w₀ from H₀ up. b's sign flipped disagrees at the
+    # first step: w's ladder still climbs, and a detached w₀ fails beside it.
+    cost = _one_gradient(5e-6, kink=kink)
+    for g0, verdict in ((5e-6, Verdict.PASS), (0.0, Verdict.FAIL)):
+        analytic = np.r_[g0, np.zeros(6), -1.0]
+        report = gradwatch.check_function(cost, _theta(), analytic, layout=LAYOUT)
+        assert report.parameters["b"].verdict is Verdict.FAIL
+        assert report.parameters["w"].verdict is verdict, str(report)
+        assert report.component(0).reading == ("agrees" if g0 else "disagrees")
+
+
+def _rough_alone(c: float, own: Callable[[float], float], width: int = 7):  # type: ignore[no-untyped-def]
+    # J = 3e5 + c·w₀ + Σw² + relu(w₄ − 4e-6) + own(w₀) + b²: every gate direction is rough (w₄'s
+    # kink within H₀ ≈ 6e-6), so each component is read alone; `own` is what w₀ alone crosses.
+    def cost(t: np.ndarray) -> float:
+        w = t[:width]
+        return BIG + c * w[0] + float(w @ w) + max(w[4] - 4e-6, 0.0) + own(w[0]) + t[width] ** 2
+
+    return cost
+
+
+def test_a_component_alone_is_read_at_the_longest_rung_where_it_is_smooth() -> None:
+    # A kink 5e-4 from θ along w₀: alone, it is rough at 256·H₀ (1.6e-3) and smooth at 16·H₀ (its
+    # ±2H reach 2e-4), where c = 1e-5 shows (tolerance ~2e-6; ~3e-5 at H₀, where it would not):
+    # w₀ is read on the ladder from H₀ up, and a detached one fails at 16·H₀. (The right one is
+    # tests/test_stride.py's strict xfail: stride.farther reads it across the kink.)
+    cost = _rough_alone(1e-5, lambda x: max(x - 5e-4, 0.0))
+    report = gradwatch.check_function(cost, _theta(), np.r_[np.zeros(7), 1.0], layout=LAYOUT)
+    assert report.verdict is Verdict.FAIL and report.parameters["w"].verdict is Verdict.FAIL
+    w0, zero = report.component(0), report.component(1)
+    assert (w0.reading, w0.recheck) == ("disagrees", "fitted step"), str(report)
+    assert w0.numeric == pytest.approx(1e-5, rel=0.1)
+    # w₁ is read at 256·H₀: w₀'s reading at 16·H₀ has 16× its noise
+    assert w0.numeric_noise == pytest.approx(16 * zero.numeric_noise, rel=1e-9)
+
+
+@pytest.mark.parametrize(("g0", "verdict"), [(5e-4, Verdict.PASS), (5e-4 * 1.0006, Verdict.WARN)])
+def test_a_reading_alone_that_the_ladder_cannot_repeat_is_read_against_the_pass_band(
+    g0: float, verdict: Verdict
+) -> None:
+    # An even ripple 1e-8·(cos(w₀/3e-6) − 1)·exp(−(w₀/1.8e-5)²) around θ: it cancels in every
+    # two-sided difference, and makes J rough along w₀ at H₀ but not at 256·H₀. w₀ alone is read
+    # at 256·H₀; the ladder's read at H₀ is rough and leaves it. A gradient 0.06% off (a gap of
+    # 3e-7, ~10σ; relative 3e-4, between the bands) disagrees there: w warns. (40 components in
+    # w: the tensor test, under its bound, does not read it again.)
+    def ripple(x: float) -> float:
+        return 1e-8 * (np.cos(x / 3e-6) - 1) * np.exp(-((x / 1.8e-5) ** 2))
+
+    theta, layout = np.r_[np.zeros(40), 0.5], {"w": (40,), "b": (1,)}
+    analytic = np.r_[g0, np.zeros(39), 1.0]
+    report = gradwatch.check_function(
+        _rough_alone(5e-4, ripple, 40), theta, analytic, layout=layout
+    )
+    assert report.verdict is verdict and report.parameters["w"].verdict is verdict, str(report)
+    assert report.parameters["w"].tensor_test < 1
+    assert report.component(0).reading == ("agrees" if verdict is Verdict.PASS else "disagrees")
+    assert report.component(0).recheck == "fitted step"
+
+
+def test_the_ladder_climbs_a_tensor_too_close_to_j_noise_though_every_component_agrees() -> None:
+    # J = Σθ³ at θ = (1, 1), H = 1e-4 and J's noise 1e-6: Richardson's noise at H (~1e-2 a
+    # component) agrees on 3 but leaves the tensor's noise floor (~3e-3) above warn_max. Both
+    # climb to 16·H, where the floor is 16× lower and the ladder stops.
+    from gradwatch.evidence.gate import _ladder
+    from gradwatch.evidence.readings import AGREES, FITTED_STEP, Record
+
+    theta, h = np.ones(2), 1e-4
+    j, a = _Cubes(theta), 3 * theta**2
+    record = Record(a, a, np.full(2, 1e-9), np.full(2, 1e-6))
+    start = (np.arange(2), np.full(2, h))
+    _ladder(j, record, np.ones(2, bool), start, j.center, (1e-7, 1e-3))  # type: ignore[arg-type]
+    assert list(record.reading) == [AGREES] * 2 and list(record.recheck) == [FITTED_STEP] * 2
+    np.testing.assert_array_equal(record.step, [16 * h] * 2)

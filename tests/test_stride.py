@@ -10,7 +10,7 @@ import pytest
 
 from gradwatch.evidence.readings import AGREES, DISAGREES, FITTED_STEP, Record, read
 from gradwatch.evidence.recheck import longest_steps
-from gradwatch.evidence.stride import farther
+from gradwatch.evidence.stride import farther, noise_at
 
 CENTER, FIRST, FITTED = 1.0, 1e-7, 3e-4
 SLOPES = np.array([0.2, 0.05, 0.05, 0.05])
@@ -94,3 +94,85 @@ def test_a_disagreeing_or_judged_tensor_is_not_read_farther(factor: float, noise
     _farther(record, 0)
     assert np.all(record.step == FITTED) and np.all(record.sigma == NOISE)
     assert np.array_equal(record.numeric, before[0]) and np.array_equal(record.reading, before[1])
+
+
+@pytest.mark.parametrize("key", [0, 1])
+def test_each_rung_reads_against_its_own_noise_past_a_tensor_at_the_cap_already(key: int) -> None:
+    # Tensor 0 (component 0) was read at float32's step already: nothing farther, and the next is
+    # still read. Tensor 1: components 1 and 2 climb from H = 3e-4 to 16·H and to float32's step
+    # (a warn band of 1e-4 leaves the tensor too close to J's noise at 16·H), each rung against
+    # J's noise at its own stride (a first noise of 2.5e-8 is below it); component 3, at
+    # float32's step already, keeps its reading.
+    cap = float(longest_steps(np.zeros(1))[0])
+    record = _at_fitted(SLOPES.copy())
+    record.noise[0], record.sigma[:] = 1e-3, NOISE / 4
+    record.step[[0, 3]] = cap
+    before = record.numeric.copy()
+    groups, steps = np.array([0, 1, 1, 1]), np.full(SLOPES.size, FIRST)
+    farther(Stairs(key), record, groups, CENTER, steps, key, (1e-7, 1e-4))  # type: ignore[arg-type]
+    np.testing.assert_array_equal(record.step, [cap, cap, cap, cap])
+    assert record.numeric[0] == before[0] and record.numeric[3] == before[3]
+    found = noise_at(Stairs(key), CENTER, np.array([1, 2]), np.full(2, cap), key)  # type: ignore[arg-type]
+    assert found > NOISE / 4 and list(record.sigma) == [NOISE / 4, found, found, NOISE / 4]
+    assert (record.reading == AGREES).all()
+
+
+class _Quartic(Stairs):
+    """Stairs + 1000·x₂⁴: smooth at H = 3e-4 along component 2 (J'' at H and 2H 5e-4 apart),
+    rough at 16·H (0.14 apart, 30× the noise of J'' there); no gradient at θ."""
+
+    def _cost(self, x: np.ndarray) -> float:
+        return super()._cost(x) + 1000 * x[2] ** 4
+
+
+# Under a warn band of 1e-4, component 2's noise (3.2e-4 at H) keeps the tensor too close to J's
+# noise at 16·H: the others climb to float32's step too.
+@pytest.mark.parametrize("warn_max", [1e-3, 1e-4])
+def test_a_component_rough_at_a_longer_rung_keeps_its_reading_and_its_noise(
+    warn_max: float,
+) -> None:
+    record = _at_fitted(SLOPES.copy())
+    before = record.numeric.copy()
+    groups, steps = np.zeros(SLOPES.size, np.int64), np.full(SLOPES.size, FIRST)
+    farther(_Quartic(0), record, groups, CENTER, steps, 0, (1e-7, warn_max))  # type: ignore[arg-type]
+    top = 16 * FITTED if warn_max == 1e-3 else float(longest_steps(np.zeros(1))[0])
+    np.testing.assert_array_equal(record.step, [top, top, FITTED, top])
+    assert record.numeric[2] == before[2] and record.sigma[2] == NOISE
+    assert (record.reading == AGREES).all()
+
+
+@pytest.mark.parametrize(("factor", "reading"), [(1.0, AGREES), (1.01, DISAGREES)])
+def test_a_tensor_done_at_a_rung_does_not_stop_the_next(factor: float, reading: int) -> None:
+    # Two tensors of two components, each too close to J's noise at H: the first is judged at
+    # 16·H (right, or disagreeing by the planted 1% bug), and the second is read there too.
+    record = _at_fitted(SLOPES * factor)
+    groups, steps = np.array([0, 0, 1, 1]), np.full(SLOPES.size, FIRST)
+    farther(Stairs(0), record, groups, CENTER, steps, 0, (1e-7, 1e-3))  # type: ignore[arg-type]
+    np.testing.assert_array_equal(record.step, [16 * FITTED] * SLOPES.size)
+    assert (record.reading == reading).all()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="stride.farther measures J's noise at a longer rung's stride across a ReLU kink that "
+    "the rung's reading crosses (σ 3e-11 → 1e-4): the smoothness test then passes, and the reading "
+    "across the kink (Richardson's 0.3 for a slope of 1e-5) fails a correct gradient",
+)
+@pytest.mark.parametrize("kink", [5e-4, 1e-3])
+def test_a_kink_beyond_a_correct_components_fitted_reading_does_not_fail_it(kink: float) -> None:
+    # J = 3e5 + 1e-5·w₀ + Σw² + relu(w₀ − kink) + b², a kink 4e-6 along w₄ (1e-3: none). w₀ is
+    # within noise at the first step and reads 1e-5 at 16·H₀ (≈ 1e-4); 256·H₀ crosses its kink,
+    # rough. Its detached twin fails (tests/test_escalation.py); the right gradient must pass.
+    import gradwatch
+    from gradwatch import Verdict
+
+    near = 4e-6 if kink < 1e-3 else np.inf
+
+    def cost(t: np.ndarray) -> float:
+        w = t[:7]
+        kinks = max(w[4] - near, 0.0) + max(w[0] - kink, 0.0)
+        return 3e5 + 1e-5 * w[0] + float(w @ w) + kinks + t[7] ** 2
+
+    theta, analytic = np.r_[np.zeros(7), 0.5], np.r_[1e-5, np.zeros(6), 1.0]
+    report = gradwatch.check_function(cost, theta, analytic, layout={"w": (7,), "b": (1,)})
+    assert report.verdict is Verdict.PASS, str(report)
