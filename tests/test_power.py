@@ -19,6 +19,7 @@ import gradwatch
 from gradwatch import Verdict
 from gradwatch.verdict import parameter_verdict
 from tests import power_nets
+from tests.noisy_costs import Cubes
 
 # --- the matrix: bugs × J scales × init/trained × seeds --------------------------------------
 
@@ -183,25 +184,6 @@ def test_noise_is_measured_on_the_tensor_that_reaches_a_float32_op(seed: int) ->
 # --- escalation's re-reads, one function at a time, on J = Σθ³ -------------------------------
 
 
-class _Cubes:
-    """J = Σθ³ along single components: n(h) = 3θ² + h², the h² truncation that Richardson's
-    estimate removes."""
-
-    def __init__(self, theta: np.ndarray) -> None:
-        self.theta = theta
-        self.center = float(np.sum(theta**3))
-
-    def pairs(self, at: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        t = self.theta[at]
-        return self.center + (t + h) ** 3 - t**3, self.center + (t - h) ** 3 - t**3
-
-    def half_gaps(self, at: np.ndarray, h: np.ndarray) -> np.ndarray:
-        return np.asarray(h, np.float64)
-
-    def values(self, at: np.ndarray) -> np.ndarray:
-        return self.theta[np.asarray(at)]
-
-
 def test_a_failing_tensor_with_nothing_left_to_re_read_does_not_stop_the_next() -> None:
     # Two tensors fail the tensor test (ten components at 6σ each, S/bound 1.7), none disagrees.
     # The first (tensor 0: a set of small ints iterates in order) was read at the fitted step
@@ -212,7 +194,7 @@ def test_a_failing_tensor_with_nothing_left_to_re_read_does_not_stop_the_next() 
     from gradwatch.evidence.tensor_test import convicts
 
     theta, h = np.r_[np.ones(10), np.linspace(0.5, 1.0, 10)], 1e-3
-    j = _Cubes(theta)
+    j = Cubes(theta)
     a = 3 * theta**2
     noise = np.r_[np.full(10, 1e-6), np.full(10, h**2 / 6)]
     n = a + np.r_[6 * noise[:10], np.full(10, h**2)]
@@ -238,7 +220,7 @@ def test_a_fitted_reading_is_richardsons_from_h_and_2h_and_keeps_its_step() -> N
     from gradwatch.evidence.recheck import richardson_noise
 
     theta, sigma = np.array([0.5, 1.0]), 1e-12
-    j, fitted = _Cubes(theta), np.array([1e-3, 2e-3])
+    j, fitted = Cubes(theta), np.array([1e-3, 2e-3])
     a = 3 * theta**2
     record = Record(a, a, np.full(2, 1e-9), np.full(2, sigma))
     read_fitted(j, record, np.arange(2), fitted, j.center, 1e-7)  # type: ignore[arg-type]
@@ -258,7 +240,7 @@ def test_the_ladder_climbs_with_the_components_left_within_noise_only() -> None:
     from gradwatch.evidence.recheck import longest_steps
 
     theta, h = np.array([1.0, 0.0]), 1e-4
-    j, a = _Cubes(theta), 3 * theta**2
+    j, a = Cubes(theta), 3 * theta**2
     record = Record(a, a, np.full(2, 1e-9), np.full(2, 1e-12))
     start = (np.arange(2), np.full(2, h))
     _ladder(j, record, np.ones(2, bool), start, j.center, (1e-7, 1e-3))  # type: ignore[arg-type]

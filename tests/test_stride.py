@@ -162,7 +162,7 @@ def test_a_tensor_done_at_a_rung_does_not_stop_the_next(factor: float, reading: 
 def test_a_kink_beyond_a_correct_components_fitted_reading_does_not_fail_it(kink: float) -> None:
     # J = 3e5 + 1e-5·w₀ + Σw² + relu(w₀ − kink) + b², a kink 4e-6 along w₄ (1e-3: none). w₀ is
     # within noise at the first step and reads 1e-5 at 16·H₀ (≈ 1e-4); 256·H₀ crosses its kink,
-    # rough. Its detached twin fails (tests/test_escalation.py); the right gradient must pass.
+    # rough. Its detached twin fails (tests/test_gate.py); the right gradient must pass.
     import gradwatch
     from gradwatch import Verdict
 

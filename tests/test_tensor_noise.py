@@ -218,3 +218,42 @@ def test_a_tensor_with_a_disagreement_is_read_against_its_own_noise(
     np.testing.assert_allclose(record.noise[:size], sigma / (np.sqrt(2) * h), rtol=1e-15)
     assert record.reading[0] == (DISAGREES if planted else AGREES)
     assert record.reason[-1] == STEP_LOST and record.noise[-1] == np.inf
+
+
+class _Stairs:
+    """J = 1 + 1e-14·round(x / 10h) along a probe moving the components by x in all: flat within
+    ±5h of θ, stairs beyond (J read through a coarse intermediate)."""
+
+    def half_gaps(self, at: np.ndarray, h: np.ndarray) -> np.ndarray:
+        return np.asarray(h, np.float64)
+
+    def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return 1.0 + 1e-14 * np.round(rows.sum(axis=1) / 1e-6)
+
+
+@pytest.mark.parametrize("before", [frozenset(), frozenset({(0, False)})])
+def test_a_tensors_noise_is_measured_once_per_kind_of_step_over_that_kind_only(
+    before: frozenset[tuple[int, bool]],
+) -> None:
+    # Tensor 0 disagrees at its first step h (component 0) and was read at a fitted step 16h
+    # (component 1); tensor 1 (component 2, at 16h) asks for nothing; tensor 2 (component 3)
+    # disagrees at 16h only. Probes at h's stride reach 4h and leave J flat: nothing measured,
+    # component 0's noise stays. At 16h's they cross the stairs: components 1 and 3 are read
+    # against that noise, each tensor's alone. A kind measured before is not measured again.
+    from gradwatch.evidence.escalation import tensor_noise
+    from gradwatch.evidence.readings import AGREES, DISAGREES, Record, read
+
+    h, sigma = 1e-7, 1e-16
+    step = np.array([h, 16 * h, 16 * h, 16 * h])
+    a, noise = np.full(4, 1e-3), sigma / (np.sqrt(2) * step)
+    n = a + 9 * noise * np.array([1.0, 0.0, 0.0, 1.0])
+    record = Record(a, n, noise, np.full(4, sigma))
+    record.reading, record.reason = read(a, n, noise, 1e-7)
+    record.step[:] = step
+    assert list(record.reading) == [DISAGREES, AGREES, AGREES, DISAGREES]
+    measured = set(before)
+    groups, steps = np.array([0, 0, 1, 2]), np.full(4, h)
+    tensor_noise(_Stairs(), record, groups, 1.0, steps, 0, 1e-7, measured)  # type: ignore[arg-type]
+    assert measured == {(0, False), (0, True), (2, True)}
+    assert record.sigma[0] == record.sigma[2] == sigma < record.sigma[1] == record.sigma[3]
+    assert list(record.reading) == [DISAGREES, AGREES, AGREES, AGREES]

@@ -1,0 +1,258 @@
+"""The gate of escalation on J's with a known answer (``gradwatch.evidence.gate``): a tensor the
+first step leaves within noise is read along random ±1 directions at the step fitted to J's noise
+and its rungs, and component by component only where a direction shows a gradient; where J is
+rough along the directions at every rung, each component is read alone. J = 3e5 + … (see
+``tests/noisy_costs.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+import gradwatch
+from gradwatch import Verdict
+from tests.noisy_costs import BIG, LAYOUT, one_gradient, origin, readings
+
+
+def test_a_tensor_with_no_gradient_is_cleared_along_directions_not_read_one_by_one() -> None:
+    # J = 3e5 + 1e-12·Σw + Σw² + b² at w = 0: w's gradient (1e-12) is within the noise of every
+    # step up to float32's, along a direction too (Σ u·H·1e-12 ≈ 1e-15 against ~1e-10). The gate
+    # clears the tensor: each component keeps its first reading, none is read alone.
+    def cost(t: np.ndarray) -> float:
+        return BIG + 1e-12 * float(np.sum(t[:7])) + float(t[:7] @ t[:7]) + t[7] ** 2
+
+    report = gradwatch.check_function(cost, origin(), np.r_[np.full(7, 1e-12), 1.0], layout=LAYOUT)
+    assert report.verdict is Verdict.PASS and report.parameters["b"].verdict is Verdict.PASS
+    assert report.parameters["w"].verdict is Verdict.NOT_JUDGED
+    for i in range(7):
+        found = report.component(i)
+        assert (found.reading, found.reason, found.recheck) == ("not judged", "within noise", "")
+
+
+def _hidden(g: float, kink: float = np.inf):  # type: ignore[no-untyped-def]
+    # J = 3e5 + g·(3w₀ − w₁ − w₂ − w₃) + 50·Σw² + relu(w₄ − kink) + b²: at w = 0 the gradient
+    # g·(3, −1, −1, −1, 0, 0, 0) sums to zero, so only a direction with mixed signs over w₀…w₃
+    # shows it; the curvature (100) makes a stencil read at the wrong steps rough, not smooth.
+    weights = np.array([3.0, -1.0, -1.0, -1.0, 0.0, 0.0, 0.0])
+
+    def cost(t: np.ndarray) -> float:
+        w = t[:7]
+        return BIG + g * float(weights @ w) + 50 * float(w @ w) + max(w[4] - kink, 0.0) + t[7] ** 2
+
+    return cost, np.r_[g * weights, 1.0]
+
+
+def test_a_detached_gradient_under_the_first_steps_noise_fails_through_the_gate() -> None:
+    # g = 2e-7: 3g is ~5000× under the first step's tolerance (~1e-3) and under the fitted step's
+    # along a direction (6·H₀·g ≈ 5e-12 against ~1.3e-10), but 256·H₀ (the gate's longest rung)
+    # shows it (2·256·H₀·g ≈ 4e-10 at the least): the tensor is read component by component
+    # there, and backprop's zero (a detached path) disagrees.
+    cost, grad = _hidden(2e-7)
+    detached = gradwatch.check_function(cost, origin(), np.r_[np.zeros(7), 1.0], layout=LAYOUT)
+    assert detached.verdict is Verdict.FAIL, str(detached)
+    assert detached.parameters["w"].verdict is Verdict.FAIL
+    assert detached.worst(1)[0].label == "w[0]" and detached.worst(1)[0].recheck == "fitted step"
+    right = gradwatch.check_function(cost, origin(), grad, layout=LAYOUT)
+    assert right.verdict is Verdict.PASS, str(right)
+    assert right.parameters["w"].disagrees == 0
+
+
+def test_the_gate_steps_down_a_rung_where_j_is_not_smooth_along_its_longest() -> None:
+    # A kink 5e-4 from θ along w₄: the directions at 256·H₀ (moving each component up to 2e-3)
+    # cross it, those at 16·H₀ (up to 1.2e-4) do not. g = 3e-6 shows along a direction at 16·H₀
+    # (2·16·H₀·g ≈ 4e-10 at the least, against ~1.3e-10) and not at H₀ (6·H₀·g ≈ 7e-11): the
+    # gate reads the rung below the longest, and the detached gradient fails there.
+    cost, grad = _hidden(3e-6, kink=5e-4)
+    detached = gradwatch.check_function(cost, origin(), np.r_[np.zeros(7), 1.0], layout=LAYOUT)
+    assert detached.verdict is Verdict.FAIL, str(detached)
+    assert detached.worst(1)[0].label == "w[0]" and detached.worst(1)[0].recheck == "fitted step"
+    right = gradwatch.check_function(cost, origin(), grad, layout=LAYOUT)
+    assert right.verdict is Verdict.PASS, str(right)
+    assert right.parameters["w"].disagrees == 0
+
+
+def test_the_gate_climbs_two_rungs_at_most() -> None:
+    # c = 9e-8: along a direction at 256·H₀ (1.6e-3) it moves J by 1.4e-10, under the tolerance
+    # of Richardson's estimate (8·0.95·σ_J ≈ 2.3e-10); at float32's step (4.9e-3), 3.2× longer,
+    # it would show. The gate stops at its longest rung, 256·H₀: no component is read alone.
+    cost = one_gradient(9e-8)
+    for g0 in (9e-8, 0.0):
+        report = gradwatch.check_function(
+            cost, origin(), np.r_[g0, np.zeros(6), 1.0], layout=LAYOUT
+        )
+        assert report.parameters["w"].verdict is Verdict.NOT_JUDGED, str(report)
+        assert readings(report, 7) == [("not judged", "within noise", "")] * 7
+
+
+def _float32_cost(c: float, kink: float, seen: list[float]):  # type: ignore[no-untyped-def]
+    # J = 1 + c·w₀ + Σw² + relu(w₄ − kink) + b², computed in float32: σ_J ≈ 3e-8, so the fitted
+    # step H₀ = σ_J^(1/3) ≈ 3.1e-3 and its rungs 16·H₀ and 256·H₀ are all capped at float32's
+    # step (4.9e-3). `seen` collects the step of each evaluation along a gate direction of w
+    # (all seven components moved by the same amount, b not moved).
+    f32 = np.float32
+
+    def cost(t: np.ndarray) -> float:
+        moved = np.abs(t[:7])
+        if moved.min() > 1e-4 and moved.max() == moved.min() and t[7] == 0.5:
+            seen.append(float(moved[0]))
+        w = t[:7].astype(f32)
+        return float(
+            f32(1) + f32(c) * w[0] + w @ w + max(w[4] - f32(kink), f32(0)) + f32(t[7]) ** 2
+        )
+
+    return cost
+
+
+def test_a_rung_the_cap_makes_the_same_as_a_longer_one_is_skipped_not_read_again() -> None:
+    # A kink 8e-3 from θ along w₄: the directions at float32's step (moving each component up to
+    # 9.8e-3) cross it, those at H₀ (up to 6.2e-3) do not. 16·H₀ is capped to float32's step too:
+    # the gate reads that step once (two directions, four points each), skips the rung the cap
+    # made the same, and steps down to H₀, where c = 1e-2 (within noise at the first step, whose
+    # tolerance is ~2) shows: backprop's zero (a detached path) disagrees there.
+    for g0, verdict in ((1e-2, Verdict.PASS), (0.0, Verdict.FAIL)):
+        seen: list[float] = []
+        cost = _float32_cost(1e-2, 8e-3, seen)
+        report = gradwatch.check_function(
+            cost, origin(), np.r_[g0, np.zeros(6), 1.0], layout=LAYOUT
+        )
+        assert report.verdict is verdict and report.parameters["w"].verdict is verdict, str(report)
+        assert report.component(0).recheck == "fitted step"
+        assert report.component(0).reading == ("agrees" if g0 else "disagrees")
+        # H, not 2H; a step seen fewer than 4 times is not the gate's: where w disagrees, its own
+        # noise is measured along random strides (evidence.escalation.tensor_noise), each at ±u
+        steps = sorted({s for s in seen if s < 5e-3 and seen.count(s) >= 4}, reverse=True)
+        assert len(steps) == 2 and steps[0] == pytest.approx(np.cbrt(np.finfo(np.float32).eps))
+        assert [seen.count(s) for s in steps] == [4, 4]  # ±H per direction, once per rung
+
+
+@pytest.mark.parametrize(
+    ("c", "kink", "along"),
+    [
+        # A kink 4e-6 from θ along w₄: within H₀ (~6e-6), so the gate's directions cross it at
+        # every rung; c = 1.2e-3 is within noise at the first step (tolerance ~1.7e-3).
+        (1.2e-3, 4e-6, 4),
+        # A kink 8e-6 from θ along w₂: beyond H₀, within 2·H₀ (the directions' ±2H points cross
+        # it at every rung); c = 1e-4, 17× under the first step's tolerance.
+        (1e-4, 8e-6, 2),
+    ],
+)
+def test_a_kink_along_one_component_does_not_hide_a_detached_gradient_beside_it(
+    c: float, kink: float, along: int
+) -> None:
+    # J is rough along the gate's directions at every rung, so no direction clears or convicts
+    # w: each component is read alone, from the longest rung (256·H₀) down, where its reading
+    # crosses only its own kinks. w₀ shows c there and is read on the ladder from H₀; the five
+    # zeros are zero within the longest rung's noise (the least of any reading); the kinked
+    # component is rough at every rung: "not judged, on a kink".
+    cost = one_gradient(c, kink=kink, along=along)
+    right = gradwatch.check_function(cost, origin(), np.r_[c, np.zeros(6), 1.0], layout=LAYOUT)
+    detached = gradwatch.check_function(cost, origin(), np.r_[np.zeros(7), 1.0], layout=LAYOUT)
+    assert right.verdict is Verdict.PASS and right.parameters["w"].verdict is Verdict.PASS
+    assert detached.verdict is Verdict.FAIL and detached.parameters["w"].verdict is Verdict.FAIL
+    for report, first in ((right, "agrees"), (detached, "disagrees")):
+        zero = ("not judged", "within noise", "fitted step")
+        expected = [(first, "", "fitted step")] + [zero] * 6
+        expected[along] = ("not judged", "on a kink", "")
+        assert readings(report, 7) == expected, str(report)
+        noise = [report.component(i).numeric_noise for i in range(7) if i != along]
+        assert len(set(noise[1:])) == 1 and noise[1] <= noise[0], str(report)
+    # The detached w₀ disagrees at H₀, the ladder's first step: 256× the zeros' noise (at 256·H₀).
+    w0, zero = detached.component(0), detached.component(1)
+    assert w0.numeric_noise == pytest.approx(256 * zero.numeric_noise, rel=1e-9)
+
+
+def test_the_gate_directions_are_drawn_from_the_check_seed() -> None:
+    # Twelve tensors with gradient g·(1, −1): a ±1 direction reads it where its two signs differ
+    # (odds 1/2), so whether each tensor is read alone depends on the draw. The same check gives
+    # the same readings; the draw reads some tensors alone and leaves others within noise.
+    k, g = 12, 2e-7
+    grad = np.tile([g, -g], k)
+    layout = {f"t{i}": (2,) for i in range(k)}
+
+    def cost(t: np.ndarray) -> float:
+        return BIG + float(grad @ t) + 50 * float(t @ t)
+
+    runs = [gradwatch.check_function(cost, np.zeros(2 * k), grad, layout=layout) for _ in "ab"]
+    first, second = (readings(r, 2 * k) for r in runs)
+    assert first == second
+    alone = {i // 2 for i, (_, _, recheck) in enumerate(first) if recheck == "fitted step"}
+    assert 0 < len(alone) < k
+    assert all(reading != "disagrees" for reading, _, _ in first)
+
+
+@pytest.mark.parametrize(("g0", "verdict"), [(1e-2, Verdict.PASS), (0.0, Verdict.FAIL)])
+def test_a_rough_gate_reads_a_component_alone_once_at_each_step_the_cap_leaves(
+    g0: float, verdict: Verdict
+) -> None:
+    # A float32 J as _float32_cost's, with a kink 2e-3 from θ along w₄: the gate's directions
+    # cross it at float32's step (4.9e-3) and at H₀ (3.1e-3), so each component is read alone,
+    # from the longest rung down. w₄ is rough alone too: read once at float32's step (16·H₀ and
+    # 256·H₀ are both capped to it) and once at H₀, ±H and ±2H each, then "on a kink". c = 1e-2
+    # on w₀ (within noise at the first step, tolerance ~2) is read there: a detached one fails.
+    f32, alone = np.float32, []
+
+    def cost(t: np.ndarray) -> float:
+        if np.count_nonzero(t[:7]) == 1 and abs(t[4]) > 1e-3 and t[7] == 0.5:
+            alone.append(abs(float(t[4])))  # w₄ moved alone, beyond the first step's reach
+        w = t[:7].astype(f32)
+        kinked = max(w[4] - f32(2e-3), f32(0))
+        return float(f32(1) + f32(1e-2) * w[0] + w @ w + kinked + f32(t[7]) ** 2)
+
+    report = gradwatch.check_function(cost, origin(), np.r_[g0, np.zeros(6), 1.0], layout=LAYOUT)
+    assert report.verdict is verdict and report.parameters["w"].verdict is verdict, str(report)
+    assert report.component(0).reading == ("agrees" if g0 else "disagrees")
+    assert readings(report, 7)[4] == ("not judged", "on a kink", "")
+    cap = float(np.cbrt(np.finfo(np.float32).eps))
+    h0, *rest = sorted(set(alone))  # H₀ ≈ 3.1e-3 (σ_J ≈ 3e-8 at J ≈ 1), then cap, 2H₀, 2·cap
+    assert h0 < cap and rest == pytest.approx([cap, 2 * h0, 2 * cap], rel=1e-6)
+    assert [alone.count(s) for s in [h0, *rest]] == [2, 2, 2, 2]  # ±, once per step
+
+
+def _rough_alone(c: float, own: Callable[[float], float], width: int = 7):  # type: ignore[no-untyped-def]
+    # J = 3e5 + c·w₀ + Σw² + relu(w₄ − 4e-6) + own(w₀) + b²: every gate direction is rough (w₄'s
+    # kink within H₀ ≈ 6e-6), so each component is read alone; `own` is what w₀ alone crosses.
+    def cost(t: np.ndarray) -> float:
+        w = t[:width]
+        return BIG + c * w[0] + float(w @ w) + max(w[4] - 4e-6, 0.0) + own(w[0]) + t[width] ** 2
+
+    return cost
+
+
+def test_a_component_alone_is_read_at_the_longest_rung_where_it_is_smooth() -> None:
+    # A kink 5e-4 from θ along w₀: alone, it is rough at 256·H₀ (1.6e-3) and smooth at 16·H₀ (its
+    # ±2H reach 2e-4), where c = 1e-5 shows (tolerance ~2e-6; ~3e-5 at H₀, where it would not):
+    # w₀ is read on the ladder from H₀ up, and a detached one fails at 16·H₀. (The right one is
+    # tests/test_stride.py's strict xfail: stride.farther reads it across the kink.)
+    cost = _rough_alone(1e-5, lambda x: max(x - 5e-4, 0.0))
+    report = gradwatch.check_function(cost, origin(), np.r_[np.zeros(7), 1.0], layout=LAYOUT)
+    assert report.verdict is Verdict.FAIL and report.parameters["w"].verdict is Verdict.FAIL
+    w0, zero = report.component(0), report.component(1)
+    assert (w0.reading, w0.recheck) == ("disagrees", "fitted step"), str(report)
+    assert w0.numeric == pytest.approx(1e-5, rel=0.1)
+    # w₁ is read at 256·H₀: w₀'s reading at 16·H₀ has 16× its noise
+    assert w0.numeric_noise == pytest.approx(16 * zero.numeric_noise, rel=1e-9)
+
+
+@pytest.mark.parametrize(("g0", "verdict"), [(5e-4, Verdict.PASS), (5e-4 * 1.0006, Verdict.WARN)])
+def test_a_reading_alone_that_the_ladder_cannot_repeat_is_read_against_the_pass_band(
+    g0: float, verdict: Verdict
+) -> None:
+    # An even ripple 1e-8·(cos(w₀/3e-6) − 1)·exp(−(w₀/1.8e-5)²) around θ: it cancels in every
+    # two-sided difference, and makes J rough along w₀ at H₀ but not at 256·H₀. w₀ alone is read
+    # at 256·H₀; the ladder's read at H₀ is rough and leaves it. A gradient 0.06% off (a gap of
+    # 3e-7, ~10σ; relative 3e-4, between the bands) disagrees there: w warns. (40 components in
+    # w: the tensor test, under its bound, does not read it again.)
+    def ripple(x: float) -> float:
+        return 1e-8 * (np.cos(x / 3e-6) - 1) * np.exp(-((x / 1.8e-5) ** 2))
+
+    theta, layout = np.r_[np.zeros(40), 0.5], {"w": (40,), "b": (1,)}
+    analytic = np.r_[g0, np.zeros(39), 1.0]
+    report = gradwatch.check_function(
+        _rough_alone(5e-4, ripple, 40), theta, analytic, layout=layout
+    )
+    assert report.verdict is verdict and report.parameters["w"].verdict is verdict, str(report)
+    assert report.parameters["w"].tensor_test < 1
+    assert report.component(0).reading == ("agrees" if verdict is Verdict.PASS else "disagrees")
+    assert report.component(0).recheck == "fitted step"
