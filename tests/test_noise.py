@@ -4,6 +4,7 @@ counts as a deterministic J. Each case has a known answer: J with noise of a cho
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -276,3 +277,30 @@ def test_a_j_that_stood_still_along_one_direction_has_no_scale_for_jumps() -> No
     noise = measure_noise(line, 0.0, (), np.arange(8), np.full(8, 1e-7), 0, 0.0)
     assert calls == [64, 1] and noise.jumps == 0
     assert noise.sigma == 1e3 / (HALF_NORMAL_Q75 * math.sqrt(70.0))
+
+
+def test_an_infinite_or_overflowing_j_reads_no_fourth_difference_and_no_warning() -> None:
+    # J infinite at two points (inf − 4·inf) reads NaN, which noise_sigma leaves out; J at 1e308
+    # overflows to inf. Neither is the user's business: no warning reaches their console.
+    rows = np.array([[np.inf, np.inf, 0.0, 0.0, 0.0], [0.0, 1.0, 1e308, 2.0, 3.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = fourth_differences(rows)
+    assert np.isnan(found[0]) and found[1] == np.inf
+
+
+def test_the_floor_given_is_the_floor_kept() -> None:
+    # A check passes the floor of its own precision (float32's for a float32 J): it replaces
+    # rounding_floor(J(θ)), which is float64's.
+    floor = rounding_floor(1.0, 2**-23)
+    noise = measure_noise(_noisy_line(1e-9, 0), 1.0, (), np.arange(8), np.full(8, 1e-4), 0, floor)
+    assert noise.floor == floor != rounding_floor(1.0)
+    assert noise.effective == max(noise.sigma, floor)
+
+
+def test_a_j_that_never_moves_is_flat_along_every_direction() -> None:
+    # J stands at J(θ) through every stride: no direction measures anything, every one is flat.
+    noise = measure_noise(
+        lambda support, rows: np.full(len(rows), 2.0), 2.0, (), np.arange(8), np.full(8, 1e-4), 0
+    )
+    assert noise == JNoise(0.0, 0.0, rounding_floor(2.0), PROBE_DIRECTIONS, PROBE_DIRECTIONS, 2.0)

@@ -14,11 +14,15 @@ import pytest
 import gradwatch
 from gradwatch import Thresholds, Verdict
 from gradwatch.evidence.noise import (
+    FIRST_JUMP_FACTOR,
     FIRST_PAIRS,
+    HALF_NORMAL_MEDIAN,
+    PAIR_MIN_MEDIAN,
     PROBE_DIRECTIONS,
     JNoise,
     NoiseProbes,
     measure_noise,
+    rounding_floor,
 )
 from gradwatch.evidence.probing import MARGIN, asks_for_more, gather_with_probes
 from gradwatch.evidence.readings import (
@@ -306,3 +310,49 @@ def test_a_check_takes_every_pair_where_one_tensors_test_sits_near_its_bound(
     )
     assert report.j_noise.directions == directions
     assert report.verdict is Verdict.PASS, str(report)
+
+
+def _scripted(mirrors: float) -> NoiseProbes:
+    """Probes whose first call reads |fourth difference| 1 along the first halves of the first
+    pairs and ``mirrors`` along their mirrors (J = 0, 0, 0, V at the four points); 1 after."""
+    calls: list[int] = []
+
+    def line(support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        calls.append(len(rows) // 4)
+        fourth = np.ones(len(rows) // 4)
+        if len(calls) == 1:  # pairs 0-15, then their mirrors 32-47
+            fourth[FIRST_PAIRS:] = mirrors
+        out = np.zeros((len(rows) // 4, 4))
+        out[:, 3] = fourth
+        return out.ravel()
+
+    return NoiseProbes(line, 0.0, (), np.arange(32), np.full(32, STEP), 0, 0.0)
+
+
+def test_the_first_pairs_scale_a_jump_by_the_smaller_half_of_each_pair() -> None:
+    # Every mirror crosses a jump (1e3): the smaller halves read 1, and 1e3 is beyond 8 times
+    # their median (14.4), so every pair is measured. Read from the mirrors, the median would be
+    # the jump's, and no pair would ask.
+    assert _scripted(1e3).first().directions == PROBE_DIRECTIONS
+    assert _scripted(1.0).first().directions == 2 * FIRST_PAIRS
+
+
+def test_a_first_direction_exactly_at_first_jump_factor_times_the_median_does_not_ask() -> None:
+    edge = FIRST_JUMP_FACTOR * (1.0 * (HALF_NORMAL_MEDIAN / PAIR_MIN_MEDIAN))
+    assert _scripted(edge).first().directions == 2 * FIRST_PAIRS
+    assert _scripted(np.nextafter(edge, np.inf)).first().directions == PROBE_DIRECTIONS
+
+
+@pytest.mark.parametrize("has_support", [False, True])
+def test_first_pairs_with_nothing_measured_warn_of_nothing(has_support: bool) -> None:
+    # No support, or a J that never moves (every direction flat: every pair is asked for): the
+    # first pairs have no median, and NumPy's all-NaN warnings are not the user's business.
+    support = np.arange(8) if has_support else np.zeros(0, np.int64)
+    probes = NoiseProbes(
+        lambda s, rows: np.full(len(rows), 2.0), 2.0, (), support, np.full(support.size, STEP), 0
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        noise = probes.first()
+    n = PROBE_DIRECTIONS if has_support else 0
+    assert noise == JNoise(0.0, 0.0, rounding_floor(2.0), n, n, 2.0)
