@@ -5,6 +5,8 @@ disagrees."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -211,6 +213,32 @@ def test_a_lost_step_measures_nothing() -> None:
     assert list(found.reading[[0, 2]]) == [AGREES, AGREES]
 
 
+class _Pole(_Relu):
+    """J is infinite off θ₁ (a log barrier at its edge): J(θ ± h·e₁) = inf, J(θ) finite."""
+
+    def cost(self, t: np.ndarray) -> float:
+        return np.inf if t[1] != self.theta[1] else super().cost(t)
+
+
+@pytest.mark.parametrize("pole", [False, True])
+def test_a_lost_step_or_an_infinite_j_beside_theta_warns_of_nothing(pole: bool) -> None:
+    # A lost step divides J's noise by a gap of 0; inf − inf is NaN. Both are read (not judged,
+    # step lost; a numeric of NaN disagrees as first read), and NumPy's warnings are not the
+    # user's business.
+    j = (
+        _Pole(np.array([0.5, 1.0, 0.5]), jitter=False)
+        if pole
+        else _Relu(np.array([0.5, 1e10, 0.5]))
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = _gather(j, np.array([1.0, 2.0, 0.25]))
+    expected = (DISAGREES, 0) if pole else (NOT_JUDGED, STEP_LOST)
+    assert (found.reading[1], found.reason[1]) == expected
+    assert np.isnan(found.numeric[1]) == pole and (found.noise[1] == np.inf) != pole
+    assert list(found.reading[[0, 2]]) == [AGREES, AGREES]
+
+
 def test_a_material_example_at_a_large_step_is_truncation_not_a_bug() -> None:
     # J = θ³ at θ = 1, ε = 0.01: the two-sided estimate 3.0001 is off by ε²·J‴/6 = 1e-4.
     report = gradwatch.check_function(
@@ -403,6 +431,28 @@ def test_a_gap_at_float32s_step_is_read_at_a_jittered_theta_with_the_first_toler
     assert found.noise[1] == pytest.approx(1e-6 / (np.sqrt(2) * 5e-3))
     assert found.numeric[1] - found.analytic[1] == pytest.approx(1e-3, rel=1e-6)
     assert list(found.reading[[0, 2]]) == [AGREES, AGREES]
+
+
+class _FarFlip(_Flip):
+    """_Flip, whose jittered θ₁ is 1e17: there θ₁ ± h == θ₁, the step is lost."""
+
+    def jittered(self, attempt: int) -> Moved | None:
+        moved = _Flip(self.theta + np.array([0.0, 1e17, 0.0]))
+        return Moved(moved, moved.grad(moved.theta), moved.cost(moved.theta))
+
+
+def test_a_step_lost_at_the_jittered_theta_lets_the_gap_stand_and_warns_of_nothing() -> None:
+    # The jittered θ's gap of 0 divides J(θ+h) − J(θ−h) = 0 and J's noise: no division warns on
+    # the user's console, and the gap at θ, which the lost step cannot clear, still disagrees.
+    j = _FarFlip(np.array([0.0, 0.0, 0.5]))
+    steps = np.full(3, 5e-3)
+    analytic = np.array([1.0, 2.5, 0.25])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = gather_evidence(
+            j, analytic, j.pairs(np.arange(3), steps), j.cost(j.theta), steps, 1e-6, 1e-7
+        )
+    assert list(found.reading) == [AGREES, DISAGREES, AGREES] and found.kink[1]
 
 
 def test_a_wrong_gradient_at_the_first_step_is_re_read_at_longer_steps_not_off_a_flip() -> None:
