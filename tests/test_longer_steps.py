@@ -150,3 +150,55 @@ def test_a_reread_is_judged_against_j_noise_at_its_own_stride(planted: bool, key
     with mock.patch.object(model, "noise_at", lambda *args: 0.0):
         record = _read(Stairs(key), SLOPE)  # type: ignore[arg-type]
     assert (record.reading[0], record.recheck[0], record.sigma[0]) == (DISAGREES, 0, SIGMA)
+
+
+def test_each_tensors_noise_at_the_longer_step_is_its_own_from_the_check_seed() -> None:
+    # Two tensors (components 0 and 2, and 1), each read again at the fitted step: J's noise at
+    # that stride is measured along each tensor's own components, from the check's seed (a
+    # tensor's noise pooled with another's would read it against that one's).
+    n = 3
+    a, first = np.full(n, SLOPE), np.full(n, FIRST)
+    noise = np.full(n, SIGMA / (np.sqrt(2) * STEP))
+    record = Record(a, first, noise, np.full(n, SIGMA))
+    record.reading, record.reason = read(a, first, noise, 1e-7)
+    record.step[:] = STEP
+    calls: list[tuple[tuple[int, ...], int]] = []
+
+    def noise_at(objective, center, support, steps, seed):  # type: ignore[no-untyped-def]
+        calls.append((tuple(int(i) for i in support), seed))
+        return 0.0
+
+    with mock.patch.object(model, "noise_at", noise_at):
+        _at_longer_steps(
+            Line(),  # type: ignore[arg-type]
+            record,
+            CENTER,
+            np.full(n, STEP),
+            1e-7,
+            np.array([0, 1, 0]),
+            5,
+        )
+    assert calls == [((0, 2), 5), ((1,), 5)]
+    assert list(record.reading) == [AGREES] * n and list(record.recheck) == [FITTED_STEP] * n
+
+
+def test_the_check_hands_its_tensors_and_seed_to_the_reading_at_longer_steps() -> None:
+    seen: list[tuple[list[int], int]] = []
+
+    def at_longer_steps(objective, record, center, steps, pass_max, groups, seed):  # type: ignore[no-untyped-def]
+        seen.append((list(groups), seed))
+
+    j, steps = Line(), np.full(2, STEP)
+    with mock.patch.object(model, "_at_longer_steps", at_longer_steps):
+        model.gather_evidence(
+            j,  # type: ignore[arg-type]
+            np.full(2, SLOPE),
+            j.pairs(np.arange(2), steps),
+            CENTER,
+            steps,
+            SIGMA,
+            1e-7,
+            np.array([3, 4]),
+            5,
+        )
+    assert seen == [([3, 4], 5)]
