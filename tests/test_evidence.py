@@ -468,3 +468,29 @@ def test_a_wrong_gradient_at_the_first_step_is_re_read_at_longer_steps_not_off_a
     found = report.component(1)
     assert (found.reading, found.recheck, found.kink) == ("disagrees", "longer steps", False)
     assert report.verdict is Verdict.FAIL
+
+
+class _Counted(_Relu):
+    """_Relu that records the step of every pair J is evaluated at."""
+
+    def __init__(self, theta: np.ndarray) -> None:
+        super().__init__(theta)
+        self.steps: list[float] = []
+
+    def pairs(self, at: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.steps.extend(float(s) for s in np.asarray(h))
+        return super().pairs(at, h)
+
+
+def test_the_re_check_reuses_the_first_pair_and_evaluates_j_at_2h_and_4h_only() -> None:
+    # θ₂'s backprop 1% off: its first gap stands at 2h and 4h. The pair at h is the first
+    # reading's, never evaluated again (two evaluations of J per component saved).
+    j = _Counted(np.array([0.5, 1.0, 0.5]))
+    steps = np.full(3, 1e-7)
+    first = j.pairs(np.arange(3), steps)
+    j.steps.clear()
+    found = gather_evidence(
+        j, np.array([1.0, 2.0, 0.25 * 1.01]), first, j.cost(j.theta), steps, 1e-16, 1e-7
+    )
+    assert list(found.reading) == [AGREES, AGREES, DISAGREES]
+    assert 1e-7 not in j.steps and {2e-7, 4e-7} <= set(j.steps)
