@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gradwatch.evidence.escalation import noise_at
 from gradwatch.evidence.readings import (
     DISAGREES,
     FITTED_STEP,
@@ -19,7 +20,8 @@ from gradwatch.evidence.readings import (
     Record,
     read,
 )
-from gradwatch.evidence.recheck import at_steps, extrapolate, fitted_steps, longest_steps
+from gradwatch.evidence.recheck import Pair, at_steps, extrapolate, fitted_steps, longest_steps
+from gradwatch.evidence.tensor_test import convicts
 
 if TYPE_CHECKING:
     from gradwatch.evidence.objective import Objective
@@ -39,6 +41,17 @@ GATE_DIRECTIONS = 2
 # 2H) stops a step where higher terms show.
 RUNG = 16.0
 RUNGS = 3
+# A rung whose readings ask (one disagrees, or the tensor fails the tensor test) is judged against
+# J's noise measured at its own stride (escalation.noise_at), never below the noise held from the
+# rung below. That noise is rounding, which does not grow with the stride once the stride spans
+# the grid of J's coarsest intermediate (each evaluation's rounding is bounded whatever the
+# stride): between a rung and the one below, RUNG times shorter, it may grow by what the shorter
+# stride left unresolved. Structure grows at least as fast as the stride: a kink the probes cross
+# adds its slope change times the stride to a fourth difference (RUNG times per rung), J's higher
+# terms the stride's fourth power (RUNG⁴). A noise measured beyond RUNG times the noise held is
+# structure, not rounding (a ReLU kink 5e-4 from θ crossed at 256·H₀: 3e-11 → 1e-4): the rung is
+# not smooth there, its readings do not count, and the components keep those of the rung below.
+NOISE_GROWTH = RUNG
 
 
 def escalate(
@@ -69,7 +82,7 @@ def escalate(
         mine = noisy[groups[noisy] == g]
         if mine.size:
             at, fitted = _fitted(objective, record, mine, center, steps)
-            _ladder(objective, record, groups == g, (at, fitted), center, bands)
+            _ladder(objective, record, groups == g, (at, fitted), center, bands, seed)
             continue
         at, fitted = _fitted(objective, record, quiet[groups[quiet] == g], center, steps)
         if at.size:
@@ -144,15 +157,17 @@ def _ladder(
     start: tuple[np.ndarray, np.ndarray],
     center: float,
     bands: tuple[float, float],
+    seed: int = 0,
 ) -> None:
     """Reads ``at`` at their fitted steps, then at ``RUNG`` times longer ones while the tensor
-    (``group``: a mask) stays too close to J's noise or they stay within noise."""
+    (``group``: a mask) stays too close to J's noise or they stay within noise, each rung where
+    its readings ask against J's noise at its own stride (``_rung``; ``seed`` draws the probes)."""
     pass_max, warn_max = bands
     at, fitted = start
     for _ in range(RUNGS):
         if at.size == 0:
             return
-        read_fitted(objective, record, at, fitted, center, pass_max)
+        at, fitted = _rung(objective, record, group, (at, fitted), center, pass_max, seed)
         if (record.reading[group] == DISAGREES).any():
             return
         if _noisy(record, np.where(group, 0, -1), warn_max, group).size == 0:
@@ -160,6 +175,46 @@ def _ladder(
             at, fitted = at[left], fitted[left]
         longest = longest_steps(objective.values(at))
         at, fitted = at[fitted < longest], np.minimum(fitted * RUNG, longest)[fitted < longest]
+
+
+def _rung(
+    objective: Objective,
+    record: Record,
+    group: np.ndarray,
+    start: tuple[np.ndarray, np.ndarray],
+    center: float,
+    pass_max: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reads ``at`` at ``fitted`` against the noise held; where a reading there disagrees or the
+    tensor fails the tensor test, reads them again against J's noise measured at this stride
+    (never lower), unless that noise grew past ``NOISE_GROWTH`` times the noise held: then the
+    probes crossed structure and the rung's readings do not count. Returns the components that
+    climb on (all but those of a rung that crossed structure) and their steps."""
+    at, fitted = start
+    held = _fields(record, at)
+    pairs = at_steps(objective, at, fitted, (1.0, 2.0))
+    _judge(record, at, fitted, pairs, center, pass_max)
+    measured = group & record.measured()
+    asking = (record.reading[at] == DISAGREES).any()
+    if not (asking or convicts(record.analytic, record.numeric, record.noise, measured, pass_max)):
+        return at, fitted
+    found = noise_at(objective, center, at, fitted, seed)
+    for field, first in zip(_fields(record), held, strict=True):
+        field[at] = first
+    if found > NOISE_GROWTH * float(np.max(held[-1])):
+        return at[:0], fitted[:0]
+    record.sigma[at] = np.maximum(held[-1], found)
+    smooth = _judge(record, at, fitted, pairs, center, pass_max)
+    record.sigma[at[~smooth]] = held[-1][~smooth]  # not read here: its reading and noise stay
+    return at, fitted
+
+
+def _fields(record: Record, at: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """What a reading sets (J's noise behind it last), or copies of it at ``at``."""
+    fields: tuple[np.ndarray, ...] = (record.analytic, record.numeric, record.noise)
+    fields = (*fields, record.reading, record.reason, record.recheck, record.step, record.sigma)
+    return fields if at is None else tuple(f[at].copy() for f in fields)
 
 
 def _noisy(record: Record, groups: np.ndarray, warn_max: float, among: np.ndarray) -> np.ndarray:
@@ -226,10 +281,25 @@ def read_fitted(
     pass_max: float,
 ) -> None:
     """Reads each component at its fitted step H, by Richardson's estimate from H and 2H."""
-    near, far = at_steps(objective, at, fitted, (1.0, 2.0))
+    pairs = at_steps(objective, at, fitted, (1.0, 2.0))
+    _judge(record, at, fitted, pairs, center, pass_max)
+
+
+def _judge(
+    record: Record,
+    at: np.ndarray,
+    fitted: np.ndarray,
+    pairs: list[Pair],
+    center: float,
+    pass_max: float,
+) -> np.ndarray:
+    """Reads ``at`` from J at ±H and ±2H (``pairs``) against the noise they carry, where J is smooth
+    over both (those it returns True for); the others keep their readings."""
+    near, far = pairs
     smooth, estimate, spread = extrapolate(center, far, near, record.sigma[at])
     smooth &= np.isfinite(estimate)
     done = at[smooth]
     values = (record.at_theta[done], estimate[smooth], spread[smooth])
     record.set(done, values, pass_max, FITTED_STEP)
     record.step[done] = fitted[smooth]
+    return smooth
