@@ -261,3 +261,29 @@ def test_a_component_rough_at_a_longer_rung_keeps_its_reading_and_its_noise(
     top = 16 * FITTED if warn_max == 1e-3 else float(longest_steps(np.zeros(1))[0])
     np.testing.assert_array_equal(record.step, [top, top, FITTED, top])
     assert record.sigma[2] == Stairs.NOISE and (record.reading == AGREES).all()
+
+
+class _Exact(Stairs):
+    """Stairs whose error is zero along a single component: the readings are exact, and J's noise
+    (1e-7) shows only along the probes, which move all four components."""
+
+    def _error(self, cells: np.ndarray) -> float:
+        return 0.0 if np.count_nonzero(cells) < 2 else super()._error(cells)
+
+
+@pytest.mark.parametrize(("z", "measured"), [(7.0, True), (5.0, False)])
+def test_readings_that_fail_the_tensor_test_together_ask_for_j_noise_at_their_stride(
+    z: float, measured: bool
+) -> None:
+    # The noise held is a quarter of J's; under a warn band of 0.1 the tensor is judged at H.
+    # Every component off by 7σ of its reading (none disagrees, 8σ) together fail the tensor
+    # test (S = 196 against the bound 163 for four): they ask, and are read against J's noise at
+    # H's stride, 4× the held (1.75σ each, S = 12). Off by 5σ (S = 100) they pass it and ask for
+    # nothing: the noise held stays.
+    j, held = _Exact(0), Stairs.NOISE / 4
+    unit = _climb(j, Stairs.SLOPES.copy(), held, 0.1).noise
+    record = _climb(j, Stairs.SLOPES + z * unit, held, 0.1)
+    assert (record.reading == AGREES).all() and (record.step == FITTED).all()
+    found = noise_at(j, 1.0, np.arange(4), np.full(4, FITTED), 0)  # type: ignore[arg-type]
+    assert held < found < NOISE_GROWTH * held
+    assert list(record.sigma) == [found if measured else held] * 4

@@ -41,7 +41,7 @@ GATE_DIRECTIONS = 2
 # 2H) stops a step where higher terms show.
 RUNG = 16.0
 RUNGS = 3
-# A rung whose readings ask (one disagrees, or the tensor fails the tensor test) is judged against
+# A rung whose readings ask (one disagrees, or together they fail the tensor test) is judged against
 # J's noise measured at its own stride (escalation.noise_at), never below the noise held from the
 # rung below. That noise is rounding, which does not grow with the stride once the stride spans
 # the grid of J's coarsest intermediate (each evaluation's rounding is bounded whatever the
@@ -167,7 +167,7 @@ def _ladder(
     for _ in range(RUNGS):
         if at.size == 0:
             return
-        at, fitted = _rung(objective, record, group, (at, fitted), center, pass_max, seed)
+        at, fitted = _rung(objective, record, (at, fitted), center, pass_max, seed)
         if (record.reading[group] == DISAGREES).any():
             return
         if _noisy(record, np.where(group, 0, -1), warn_max, group).size == 0:
@@ -180,14 +180,13 @@ def _ladder(
 def _rung(
     objective: Objective,
     record: Record,
-    group: np.ndarray,
     start: tuple[np.ndarray, np.ndarray],
     center: float,
     pass_max: float,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Reads ``at`` at ``fitted`` against the noise held; where a reading there disagrees or the
-    tensor fails the tensor test, reads them again against J's noise measured at this stride
+    """Reads ``at`` at ``fitted`` against the noise held; where a reading there disagrees or
+    together they fail the tensor test, reads them again against J's noise measured at this stride
     (never lower), unless that noise grew past ``NOISE_GROWTH`` times the noise held: then the
     probes crossed structure and the rung's readings do not count. Returns the components that
     climb on (all but those of a rung that crossed structure) and their steps."""
@@ -195,9 +194,10 @@ def _rung(
     held = _fields(record, at)
     pairs = at_steps(objective, at, fitted, (1.0, 2.0))
     _judge(record, at, fitted, pairs, center, pass_max)
-    measured = group & record.measured()
+    mine = np.zeros(record.reading.size, bool)
+    mine[at] = record.measured()[at]
     asking = (record.reading[at] == DISAGREES).any()
-    if not (asking or convicts(record.analytic, record.numeric, record.noise, measured, pass_max)):
+    if not (asking or convicts(record.analytic, record.numeric, record.noise, mine, pass_max)):
         return at, fitted
     found = noise_at(objective, center, at, fitted, seed)
     for field, first in zip(_fields(record), held, strict=True):
