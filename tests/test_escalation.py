@@ -151,7 +151,7 @@ def test_the_ladder_climbs_a_tensor_too_close_to_j_noise_though_every_component_
     j, a = Cubes(theta), 3 * theta**2
     record = Record(a, a, np.full(2, 1e-9), np.full(2, 1e-6))
     start = (np.arange(2), np.full(2, h))
-    _ladder(j, record, np.ones(2, bool), start, j.center, (1e-7, 1e-3))  # type: ignore[arg-type]
+    _ladder(j, record, np.ones(2, bool), start, j.center, (1e-7, 1e-3), 0)  # type: ignore[arg-type]
     assert list(record.reading) == [AGREES] * 2 and list(record.recheck) == [FITTED_STEP] * 2
     np.testing.assert_array_equal(record.step, [16 * h] * 2)
 

@@ -86,7 +86,7 @@ def escalate(
             continue
         at, fitted = _fitted(objective, record, quiet[groups[quiet] == g], center, steps)
         if at.size:
-            _gate(objective, record, groups == g, (at, fitted), center, rng, bands)
+            _gate(objective, record, groups == g, (at, fitted), center, rng, bands, seed)
 
 
 def _gate(
@@ -97,6 +97,7 @@ def _gate(
     center: float,
     rng: np.random.Generator,
     bands: tuple[float, float],
+    seed: int,
 ) -> None:
     """Reads a tensor's components within noise along random directions, at the longest step of
     the ladder first (the least noise) and shorter ones where J is not smooth along it; where a
@@ -112,10 +113,10 @@ def _gate(
         tried.append(float(np.max(steps)))
         smooth, signal = _directions(objective, record, at, steps, center, rng, bands[0])
         if smooth and signal:
-            _ladder(objective, record, group, (at, fitted), center, bands)
+            _ladder(objective, record, group, (at, fitted), center, bands, seed)
         if smooth:
             return
-    _alone(objective, record, group, (at, fitted), center, bands)
+    _alone(objective, record, group, (at, fitted), center, bands, seed)
 
 
 def _alone(
@@ -125,6 +126,7 @@ def _alone(
     start: tuple[np.ndarray, np.ndarray],
     center: float,
     bands: tuple[float, float],
+    seed: int,
 ) -> None:
     """Where J is rough along the gate's directions at every rung (a kink within reach of one
     component crosses every direction, since each moves them all), reads each component alone,
@@ -145,7 +147,7 @@ def _alone(
         # smooth (and finite) at this rung's step.
         pending &= record.recheck[at] != FITTED_STEP
     signal = ~pending & (record.reading[at] != NOT_JUDGED)
-    _ladder(objective, record, group, (at[signal], fitted[signal]), center, bands)
+    _ladder(objective, record, group, (at[signal], fitted[signal]), center, bands, seed)
     rough = at[pending & (record.reason[at] == WITHIN_NOISE)]
     record.reason[rough] = ON_KINK
 
@@ -157,7 +159,7 @@ def _ladder(
     start: tuple[np.ndarray, np.ndarray],
     center: float,
     bands: tuple[float, float],
-    seed: int = 0,
+    seed: int,
 ) -> None:
     """Reads ``at`` at their fitted steps, then at ``RUNG`` times longer ones while the tensor
     (``group``: a mask) stays too close to J's noise or they stay within noise, each rung where
