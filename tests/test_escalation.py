@@ -271,18 +271,22 @@ class _Exact(Stairs):
         return 0.0 if np.count_nonzero(cells) < 2 else super()._error(cells)
 
 
-@pytest.mark.parametrize(("z", "measured"), [(7.0, True), (5.0, False)])
-def test_readings_that_fail_the_tensor_test_together_ask_for_j_noise_at_their_stride(
-    z: float, measured: bool
+@pytest.mark.parametrize(
+    ("z", "measured"),
+    [((7.0, 7.0, 7.0, 7.0), True), ((5.0, 5.0, 5.0, 5.0), False), ((0.0, 9.0, 0.0, 0.0), True)],
+)
+def test_readings_that_disagree_or_fail_the_tensor_test_ask_for_j_noise_at_their_stride(
+    z: tuple[float, ...], measured: bool
 ) -> None:
     # The noise held is a quarter of J's; under a warn band of 0.1 the tensor is judged at H.
     # Every component off by 7σ of its reading (none disagrees, 8σ) together fail the tensor
     # test (S = 196 against the bound 163 for four): they ask, and are read against J's noise at
     # H's stride, 4× the held (1.75σ each, S = 12). Off by 5σ (S = 100) they pass it and ask for
-    # nothing: the noise held stays.
+    # nothing: the noise held stays. w₁ alone off by 9σ disagrees (S = 81, under the bound): it
+    # asks, and agrees against that noise (2.25σ).
     j, held = _Exact(0), Stairs.NOISE / 4
     unit = _climb(j, Stairs.SLOPES.copy(), held, 0.1).noise
-    record = _climb(j, Stairs.SLOPES + z * unit, held, 0.1)
+    record = _climb(j, Stairs.SLOPES + np.array(z) * unit, held, 0.1)
     assert (record.reading == AGREES).all() and (record.step == FITTED).all()
     found = noise_at(j, 1.0, np.arange(4), np.full(4, FITTED), 0)  # type: ignore[arg-type]
     assert held < found < NOISE_GROWTH * held
