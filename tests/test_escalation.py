@@ -252,15 +252,21 @@ class _Quartic(Stairs):
 
 
 # Under a warn band of 1e-4, component 2's noise (3.2e-4 at H) keeps the tensor too close to J's
-# noise at 16·H: the others climb to float32's step too.
+# noise at 16·H: the others climb to float32's step too. With the planted 1% bug, w₀, w₁ and w₃
+# disagree at 16·H and ask: the rung is read again against J's noise at its stride (9e-8 there,
+# under the held 1e-7), and w₂, rough there, keeps its reading at H and its noise.
+@pytest.mark.parametrize("planted", [False, True])
 @pytest.mark.parametrize("warn_max", [1e-3, 1e-4])
 def test_a_component_rough_at_a_longer_rung_keeps_its_reading_and_its_noise(
-    warn_max: float,
+    warn_max: float, planted: bool
 ) -> None:
-    record = _climb(_Quartic(0), Stairs.SLOPES.copy(), Stairs.NOISE, warn_max)
-    top = 16 * FITTED if warn_max == 1e-3 else float(longest_steps(np.zeros(1))[0])
+    analytic = Stairs.SLOPES * (1.01 if planted else 1.0)
+    record = _climb(_Quartic(0), analytic, Stairs.NOISE, warn_max)
+    top = 16 * FITTED if warn_max == 1e-3 or planted else float(longest_steps(np.zeros(1))[0])
     np.testing.assert_array_equal(record.step, [top, top, FITTED, top])
-    assert record.sigma[2] == Stairs.NOISE and (record.reading == AGREES).all()
+    assert list(record.sigma) == [Stairs.NOISE] * 4
+    bug = DISAGREES if planted else AGREES
+    assert list(record.reading) == [bug, bug, AGREES, bug]
 
 
 class _Exact(Stairs):
