@@ -1,9 +1,8 @@
 """Escalation: the components the first step leaves within noise, and those of a tensor too close
 to J's noise, read again at steps fitted to J's noise: along random directions over a tensor
 first (the gate), then each alone (the ladder, each rung where it asks against J's noise at its
-own stride). See :mod:`gradwatch.evidence.model` for where it
-comes in, and :mod:`gradwatch.evidence.escalation` for the tensor test's re-read and J's noise
-along a tensor."""
+own stride). See :mod:`gradwatch.evidence.model` for where it comes in, and
+:mod:`gradwatch.evidence.escalation` for the tensor test's re-read and J's noise along a tensor."""
 
 from __future__ import annotations
 
