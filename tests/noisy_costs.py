@@ -49,3 +49,43 @@ class Cubes:
 
     def values(self, at: np.ndarray) -> np.ndarray:
         return self.theta[np.asarray(at)]
+
+
+class Stairs:
+    """J = 1 + SLOPES·x + ``kink``·relu(|x₃| − ``at``) plus an error of 1e-7·N(0, 1) constant over
+    cells of 1e-5 (J rounded through a coarse intermediate, as a float32 check's; ``key`` seeds
+    the cells): at the stride of readings at 3e-4 and beyond, J's noise is that 1e-7."""
+
+    CENTER, NOISE, CELL = 1.0, 1e-7, 1e-5
+    SLOPES = np.array([0.2, 0.05, 0.05, 0.05])
+
+    def __init__(self, key: int, kink: float = 0.0, at: float = 0.0) -> None:
+        self.key, self.kink, self.at = key, kink, at
+
+    def _error(self, cells: np.ndarray) -> float:
+        if not cells.any():
+            return 0.0  # θ itself: J(θ) is CENTER
+        seed = [int(c) + 2**40 for c in cells] + [self.key]
+        return self.NOISE * float(np.random.default_rng(seed).standard_normal())
+
+    def _cost(self, x: np.ndarray) -> float:
+        error = self._error(np.floor(x / self.CELL).astype(np.int64))
+        kinked = self.kink * max(abs(x[3]) - self.at, 0.0)
+        return self.CENTER + float(self.SLOPES @ x) + error + kinked
+
+    def pairs(self, at: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        eye = np.eye(self.SLOPES.size)
+        plus = [self._cost(s * eye[i]) for i, s in zip(at, h, strict=True)]
+        minus = [self._cost(-s * eye[i]) for i, s in zip(at, h, strict=True)]
+        return np.array(plus), np.array(minus)
+
+    def half_gaps(self, at: np.ndarray, h: np.ndarray) -> np.ndarray:
+        return np.asarray(h, np.float64)
+
+    def values(self, at: np.ndarray) -> np.ndarray:
+        return np.zeros(len(at))
+
+    def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        full = np.zeros((len(rows), self.SLOPES.size))
+        full[:, support] = rows
+        return np.array([self._cost(x) for x in full])

@@ -223,8 +223,8 @@ def _rough_alone(c: float, own: Callable[[float], float], width: int = 7):  # ty
 def test_a_component_alone_is_read_at_the_longest_rung_where_it_is_smooth() -> None:
     # A kink 5e-4 from θ along w₀: alone, it is rough at 256·H₀ (1.6e-3) and smooth at 16·H₀ (its
     # ±2H reach 2e-4), where c = 1e-5 shows (tolerance ~2e-6; ~3e-5 at H₀, where it would not):
-    # w₀ is read on the ladder from H₀ up, and a detached one fails at 16·H₀. (The right one is
-    # tests/test_stride.py's strict xfail: stride.farther reads it across the kink.)
+    # w₀ is read on the ladder from H₀ up, and a detached one fails at 16·H₀. (The right one:
+    # test_a_kink_beyond_a_correct_components_fitted_reading_does_not_fail_it.)
     cost = _rough_alone(1e-5, lambda x: max(x - 5e-4, 0.0))
     report = gradwatch.check_function(cost, origin(), np.r_[np.zeros(7), 1.0], layout=LAYOUT)
     assert report.verdict is Verdict.FAIL and report.parameters["w"].verdict is Verdict.FAIL
@@ -233,6 +233,31 @@ def test_a_component_alone_is_read_at_the_longest_rung_where_it_is_smooth() -> N
     assert w0.numeric == pytest.approx(1e-5, rel=0.1)
     # w₁ is read at 256·H₀: w₀'s reading at 16·H₀ has 16× its noise
     assert w0.numeric_noise == pytest.approx(16 * zero.numeric_noise, rel=1e-9)
+
+
+@pytest.mark.parametrize("kink", [5e-4, 1e-3])
+def test_a_kink_beyond_a_correct_components_fitted_reading_does_not_fail_it(kink: float) -> None:
+    # J = 3e5 + 1e-5·w₀ + Σw² + relu(w₀ − kink) + b², a kink 4e-6 along w₄ (kink 1e-3: none, and
+    # the gate reads w₀). w₀ is within noise at the first step and agrees at 16·H₀ (≈ 6.4e-5);
+    # 256·H₀ (≈ 1e-3) crosses its kink, rough against the noise held, and asks for no noise
+    # there: w₀ keeps its reading at 16·H₀, and w stays too close to J's noise (its floor 1.5e-2
+    # over w₀ alone). (Before the ladder measured J's noise only where a rung asks, a second
+    # climb measured it across the kink, 3e-11 → 1e-4, read Richardson's 0.31 there as smooth and
+    # failed the right gradient.) The detached twin:
+    # test_a_component_alone_is_read_at_the_longest_rung_where_it_is_smooth.
+    if kink < 1e-3:
+        cost = _rough_alone(1e-5, lambda x: max(x - kink, 0.0))
+    else:
+        cost = one_gradient(1e-5, kink=kink, along=0)
+    report = gradwatch.check_function(cost, origin(), np.r_[1e-5, np.zeros(6), 1.0], layout=LAYOUT)
+    w = report.parameters["w"]
+    assert report.verdict is Verdict.PASS and w.verdict is Verdict.NOT_JUDGED, str(report)
+    assert (w.agrees, w.disagrees, w.reason) == (1, 0, "too close to J's noise")
+    w0 = report.component(0)
+    assert (w0.reading, w0.recheck) == ("agrees", "fitted step"), str(report)
+    assert w0.numeric == pytest.approx(1e-5, rel=0.1)
+    reasons = ["on a kink" if i == 4 and kink < 1e-3 else "within noise" for i in range(1, 7)]
+    assert [r[:2] for r in readings(report, 7)[1:]] == [("not judged", r) for r in reasons]
 
 
 @pytest.mark.parametrize(("g0", "verdict"), [(5e-4, Verdict.PASS), (5e-4 * 1.0006, Verdict.WARN)])

@@ -243,7 +243,7 @@ def test_the_ladder_climbs_with_the_components_left_within_noise_only() -> None:
     j, a = Cubes(theta), 3 * theta**2
     record = Record(a, a, np.full(2, 1e-9), np.full(2, 1e-12))
     start = (np.arange(2), np.full(2, h))
-    _ladder(j, record, np.ones(2, bool), start, j.center, (1e-7, 1e-3))  # type: ignore[arg-type]
+    _ladder(j, record, np.ones(2, bool), start, j.center, (1e-7, 1e-3), 0)  # type: ignore[arg-type]
     assert list(record.reading) == [AGREES, NOT_JUDGED]
     assert list(record.recheck) == [FITTED_STEP] * 2
     np.testing.assert_array_equal(record.step, [h, longest_steps(np.zeros(1))[0]])

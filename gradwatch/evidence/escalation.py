@@ -25,7 +25,7 @@ from gradwatch.evidence.tensor_test import convicts
 if TYPE_CHECKING:
     from gradwatch.evidence.objective import Objective
 
-__all__ = ["retest", "tensor_noise"]
+__all__ = ["noise_at", "retest", "tensor_noise"]
 
 
 # A tensor's noise is read at its readings' stride (_noise_along): a direction along which J did
@@ -111,11 +111,9 @@ def _raise_noise(
     seed: int,
     pass_max: float,
 ) -> None:
-    """Measures J's noise along ``support`` at the stride of its readings (:func:`_noise_along`),
-    never below J's rounding floor in float64 (J rounded once), and reads the components whose
-    noise was smaller against it."""
-    gaps = objective.half_gaps(support, record.step[support])
-    found = max(_noise_along(objective, center, support, gaps, seed), rounding_floor(center))
+    """Measures J's noise along ``support`` at the stride of its readings (:func:`noise_at`), and
+    reads the components whose noise was smaller against it."""
+    found = noise_at(objective, center, support, record.step[support], seed)
     at = support[record.sigma[support] < found]
     if at.size == 0:
         return
@@ -126,6 +124,29 @@ def _raise_noise(
     recheck = record.recheck[read_again].copy()
     record.set(read_again, values, pass_max, 0)
     record.recheck[read_again] = recheck
+
+
+def noise_at(
+    objective: Objective, center: float, support: np.ndarray, steps: np.ndarray, seed: int
+) -> float:
+    """J's noise along the components ``support`` at the stride of readings at ``steps`` (1 to 2
+    steps from θ, as far as a reading's points and its Richardson partner's, by
+    :func:`_noise_along`), never below J's rounding floor in float64 (J rounded once). A reading
+    at a longer step (escalation's ladder, a re-read at the fitted step) is judged against it.
+
+    Example:
+        >>> class Line:  # J = 1 + Σθ, rounded to a grid of 1e-9 beyond 1e-6 from θ
+        ...     def half_gaps(self, at, h): return np.asarray(h, float)
+        ...     def line(self, support, rows):
+        ...         s = rows.sum(axis=1)
+        ...         return 1 + s + np.where(np.abs(s) > 1e-6, np.sin(1e6 * s) * 1e-9, 0.0)
+        >>> first = noise_at(Line(), 1.0, np.arange(4), np.full(4, 1e-9), 0)
+        >>> longer = noise_at(Line(), 1.0, np.arange(4), np.full(4, 1e-4), 0)
+        >>> bool(first < 1e-15 < 1e-10 < longer)
+        True
+    """
+    gaps = objective.half_gaps(support, steps)
+    return max(_noise_along(objective, center, support, gaps, seed), rounding_floor(center))
 
 
 def _noise_along(

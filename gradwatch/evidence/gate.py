@@ -1,8 +1,8 @@
 """Escalation: the components the first step leaves within noise, and those of a tensor too close
 to J's noise, read again at steps fitted to J's noise: along random directions over a tensor
-first (the gate), then each alone (the ladder). See :mod:`gradwatch.evidence.model` for where it
-comes in, and :mod:`gradwatch.evidence.escalation` for the tensor test's re-read and J's noise
-along a tensor."""
+first (the gate), then each alone (the ladder, each rung where it asks against J's noise at its
+own stride). See :mod:`gradwatch.evidence.model` for where it comes in, and
+:mod:`gradwatch.evidence.escalation` for the tensor test's re-read and J's noise along a tensor."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gradwatch.evidence.escalation import noise_at
 from gradwatch.evidence.readings import (
     DISAGREES,
     FITTED_STEP,
@@ -19,7 +20,8 @@ from gradwatch.evidence.readings import (
     Record,
     read,
 )
-from gradwatch.evidence.recheck import at_steps, extrapolate, fitted_steps, longest_steps
+from gradwatch.evidence.recheck import Pair, at_steps, extrapolate, fitted_steps, longest_steps
+from gradwatch.evidence.tensor_test import convicts
 
 if TYPE_CHECKING:
     from gradwatch.evidence.objective import Objective
@@ -39,6 +41,17 @@ GATE_DIRECTIONS = 2
 # 2H) stops a step where higher terms show.
 RUNG = 16.0
 RUNGS = 3
+# A rung whose readings ask (one disagrees, or together they fail the tensor test) is judged against
+# J's noise measured at its own stride (escalation.noise_at), never below the noise held from the
+# rung below. That noise is rounding, which does not grow with the stride once the stride spans
+# the grid of J's coarsest intermediate (each evaluation's rounding is bounded whatever the
+# stride): between a rung and the one below, RUNG times shorter, it may grow by what the shorter
+# stride left unresolved. Structure grows at least as fast as the stride: a kink the probes cross
+# adds its slope change times the stride to a fourth difference (RUNG times per rung), J's higher
+# terms the stride's fourth power (RUNG⁴). A noise measured beyond RUNG times the noise held is
+# structure, not rounding (a ReLU kink 5e-4 from θ crossed at 256·H₀: 3e-11 → 1e-4): the rung is
+# not smooth there, its readings do not count, and the components keep those of the rung below.
+NOISE_GROWTH = RUNG
 
 
 def escalate(
@@ -69,11 +82,11 @@ def escalate(
         mine = noisy[groups[noisy] == g]
         if mine.size:
             at, fitted = _fitted(objective, record, mine, center, steps)
-            _ladder(objective, record, groups == g, (at, fitted), center, bands)
+            _ladder(objective, record, groups == g, (at, fitted), center, bands, seed)
             continue
         at, fitted = _fitted(objective, record, quiet[groups[quiet] == g], center, steps)
         if at.size:
-            _gate(objective, record, groups == g, (at, fitted), center, rng, bands)
+            _gate(objective, record, groups == g, (at, fitted), center, rng, bands, seed)
 
 
 def _gate(
@@ -84,6 +97,7 @@ def _gate(
     center: float,
     rng: np.random.Generator,
     bands: tuple[float, float],
+    seed: int,
 ) -> None:
     """Reads a tensor's components within noise along random directions, at the longest step of
     the ladder first (the least noise) and shorter ones where J is not smooth along it; where a
@@ -99,10 +113,10 @@ def _gate(
         tried.append(float(np.max(steps)))
         smooth, signal = _directions(objective, record, at, steps, center, rng, bands[0])
         if smooth and signal:
-            _ladder(objective, record, group, (at, fitted), center, bands)
+            _ladder(objective, record, group, (at, fitted), center, bands, seed)
         if smooth:
             return
-    _alone(objective, record, group, (at, fitted), center, bands)
+    _alone(objective, record, group, (at, fitted), center, bands, seed)
 
 
 def _alone(
@@ -112,6 +126,7 @@ def _alone(
     start: tuple[np.ndarray, np.ndarray],
     center: float,
     bands: tuple[float, float],
+    seed: int,
 ) -> None:
     """Where J is rough along the gate's directions at every rung (a kink within reach of one
     component crosses every direction, since each moves them all), reads each component alone,
@@ -132,7 +147,7 @@ def _alone(
         # smooth (and finite) at this rung's step.
         pending &= record.recheck[at] != FITTED_STEP
     signal = ~pending & (record.reading[at] != NOT_JUDGED)
-    _ladder(objective, record, group, (at[signal], fitted[signal]), center, bands)
+    _ladder(objective, record, group, (at[signal], fitted[signal]), center, bands, seed)
     rough = at[pending & (record.reason[at] == WITHIN_NOISE)]
     record.reason[rough] = ON_KINK
 
@@ -144,15 +159,17 @@ def _ladder(
     start: tuple[np.ndarray, np.ndarray],
     center: float,
     bands: tuple[float, float],
+    seed: int,
 ) -> None:
     """Reads ``at`` at their fitted steps, then at ``RUNG`` times longer ones while the tensor
-    (``group``: a mask) stays too close to J's noise or they stay within noise."""
+    (``group``: a mask) stays too close to J's noise or they stay within noise, each rung where
+    its readings ask against J's noise at its own stride (``_rung``; ``seed`` draws the probes)."""
     pass_max, warn_max = bands
     at, fitted = start
     for _ in range(RUNGS):
         if at.size == 0:
             return
-        read_fitted(objective, record, at, fitted, center, pass_max)
+        at, fitted = _rung(objective, record, (at, fitted), center, pass_max, seed)
         if (record.reading[group] == DISAGREES).any():
             return
         if _noisy(record, np.where(group, 0, -1), warn_max, group).size == 0:
@@ -160,6 +177,46 @@ def _ladder(
             at, fitted = at[left], fitted[left]
         longest = longest_steps(objective.values(at))
         at, fitted = at[fitted < longest], np.minimum(fitted * RUNG, longest)[fitted < longest]
+
+
+def _rung(
+    objective: Objective,
+    record: Record,
+    start: tuple[np.ndarray, np.ndarray],
+    center: float,
+    pass_max: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reads ``at`` at ``fitted`` against the noise held; where a reading there disagrees or
+    together they fail the tensor test, reads them again against J's noise measured at this stride
+    (never lower), unless that noise grew past ``NOISE_GROWTH`` times the noise held: then the
+    probes crossed structure and the rung's readings do not count. Returns the components that
+    climb on (all but those of a rung that crossed structure) and their steps."""
+    at, fitted = start
+    held = _fields(record, at)
+    pairs = at_steps(objective, at, fitted, (1.0, 2.0))
+    _judge(record, at, fitted, pairs, center, pass_max)
+    mine = np.zeros(record.reading.size, bool)
+    mine[at] = record.measured()[at]
+    asking = (record.reading[at] == DISAGREES).any()
+    if not (asking or convicts(record.analytic, record.numeric, record.noise, mine, pass_max)):
+        return at, fitted
+    found = noise_at(objective, center, at, fitted, seed)
+    for field, first in zip(_fields(record), held, strict=True):
+        field[at] = first
+    if found > NOISE_GROWTH * float(np.max(held[-1])):
+        return at[:0], fitted[:0]
+    record.sigma[at] = np.maximum(held[-1], found)
+    smooth = _judge(record, at, fitted, pairs, center, pass_max)
+    record.sigma[at[~smooth]] = held[-1][~smooth]  # not read here: its reading and noise stay
+    return at, fitted
+
+
+def _fields(record: Record, at: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """What a reading sets (J's noise behind it last), or copies of it at ``at``."""
+    fields: tuple[np.ndarray, ...] = (record.analytic, record.numeric, record.noise)
+    fields = (*fields, record.reading, record.reason, record.recheck, record.step, record.sigma)
+    return fields if at is None else tuple(f[at].copy() for f in fields)
 
 
 def _noisy(record: Record, groups: np.ndarray, warn_max: float, among: np.ndarray) -> np.ndarray:
@@ -226,10 +283,25 @@ def read_fitted(
     pass_max: float,
 ) -> None:
     """Reads each component at its fitted step H, by Richardson's estimate from H and 2H."""
-    near, far = at_steps(objective, at, fitted, (1.0, 2.0))
+    pairs = at_steps(objective, at, fitted, (1.0, 2.0))
+    _judge(record, at, fitted, pairs, center, pass_max)
+
+
+def _judge(
+    record: Record,
+    at: np.ndarray,
+    fitted: np.ndarray,
+    pairs: list[Pair],
+    center: float,
+    pass_max: float,
+) -> np.ndarray:
+    """Reads ``at`` from J at ±H and ±2H (``pairs``) against the noise they carry, where J is smooth
+    over both (those it returns True for); the others keep their readings."""
+    near, far = pairs
     smooth, estimate, spread = extrapolate(center, far, near, record.sigma[at])
     smooth &= np.isfinite(estimate)
     done = at[smooth]
     values = (record.at_theta[done], estimate[smooth], spread[smooth])
     record.set(done, values, pass_max, FITTED_STEP)
     record.step[done] = fitted[smooth]
+    return smooth

@@ -36,15 +36,16 @@ stride of their readings; where it is larger than the noise measured first, they
 it. A component left within noise is read again at a step fitted to J's noise ("fitted step"): only
 a gradient that is zero within that step's noise stays "not judged, within noise". A tensor that
 fails the tensor test has its components read again by Richardson's estimate, so that the h²
-truncation of the first step is not taken for a shared error. A tensor that J's noise at its fitted
-readings' stride leaves too close to J's noise is read at longer steps (``stride.farther``).
+truncation of the first step is not taken for a shared error. Escalation's rungs whose readings
+ask (a disagreement, a tensor failing the tensor test) are judged against J's noise at their own
+stride, unless it grew as structure does, not rounding (:mod:`gradwatch.evidence.gate`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gradwatch.evidence.escalation import retest, tensor_noise
+from gradwatch.evidence.escalation import noise_at, retest, tensor_noise
 from gradwatch.evidence.gate import RUNG, RUNGS, escalate, read_fitted
 from gradwatch.evidence.noise import NOISE_MULTIPLE
 from gradwatch.evidence.objective import Objective
@@ -69,7 +70,6 @@ from gradwatch.evidence.recheck import (
     slope,
     sub,
 )
-from gradwatch.evidence.stride import farther, noise_at
 
 __all__ = ["JITTER_STEPS", "JITTER_TRIES", "gather_evidence"]
 
@@ -145,7 +145,6 @@ def gather_evidence(
     escalate(objective, record, groups, center, steps, seed, (pass_max, warn_max))
     retest(objective, record, groups, center, steps, pass_max)
     tensor_noise(objective, record, groups, center, steps, seed, pass_max, measured)
-    farther(objective, record, groups, center, steps, seed, (pass_max, warn_max))
     _at_longer_steps(objective, record, center, steps, pass_max, groups, seed)
     return record.done()
 
