@@ -40,6 +40,15 @@ GATE_DIRECTIONS = 2
 RUNG = 16.0
 RUNGS = 3
 
+# The gate's rows for several tensors are one dense matrix (their rows × all their components,
+# zero outside each tensor's own): tensors share a line call while it holds at most this many
+# values, 64 MiB of float64 (a full check of a large model would otherwise build one of
+# gigabytes; a sampled check's fit in one).
+GATE_VALUES = 2**23
+# A tensor the gate reads: its mask over the checked components, its components within noise
+# and their fitted steps.
+Gated = tuple[np.ndarray, np.ndarray, np.ndarray]
+
 
 def escalate(
     objective: Objective,
@@ -65,6 +74,7 @@ def escalate(
     rng = np.random.default_rng([seed, 19])
     noisy = _noisy(record, groups, warn_max, record.recheck == 0)
     quiet = record.within_noise()
+    gated: list[Gated] = []
     for g in np.unique(groups[np.concatenate([quiet, noisy])]):
         mine = noisy[groups[noisy] == g]
         if mine.size:
@@ -73,36 +83,47 @@ def escalate(
             continue
         at, fitted = _fitted(objective, record, quiet[groups[quiet] == g], center, steps)
         if at.size:
-            _gate(objective, record, groups == g, (at, fitted), center, rng, bands)
+            gated.append((groups == g, at, fitted))
+    _gate(objective, record, gated, center, rng, bands)
 
 
 def _gate(
     objective: Objective,
     record: Record,
-    group: np.ndarray,
-    start: tuple[np.ndarray, np.ndarray],
+    gated: list[Gated],
     center: float,
     rng: np.random.Generator,
     bands: tuple[float, float],
 ) -> None:
-    """Reads a tensor's components within noise along random directions, at the longest step of
-    the ladder first (the least noise) and shorter ones where J is not smooth along it; where a
+    """Reads each tensor's components within noise along random directions, at the longest step
+    of the ladder first (the least noise) and shorter ones where J is not smooth along it; where a
     direction shows a gradient, each component is read alone (``_ladder``), and where J is
-    smooth along them at no rung, too (``_alone``)."""
-    at, fitted = start
-    longest = longest_steps(objective.values(at))
-    tried: list[float] = []
+    smooth along them at no rung, too (``_alone``). Each rung is one ``line`` call over every
+    tensor still rough (``_directions``): a call's fixed cost (a forward's set-up, the validation
+    of a new batched way) is paid once per rung, not once per tensor."""
+    longest = [longest_steps(objective.values(at)) for _, at, _ in gated]
+    tried = [np.inf] * len(gated)
+    pending = list(range(len(gated)))
     for k in range(RUNGS - 1, -1, -1):
-        steps = np.minimum(fitted * RUNG**k, longest)
-        if tried and float(np.max(steps)) >= tried[-1]:
-            continue  # the cap made this rung the same as a longer one
-        tried.append(float(np.max(steps)))
-        smooth, signal = _directions(objective, record, at, steps, center, rng, bands[0])
-        if smooth and signal:
-            _ladder(objective, record, group, (at, fitted), center, bands)
-        if smooth:
-            return
-    _alone(objective, record, group, (at, fitted), center, bands)
+        now: list[tuple[int, np.ndarray]] = []
+        for i in pending:
+            steps = np.minimum(gated[i][2] * RUNG**k, longest[i])
+            if float(np.max(steps)) >= tried[i]:
+                continue  # the cap made this rung the same as a longer one
+            tried[i] = float(np.max(steps))
+            now.append((i, steps))
+        found = _directions(
+            objective, record, [(gated[i][1], s) for i, s in now], center, rng, bands[0]
+        )
+        for (i, _), (smooth, signal) in zip(now, found, strict=True):
+            group, at, fitted = gated[i]
+            if smooth and signal:
+                _ladder(objective, record, group, (at, fitted), center, bands)
+            if smooth:
+                pending.remove(i)
+    for i in pending:
+        group, at, fitted = gated[i]
+        _alone(objective, record, group, (at, fitted), center, bands)
 
 
 def _alone(
@@ -196,25 +217,58 @@ def _fitted(
 def _directions(
     objective: Objective,
     record: Record,
-    at: np.ndarray,
-    fitted: np.ndarray,
+    tensors: list[tuple[np.ndarray, np.ndarray]],
     center: float,
     rng: np.random.Generator,
     pass_max: float,
-) -> tuple[bool, bool]:
-    """Whether J along random ±1 directions over ``at`` (each moved by its fitted step) is smooth,
-    and whether it shows a gradient, analytic or numeric, beyond the noise of Richardson's
-    estimate."""
-    signs = rng.choice([-1.0, 1.0], size=(GATE_DIRECTIONS, at.size))
-    rows = np.concatenate([signs * fitted * t for t in (1.0, -1.0, 2.0, -2.0)])
-    values = objective.line(at, rows).reshape(4, GATE_DIRECTIONS)
-    one = np.ones(GATE_DIRECTIONS)
-    near, far = (values[0], values[1], one), (values[2], values[3], 2 * one)
-    sigma = float(np.max(record.sigma[at]))
-    smooth, estimate, noise = extrapolate(center, far, near, sigma)
-    along = (signs * fitted) @ record.at_theta[at]
-    reading, _ = read(along, estimate, noise, pass_max)
-    return bool(np.all(smooth)), bool(np.any(reading != NOT_JUDGED))
+) -> list[tuple[bool, bool]]:
+    """For each tensor's components ``at`` (each moved by its step): whether J along
+    ``GATE_DIRECTIONS`` random ±1 directions over them is smooth, and whether it shows a gradient,
+    analytic or numeric, beyond the noise of Richardson's estimate. The signs are drawn tensor
+    after tensor, as calls of their own would draw them; the tensors share ``line`` calls
+    (``_shared_lines``)."""
+    moves = [rng.choice([-1.0, 1.0], size=(GATE_DIRECTIONS, at.size)) * s for at, s in tensors]
+    blocks = [np.concatenate([m * t for t in (1.0, -1.0, 2.0, -2.0)]) for m in moves]
+    values = _shared_lines(objective, [at for at, _ in tensors], blocks)
+    found = []
+    for (at, _), move, v in zip(tensors, moves, values, strict=True):
+        one = np.ones(GATE_DIRECTIONS)
+        v = v.reshape(4, GATE_DIRECTIONS)
+        near, far = (v[0], v[1], one), (v[2], v[3], 2 * one)
+        sigma = float(np.max(record.sigma[at]))
+        smooth, estimate, noise = extrapolate(center, far, near, sigma)
+        reading, _ = read(move @ record.at_theta[at], estimate, noise, pass_max)
+        found.append((bool(np.all(smooth)), bool(np.any(reading != NOT_JUDGED))))
+    return found
+
+
+def _shared_lines(
+    objective: Objective, supports: list[np.ndarray], blocks: list[np.ndarray]
+) -> list[np.ndarray]:
+    """J along each block of rows over its own support, in ``line`` calls shared by consecutive
+    blocks: the support of a call is their union, each block's rows zero outside its own, while
+    that matrix holds at most ``GATE_VALUES`` values (a block alone may hold more)."""
+    groups: list[list[int]] = []
+    width = 0
+    for k, block in enumerate(blocks):
+        count = sum(len(blocks[i]) for i in groups[-1]) + len(block) if groups else 0
+        if groups and count * (width + block.shape[1]) <= GATE_VALUES:
+            groups[-1].append(k)
+            width += block.shape[1]
+        else:
+            groups.append([k])
+            width = block.shape[1]
+    found: list[np.ndarray] = []
+    for group in groups:
+        support = np.concatenate([supports[k] for k in group])
+        rows = np.zeros((sum(len(blocks[k]) for k in group), support.size))
+        r = c = 0
+        for k in group:
+            rows[r : r + len(blocks[k]), c : c + blocks[k].shape[1]] = blocks[k]
+            r, c = r + len(blocks[k]), c + blocks[k].shape[1]
+        values = objective.line(support, rows)
+        found += np.split(values, np.cumsum([len(blocks[k]) for k in group])[:-1])
+    return found
 
 
 def read_fitted(
