@@ -102,9 +102,17 @@ def workloads() -> dict[str, Callable[[], Any]]:
 def _count_lines() -> list[Any]:
     """[calls, seconds] of ``ModuleObjective.line`` (J along directions: the noise probes and the
     gate's), counted in whichever tree this worker imported; [0, 0.0] where it has none."""
-    from gradwatch.check import comparison
+    import importlib
 
     found: list[Any] = [0, 0.0]
+    for where in ("gradwatch.check.comparison", "gradwatch._comparison"):  # 0.3's layout, 0.2's
+        try:
+            comparison = importlib.import_module(where)
+            break
+        except ImportError:
+            continue
+    else:
+        return found
     objective = getattr(comparison, "ModuleObjective", None)
     line = getattr(objective, "line", None)
     if line is None:
