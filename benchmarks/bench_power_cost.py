@@ -104,13 +104,14 @@ def _count_lines() -> list[Any]:
     gate's), counted in whichever tree this worker imported; [0, 0.0] where it has none."""
     import importlib
 
+    import gradwatch
+
     found: list[Any] = [0, 0.0]
-    for where in ("gradwatch.check.comparison", "gradwatch._comparison"):  # 0.3's layout, 0.2's
-        try:
-            comparison = importlib.import_module(where)
+    root = os.path.dirname(gradwatch.__file__)  # only this tree's modules: 0.3's layout, 0.2's
+    for where in ("check/comparison", "_comparison"):
+        if os.path.exists(os.path.join(root, f"{where}.py")):
+            comparison = importlib.import_module("gradwatch." + where.replace("/", "."))
             break
-        except ImportError:
-            continue
     else:
         return found
     objective = getattr(comparison, "ModuleObjective", None)
