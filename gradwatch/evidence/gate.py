@@ -100,7 +100,9 @@ def _gate(
     direction shows a gradient, each component is read alone (``_ladder``), and where J is
     smooth along them at no rung, too (``_alone``). Each rung is one ``line`` call over every
     tensor still rough (``_directions``): a call's fixed cost (a forward's set-up, the validation
-    of a new batched way) is paid once per rung, not once per tensor."""
+    of a new batched way) is paid once per rung, not once per tensor. The signs are drawn rung
+    by rung, so a tensor rough at the longest rung draws its next rung's after every tensor's
+    longest (calls per tensor drew them before the next tensor's)."""
     longest = [longest_steps(objective.values(at)) for _, at, _ in gated]
     tried = [np.inf] * len(gated)
     pending = list(range(len(gated)))
