@@ -19,8 +19,9 @@ trees' order turned round at each repeat (A B C, C B A, ...), so a load that com
 a shared machine falls on all of them. The table gives per workload the median wall time of
 each tree and, per baseline, the ratio new/base as the median of the paired ratios with their
 range, and the ratio of the evaluations of J (deterministic, not disturbed by load); the
-evaluations themselves follow. Issue 19's target: every ratio <= 1.3. Not part of the test
-suite.
+evaluations themselves follow, then the calls of J along directions (``ModuleObjective.line``:
+the noise probes and the gate's) with the median seconds spent in them. Issue 19's target:
+every ratio <= 1.3. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -98,6 +99,38 @@ def workloads() -> dict[str, Callable[[], Any]]:
     return found
 
 
+def _count_lines() -> list[Any]:
+    """[calls, seconds] of ``ModuleObjective.line`` (J along directions: the noise probes and the
+    gate's), counted in whichever tree this worker imported; [0, 0.0] where it has none."""
+    import importlib
+
+    import gradwatch
+
+    found: list[Any] = [0, 0.0]
+    root = os.path.dirname(gradwatch.__file__)  # only this tree's modules: 0.3's layout, 0.2's
+    for where in ("check/comparison", "_comparison"):
+        if os.path.exists(os.path.join(root, f"{where}.py")):
+            comparison = importlib.import_module("gradwatch." + where.replace("/", "."))
+            break
+    else:
+        return found
+    objective = getattr(comparison, "ModuleObjective", None)
+    line = getattr(objective, "line", None)
+    if line is None:
+        return found
+
+    def counted(self: Any, support: Any, rows: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return line(self, support, rows)
+        finally:
+            found[0] += 1
+            found[1] += time.perf_counter() - start
+
+    objective.line = counted  # type: ignore[union-attr]
+    return found
+
+
 def worker(threads: int) -> None:
     """Reads workload names from stdin, answers one JSON line each."""
     import torch
@@ -107,6 +140,7 @@ def worker(threads: int) -> None:
     torch.set_num_threads(threads)
     sys.path.insert(0, HERE)
     table = workloads()
+    lines = _count_lines()
     gradwatch.check_module(*table["speed:mlp-full"]()[:3], sample=50, progress=False)  # warm
     print(json.dumps({"gradwatch": os.path.dirname(gradwatch.__file__)}), flush=True)
     for line in sys.stdin:
@@ -115,6 +149,8 @@ def worker(threads: int) -> None:
         report = gradwatch.check_module(model, loss, batch, progress=False, **options)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         answer = {"wall": wall, "cpu": cpu, "evaluations": report.evaluations}
+        answer.update(lines=lines[0], line_seconds=lines[1])
+        lines[:] = [0, 0.0]
         print(json.dumps({**answer, "verdict": report.verdict.value}), flush=True)
 
 
@@ -185,13 +221,17 @@ def measure(names: list[str], trees: dict[str, Tree], repeats: int) -> dict[str,
 def print_row(name: str, found: dict[str, list[dict[str, Any]]]) -> None:
     """One row: the median seconds of each tree; per baseline, new/base in time (median of
     the pairs, range) and in evaluations; the evaluations and verdicts of every tree."""
-    new, cells = found["new"], [name]
+    new, cells, lines = found["new"], [name], []
     cells += [f"{statistics.median(r['wall'] for r in side):.2f}" for side in found.values()]
     for label, base in found.items():
         if label != "new":
             ratio = [n["wall"] / b["wall"] for b, n in zip(base, new, strict=True)]
             cells += [summary(ratio), f"{new[0]['evaluations'] / base[0]['evaluations']:.2f}"]
     cells.append(" / ".join(str(side[0]["evaluations"]) for side in found.values()))
+    for side in found.values():  # the line calls of each tree, and the seconds in them
+        seconds = statistics.median(r.get("line_seconds", 0.0) for r in side)
+        lines.append(f"{side[0].get('lines', 0)} ({seconds:.2f} s)")
+    cells.append(" / ".join(lines))
     cells.append(" / ".join(side[0]["verdict"] for side in found.values()))
     print("| " + " | ".join(cells) + " |", flush=True)
 
@@ -216,7 +256,7 @@ def main() -> None:
     head = ["workload", *(f"{b} s" for b in bases), "new s"]
     for b in bases:
         head += [f"time new/{b}", f"evaluations new/{b}"]
-    head += [f"evaluations ({', '.join(bases)}, new)", "verdicts"]
+    head += [f"evaluations ({', '.join(bases)}, new)", "line calls (median s in them)", "verdicts"]
     print("| " + " | ".join(head) + " |\n" + "|---" * len(head) + "|")
     trees = {b: Tree(base_tree(b), args.threads) for b in bases}
     trees["new"] = Tree(ROOT, args.threads)

@@ -1,6 +1,6 @@
 """Escalation's ladder on J's with a known answer: a tensor too close to J's noise, or a component
 the gate found a gradient along, is read at the step fitted to J's noise and ``RUNG`` times
-longer ones while the tensor stays too close (``gradwatch.evidence.gate._ladder``); and the
+longer ones while the tensor stays too close (``gradwatch.evidence.ladder.climb``); and the
 tensor test's re-read by Richardson's estimate. The gate itself: ``tests/test_gate.py``."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import gradwatch
 from gradwatch import Verdict
 from gradwatch.evidence.escalation import noise_at
-from gradwatch.evidence.gate import NOISE_GROWTH
+from gradwatch.evidence.ladder import NOISE_GROWTH
 from gradwatch.evidence.readings import AGREES, DISAGREES, FITTED_STEP, Record
 from gradwatch.evidence.recheck import longest_steps
 from tests.noisy_costs import BIG, LAYOUT, Cubes, Stairs, one_gradient, origin
@@ -145,13 +145,13 @@ def test_the_ladder_climbs_a_tensor_too_close_to_j_noise_though_every_component_
     # J = Σθ³ at θ = (1, 1), H = 1e-4 and J's noise 1e-6: Richardson's noise at H (~1e-2 a
     # component) agrees on 3 but leaves the tensor's noise floor (~3e-3) above warn_max. Both
     # climb to 16·H, where the floor is 16× lower and the ladder stops.
-    from gradwatch.evidence.gate import _ladder
+    from gradwatch.evidence.ladder import climb
 
     theta, h = np.ones(2), 1e-4
     j, a = Cubes(theta), 3 * theta**2
     record = Record(a, a, np.full(2, 1e-9), np.full(2, 1e-6))
     start = (np.arange(2), np.full(2, h))
-    _ladder(j, record, np.ones(2, bool), start, j.center, (1e-7, 1e-3), 0)  # type: ignore[arg-type]
+    climb(j, record, np.ones(2, bool), start, j.center, (1e-7, 1e-3), 0)  # type: ignore[arg-type]
     assert list(record.reading) == [AGREES] * 2 and list(record.recheck) == [FITTED_STEP] * 2
     np.testing.assert_array_equal(record.step, [16 * h] * 2)
 
@@ -166,13 +166,13 @@ FITTED = 3e-4
 
 
 def _climb(j: Stairs, analytic: np.ndarray, sigma: float, warn_max: float = 1e-3) -> Record:
-    from gradwatch.evidence.gate import _ladder
+    from gradwatch.evidence.ladder import climb
 
     size = Stairs.SLOPES.size
     record = Record(analytic, analytic.copy(), np.full(size, 1e-9), np.full(size, sigma))
     record.step[:] = 1e-7
     start = (np.arange(size), np.full(size, FITTED))
-    _ladder(j, record, np.ones(size, bool), start, j.CENTER, (1e-7, warn_max), j.key)  # type: ignore[arg-type]
+    climb(j, record, np.ones(size, bool), start, j.CENTER, (1e-7, warn_max), j.key)  # type: ignore[arg-type]
     return record
 
 

@@ -281,3 +281,81 @@ def test_a_reading_alone_that_the_ladder_cannot_repeat_is_read_against_the_pass_
     assert report.parameters["w"].tensor_test < 1
     assert report.component(0).reading == ("agrees" if verdict is Verdict.PASS else "disagrees")
     assert report.component(0).recheck == "fitted step"
+
+
+def _four_tensors(g: float):  # type: ignore[no-untyped-def]
+    # J = 3e5 + Σ_k g_k·(3w₀ − w₁ − w₂ − w₃) + 50·Σw² + relu(w₄ − kink_k) over four tensors of
+    # seven components (as _hidden's): t0 has no gradient (cleared at the longest rung), t1 the
+    # hidden g (shown at the longest rung: read on the ladder), t2 a kink 5e-4 along its w₄
+    # (rough at 256·H₀, cleared at 16·H₀), t3 a kink 4e-6 along its w₄ (rough at every rung).
+    weights = np.array([3.0, -1.0, -1.0, -1.0, 0.0, 0.0, 0.0])
+    gs, kinks = (0.0, g, 0.0, 0.0), (np.inf, np.inf, 5e-4, 4e-6)
+
+    def cost(t: np.ndarray) -> float:
+        w = t.reshape(4, 7)
+        terms = [gk * float(weights @ wk) + 50 * float(wk @ wk) + max(wk[4] - kink, 0.0)
+                 for gk, kink, wk in zip(gs, kinks, w, strict=True)]  # fmt: skip
+        return BIG + sum(terms)
+
+    layout = {f"t{k}": (7,) for k in range(4)}
+    return cost, np.zeros(28), layout, np.concatenate([gk * weights for gk in gs])
+
+
+def test_the_gate_reads_every_tensor_in_one_line_call_per_rung(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The same check twice: the gate as it is, and with each tensor's directions in a call of
+    # their own (drawn in the same order). The readings are the same, bit for bit; the gate makes
+    # one line call per rung it reads (3: all four tensors, then t2 and t3, then t3), not one per
+    # tensor and rung (4 + 2 + 1).
+    from gradwatch import function
+    from gradwatch.evidence import gate, model
+
+    calls: list[int] = []
+    escalating, reading = [False], [False]
+    line, escalate, directions = function._FunctionObjective.line, model.escalate, gate._directions
+
+    def counted(self, support, rows):  # type: ignore[no-untyped-def]
+        # the gate's calls only: a rung of the ladder that asks measures J's noise (probes) too
+        calls.extend([len(rows)] if escalating[0] and reading[0] else [])
+        return line(self, support, rows)
+
+    def watched(*args):  # type: ignore[no-untyped-def]
+        reading[0] = True
+        try:
+            return directions(*args)
+        finally:
+            reading[0] = False
+
+    def escalating_once(*args):  # type: ignore[no-untyped-def]
+        escalating[0] = not calls  # the first reading's escalation only (probes may read twice)
+        try:
+            return escalate(*args)
+        finally:
+            escalating[0] = False
+
+    def alone(objective, record, tensors, *rest):  # type: ignore[no-untyped-def]
+        return [found for one in tensors for found in watched(objective, record, [one], *rest)]
+
+    monkeypatch.setattr(function._FunctionObjective, "line", counted)
+    monkeypatch.setattr(model, "escalate", escalating_once)
+    cost, theta, layout, grad = _four_tensors(2e-7)
+    wrong = grad * np.r_[np.ones(7), np.zeros(7), np.ones(14)]  # t1 detached
+    found = {}
+    for way in ("batched", "alone"):
+        monkeypatch.setattr(gate, "_directions", watched if way == "batched" else alone)
+        for name, analytic in (("right", grad), ("wrong", wrong)):
+            calls.clear()
+            report = gradwatch.check_function(cost, theta, analytic, layout=layout)
+            data = {k: v for k, v in report.to_dict().items() if k != "seconds"}
+            found[way, name] = (readings(report, 28), data, list(calls))
+    for name in ("right", "wrong"):
+        batched, by_tensor = found["batched", name], found["alone", name]
+        assert batched[:2] == by_tensor[:2]  # every reading, and the report's every figure
+        assert batched[2] == [8 * 4, 8 * 2, 8] and by_tensor[2] == [8] * 7
+    (right, data), (wrong_, wrong_data) = (found["batched", n][:2] for n in ("right", "wrong"))
+    assert data["parameters"]["t1"]["verdict"] != "fail" and wrong_data["verdict"] == "fail"
+    assert right[:7] == [("not judged", "within noise", "")] * 7  # t0 cleared along directions
+    assert right[14:21] == [("not judged", "within noise", "")] * 7  # t2 too, at 16·H₀
+    assert right[7] == ("agrees", "", "fitted step") and wrong_[7][:2] == ("disagrees", "")
+    assert right[21 + 4] == wrong_[21 + 4] == ("not judged", "on a kink", "")  # t3 read alone

@@ -215,7 +215,7 @@ def test_a_fitted_reading_is_richardsons_from_h_and_2h_and_keeps_its_step() -> N
     # J = Σθ³ at H = 1e-3 and 2e-3: the estimate is 3θ² without the h² term, its noise that of
     # Richardson's at a ratio of 1/2, and the step it was read at is kept (J's noise along the
     # tensor is measured at that stride).
-    from gradwatch.evidence.gate import read_fitted
+    from gradwatch.evidence.ladder import read_fitted
     from gradwatch.evidence.readings import AGREES, FITTED_STEP, Record
     from gradwatch.evidence.recheck import richardson_noise
 
@@ -235,7 +235,8 @@ def test_the_ladder_climbs_with_the_components_left_within_noise_only() -> None:
     # θ = (1, 0) of J = Σθ³ at H = 1e-4: the first agrees at H and keeps that step; the second
     # (no gradient) stays within noise and climbs to 16·H and to float32's step. A component
     # whose step is float32's already has no longer step to be read at.
-    from gradwatch.evidence.gate import _fitted, _ladder
+    from gradwatch.evidence.gate import _fitted
+    from gradwatch.evidence.ladder import climb
     from gradwatch.evidence.readings import AGREES, FITTED_STEP, NOT_JUDGED, Record
     from gradwatch.evidence.recheck import longest_steps
 
@@ -243,7 +244,7 @@ def test_the_ladder_climbs_with_the_components_left_within_noise_only() -> None:
     j, a = Cubes(theta), 3 * theta**2
     record = Record(a, a, np.full(2, 1e-9), np.full(2, 1e-12))
     start = (np.arange(2), np.full(2, h))
-    _ladder(j, record, np.ones(2, bool), start, j.center, (1e-7, 1e-3), 0)  # type: ignore[arg-type]
+    climb(j, record, np.ones(2, bool), start, j.center, (1e-7, 1e-3), 0)  # type: ignore[arg-type]
     assert list(record.reading) == [AGREES, NOT_JUDGED]
     assert list(record.recheck) == [FITTED_STEP] * 2
     np.testing.assert_array_equal(record.step, [h, longest_steps(np.zeros(1))[0]])

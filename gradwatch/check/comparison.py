@@ -4,6 +4,7 @@ processes when the check is partitioned."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, replace
 
@@ -90,19 +91,24 @@ class ModuleObjective:
         return self._tensor
 
     def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """J at θ moved by each row of ``rows`` on the components ``support``."""
+        """J at θ moved by each row of ``rows`` on the components ``support``: in calls of
+        consecutive rows, each with copies of the tensors its rows move (``_calls``)."""
         tensors, local = self._tensor[support], self._local[support]
-        touched = [int(t) for t in np.unique(tensors)]
-        size = sum(self.cost.theta[t].numel() * self.cost.theta[t].element_size() for t in touched)
-        chunk = max(1, _PROBE_BYTES // max(size, 1))
+        touched, column = np.unique(tensors, return_inverse=True)
+        # moves[r, k]: whether row r moves tensor touched[k]
+        moves = (rows != 0).astype(np.float32) @ np.eye(touched.size, dtype=np.float32)[column] > 0
+        sizes = [self.cost.theta[t].numel() * self.cost.theta[t].element_size() for t in touched]
         found = []
-        for lo in range(0, len(rows), chunk):
-            part, values = rows[lo : lo + chunk], {}
-            for t in touched:
-                theta, cols = self.cost.theta[t], np.flatnonzero(tensors == t)
+        for lo, hi in _calls(moves, np.asarray(sizes)):
+            part, values = rows[lo:hi], {}
+            held = np.flatnonzero(moves[lo:hi].any(axis=0))
+            for k in held if held.size else [0]:  # a call of unmoved rows still copies a tensor
+                t, mine = int(touched[k]), np.flatnonzero(moves[lo:hi, k])
+                theta, cols = self.cost.theta[t], np.flatnonzero(tensors == touched[k])
                 copies = theta.reshape(1, -1).repeat(len(part), 1)
-                where = torch.as_tensor(local[cols], device=theta.device)
-                copies[:, where] += torch.as_tensor(part[:, cols]).to(theta)
+                at = torch.as_tensor(mine, device=theta.device)[:, None]
+                where = torch.as_tensor(local[cols], device=theta.device)[None, :]
+                copies[at, where] += torch.as_tensor(part[np.ix_(mine, cols)]).to(theta)
                 values[t] = copies.view(len(part), *theta.shape)
             found.append(self.cost.at(values, PROBES))
         return np.concatenate(found)
@@ -120,6 +126,32 @@ class ModuleObjective:
         flat = torch.cat([g.reshape(-1).to(torch.float64).cpu() for g in grads]).numpy()
         other = ModuleObjective(cost, self._layout, self._indices, self._split, self._epsilon, 0)
         return Moved(other, flat[self._indices], cost.value())
+
+
+def _calls(moves: np.ndarray, sizes: np.ndarray) -> list[tuple[int, int]]:
+    """Calls [lo, hi) over consecutive rows, each holding copies of the tensors its rows move
+    (``moves[row, tensor]``; ``sizes``: their bytes) for every row, within ``_PROBE_BYTES``. A
+    run of rows that move the same tensors (the noise probes; one tensor's gate directions) joins
+    the call before it while their copies fit: a call's fixed cost (a forward's set-up, a new
+    batched way's validation against the plain loop) is paid once for many small tensors. A run
+    that does not fit is cut every ``_PROBE_BYTES // size`` rows, in calls of its own."""
+    change = np.flatnonzero(np.any(moves[1:] != moves[:-1], axis=1)) + 1
+    bounds = [0, *change.tolist(), len(moves)] if len(moves) else []
+    calls, lo, held = [], 0, np.zeros(moves.shape[1], bool)
+    for a, b in itertools.pairwise(bounds):
+        more = held | moves[a]
+        if int(np.sum(sizes[more])) * (b - lo) <= _PROBE_BYTES:
+            held = more
+            continue
+        if a > lo:
+            calls.append((lo, a))
+        each = max(1, _PROBE_BYTES // max(int(np.sum(sizes[moves[a]])), 1))
+        if b - a <= each:
+            lo, held = a, moves[a]
+            continue
+        calls += [(r, min(r + each, b)) for r in range(a, b, each)]
+        lo, held = b, np.zeros(moves.shape[1], bool)
+    return [*calls, (lo, len(moves))] if lo < len(moves) else calls
 
 
 def noise_before(

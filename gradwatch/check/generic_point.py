@@ -27,7 +27,7 @@ from torch import nn
 
 from gradwatch.check.comparison import Comparison, compare, steps_of
 from gradwatch.evaluation.cost import ModuleCost
-from gradwatch.evidence.gate import RUNG, RUNGS
+from gradwatch.evidence.ladder import RUNG, RUNGS
 from gradwatch.evidence.noise import NOISE_MULTIPLE
 from gradwatch.evidence.readings import NOT_JUDGED, RECHECKS
 from gradwatch.evidence.recheck import fitted_steps, longest_steps

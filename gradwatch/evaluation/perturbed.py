@@ -52,9 +52,19 @@ class EntryWays(SharedCalls):
         raise NotImplementedError
 
     def flat_values(self, indices: np.ndarray) -> torch.Tensor:
-        """θ's values at flat ``indices`` (in the check's dtype, on the first tensor's device)."""
-        flat = torch.cat([t.reshape(-1).to(self.theta[0].device) for t in self.theta])
-        return flat[torch.as_tensor(indices, device=flat.device)]
+        """θ's values at flat ``indices`` (in the check's dtype, on the first tensor's device),
+        read from each tensor where it lies: escalation asks for a few values per tensor many
+        times, and joining θ into one vector for each ask cost a copy of every tensor."""
+        at = np.asarray(indices, dtype=np.int64).reshape(-1)
+        ends = np.cumsum([t.numel() for t in self.theta])
+        owner = np.searchsorted(ends, at, side="right")
+        device = self.theta[0].device
+        out = torch.empty(at.size, dtype=self.theta[0].dtype, device=device)
+        for t in np.unique(owner).tolist():
+            rows, flat = np.flatnonzero(owner == t), self._flat[t]
+            local = torch.as_tensor(at[rows] - (ends[t] - flat.numel()), device=flat.device)
+            out[torch.as_tensor(rows, device=device)] = flat[local].to(device)
+        return out
 
     def pairs(
         self, tensor: np.ndarray, local: np.ndarray, steps: np.ndarray

@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gradwatch.evidence.escalation import noise_at
+from gradwatch.evidence.ladder import RUNG, RUNGS, climb, read_fitted, too_close
 from gradwatch.evidence.readings import (
-    DISAGREES,
     FITTED_STEP,
     NOT_JUDGED,
     ON_KINK,
@@ -20,13 +19,12 @@ from gradwatch.evidence.readings import (
     Record,
     read,
 )
-from gradwatch.evidence.recheck import Pair, at_steps, extrapolate, fitted_steps, longest_steps
-from gradwatch.evidence.tensor_test import convicts
+from gradwatch.evidence.recheck import extrapolate, fitted_steps, longest_steps
 
 if TYPE_CHECKING:
     from gradwatch.evidence.objective import Objective
 
-__all__ = ["GATE_DIRECTIONS", "RUNG", "RUNGS", "escalate", "read_fitted"]
+__all__ = ["GATE_DIRECTIONS", "escalate"]
 
 
 # Random ±1 directions a tensor's components left within noise are read along at the fitted step,
@@ -34,24 +32,15 @@ __all__ = ["GATE_DIRECTIONS", "RUNG", "RUNGS", "escalate", "read_fitted"]
 # signs, so one direction shows an error in any of them; two leave a cancellation by chance
 # (odds ~ 1 in 4 for two equal errors) at 1 in 16.
 GATE_DIRECTIONS = 2
-# Where the fitted step still leaves a tensor too close to J's noise (its rule assumes J‴ about as
-# large as J, which a J with a large constant part is not), the step grows 16× (the noise drops
-# 16×), up to twice and never past float32's step (gradwatch.evidence.recheck.longest_steps):
-# Richardson's estimate removes the h² truncation, and the smoothness test (J'' the same at H and
-# 2H) stops a step where higher terms show.
-RUNG = 16.0
-RUNGS = 3
-# A rung whose readings ask (one disagrees, or together they fail the tensor test) is judged against
-# J's noise measured at its own stride (escalation.noise_at), never below the noise held from the
-# rung below. That noise is rounding, which does not grow with the stride once the stride spans
-# the grid of J's coarsest intermediate (each evaluation's rounding is bounded whatever the
-# stride): between a rung and the one below, RUNG times shorter, it may grow by what the shorter
-# stride left unresolved. Structure grows at least as fast as the stride: a kink the probes cross
-# adds its slope change times the stride to a fourth difference (RUNG times per rung), J's higher
-# terms the stride's fourth power (RUNG⁴). A noise measured beyond RUNG times the noise held is
-# structure, not rounding (a ReLU kink 5e-4 from θ crossed at 256·H₀: 3e-11 → 1e-4): the rung is
-# not smooth there, its readings do not count, and the components keep those of the rung below.
-NOISE_GROWTH = RUNG
+
+# The gate's rows for several tensors are one dense matrix (their rows × all their components,
+# zero outside each tensor's own): tensors share a line call while it holds at most this many
+# values, 64 MiB of float64 (a full check of a large model would otherwise build one of
+# gigabytes; a sampled check's fit in one).
+GATE_VALUES = 2**23
+# A tensor the gate reads: its mask over the checked components, its components within noise
+# and their fitted steps.
+Gated = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def escalate(
@@ -76,47 +65,61 @@ def escalate(
     judged, on a kink"."""
     warn_max = bands[1]
     rng = np.random.default_rng([seed, 19])
-    noisy = _noisy(record, groups, warn_max, record.recheck == 0)
+    noisy = too_close(record, groups, warn_max, record.recheck == 0)
     quiet = record.within_noise()
+    gated: list[Gated] = []
     for g in np.unique(groups[np.concatenate([quiet, noisy])]):
         mine = noisy[groups[noisy] == g]
         if mine.size:
             at, fitted = _fitted(objective, record, mine, center, steps)
-            _ladder(objective, record, groups == g, (at, fitted), center, bands, seed)
+            climb(objective, record, groups == g, (at, fitted), center, bands, seed)
             continue
         at, fitted = _fitted(objective, record, quiet[groups[quiet] == g], center, steps)
         if at.size:
-            _gate(objective, record, groups == g, (at, fitted), center, rng, bands, seed)
+            gated.append((groups == g, at, fitted))
+    _gate(objective, record, gated, center, rng, bands, seed)
 
 
 def _gate(
     objective: Objective,
     record: Record,
-    group: np.ndarray,
-    start: tuple[np.ndarray, np.ndarray],
+    gated: list[Gated],
     center: float,
     rng: np.random.Generator,
     bands: tuple[float, float],
     seed: int,
 ) -> None:
-    """Reads a tensor's components within noise along random directions, at the longest step of
-    the ladder first (the least noise) and shorter ones where J is not smooth along it; where a
-    direction shows a gradient, each component is read alone (``_ladder``), and where J is
-    smooth along them at no rung, too (``_alone``)."""
-    at, fitted = start
-    longest = longest_steps(objective.values(at))
-    tried: list[float] = []
+    """Reads each tensor's components within noise along random directions, at the longest step
+    of the ladder first (the least noise) and shorter ones where J is not smooth along it; where a
+    direction shows a gradient, each component is read alone (``climb``), and where J is
+    smooth along them at no rung, too (``_alone``). Each rung is one ``line`` call over every
+    tensor still rough (``_directions``): a call's fixed cost (a forward's set-up, the validation
+    of a new batched way) is paid once per rung, not once per tensor. The signs are drawn rung
+    by rung, so a tensor rough at the longest rung draws its next rung's after every tensor's
+    longest (calls per tensor drew them before the next tensor's)."""
+    longest = [longest_steps(objective.values(at)) for _, at, _ in gated]
+    tried = [np.inf] * len(gated)
+    pending = list(range(len(gated)))
     for k in range(RUNGS - 1, -1, -1):
-        steps = np.minimum(fitted * RUNG**k, longest)
-        if tried and float(np.max(steps)) >= tried[-1]:
-            continue  # the cap made this rung the same as a longer one
-        tried.append(float(np.max(steps)))
-        smooth, signal = _directions(objective, record, at, steps, center, rng, bands[0])
-        if smooth and signal:
-            _ladder(objective, record, group, (at, fitted), center, bands, seed)
-        if smooth:
-            return
-    _alone(objective, record, group, (at, fitted), center, bands, seed)
+        now: list[tuple[int, np.ndarray]] = []
+        for i in pending:
+            steps = np.minimum(gated[i][2] * RUNG**k, longest[i])
+            if float(np.max(steps)) >= tried[i]:
+                continue  # the cap made this rung the same as a longer one
+            tried[i] = float(np.max(steps))
+            now.append((i, steps))
+        found = _directions(
+            objective, record, [(gated[i][1], s) for i, s in now], center, rng, bands[0]
+        )
+        for (i, _), (smooth, signal) in zip(now, found, strict=True):
+            group, at, fitted = gated[i]
+            if smooth and signal:
+                climb(objective, record, group, (at, fitted), center, bands, seed)
+            if smooth:
+                pending.remove(i)
+    for i in pending:
+        group, at, fitted = gated[i]
+        _alone(objective, record, group, (at, fitted), center, bands, seed)
 
 
 def _alone(
@@ -133,7 +136,7 @@ def _alone(
     as the gate reads a tensor: along its own e_i it crosses only its own kinks. From the longest
     rung down, each is read at the first where J is smooth along it (the least noise); one that
     shows a gradient there is read on the ladder from its fitted step, as the gate's would be
-    (``_ladder``); one rough at every rung is "not judged, on a kink"."""
+    (``climb``); one rough at every rung is "not judged, on a kink"."""
     at, fitted = start
     longest = longest_steps(objective.values(at))
     pending, previous = np.ones(at.size, bool), np.full(at.size, np.inf)
@@ -147,93 +150,9 @@ def _alone(
         # smooth (and finite) at this rung's step.
         pending &= record.recheck[at] != FITTED_STEP
     signal = ~pending & (record.reading[at] != NOT_JUDGED)
-    _ladder(objective, record, group, (at[signal], fitted[signal]), center, bands, seed)
+    climb(objective, record, group, (at[signal], fitted[signal]), center, bands, seed)
     rough = at[pending & (record.reason[at] == WITHIN_NOISE)]
     record.reason[rough] = ON_KINK
-
-
-def _ladder(
-    objective: Objective,
-    record: Record,
-    group: np.ndarray,
-    start: tuple[np.ndarray, np.ndarray],
-    center: float,
-    bands: tuple[float, float],
-    seed: int,
-) -> None:
-    """Reads ``at`` at their fitted steps, then at ``RUNG`` times longer ones while the tensor
-    (``group``: a mask) stays too close to J's noise or they stay within noise, each rung where
-    its readings ask against J's noise at its own stride (``_rung``; ``seed`` draws the probes)."""
-    pass_max, warn_max = bands
-    at, fitted = start
-    for _ in range(RUNGS):
-        if at.size == 0:
-            return
-        at, fitted = _rung(objective, record, (at, fitted), center, pass_max, seed)
-        if (record.reading[group] == DISAGREES).any():
-            return
-        if _noisy(record, np.where(group, 0, -1), warn_max, group).size == 0:
-            left = record.reading[at] == NOT_JUDGED
-            at, fitted = at[left], fitted[left]
-        longest = longest_steps(objective.values(at))
-        at, fitted = at[fitted < longest], np.minimum(fitted * RUNG, longest)[fitted < longest]
-
-
-def _rung(
-    objective: Objective,
-    record: Record,
-    start: tuple[np.ndarray, np.ndarray],
-    center: float,
-    pass_max: float,
-    seed: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Reads ``at`` at ``fitted`` against the noise held; where a reading there disagrees or
-    together they fail the tensor test, reads them again against J's noise measured at this stride
-    (never lower), unless that noise grew past ``NOISE_GROWTH`` times the noise held: then the
-    probes crossed structure and the rung's readings do not count. Returns the components that
-    climb on (all but those of a rung that crossed structure) and their steps."""
-    at, fitted = start
-    held = _fields(record, at)
-    pairs = at_steps(objective, at, fitted, (1.0, 2.0))
-    _judge(record, at, fitted, pairs, center, pass_max)
-    mine = np.zeros(record.reading.size, bool)
-    mine[at] = record.measured()[at]
-    asking = (record.reading[at] == DISAGREES).any()
-    if not (asking or convicts(record.analytic, record.numeric, record.noise, mine, pass_max)):
-        return at, fitted
-    found = noise_at(objective, center, at, fitted, seed)
-    for field, first in zip(_fields(record), held, strict=True):
-        field[at] = first
-    if found > NOISE_GROWTH * float(np.max(held[-1])):
-        return at[:0], fitted[:0]
-    record.sigma[at] = np.maximum(held[-1], found)
-    smooth = _judge(record, at, fitted, pairs, center, pass_max)
-    record.sigma[at[~smooth]] = held[-1][~smooth]  # not read here: its reading and noise stay
-    return at, fitted
-
-
-def _fields(record: Record, at: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    """What a reading sets (J's noise behind it last), or copies of it at ``at``."""
-    fields: tuple[np.ndarray, ...] = (record.analytic, record.numeric, record.noise)
-    fields = (*fields, record.reading, record.reason, record.recheck, record.step, record.sigma)
-    return fields if at is None else tuple(f[at].copy() for f in fields)
-
-
-def _noisy(record: Record, groups: np.ndarray, warn_max: float, among: np.ndarray) -> np.ndarray:
-    """The measured components ``among`` those of each tensor with no disagreement whose noise
-    floor over its judged components (the material's formula with the noise in place of the
-    errors) is above ``warn_max``: the verdict's "too close to J's noise"."""
-    measured = record.measured() & np.isfinite(record.analytic)
-    judged = measured & (record.reading != NOT_JUDGED)
-    out = []
-    for g in np.unique(groups[groups >= 0]):
-        m = (groups == g) & judged
-        if not m.any() or (record.reading[groups == g] == DISAGREES).any():
-            continue
-        scale = np.linalg.norm(record.analytic[m]) + np.linalg.norm(record.numeric[m])
-        if np.linalg.norm(record.noise[m]) > warn_max * scale:
-            out.append(np.flatnonzero((groups == g) & measured & among))
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
 def _fitted(
@@ -253,55 +172,55 @@ def _fitted(
 def _directions(
     objective: Objective,
     record: Record,
-    at: np.ndarray,
-    fitted: np.ndarray,
+    tensors: list[tuple[np.ndarray, np.ndarray]],
     center: float,
     rng: np.random.Generator,
     pass_max: float,
-) -> tuple[bool, bool]:
-    """Whether J along random ±1 directions over ``at`` (each moved by its fitted step) is smooth,
-    and whether it shows a gradient, analytic or numeric, beyond the noise of Richardson's
-    estimate."""
-    signs = rng.choice([-1.0, 1.0], size=(GATE_DIRECTIONS, at.size))
-    rows = np.concatenate([signs * fitted * t for t in (1.0, -1.0, 2.0, -2.0)])
-    values = objective.line(at, rows).reshape(4, GATE_DIRECTIONS)
-    one = np.ones(GATE_DIRECTIONS)
-    near, far = (values[0], values[1], one), (values[2], values[3], 2 * one)
-    sigma = float(np.max(record.sigma[at]))
-    smooth, estimate, noise = extrapolate(center, far, near, sigma)
-    along = (signs * fitted) @ record.at_theta[at]
-    reading, _ = read(along, estimate, noise, pass_max)
-    return bool(np.all(smooth)), bool(np.any(reading != NOT_JUDGED))
+) -> list[tuple[bool, bool]]:
+    """For each tensor's components ``at`` (each moved by its step): whether J along
+    ``GATE_DIRECTIONS`` random ±1 directions over them is smooth, and whether it shows a gradient,
+    analytic or numeric, beyond the noise of Richardson's estimate. The signs are drawn tensor
+    after tensor, as calls of their own would draw them; the tensors share ``line`` calls
+    (``_shared_lines``)."""
+    moves = [rng.choice([-1.0, 1.0], size=(GATE_DIRECTIONS, at.size)) * s for at, s in tensors]
+    blocks = [np.concatenate([m * t for t in (1.0, -1.0, 2.0, -2.0)]) for m in moves]
+    values = _shared_lines(objective, [at for at, _ in tensors], blocks)
+    found = []
+    for (at, _), move, v in zip(tensors, moves, values, strict=True):
+        one = np.ones(GATE_DIRECTIONS)
+        v = v.reshape(4, GATE_DIRECTIONS)
+        near, far = (v[0], v[1], one), (v[2], v[3], 2 * one)
+        sigma = float(np.max(record.sigma[at]))
+        smooth, estimate, noise = extrapolate(center, far, near, sigma)
+        reading, _ = read(move @ record.at_theta[at], estimate, noise, pass_max)
+        found.append((bool(np.all(smooth)), bool(np.any(reading != NOT_JUDGED))))
+    return found
 
 
-def read_fitted(
-    objective: Objective,
-    record: Record,
-    at: np.ndarray,
-    fitted: np.ndarray,
-    center: float,
-    pass_max: float,
-) -> None:
-    """Reads each component at its fitted step H, by Richardson's estimate from H and 2H."""
-    pairs = at_steps(objective, at, fitted, (1.0, 2.0))
-    _judge(record, at, fitted, pairs, center, pass_max)
-
-
-def _judge(
-    record: Record,
-    at: np.ndarray,
-    fitted: np.ndarray,
-    pairs: list[Pair],
-    center: float,
-    pass_max: float,
-) -> np.ndarray:
-    """Reads ``at`` from J at ±H and ±2H (``pairs``) against the noise they carry, where J is smooth
-    over both (those it returns True for); the others keep their readings."""
-    near, far = pairs
-    smooth, estimate, spread = extrapolate(center, far, near, record.sigma[at])
-    smooth &= np.isfinite(estimate)
-    done = at[smooth]
-    values = (record.at_theta[done], estimate[smooth], spread[smooth])
-    record.set(done, values, pass_max, FITTED_STEP)
-    record.step[done] = fitted[smooth]
-    return smooth
+def _shared_lines(
+    objective: Objective, supports: list[np.ndarray], blocks: list[np.ndarray]
+) -> list[np.ndarray]:
+    """J along each block of rows over its own support, in ``line`` calls shared by consecutive
+    blocks: the support of a call is their union, each block's rows zero outside its own, while
+    that matrix holds at most ``GATE_VALUES`` values (a block alone may hold more)."""
+    groups: list[list[int]] = []
+    width = 0
+    for k, block in enumerate(blocks):
+        count = sum(len(blocks[i]) for i in groups[-1]) + len(block) if groups else 0
+        if groups and count * (width + block.shape[1]) <= GATE_VALUES:
+            groups[-1].append(k)
+            width += block.shape[1]
+        else:
+            groups.append([k])
+            width = block.shape[1]
+    found: list[np.ndarray] = []
+    for group in groups:
+        support = np.concatenate([supports[k] for k in group])
+        rows = np.zeros((sum(len(blocks[k]) for k in group), support.size))
+        r = c = 0
+        for k in group:
+            rows[r : r + len(blocks[k]), c : c + blocks[k].shape[1]] = blocks[k]
+            r, c = r + len(blocks[k]), c + blocks[k].shape[1]
+        values = objective.line(support, rows)
+        found += np.split(values, np.cumsum([len(blocks[k]) for k in group])[:-1])
+    return found

@@ -46,7 +46,8 @@ from __future__ import annotations
 import numpy as np
 
 from gradwatch.evidence.escalation import noise_at, retest, tensor_noise
-from gradwatch.evidence.gate import RUNG, RUNGS, escalate, read_fitted
+from gradwatch.evidence.gate import escalate
+from gradwatch.evidence.ladder import RUNG, RUNGS, read_fitted
 from gradwatch.evidence.noise import NOISE_MULTIPLE
 from gradwatch.evidence.objective import Objective
 from gradwatch.evidence.readings import (
