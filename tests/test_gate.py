@@ -306,8 +306,9 @@ def test_the_gate_reads_every_tensor_in_one_line_call_per_rung(
 ) -> None:
     # The same check twice: the gate as it is, and with each tensor's directions in a call of
     # their own (drawn in the same order). The readings are the same, bit for bit; the gate makes
-    # one line call per rung it reads (3: all four tensors, then t2 and t3, then t3), not one per
-    # tensor and rung (4 + 2 + 1).
+    # one line call for the union of the four (rough: t3's kink; and t1's gradient shows), then
+    # one per rung it reads (3: all four tensors, then t2 and t3, then t3), not one per tensor
+    # and rung (4 + 2 + 1).
     from gradwatch import function
     from gradwatch.evidence import gate, model
 
@@ -352,10 +353,95 @@ def test_the_gate_reads_every_tensor_in_one_line_call_per_rung(
     for name in ("right", "wrong"):
         batched, by_tensor = found["batched", name], found["alone", name]
         assert batched[:2] == by_tensor[:2]  # every reading, and the report's every figure
-        assert batched[2] == [8 * 4, 8 * 2, 8] and by_tensor[2] == [8] * 7
+        assert batched[2] == [8, 8 * 4, 8 * 2, 8] and by_tensor[2] == [8] * 8
     (right, data), (wrong_, wrong_data) = (found["batched", n][:2] for n in ("right", "wrong"))
     assert data["parameters"]["t1"]["verdict"] != "fail" and wrong_data["verdict"] == "fail"
     assert right[:7] == [("not judged", "within noise", "")] * 7  # t0 cleared along directions
     assert right[14:21] == [("not judged", "within noise", "")] * 7  # t2 too, at 16·H₀
     assert right[7] == ("agrees", "", "fitted step") and wrong_[7][:2] == ("disagrees", "")
     assert right[21 + 4] == wrong_[21 + 4] == ("not judged", "on a kink", "")  # t3 read alone
+
+
+def _quiet(n: int, g: float = 0.0, at: int = 0):  # type: ignore[no-untyped-def]
+    # n tensors of seven components as _hidden's w, the hidden g·(3, −1, −1, −1, 0, 0, 0) in tensor
+    # ``at`` only: every tensor is within noise at the first step.
+    weights = np.array([3.0, -1.0, -1.0, -1.0, 0.0, 0.0, 0.0])
+    gs = [g if k == at else 0.0 for k in range(n)]
+
+    def cost(t: np.ndarray) -> float:
+        w = t.reshape(n, 7)
+        return BIG + sum(
+            gk * float(weights @ wk) + 50 * float(wk @ wk) for gk, wk in zip(gs, w, strict=True)
+        )
+
+    layout = {f"t{k}": (7,) for k in range(n)}
+    return cost, np.zeros(7 * n), layout, np.concatenate([gk * weights for gk in gs])
+
+
+def _gate_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    # the rows of each of the gate's line calls (the union's and the per-tensor gate's)
+    from gradwatch.evidence import gate
+
+    rows: list[int] = []
+    shared = gate._shared_lines
+
+    def counted(objective, supports, blocks):  # type: ignore[no-untyped-def]
+        rows.append(sum(len(b) for b in blocks))
+        return shared(objective, supports, blocks)
+
+    monkeypatch.setattr(gate, "_shared_lines", counted)
+    return rows
+
+
+def test_many_quiet_tensors_are_cleared_by_one_union_reading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Twelve tensors with no gradient, the same σ: one call of 8 rows (2 directions × 4 points)
+    # clears them all, where each tensor's own gate read 8 rows each (96).
+    rows = _gate_rows(monkeypatch)
+    cost, theta, layout, grad = _quiet(12)
+    report = gradwatch.check_function(cost, theta, grad, layout=layout)
+    assert report.verdict is Verdict.NOT_JUDGED, str(report)
+    assert readings(report, 84) == [("not judged", "within noise", "")] * 84
+    assert rows == [8]
+
+
+def test_a_hidden_gradient_in_one_quiet_tensor_shows_along_the_union_and_its_own_gate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The same twelve, t5 with _hidden's detached g = 2e-7: the union shows it (one wrong tensor
+    # shows at its own size), each tensor's own gate reads it (8 rows for all twelve at the longest
+    # rung), and t5 alone is read component by component and fails; the others stay cleared.
+    rows = _gate_rows(monkeypatch)
+    cost, theta, layout, grad = _quiet(12, 2e-7, 5)
+    report = gradwatch.check_function(cost, theta, np.zeros(84), layout=layout)
+    assert report.verdict is Verdict.FAIL, str(report)
+    assert [k for k in layout if report.parameters[k].verdict is Verdict.FAIL] == ["t5"]
+    assert report.worst(1)[0].label == "t5[0]"
+    assert rows[:2] == [8, 8 * 12]
+    right = gradwatch.check_function(cost, theta, grad, layout=layout)
+    assert right.verdict is not Verdict.FAIL and right.parameters["t5"].disagrees == 0, str(right)
+
+
+def test_a_tensor_whose_noise_is_much_lower_is_not_joined(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Three tensors, t0 with the detached g = 2e-7 (shown at its own noise by its own gate) and
+    # t1, t2 as if J's noise along them were 1000× larger: judged against theirs, along the union,
+    # t0's error would hide (the union cleared: the check not judged); alone in its σ class, t0
+    # goes to its own gate and fails.
+    from gradwatch.evidence import gate, model
+
+    escalate = model.escalate
+
+    def noisier(objective, record, groups, *rest):  # type: ignore[no-untyped-def]
+        record.sigma[groups != 0] *= 1000
+        return escalate(objective, record, groups, *rest)
+
+    monkeypatch.setattr(model, "escalate", noisier)
+    rows = _gate_rows(monkeypatch)
+    cost, theta, layout, _ = _quiet(3, 2e-7, 0)
+    report = gradwatch.check_function(cost, theta, np.zeros(21), layout=layout)
+    assert report.verdict is Verdict.FAIL and report.worst(1)[0].label == "t0[0]", str(report)
+    assert rows[:2] == [8, 8 * 1]  # t1 and t2 together (cleared), then t0's own gate
+    monkeypatch.setattr(gate, "UNION_SIGMA", np.inf)
+    joined = gradwatch.check_function(cost, theta, np.zeros(21), layout=layout)
+    assert joined.verdict is not Verdict.FAIL, str(joined)
