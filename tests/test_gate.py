@@ -445,3 +445,79 @@ def test_a_tensor_whose_noise_is_much_lower_is_not_joined(monkeypatch: pytest.Mo
     monkeypatch.setattr(gate, "UNION_SIGMA", np.inf)
     joined = gradwatch.check_function(cost, theta, np.zeros(21), layout=layout)
     assert joined.verdict is not Verdict.FAIL, str(joined)
+
+
+class _Lines:
+    # J linear in θ (J = x·θ, x = 1…n): each line call's support and rows shape kept.
+    def __init__(self, n: int) -> None:
+        self.x, self.calls = np.arange(1.0, n + 1), []  # type: list[tuple[list[int], tuple]]
+
+    def line(self, support: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        self.calls.append((support.tolist(), rows.shape))
+        return rows @ self.x[support]
+
+
+@pytest.mark.parametrize(
+    ("most", "calls"),
+    [
+        (18, [([0, 3, 5], (6, 3)), ([2], (2, 1))]),  # 6 rows × 3 = 18: three share one call
+        (17, [([0, 3], (4, 2)), ([5, 2], (4, 2))]),  # 18 > 17: the third starts a call of its own
+    ],
+)
+def test_blocks_share_a_line_call_while_its_matrix_holds_at_most_gate_values(
+    monkeypatch: pytest.MonkeyPatch, most: int, calls: list
+) -> None:
+    # Four blocks of 2 rows over one component each: consecutive blocks join a call while its
+    # rows × support stay within GATE_VALUES, and each block's values are its own rows' (exactly:
+    # one product per row, the zeros outside add nothing).
+    from gradwatch.evidence import gate
+
+    monkeypatch.setattr(gate, "GATE_VALUES", most)
+    supports = [np.array([k]) for k in (0, 3, 5, 2)]
+    blocks = [np.array([[1.0], [-2.0]]) * (k + 1) for k in range(4)]
+    objective = _Lines(6)
+    values = gate._shared_lines(objective, supports, blocks)  # type: ignore[arg-type]
+    assert objective.calls == calls
+    assert len(values) == 4
+    for v, s, b in zip(values, supports, blocks, strict=True):
+        np.testing.assert_array_equal(v, b @ objective.x[s])
+
+
+@pytest.mark.parametrize(("smooth", "signal"), [(True, False), (True, True), (False, False)])
+def test_the_union_joins_tensors_by_sigma_class_and_size_and_clears_only_a_quiet_one(
+    monkeypatch: pytest.MonkeyPatch, smooth: bool, signal: bool
+) -> None:
+    # Five tensors, σ 1, 8, 2, 8, 1.5 and sizes 2, 1, 3, 8, 3; at most 64 // 8 = 8 components a
+    # union. By σ: t0 (1), t4 (1.5), t2 (2 = UNION_SIGMA × 1, joins) make one union of 8; t1 (8)
+    # starts a class, and t3 (8) would make it 9: both go to their own gate. The union is read at
+    # the longest rung (fitted × RUNG², under the cap); only smooth with no gradient clears it.
+    from gradwatch.evidence import gate
+    from gradwatch.evidence.ladder import RUNG, RUNGS
+
+    sizes, sigmas = [2, 1, 3, 8, 3], [1.0, 8.0, 2.0, 8.0, 1.5]
+    ats = np.split(np.arange(17), np.cumsum(sizes)[:-1])
+    record = type("R", (), {"sigma": np.repeat(sigmas, sizes)})()
+    gated = [(np.zeros(17, bool), at, 1e-6 * (1.0 + at)) for at in ats]
+    longest = [np.full(at.size, np.inf) for at in ats]
+    longest[2][0] = 1e-5  # capped: 4e-6 × 256 > 1e-5
+    read: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def directions(objective, record, unions, center, rng, pass_max):  # type: ignore[no-untyped-def]
+        read.extend(unions)
+        return [(smooth, signal)] * len(unions)
+
+    monkeypatch.setattr(gate, "GATE_VALUES", 64)
+    monkeypatch.setattr(gate, "_directions", directions)
+    left, capped = gate._union(None, record, gated, longest, 0.0, 0, 1e-7)  # type: ignore[arg-type]
+    joined = np.concatenate([ats[0], ats[4], ats[2]])
+    assert len(read) == 1 and read[0][0].tolist() == joined.tolist()
+    top = RUNG ** (RUNGS - 1)
+    np.testing.assert_array_equal(
+        read[0][1],
+        np.minimum(
+            1e-6 * (1.0 + joined) * top, np.concatenate([longest[0], longest[4], longest[2]])
+        ),
+    )
+    kept = [1, 3] if smooth and not signal else [0, 1, 2, 3, 4]
+    assert [g[1].tolist() for g in left] == [ats[k].tolist() for k in kept]
+    assert all(c is longest[k] for c, k in zip(capped, kept, strict=True))
