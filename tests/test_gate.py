@@ -521,3 +521,23 @@ def test_the_union_joins_tensors_by_sigma_class_and_size_and_clears_only_a_quiet
     kept = [1, 3] if smooth and not signal else [0, 1, 2, 3, 4]
     assert [g[1].tolist() for g in left] == [ats[k].tolist() for k in kept]
     assert all(c is longest[k] for c, k in zip(capped, kept, strict=True))
+
+
+def test_the_unions_signs_are_drawn_from_the_check_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two quiet tensors of one σ make a union; the generator its signs come from is the check
+    # seed's: the same seed draws the same signs, another seed others.
+    from gradwatch.evidence import gate
+
+    draws: list[int] = []
+
+    def directions(objective, record, unions, center, rng, pass_max):  # type: ignore[no-untyped-def]
+        draws.append(int(rng.integers(2**62)))
+        return [(True, False)] * len(unions)
+
+    monkeypatch.setattr(gate, "_directions", directions)
+    record = type("R", (), {"sigma": np.ones(4)})()
+    gated = [(np.zeros(4, bool), at, np.full(2, 1e-6)) for at in (np.arange(2), np.arange(2, 4))]
+    longest = [np.full(2, np.inf)] * 2
+    for seed in (0, 0, 1):
+        gate._union(None, record, gated, longest, 0.0, seed, 1e-7)  # type: ignore[arg-type]
+    assert draws[0] == draws[1] != draws[2]
