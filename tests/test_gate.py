@@ -541,3 +541,35 @@ def test_the_unions_signs_are_drawn_from_the_check_seed(monkeypatch: pytest.Monk
     for seed in (0, 0, 1):
         gate._union(None, record, gated, longest, 0.0, seed, 1e-7)  # type: ignore[arg-type]
     assert draws[0] == draws[1] != draws[2]
+
+
+def test_a_tensor_whose_rung_the_cap_repeats_does_not_stop_the_others_rung(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two tensors rough along their directions at every rung: t0's steps capped at 2 (its rungs
+    # 256 and 16 are both 2: the second is skipped), t1's not. t1 is still read at 16, after t0
+    # skipped it; both at 1; then each is read alone.
+    from gradwatch.evidence import gate
+
+    caps = np.array([2.0, np.inf])
+    objective = type("O", (), {"values": lambda self, at: caps[at]})()
+    reads: list[list[tuple[list[int], list[float]]]] = []
+    alone: list[list[int]] = []
+
+    def directions(objective, record, tensors, center, rng, pass_max):  # type: ignore[no-untyped-def]
+        reads.append([(at.tolist(), s.tolist()) for at, s in tensors])
+        return [(False, False)] * len(tensors)
+
+    monkeypatch.setattr(gate, "longest_steps", lambda values: values)
+    monkeypatch.setattr(gate, "_union", lambda o, r, gated, longest, *_: (gated, longest))
+    monkeypatch.setattr(gate, "_directions", directions)
+    monkeypatch.setattr(gate, "_alone", lambda o, r, g, start, *_: alone.append(start[0].tolist()))
+    gated = [(np.zeros(2, bool), np.array([k]), np.array([1.0])) for k in (0, 1)]
+    rng = np.random.default_rng(0)
+    gate._gate(objective, None, gated, 0.0, rng, (1e-7, 1e-3), 0)  # type: ignore[arg-type]
+    assert reads == [
+        [([0], [2.0]), ([1], [256.0])],
+        [([1], [16.0])],
+        [([0], [1.0]), ([1], [1.0])],
+    ]
+    assert alone == [[0], [1]]
