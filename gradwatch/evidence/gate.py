@@ -177,8 +177,8 @@ def _union(
     ]
     rng = np.random.default_rng([seed, 19, 1])
     found = _directions(objective, record, unions, center, rng, pass_max) if unions else []
-    cleared = {i for c, (smooth, signal) in zip(joined, found, strict=True) for i in c
-               if smooth and not signal}  # fmt: skip
+    quiet = [c for c, (smooth, signal) in zip(joined, found, strict=True) if smooth and not signal]
+    cleared = {i for c in quiet for i in c}
     left = [i for i in range(len(gated)) if i not in cleared]
     return [gated[i] for i in left], [longest[i] for i in left]
 
